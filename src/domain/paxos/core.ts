@@ -1,0 +1,655 @@
+/**
+ * Multi-Paxos as a deterministic state machine: no I/O, no clocks, no Effect services.
+ *
+ * The driver feeds inputs (peer messages, client proposals, ticks) with the current
+ * monotonic time and carries out the outputs in this order:
+ *   1. persist every record of `persist` durably (synced),
+ *   2. then send `send`, answer `readChosen`, hand out `chosen` and `results`.
+ * Sends and results of one step depend on that step's records: never send before the
+ * records are on disk. The driver must also finish one step's persistence before feeding
+ * the next input (a sequential loop does that).
+ */
+import {
+  type Ballot,
+  ballotEquals,
+  type ChosenEntry,
+  compareBallot,
+  type MessageOf,
+  type PaxosMessage,
+  type PaxosValue,
+  type PromiseEntry,
+  valueBytes,
+  valueEquals,
+  ZeroBallot
+} from "./messages.js"
+
+export interface PaxosConfig {
+  readonly nodeId: number
+  readonly members: ReadonlyArray<number>
+  /** Batching: a batch closes at this many values, ... */
+  readonly batchMaxCount: number
+  /** ... at this many bytes, ... */
+  readonly batchMaxBytes: number
+  /** ... or once its oldest value waited this long while earlier instances were in flight. */
+  readonly batchMaxWaitMs: number
+  /** Instances a leader keeps in phase 2 at once (pipelining). */
+  readonly maxInflight: number
+  readonly prepareRetryMs: number
+  readonly acceptRetransmitMs: number
+  readonly statusIntervalMs: number
+  /** Without word from a leader for this long, a node with work may take over. */
+  readonly leaderTimeoutMs: number
+  readonly backoffMinMs: number
+  readonly backoffMaxMs: number
+  readonly catchupBatch: number
+  readonly catchupRetryMs: number
+  /** Chosen values kept in memory below the chosen prefix; older ones are served from storage. */
+  readonly memoryWindow: number
+  readonly seed: number
+}
+
+export const defaultPaxosConfig = (nodeId: number, members: ReadonlyArray<number>, seed: number): PaxosConfig => ({
+  nodeId,
+  members,
+  batchMaxCount: 1024,
+  batchMaxBytes: 1 << 20,
+  batchMaxWaitMs: 2,
+  maxInflight: 4,
+  prepareRetryMs: 200,
+  acceptRetransmitMs: 200,
+  statusIntervalMs: 100,
+  leaderTimeoutMs: 1_000,
+  backoffMinMs: 20,
+  backoffMaxMs: 200,
+  catchupBatch: 256,
+  catchupRetryMs: 200,
+  memoryWindow: 4096,
+  seed
+})
+
+/** Records the driver must make durable before acting on the step's other outputs. */
+export type PersistRecord =
+  | { readonly _tag: "Promised"; readonly ballot: Ballot }
+  | { readonly _tag: "ProposerRound"; readonly round: number }
+  | { readonly _tag: "Accepted"; readonly instance: number; readonly ballot: Ballot; readonly value: PaxosValue }
+  | { readonly _tag: "Chosen"; readonly instance: number; readonly value: PaxosValue }
+
+/** What storage gives back to a restarting node. */
+export interface DurableState {
+  readonly promised: Ballot
+  readonly proposerRound: number
+  /** Accepted entries at or above the chosen prefix (older ones are not needed). */
+  readonly accepted: ReadonlyArray<{ readonly instance: number; readonly ballot: Ballot; readonly value: PaxosValue }>
+  /** Chosen entries from (chosenUpTo - memoryWindow) on, including any beyond a gap. */
+  readonly chosen: ReadonlyArray<ChosenEntry>
+  /** First instance not chosen in the contiguous prefix. */
+  readonly chosenUpTo: number
+}
+
+export const emptyDurableState: DurableState = {
+  promised: ZeroBallot,
+  proposerRound: 0,
+  accepted: [],
+  chosen: [],
+  chosenUpTo: 0
+}
+
+export type Input =
+  | { readonly _tag: "Propose"; readonly requestId: number; readonly value: Uint8Array }
+  | { readonly _tag: "Cancel"; readonly requestId: number }
+  | { readonly _tag: "Receive"; readonly from: number; readonly message: PaxosMessage }
+  | { readonly _tag: "Tick" }
+
+export type ProposalResult =
+  | { readonly _tag: "Chosen"; readonly requestId: number; readonly instance: number; readonly index: number }
+  | { readonly _tag: "Superseded"; readonly requestId: number; readonly instance: number }
+
+export interface Outputs {
+  persist: Array<PersistRecord>
+  send: Array<{ readonly to: number; readonly message: PaxosMessage }>
+  /** Newly chosen instances in log order, contiguous from the previous step's. */
+  chosen: Array<ChosenEntry>
+  results: Array<ProposalResult>
+  /** Catch-up requests below the memory window: the driver answers them from storage. */
+  readChosen: Array<{ readonly to: number; readonly from: number; readonly count: number }>
+}
+
+const emptyOutputs = (): Outputs => ({ persist: [], send: [], chosen: [], results: [], readChosen: [] })
+
+interface Queued {
+  readonly requestId: number
+  readonly value: Uint8Array
+  readonly at: number
+}
+
+interface Inflight {
+  readonly value: PaxosValue
+  readonly acks: Set<number>
+  sentAt: number
+}
+
+/** A batch this node put into an instance, awaiting the instance's outcome. */
+interface Placed {
+  readonly value: PaxosValue
+  readonly requestIds: ReadonlyArray<number>
+  readonly at: number
+}
+
+type Role = "follower" | "preparing" | "leader"
+
+/** mulberry32: small, fast, deterministic. */
+const nextRandom = (state: { s: number }): number => {
+  state.s = (state.s + 0x6d2b79f5) | 0
+  let t = state.s
+  t = Math.imul(t ^ (t >>> 15), t | 1)
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+}
+
+export class PaxosNode {
+  readonly config: PaxosConfig
+  readonly quorum: number
+  private readonly peers: ReadonlyArray<number>
+  private readonly rng: { s: number }
+
+  // Acceptor (durable)
+  private promised: Ballot
+  private readonly accepted = new Map<number, { ballot: Ballot; value: PaxosValue }>()
+  // Learner
+  private readonly chosen = new Map<number, PaxosValue>()
+  private chosenUpToValue: number
+  private maxChosen: number
+  private readonly peerChosenUpTo = new Map<number, number>()
+  private catchupSentAt = -Infinity
+  private catchupPeerIndex = 0
+  // Proposer
+  private proposerRound: number
+  private highestRoundSeen: number
+  private role: Role = "follower"
+  private ballot: Ballot = ZeroBallot
+  private promises = new Map<number, MessageOf<"Promise">>()
+  private prepareSentAt = 0
+  private nextInstance = 0
+  private readonly inflight = new Map<number, Inflight>()
+  private queue: Array<Queued> = []
+  private queuedBytes = 0
+  private readonly placed = new Map<number, Placed>()
+  private batchSeq = 0
+  private backoffUntil = 0
+  private lastLeaderContact = -Infinity
+  private knownLeader: Ballot | null = null
+  private lastStatusAt = -Infinity
+
+  private out: Outputs = emptyOutputs()
+  private now = 0
+  private readonly selfMessages: Array<PaxosMessage> = []
+  private readonly commits: Array<number> = []
+
+  constructor(config: PaxosConfig, durable: DurableState, incarnationSeed = 0) {
+    this.config = config
+    this.quorum = Math.floor(config.members.length / 2) + 1
+    this.peers = config.members.filter((m) => m !== config.nodeId)
+    this.rng = { s: (config.seed ^ Math.imul(config.nodeId + 1, 0x9e3779b1) ^ incarnationSeed) | 0 }
+    this.promised = durable.promised
+    this.proposerRound = durable.proposerRound
+    this.highestRoundSeen = Math.max(durable.promised.round, durable.proposerRound)
+    this.chosenUpToValue = durable.chosenUpTo
+    this.maxChosen = durable.chosenUpTo - 1
+    for (const a of durable.accepted) {
+      if (a.instance >= durable.chosenUpTo) this.accepted.set(a.instance, { ballot: a.ballot, value: a.value })
+    }
+    for (const c of durable.chosen) {
+      this.chosen.set(c.instance, c.value)
+      this.maxChosen = Math.max(this.maxChosen, c.instance)
+    }
+  }
+
+  // ---- read-only views ----
+  get chosenUpTo(): number {
+    return this.chosenUpToValue
+  }
+  get isLeader(): boolean {
+    return this.role === "leader"
+  }
+  get currentRole(): Role {
+    return this.role
+  }
+  /** The highest leader ballot heard from, and when (for status displays). */
+  get leader(): { readonly ballot: Ballot | null; readonly lastContact: number } {
+    return { ballot: this.knownLeader, lastContact: this.lastLeaderContact }
+  }
+  get promisedBallot(): Ballot {
+    return this.promised
+  }
+  get pendingCount(): number {
+    let n = this.queue.length
+    for (const p of this.placed.values()) n += p.requestIds.length
+    return n
+  }
+  chosenValue(instance: number): PaxosValue | undefined {
+    return this.chosen.get(instance)
+  }
+
+  step(input: Input, now: number): Outputs {
+    this.now = Math.max(this.now, now)
+    this.out = emptyOutputs()
+    switch (input._tag) {
+      case "Propose":
+        this.queue.push({ requestId: input.requestId, value: input.value, at: this.now })
+        this.queuedBytes += input.value.byteLength
+        if (this.role === "leader") this.flushQueue()
+        else if (this.role === "follower" && this.now >= this.backoffUntil) this.startPrepare()
+        break
+      case "Cancel": {
+        const i = this.queue.findIndex((q) => q.requestId === input.requestId)
+        if (i >= 0) {
+          this.queuedBytes -= this.queue[i]!.value.byteLength
+          this.queue.splice(i, 1)
+        }
+        break
+      }
+      case "Receive":
+        this.receive(input.from, input.message)
+        break
+      case "Tick":
+        this.tick()
+        break
+    }
+    this.drainSelf()
+    this.flushCommits()
+    const out = this.out
+    this.out = emptyOutputs()
+    return out
+  }
+
+  // ---- plumbing ----
+
+  private sendTo(to: number, message: PaxosMessage): void {
+    if (to === this.config.nodeId) this.selfMessages.push(message)
+    else this.out.send.push({ to, message })
+  }
+
+  private broadcast(message: PaxosMessage, includeSelf: boolean): void {
+    for (const p of this.peers) this.out.send.push({ to: p, message })
+    if (includeSelf) this.selfMessages.push(message)
+  }
+
+  /**
+   * Messages to ourselves are handled inside the same step. That is safe: the acceptor's
+   * records are in this step's persist list, and nothing that depends on them leaves the
+   * node before the driver has made them durable.
+   */
+  private drainSelf(): void {
+    while (this.selfMessages.length > 0) {
+      const m = this.selfMessages.shift()!
+      this.receive(this.config.nodeId, m)
+    }
+  }
+
+  private flushCommits(): void {
+    if (this.commits.length === 0) return
+    const instances = this.commits.splice(0)
+    this.broadcast({ _tag: "Commit", ballot: this.ballot, instances }, false)
+  }
+
+  private random(min: number, max: number): number {
+    return min + Math.floor(nextRandom(this.rng) * (max - min + 1))
+  }
+
+  private seeRound(b: Ballot): void {
+    if (b.round > this.highestRoundSeen) this.highestRoundSeen = b.round
+  }
+
+  // ---- message handling ----
+
+  private receive(from: number, m: PaxosMessage): void {
+    switch (m._tag) {
+      case "Prepare":
+        return this.onPrepare(from, m)
+      case "Promise":
+        return this.onPromise(from, m)
+      case "Accept":
+        return this.onAccept(from, m)
+      case "Accepted":
+        return this.onAccepted(from, m)
+      case "Nack":
+        return this.onNack(m)
+      case "Commit":
+        return this.onCommit(from, m)
+      case "Status":
+        return this.onStatus(from, m)
+      case "CatchupRequest":
+        return this.onCatchupRequest(from, m)
+      case "CatchupReply":
+        return this.onCatchupReply(m)
+    }
+  }
+
+  private promise(ballot: Ballot): void {
+    if (compareBallot(ballot, this.promised) > 0) {
+      this.promised = ballot
+      this.out.persist.push({ _tag: "Promised", ballot })
+      // A higher ballot elsewhere ends our own leadership attempt.
+      if (this.role !== "follower" && compareBallot(ballot, this.ballot) > 0) this.stepDown()
+    }
+  }
+
+  private onPrepare(from: number, m: MessageOf<"Prepare">): void {
+    this.seeRound(m.ballot)
+    if (compareBallot(m.ballot, this.promised) < 0) {
+      this.sendTo(from, { _tag: "Nack", ballot: m.ballot, promised: this.promised })
+      return
+    }
+    this.promise(m.ballot)
+    const entries: Array<PromiseEntry> = []
+    const top = Math.max(this.maxChosen, this.maxAccepted())
+    for (let i = this.chosenUpToValue; i <= top; i++) {
+      const c = this.chosen.get(i)
+      if (c !== undefined) {
+        entries.push({ instance: i, ballot: null, value: c })
+        continue
+      }
+      const a = this.accepted.get(i)
+      if (a !== undefined) entries.push({ instance: i, ballot: a.ballot, value: a.value })
+    }
+    this.sendTo(from, { _tag: "Promise", ballot: m.ballot, chosenUpTo: this.chosenUpToValue, entries })
+  }
+
+  private maxAccepted(): number {
+    let max = -1
+    for (const i of this.accepted.keys()) if (i > max) max = i
+    return max
+  }
+
+  private onAccept(from: number, m: MessageOf<"Accept">): void {
+    this.seeRound(m.ballot)
+    if (compareBallot(m.ballot, this.promised) < 0) {
+      this.sendTo(from, { _tag: "Nack", ballot: m.ballot, promised: this.promised })
+      return
+    }
+    this.promise(m.ballot)
+    if (from !== this.config.nodeId) this.noteLeader(m.ballot)
+    // Below the chosen prefix only the chosen value can be proposed: no need to keep it in memory.
+    if (m.instance >= this.chosenUpToValue) this.accepted.set(m.instance, { ballot: m.ballot, value: m.value })
+    this.out.persist.push({ _tag: "Accepted", instance: m.instance, ballot: m.ballot, value: m.value })
+    this.sendTo(from, { _tag: "Accepted", ballot: m.ballot, instance: m.instance })
+  }
+
+  private noteLeader(b: Ballot): void {
+    if (this.knownLeader === null || compareBallot(b, this.knownLeader) >= 0) {
+      this.knownLeader = b
+      this.lastLeaderContact = this.now
+    }
+  }
+
+  private onNack(m: MessageOf<"Nack">): void {
+    this.seeRound(m.promised)
+    if (this.role !== "follower" && ballotEquals(m.ballot, this.ballot) && compareBallot(m.promised, this.ballot) > 0) {
+      this.stepDown()
+    }
+  }
+
+  private stepDown(): void {
+    this.role = "follower"
+    this.promises = new Map()
+    // In-flight instances stay in `placed`: whoever leads next settles them and we learn the outcome.
+    this.inflight.clear()
+    this.backoffUntil = this.now + this.random(this.config.backoffMinMs, this.config.backoffMaxMs)
+  }
+
+  private startPrepare(): void {
+    const round = Math.max(this.proposerRound, this.highestRoundSeen) + 1
+    this.proposerRound = round
+    this.highestRoundSeen = round
+    // Never reuse a ballot after a restart: the round is on disk before any Prepare leaves.
+    this.out.persist.push({ _tag: "ProposerRound", round })
+    this.ballot = { round, node: this.config.nodeId }
+    this.role = "preparing"
+    this.promises = new Map()
+    this.prepareSentAt = this.now
+    this.batchSeq = 0
+    this.broadcast({ _tag: "Prepare", ballot: this.ballot }, true)
+  }
+
+  private onPromise(from: number, m: MessageOf<"Promise">): void {
+    if (this.role !== "preparing" || !ballotEquals(m.ballot, this.ballot)) return
+    this.promises.set(from, m)
+    if (m.chosenUpTo > (this.peerChosenUpTo.get(from) ?? 0)) this.peerChosenUpTo.set(from, m.chosenUpTo)
+    if (this.promises.size < this.quorum) return
+
+    // Instances below the highest chosen prefix are chosen already:
+    // we learn them by catch-up and never propose into them.
+    let start = this.chosenUpToValue
+    for (const p of this.promises.values()) start = Math.max(start, p.chosenUpTo)
+    const best = new Map<number, PromiseEntry>()
+    let top = start - 1
+    for (const p of this.promises.values()) {
+      for (const e of p.entries) {
+        if (e.ballot === null) {
+          this.learn(e.instance, e.value)
+          continue
+        }
+        if (e.instance < start) continue
+        const cur = best.get(e.instance)
+        if (cur === undefined || (cur.ballot !== null && compareBallot(e.ballot, cur.ballot) > 0)) best.set(e.instance, e)
+        if (e.instance > top) top = e.instance
+      }
+    }
+    for (const i of this.chosen.keys()) if (i >= start && i > top) top = i
+    // Our own batches from an earlier term that no promiser accepted: re-propose them in
+    // the same instance (never elsewhere, so no value can be chosen twice).
+    for (const i of this.placed.keys()) if (i > top) top = i
+
+    this.role = "leader"
+    this.promises = new Map()
+    this.knownLeader = this.ballot
+    this.nextInstance = top + 1
+    // Re-propose what may have been chosen (highest ballot wins); fill gaps with no-ops.
+    for (let i = start; i <= top; i++) {
+      if (this.chosen.has(i)) continue
+      const e = best.get(i)
+      const value: PaxosValue = e?.value ?? this.placed.get(i)?.value ??
+        { proposer: this.config.nodeId, round: this.ballot.round, seq: this.batchSeq++, values: [] }
+      this.sendAccept(i, value)
+    }
+    this.flushQueue()
+  }
+
+  private sendAccept(instance: number, value: PaxosValue): void {
+    this.inflight.set(instance, { value, acks: new Set(), sentAt: this.now })
+    this.broadcast({ _tag: "Accept", ballot: this.ballot, instance, value }, true)
+  }
+
+  private onAccepted(from: number, m: MessageOf<"Accepted">): void {
+    if (this.role !== "leader" || !ballotEquals(m.ballot, this.ballot)) return
+    const f = this.inflight.get(m.instance)
+    if (f === undefined) return
+    f.acks.add(from)
+    if (f.acks.size < this.quorum) return
+    this.inflight.delete(m.instance)
+    this.learn(m.instance, f.value)
+    this.commits.push(m.instance)
+    this.flushQueue()
+  }
+
+  private onCommit(from: number, m: MessageOf<"Commit">): void {
+    this.noteLeader(m.ballot)
+    let hint = this.peerChosenUpTo.get(from) ?? 0
+    for (const i of m.instances) {
+      const a = this.accepted.get(i)
+      if (a !== undefined && ballotEquals(a.ballot, m.ballot)) this.learn(i, a.value)
+      else if (i + 1 > hint) hint = i + 1
+    }
+    this.peerChosenUpTo.set(from, hint)
+  }
+
+  private onStatus(from: number, m: MessageOf<"Status">): void {
+    if (m.leader !== null) this.noteLeader(m.leader)
+    const known = this.peerChosenUpTo.get(from) ?? 0
+    this.peerChosenUpTo.set(from, Math.max(known, m.chosenUpTo, m.maxChosen + 1))
+  }
+
+  private onCatchupRequest(from: number, m: MessageOf<"CatchupRequest">): void {
+    const count = Math.max(1, Math.min(m.count, this.config.catchupBatch))
+    const windowStart = this.chosenUpToValue - this.config.memoryWindow
+    if (m.from < windowStart) {
+      this.out.readChosen.push({ to: from, from: m.from, count })
+      return
+    }
+    const entries: Array<ChosenEntry> = []
+    for (let i = m.from; i < m.from + count && i <= this.maxChosen; i++) {
+      const v = this.chosen.get(i)
+      if (v !== undefined) entries.push({ instance: i, value: v })
+    }
+    this.sendTo(from, { _tag: "CatchupReply", entries })
+  }
+
+  private onCatchupReply(m: MessageOf<"CatchupReply">): void {
+    const before = this.chosenUpToValue
+    for (const e of m.entries) this.learn(e.instance, e.value)
+    if (this.chosenUpToValue > before) {
+      // Progress: ask for the next slice at once instead of waiting for a tick.
+      this.catchupSentAt = -Infinity
+      this.maybeCatchup()
+    }
+  }
+
+  // ---- learner ----
+
+  private learn(instance: number, value: PaxosValue): void {
+    if (instance < this.chosenUpToValue || this.chosen.has(instance)) return
+    this.chosen.set(instance, value)
+    if (instance > this.maxChosen) this.maxChosen = instance
+    this.out.persist.push({ _tag: "Chosen", instance, value })
+    this.inflight.delete(instance)
+    const p = this.placed.get(instance)
+    if (p !== undefined) {
+      this.placed.delete(instance)
+      const ours = valueEquals(p.value, value)
+      p.requestIds.forEach((requestId, index) =>
+        this.out.results.push(ours ? { _tag: "Chosen", requestId, instance, index } : { _tag: "Superseded", requestId, instance })
+      )
+    }
+    while (this.chosen.has(this.chosenUpToValue)) {
+      const i = this.chosenUpToValue
+      this.out.chosen.push({ instance: i, value: this.chosen.get(i)! })
+      this.accepted.delete(i)
+      this.chosenUpToValue++
+      const old = i - this.config.memoryWindow
+      if (old >= 0) this.chosen.delete(old)
+    }
+  }
+
+  private maybeCatchup(): void {
+    if (this.now - this.catchupSentAt < this.config.catchupRetryMs) return
+    const ahead = this.peers.filter((p) => (this.peerChosenUpTo.get(p) ?? 0) > this.chosenUpToValue)
+    if (ahead.length === 0) return
+    // Rotate among peers that are ahead, so one that lacks an entry does not stall us.
+    const peer = ahead[this.catchupPeerIndex++ % ahead.length]!
+    this.catchupSentAt = this.now
+    this.sendTo(peer, { _tag: "CatchupRequest", from: this.chosenUpToValue, count: this.config.catchupBatch })
+  }
+
+  // ---- proposer ----
+
+  private flushQueue(): void {
+    while (this.role === "leader" && this.queue.length > 0 && this.inflight.size < this.config.maxInflight) {
+      const full = this.queue.length >= this.config.batchMaxCount || this.queuedBytes >= this.config.batchMaxBytes
+      const waited = this.now - this.queue[0]!.at >= this.config.batchMaxWaitMs
+      if (this.inflight.size > 0 && !full && !waited) return
+      let n = 0
+      let bytes = 0
+      while (n < this.queue.length && n < this.config.batchMaxCount) {
+        const b = this.queue[n]!.value.byteLength
+        if (n > 0 && bytes + b > this.config.batchMaxBytes) break
+        bytes += b
+        n++
+      }
+      const batch = this.queue.splice(0, n)
+      this.queuedBytes -= bytes
+      const value: PaxosValue = {
+        proposer: this.config.nodeId,
+        round: this.ballot.round,
+        seq: this.batchSeq++,
+        values: batch.map((q) => q.value)
+      }
+      // A newer leader may have chosen instances we learned by catch-up: never place there.
+      while (this.nextInstance < this.chosenUpToValue || this.chosen.has(this.nextInstance)) this.nextInstance++
+      const instance = this.nextInstance++
+      this.placed.set(instance, { value, requestIds: batch.map((q) => q.requestId), at: this.now })
+      this.sendAccept(instance, value)
+    }
+  }
+
+  private tick(): void {
+    const c = this.config
+    if (this.role === "preparing" && this.now - this.prepareSentAt >= c.prepareRetryMs) {
+      // Lost messages: ask the silent acceptors again with the same ballot.
+      this.prepareSentAt = this.now
+      for (const p of c.members) {
+        if (!this.promises.has(p)) this.sendTo(p, { _tag: "Prepare", ballot: this.ballot })
+      }
+    }
+    if (this.role === "leader") {
+      for (const [instance, f] of this.inflight) {
+        if (this.now - f.sentAt < c.acceptRetransmitMs) continue
+        f.sentAt = this.now
+        for (const p of this.peers) {
+          if (!f.acks.has(p)) this.sendTo(p, { _tag: "Accept", ballot: this.ballot, instance, value: f.value })
+        }
+      }
+      this.flushQueue()
+    }
+    if (this.role === "follower" && this.now >= this.backoffUntil) {
+      // Queued values need a leader of our own. Placed ones are settled by whoever leads;
+      // if that has not happened for a while (the leader may never touch the instance), we
+      // take over and settle them ourselves.
+      let stale = false
+      for (const p of this.placed.values()) if (this.now - p.at >= c.leaderTimeoutMs) stale = true
+      if (this.queue.length > 0 || stale) this.startPrepare()
+    }
+    if (this.now - this.lastStatusAt >= c.statusIntervalMs) {
+      this.lastStatusAt = this.now
+      this.broadcast(
+        {
+          _tag: "Status",
+          chosenUpTo: this.chosenUpToValue,
+          maxChosen: this.maxChosen,
+          leader: this.role === "leader" ? this.ballot : null
+        },
+        false
+      )
+    }
+    this.maybeCatchup()
+  }
+}
+
+/** Rebuild the in-memory durable image from a list of records (simulation, tests). */
+export const applyRecords = (
+  state: {
+    promised: Ballot
+    proposerRound: number
+    accepted: Map<number, { ballot: Ballot; value: PaxosValue }>
+    chosen: Map<number, PaxosValue>
+  },
+  records: ReadonlyArray<PersistRecord>
+): void => {
+  for (const r of records) {
+    switch (r._tag) {
+      case "Promised":
+        if (compareBallot(r.ballot, state.promised) > 0) state.promised = r.ballot
+        break
+      case "ProposerRound":
+        if (r.round > state.proposerRound) state.proposerRound = r.round
+        break
+      case "Accepted":
+        state.accepted.set(r.instance, { ballot: r.ballot, value: r.value })
+        break
+      case "Chosen":
+        state.chosen.set(r.instance, r.value)
+        break
+    }
+  }
+}
+
+export { valueBytes }

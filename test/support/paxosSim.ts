@@ -1,0 +1,373 @@
+/**
+ * Deterministic simulation of the pure Paxos core: a seeded network that delays, drops,
+ * duplicates, reorders and partitions messages, and nodes that crash (memory lost, durable
+ * records kept) and restart. Every run is a function of its seed.
+ */
+import { applyRecords, type DurableState, type Outputs, type PaxosConfig, PaxosNode } from "../../src/domain/paxos/core.js"
+import { type Ballot, type PaxosMessage, type PaxosValue, valueEquals, ZeroBallot } from "../../src/domain/paxos/messages.js"
+
+export interface SimOptions {
+  readonly seed: number
+  readonly nodes: number
+  readonly chaosMs: number
+  readonly healBoundMs: number
+  readonly proposals: number
+  readonly dropRate: number
+  readonly dupRate: number
+  readonly maxDelayMs: number
+  readonly crashRate: number // per node per tick
+  readonly partitionRate: number // per tick
+}
+
+export const defaultSimOptions = (seed: number, nodes: number): SimOptions => ({
+  seed,
+  nodes,
+  chaosMs: 1_500,
+  healBoundMs: 10_000,
+  proposals: 40,
+  dropRate: 0.1,
+  dupRate: 0.05,
+  maxDelayMs: 15,
+  crashRate: 0.0015,
+  partitionRate: 0.004
+})
+
+export interface SimResult {
+  readonly seed: number
+  readonly failures: ReadonlyArray<string>
+  readonly chosenInstances: number
+  readonly confirmed: number
+  readonly crashes: number
+}
+
+const TICK_MS = 5
+
+class Rng {
+  private s: number
+  constructor(seed: number) {
+    this.s = seed | 0
+  }
+  next(): number {
+    this.s = (this.s + 0x6d2b79f5) | 0
+    let t = this.s
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+  int(min: number, max: number): number {
+    return min + Math.floor(this.next() * (max - min + 1))
+  }
+}
+
+type Event =
+  | { readonly kind: "deliver"; readonly to: number; readonly from: number; readonly message: PaxosMessage; readonly incarnation: number }
+  | { readonly kind: "tick"; readonly node: number; readonly incarnation: number }
+  | { readonly kind: "propose"; readonly node: number; readonly value?: string }
+  | { readonly kind: "restart"; readonly node: number }
+
+interface Scheduled {
+  readonly time: number
+  readonly seq: number
+  readonly event: Event
+}
+
+/** Binary min-heap on (time, seq). */
+class EventQueue {
+  private readonly heap: Array<Scheduled> = []
+  private seq = 0
+  get size(): number {
+    return this.heap.length
+  }
+  push(time: number, event: Event): void {
+    const h = this.heap
+    h.push({ time, seq: this.seq++, event })
+    let i = h.length - 1
+    while (i > 0) {
+      const p = (i - 1) >> 1
+      if (less(h[p]!, h[i]!)) break
+      ;[h[p], h[i]] = [h[i]!, h[p]!]
+      i = p
+    }
+  }
+  peekTime(): number {
+    return this.heap.length > 0 ? this.heap[0]!.time : Infinity
+  }
+  pop(): Scheduled | undefined {
+    const h = this.heap
+    if (h.length === 0) return undefined
+    const top = h[0]!
+    const last = h.pop()!
+    if (h.length > 0) {
+      h[0] = last
+      let i = 0
+      for (;;) {
+        const l = 2 * i + 1
+        const r = l + 1
+        let m = i
+        if (l < h.length && less(h[l]!, h[m]!)) m = l
+        if (r < h.length && less(h[r]!, h[m]!)) m = r
+        if (m === i) break
+        ;[h[m], h[i]] = [h[i]!, h[m]!]
+        i = m
+      }
+    }
+    return top
+  }
+}
+const less = (a: Scheduled, b: Scheduled): boolean => a.time < b.time || (a.time === b.time && a.seq < b.seq)
+
+interface Durable {
+  promised: Ballot
+  proposerRound: number
+  accepted: Map<number, { ballot: Ballot; value: PaxosValue }>
+  chosen: Map<number, PaxosValue>
+}
+
+interface SimNode {
+  readonly id: number
+  core: PaxosNode | null
+  incarnation: number
+  readonly durable: Durable
+  /** Next instance this incarnation must deliver (checks in-order delivery). */
+  nextDelivery: number
+  readonly requests: Map<number, string>
+}
+
+const simConfig = (nodeId: number, members: ReadonlyArray<number>, seed: number): PaxosConfig => ({
+  nodeId,
+  members,
+  batchMaxCount: 3,
+  batchMaxBytes: 64,
+  batchMaxWaitMs: 4,
+  maxInflight: 3,
+  prepareRetryMs: 60,
+  acceptRetransmitMs: 40,
+  statusIntervalMs: 30,
+  leaderTimeoutMs: 150,
+  backoffMinMs: 10,
+  backoffMaxMs: 80,
+  catchupBatch: 4,
+  catchupRetryMs: 40,
+  memoryWindow: 8,
+  seed
+})
+
+const durableStateOf = (d: Durable, window: number): DurableState => {
+  let chosenUpTo = 0
+  while (d.chosen.has(chosenUpTo)) chosenUpTo++
+  return {
+    promised: d.promised,
+    proposerRound: d.proposerRound,
+    accepted: [...d.accepted].filter(([i]) => i >= chosenUpTo).map(([instance, a]) => ({ instance, ...a })),
+    chosen: [...d.chosen].filter(([i]) => i >= chosenUpTo - window).map(([instance, value]) => ({ instance, value })),
+    chosenUpTo
+  }
+}
+
+const text = (b: Uint8Array): string => Buffer.from(b).toString("utf8")
+
+export const runSimulation = (options: SimOptions): SimResult => {
+  const rng = new Rng(options.seed)
+  const members = Array.from({ length: options.nodes }, (_, i) => i + 1)
+  const failures: Array<string> = []
+  const fail = (msg: string) => {
+    if (failures.length < 10) failures.push(msg)
+  }
+  const queue = new EventQueue()
+  let now = 0
+  let crashes = 0
+  let requestSeq = 0
+  let proposalsMade = 0
+  let chaos = true
+  /** Partition: group id per node; messages cross only within a group. */
+  let groups = new Map<number, number>(members.map((m) => [m, 0]))
+
+  const finalValue = `s${options.seed}-final`
+  const globalChosen = new Map<number, PaxosValue>()
+  const proposed = new Set<string>()
+  const confirmed = new Map<string, { instance: number; index: number }>()
+
+  const configOf = (id: number) => simConfig(id, members, options.seed)
+  const nodes = new Map<number, SimNode>(
+    members.map((id) => [
+      id,
+      {
+        id,
+        core: null,
+        incarnation: 0,
+        durable: { promised: ZeroBallot, proposerRound: 0, accepted: new Map(), chosen: new Map() },
+        nextDelivery: 0,
+        requests: new Map()
+      }
+    ])
+  )
+
+  const start = (n: SimNode) => {
+    n.incarnation++
+    const config = configOf(n.id)
+    const durable = durableStateOf(n.durable, config.memoryWindow)
+    n.core = new PaxosNode(config, durable, n.incarnation)
+    n.nextDelivery = durable.chosenUpTo
+    n.requests.clear()
+    queue.push(now + rng.int(0, TICK_MS), { kind: "tick", node: n.id, incarnation: n.incarnation })
+  }
+
+  const handle = (n: SimNode, out: Outputs) => {
+    // 1. durable first
+    applyRecords(n.durable, out.persist)
+    for (const r of out.persist) {
+      if (r._tag !== "Chosen") continue
+      const g = globalChosen.get(r.instance)
+      if (g === undefined) globalChosen.set(r.instance, r.value)
+      else if (!valueEquals(g, r.value)) fail(`agreement: instance ${r.instance} chosen with two values (node ${n.id})`)
+      for (const v of r.value.values) if (!proposed.has(text(v))) fail(`validity: instance ${r.instance} holds unproposed ${text(v)}`)
+    }
+    // 2. then everything that depends on it
+    for (const c of out.chosen) {
+      if (c.instance !== n.nextDelivery) fail(`order: node ${n.id} delivered ${c.instance}, expected ${n.nextDelivery}`)
+      n.nextDelivery = c.instance + 1
+    }
+    for (const r of out.results) {
+      const v = n.requests.get(r.requestId)
+      if (v === undefined) {
+        fail(`result for unknown request ${r.requestId} at node ${n.id}`)
+        continue
+      }
+      n.requests.delete(r.requestId)
+      if (r._tag === "Chosen") {
+        const g = globalChosen.get(r.instance)
+        const got = g?.values[r.index]
+        if (got === undefined || text(got) !== v) fail(`confirmed ${v} at ${r.instance}/${r.index} but the log holds ${got && text(got)}`)
+        confirmed.set(v, { instance: r.instance, index: r.index })
+      } else if (v === finalValue) {
+        // A superseded value was definitively not chosen: the client tries again.
+        queue.push(now + 1, { kind: "propose", node: members[rng.int(0, members.length - 1)]!, value: finalValue })
+      }
+    }
+    for (const s of out.send) send(n.id, s.to, s.message)
+    for (const rc of out.readChosen) {
+      const entries = []
+      for (let i = rc.from; i < rc.from + rc.count; i++) {
+        const v = n.durable.chosen.get(i)
+        if (v !== undefined) entries.push({ instance: i, value: v })
+      }
+      send(n.id, rc.to, { _tag: "CatchupReply", entries })
+    }
+  }
+
+  const send = (from: number, to: number, message: PaxosMessage) => {
+    const target = nodes.get(to)!
+    if (target.core === null) return
+    if (groups.get(from) !== groups.get(to)) return
+    if (chaos && rng.next() < options.dropRate) return
+    const copies = chaos && rng.next() < options.dupRate ? 2 : 1
+    for (let c = 0; c < copies; c++) {
+      queue.push(now + rng.int(1, chaos ? options.maxDelayMs : 3), {
+        kind: "deliver",
+        to,
+        from,
+        message,
+        incarnation: target.incarnation
+      })
+    }
+  }
+
+  const propose = (n: SimNode, value: string | undefined) => {
+    if (n.core === null) return
+    const v = value ?? `s${options.seed}-v${proposalsMade++}`
+    proposed.add(v)
+    const requestId = ++requestSeq
+    n.requests.set(requestId, v)
+    handle(n, n.core.step({ _tag: "Propose", requestId, value: Buffer.from(v) }, now))
+  }
+
+  for (const n of nodes.values()) start(n)
+  for (let i = 0; i < options.proposals; i++) {
+    queue.push(rng.int(0, options.chaosMs), { kind: "propose", node: members[rng.int(0, members.length - 1)]! })
+  }
+
+  const runUntil = (limit: number, done: () => boolean) => {
+    while (queue.size > 0) {
+      if (queue.peekTime() > limit) return false
+      const ev = queue.pop()!
+      now = ev.time
+      const e = ev.event
+      switch (e.kind) {
+        case "deliver": {
+          const n = nodes.get(e.to)!
+          if (n.core !== null && n.incarnation === e.incarnation && groups.get(e.from) === groups.get(e.to)) {
+            handle(n, n.core.step({ _tag: "Receive", from: e.from, message: e.message }, now))
+          }
+          break
+        }
+        case "tick": {
+          const n = nodes.get(e.node)!
+          if (n.core === null || n.incarnation !== e.incarnation) break
+          if (chaos && rng.next() < options.crashRate) {
+            n.core = null
+            crashes++
+            queue.push(now + rng.int(20, 400), { kind: "restart", node: n.id })
+            break
+          }
+          handle(n, n.core.step({ _tag: "Tick" }, now))
+          queue.push(now + TICK_MS, { kind: "tick", node: n.id, incarnation: n.incarnation })
+          if (n.id === members[0] && chaos && rng.next() < options.partitionRate) {
+            // Either heal, or split into two random groups.
+            groups = rng.next() < 0.4
+              ? new Map(members.map((m) => [m, 0]))
+              : new Map(members.map((m) => [m, rng.int(0, 1)]))
+          }
+          break
+        }
+        case "propose":
+          propose(nodes.get(e.node)!, e.value)
+          break
+        case "restart": {
+          const n = nodes.get(e.node)!
+          if (n.core === null) start(n)
+          break
+        }
+      }
+      if (done()) return true
+    }
+    return false
+  }
+
+  runUntil(options.chaosMs, () => false)
+
+  // Heal: no more faults, everyone up and connected, then one more value must get through.
+  chaos = false
+  groups = new Map(members.map((m) => [m, 0]))
+  for (const n of nodes.values()) if (n.core === null) start(n)
+  queue.push(now + 1, { kind: "propose", node: members[rng.int(0, members.length - 1)]!, value: finalValue })
+  const allLearned = () => {
+    if (!confirmed.has(finalValue)) return false
+    let max = -1
+    for (const i of globalChosen.keys()) if (i > max) max = i
+    for (const n of nodes.values()) if (n.core === null || n.core.chosenUpTo <= max) return false
+    return true
+  }
+  if (!runUntil(now + options.healBoundMs, allLearned)) {
+    const state = [...nodes.values()].map((n) => `${n.id}:${n.core?.chosenUpTo}/${n.core?.currentRole}/pending=${n.core?.pendingCount}/req=${n.requests.size}` + (process.env.SIM_DEBUG ? JSON.stringify({q: (n.core as any)?.queue?.length, placed: [...((n.core as any)?.placed?.keys() ?? [])], inflight: [...((n.core as any)?.inflight?.keys() ?? [])], next: (n.core as any)?.nextInstance, acc: [...((n.core as any)?.accepted?.keys() ?? [])]}) : "")).join(" ")
+    fail(`liveness: within ${options.healBoundMs} ms of healing, not every node learned every chosen instance and the final value [${state}] finalConfirmed=${confirmed.has(finalValue)}`)
+  }
+
+  // Durability: every confirmed value is in every node's durable log where it was confirmed.
+  for (const [v, at] of confirmed) {
+    for (const n of nodes.values()) {
+      const got = n.durable.chosen.get(at.instance)?.values[at.index]
+      if (got === undefined || text(got) !== v) fail(`durability: node ${n.id} lacks confirmed ${v} at ${at.instance}/${at.index}`)
+    }
+  }
+  // No value twice in the log.
+  const seen = new Set<string>()
+  for (const value of globalChosen.values()) {
+    for (const x of value.values) {
+      const t = text(x)
+      if (seen.has(t)) fail(`duplicate: ${t} chosen twice`)
+      seen.add(t)
+    }
+  }
+  return { seed: options.seed, failures, chosenInstances: globalChosen.size, confirmed: confirmed.size, crashes }
+}
+
