@@ -116,8 +116,15 @@ export interface Outputs {
 
 const emptyOutputs = (): Outputs => ({ persist: [], send: [], chosen: [], results: [], readChosen: [] })
 
-interface Queued {
+/** Where a proposal came from: this node, or a follower that forwarded it to us. */
+interface Origin {
+  readonly node: number
+  readonly incarnation: number
   readonly requestId: number
+}
+
+interface Queued {
+  readonly origin: Origin
   readonly value: Uint8Array
   readonly at: number
 }
@@ -131,7 +138,7 @@ interface Inflight {
 /** A batch this node put into an instance, awaiting the instance's outcome. */
 interface Placed {
   readonly value: PaxosValue
-  readonly requestIds: ReadonlyArray<number>
+  readonly origins: ReadonlyArray<Origin>
   readonly at: number
 }
 
@@ -178,6 +185,13 @@ export class PaxosNode {
   private backoffUntil = 0
   private lastLeaderContact = -Infinity
   private knownLeader: Ballot | null = null
+  /** A leader that left our forwarded proposals unanswered: not forwarded to again. */
+  private distrusted: Ballot | null = null
+  /** Our proposals handed to a leader, by request id, with when. */
+  private readonly forwarded = new Map<number, { at: number; readonly leader: Ballot }>()
+  /** Forwarded proposals seen, so a duplicated message cannot propose a value twice. */
+  private readonly forwardSeen = new Set<string>()
+  private readonly incarnation: number
   private lastStatusAt = -Infinity
 
   private out: Outputs = emptyOutputs()
@@ -190,6 +204,7 @@ export class PaxosNode {
     this.quorum = Math.floor(config.members.length / 2) + 1
     this.peers = config.members.filter((m) => m !== config.nodeId)
     this.rng = { s: (config.seed ^ Math.imul(config.nodeId + 1, 0x9e3779b1) ^ incarnationSeed) | 0 }
+    this.incarnation = incarnationSeed | 0
     this.promised = durable.promised
     this.proposerRound = durable.proposerRound
     this.highestRoundSeen = Math.max(durable.promised.round, durable.proposerRound)
@@ -223,8 +238,8 @@ export class PaxosNode {
   }
   get pendingCount(): number {
     let n = this.queue.length
-    for (const p of this.placed.values()) n += p.requestIds.length
-    return n
+    for (const p of this.placed.values()) n += p.origins.length
+    return n + this.forwarded.size
   }
   chosenValue(instance: number): PaxosValue | undefined {
     return this.chosen.get(instance)
@@ -235,13 +250,12 @@ export class PaxosNode {
     this.out = emptyOutputs()
     switch (input._tag) {
       case "Propose":
-        this.queue.push({ requestId: input.requestId, value: input.value, at: this.now })
-        this.queuedBytes += input.value.byteLength
-        if (this.role === "leader") this.flushQueue()
-        else if (this.role === "follower" && this.now >= this.backoffUntil) this.startPrepare()
+        this.enqueue({ node: this.config.nodeId, incarnation: this.incarnation, requestId: input.requestId }, input.value)
+        this.proposeQueued()
         break
       case "Cancel": {
-        const i = this.queue.findIndex((q) => q.requestId === input.requestId)
+        this.forwarded.delete(input.requestId)
+        const i = this.queue.findIndex((q) => q.origin.node === this.config.nodeId && q.origin.requestId === input.requestId)
         if (i >= 0) {
           this.queuedBytes -= this.queue[i]!.value.byteLength
           this.queue.splice(i, 1)
@@ -322,7 +336,76 @@ export class PaxosNode {
         return this.onCatchupRequest(from, m)
       case "CatchupReply":
         return this.onCatchupReply(m)
+      case "Forward":
+        return this.onForward(m)
+      case "ForwardResult":
+        return this.onForwardResult(m)
     }
+  }
+
+  private onForward(m: MessageOf<"Forward">): void {
+    for (const p of m.proposals) {
+      const key = `${m.origin}/${m.incarnation}/${p.requestId}`
+      if (this.forwardSeen.has(key)) continue
+      this.forwardSeen.add(key)
+      // Bounded memory: duplicates only arrive close together (TCP resends nothing after a reconnect).
+      if (this.forwardSeen.size > 100_000) this.forwardSeen.delete(this.forwardSeen.values().next().value!)
+      this.enqueue({ node: m.origin, incarnation: m.incarnation, requestId: p.requestId }, p.value)
+    }
+    this.proposeQueued()
+  }
+
+  private onForwardResult(m: MessageOf<"ForwardResult">): void {
+    if (m.incarnation !== this.incarnation) return
+    for (const r of m.results) {
+      if (!this.forwarded.delete(r.requestId)) continue
+      this.out.results.push(
+        r.index === null
+          ? { _tag: "Superseded", requestId: r.requestId, instance: r.instance }
+          : { _tag: "Chosen", requestId: r.requestId, instance: r.instance, index: r.index }
+      )
+    }
+  }
+
+  private enqueue(origin: Origin, value: Uint8Array): void {
+    this.queue.push({ origin, value, at: this.now })
+    this.queuedBytes += value.byteLength
+  }
+
+  /** The leader we would hand proposals to: another node, heard from recently, not distrusted. */
+  private activeLeader(): number | undefined {
+    const l = this.knownLeader
+    if (l === null || l.node === this.config.nodeId || this.role !== "follower") return undefined
+    if (this.now - this.lastLeaderContact >= this.config.leaderTimeoutMs) return undefined
+    if (this.distrusted !== null && compareBallot(l, this.distrusted) <= 0) return undefined
+    return l.node
+  }
+
+  /** Queued proposals go into our own instances if we lead, else to the active leader, else we run. */
+  private proposeQueued(): void {
+    if (this.queue.length === 0) return
+    if (this.role === "leader") return this.flushQueue()
+    if (this.role === "preparing") return
+    const leader = this.activeLeader()
+    if (leader !== undefined) {
+      const batch = this.queue.splice(0)
+      this.queuedBytes = 0
+      const own = batch.filter((q) => q.origin.node === this.config.nodeId && q.origin.incarnation === this.incarnation)
+      for (const q of own) this.forwarded.set(q.origin.requestId, { at: this.now, leader: this.knownLeader! })
+      // Proposals forwarded to us by others travel on with their origin, in messages of their own.
+      const byOrigin = new Map<string, Array<Queued>>()
+      for (const q of batch) {
+        const key = `${q.origin.node}/${q.origin.incarnation}`
+        byOrigin.set(key, [...(byOrigin.get(key) ?? []), q])
+      }
+      for (const group of byOrigin.values()) {
+        const o = group[0]!.origin
+        const proposals = group.map((q) => ({ requestId: q.origin.requestId, value: q.value }))
+        this.sendTo(leader, { _tag: "Forward", origin: o.node, incarnation: o.incarnation, proposals })
+      }
+      return
+    }
+    if (this.now >= this.backoffUntil) this.startPrepare()
   }
 
   private promise(ballot: Ballot): void {
@@ -526,9 +609,19 @@ export class PaxosNode {
     if (p !== undefined) {
       this.placed.delete(instance)
       const ours = valueEquals(p.value, value)
-      p.requestIds.forEach((requestId, index) =>
-        this.out.results.push(ours ? { _tag: "Chosen", requestId, instance, index } : { _tag: "Superseded", requestId, instance })
-      )
+      const remote = new Map<string, MessageOf<"ForwardResult">>()
+      p.origins.forEach((o, i) => {
+        const index = ours ? i : null
+        if (o.node === this.config.nodeId && o.incarnation === this.incarnation) {
+          const requestId = o.requestId
+          this.out.results.push(index !== null ? { _tag: "Chosen", requestId, instance, index } : { _tag: "Superseded", requestId, instance })
+          return
+        }
+        const key = `${o.node}/${o.incarnation}`
+        const r = remote.get(key) ?? { _tag: "ForwardResult", incarnation: o.incarnation, results: [] }
+        remote.set(key, { ...r, results: [...r.results, { requestId: o.requestId, instance, index }] })
+      })
+      for (const [key, r] of remote) this.sendTo(Number(key.split("/")[0]), r)
     }
     while (this.chosen.has(this.chosenUpToValue)) {
       const i = this.chosenUpToValue
@@ -576,7 +669,7 @@ export class PaxosNode {
       // A newer leader may have chosen instances we learned by catch-up: never place there.
       while (this.nextInstance < this.chosenUpToValue || this.chosen.has(this.nextInstance)) this.nextInstance++
       const instance = this.nextInstance++
-      this.placed.set(instance, { value, requestIds: batch.map((q) => q.requestId), at: this.now })
+      this.placed.set(instance, { value, origins: batch.map((q) => q.origin), at: this.now })
       this.sendAccept(instance, value)
     }
   }
@@ -600,13 +693,21 @@ export class PaxosNode {
       }
       this.flushQueue()
     }
+    if (this.role === "follower") {
+      // A leader that leaves forwarded proposals unanswered gets no more of them.
+      for (const f of this.forwarded.values()) {
+        if (this.now - f.at < c.leaderTimeoutMs) continue
+        f.at = Infinity
+        if (this.knownLeader !== null && ballotEquals(f.leader, this.knownLeader)) this.distrusted = this.knownLeader
+      }
+      this.proposeQueued()
+    }
     if (this.role === "follower" && this.now >= this.backoffUntil) {
-      // Queued values need a leader of our own. Placed ones are settled by whoever leads;
-      // if that has not happened for a while (the leader may never touch the instance), we
-      // take over and settle them ourselves.
+      // Placed proposals are settled by whoever leads; if that has not happened for a while
+      // (the leader may never touch the instance), we take over and settle them ourselves.
       let stale = false
       for (const p of this.placed.values()) if (this.now - p.at >= c.leaderTimeoutMs) stale = true
-      if (this.queue.length > 0 || stale) this.startPrepare()
+      if (stale) this.startPrepare()
     }
     if (this.now - this.lastStatusAt >= c.statusIntervalMs) {
       this.lastStatusAt = this.now

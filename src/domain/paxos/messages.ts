@@ -49,6 +49,17 @@ export const PaxosMessage = Schema.Union([
   /** Periodic: lets peers see how far this node has learned (drives catch-up). */
   Schema.TaggedStruct("Status", { chosenUpTo: Instance, maxChosen: Schema.Int, leader: Schema.NullOr(Ballot) }),
   Schema.TaggedStruct("CatchupRequest", { from: Instance, count: Schema.Int }),
+  /** A non-leader hands proposals to the leader; (origin, incarnation) tells restarts apart. */
+  Schema.TaggedStruct("Forward", {
+    origin: Schema.Int,
+    incarnation: Schema.Int,
+    proposals: Schema.Array(Schema.Struct({ requestId: Schema.Int, value: Schema.Uint8Array }))
+  }),
+  /** The leader tells the origin where its forwarded proposals ended up. */
+  Schema.TaggedStruct("ForwardResult", {
+    incarnation: Schema.Int,
+    results: Schema.Array(Schema.Struct({ requestId: Schema.Int, instance: Instance, index: Schema.NullOr(Schema.Int) }))
+  }),
   Schema.TaggedStruct("CatchupReply", { entries: Schema.Array(ChosenEntry) })
 ])
 export type PaxosMessage = typeof PaxosMessage.Type

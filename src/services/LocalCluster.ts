@@ -1,0 +1,174 @@
+/**
+ * A cluster of node processes on this machine (loopback), for tests, benchmarks and the
+ * demo. Each node is `node dist/main.js node --config FILE` in a child process; all of
+ * them are killed and their directory removed when the scope closes.
+ */
+import { Data, Effect, Schedule } from "effect"
+import { type ChildProcess, spawn } from "node:child_process"
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { createServer } from "node:net"
+import { tmpdir } from "node:os"
+import { dirname, join } from "node:path"
+import { fileURLToPath } from "node:url"
+import type { NodeConfig } from "../layers/NodeConfig.js"
+
+export class LocalClusterError extends Data.TaggedError("LocalClusterError")<{
+  readonly nodeId?: number
+  readonly message: string
+}> {}
+
+export interface LocalNode {
+  readonly nodeId: number
+  readonly peerPort: number
+  readonly dir: string
+  readonly configPath: string
+  /** The running process's pid, or undefined while it is down. */
+  readonly pid: () => number | undefined
+  /** Output the process wrote so far (stdout and stderr), for diagnostics. */
+  readonly output: () => string
+  /** Sends a signal and waits (bounded) until the process has exited. */
+  readonly kill: (signal?: NodeJS.Signals) => Effect.Effect<void>
+  /** Starts the process again on the same config and data; waits until it is ready. */
+  readonly start: Effect.Effect<void, LocalClusterError>
+}
+
+export interface LocalCluster {
+  readonly dir: string
+  readonly clusterId: string
+  readonly nodes: ReadonlyArray<LocalNode>
+}
+
+export interface LocalClusterOptions {
+  readonly nodes: number
+  readonly clusterId?: string
+  readonly host?: string
+  /** Keep the directory after the scope closes (e.g. to inspect a failure). */
+  readonly keepDir?: boolean
+  readonly paxos?: NodeConfig["paxos"]
+}
+
+const findMainJs = (): string => {
+  let dir = dirname(fileURLToPath(import.meta.url))
+  for (;;) {
+    const candidate = join(dir, "dist", "main.js")
+    if (existsSync(join(dir, "package.json")) && existsSync(candidate)) return candidate
+    const up = dirname(dir)
+    if (up === dir) throw new Error("dist/main.js not found: run `npm run build` first")
+    dir = up
+  }
+}
+
+export const freePort = (host = "127.0.0.1"): Effect.Effect<number, LocalClusterError> =>
+  Effect.callback<number, LocalClusterError>((resume) => {
+    const server = createServer()
+    server.once("error", (e) => resume(Effect.fail(new LocalClusterError({ message: `no free port: ${e.message}` }))))
+    server.listen(0, host, () => {
+      const address = server.address()
+      const port = typeof address === "object" && address !== null ? address.port : 0
+      server.close(() => resume(Effect.succeed(port)))
+    })
+  })
+
+const READY_TIMEOUT_MS = 20_000
+
+export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
+  const host = options.host ?? "127.0.0.1"
+  const clusterId = options.clusterId ?? "local"
+  const mainJs = yield* Effect.try({
+    try: findMainJs,
+    catch: (e) => new LocalClusterError({ message: String(e) })
+  })
+  const dir = yield* Effect.acquireRelease(
+    Effect.sync(() => mkdtempSync(join(tmpdir(), "phxmaria-cluster-"))),
+    (d) => Effect.sync(() => options.keepDir ? undefined : rmSync(d, { recursive: true, force: true }))
+  )
+  const ports: Array<number> = []
+  for (let i = 0; i < options.nodes; i++) ports.push(yield* freePort(host))
+  const members = ports.map((port, i) => ({ nodeId: i + 1, host, port }))
+
+  const makeNode = (nodeId: number, peerPort: number): LocalNode => {
+    const nodeDir = join(dir, `node${nodeId}`)
+    mkdirSync(nodeDir, { recursive: true })
+    const configPath = join(nodeDir, "config.json")
+    const config: NodeConfig = {
+      clusterId,
+      nodeId,
+      dataDir: join(nodeDir, "data"),
+      members,
+      ...(options.paxos !== undefined ? { paxos: options.paxos } : {})
+    }
+    writeFileSync(configPath, JSON.stringify(config, null, 2))
+    let child: ChildProcess | undefined
+    let output = ""
+
+    const exited = (c: ChildProcess) => c.exitCode !== null || c.signalCode !== null
+
+    const kill = (signal: NodeJS.Signals = "SIGKILL") =>
+      Effect.callback<void>((resume) => {
+        const c = child
+        if (c === undefined || exited(c)) {
+          child = undefined
+          return resume(Effect.void)
+        }
+        c.once("exit", () => resume(Effect.void))
+        c.kill(signal)
+      }).pipe(
+        Effect.timeoutOption("10 seconds"),
+        Effect.andThen(Effect.sync(() => {
+          if (child !== undefined && !exited(child)) child.kill("SIGKILL")
+          child = undefined
+        }))
+      )
+
+    const start = Effect.callback<void, LocalClusterError>((resume) => {
+      const c = spawn(process.execPath, [mainJs, "node", "--config", configPath], { stdio: ["ignore", "pipe", "pipe"] })
+      child = c
+      let ready = false
+      let line = ""
+      c.stdout!.on("data", (chunk: Buffer) => {
+        const text = chunk.toString()
+        output += text
+        if (ready) return
+        line += text
+        if (line.includes(`"event":"ready"`)) {
+          ready = true
+          resume(Effect.void)
+        }
+      })
+      c.stderr!.on("data", (chunk: Buffer) => {
+        output += chunk.toString()
+      })
+      c.once("exit", (code, signal) => {
+        if (!ready) resume(Effect.fail(new LocalClusterError({ nodeId, message: `exited (${code ?? signal}) before ready: ${output.slice(-2000)}` })))
+      })
+    }).pipe(
+      Effect.timeoutOrElse({
+        duration: `${READY_TIMEOUT_MS} millis`,
+        orElse: () => Effect.fail(new LocalClusterError({ nodeId, message: `not ready within ${READY_TIMEOUT_MS} ms: ${output.slice(-2000)}` }))
+      })
+    )
+
+    return { nodeId, peerPort, dir: nodeDir, configPath, pid: () => child?.pid, output: () => output, kill, start }
+  }
+
+  const nodes = members.map((m) => makeNode(m.nodeId, m.port))
+  // Kill every process when the scope closes, whatever happened.
+  yield* Effect.addFinalizer(() => Effect.forEach(nodes, (n) => n.kill("SIGKILL"), { concurrency: "unbounded", discard: true }))
+  yield* Effect.forEach(nodes, (n) => n.start, { concurrency: "unbounded", discard: true })
+  return { dir, clusterId, nodes } satisfies LocalCluster
+})
+
+/** Polls `check` until it returns true, up to `timeoutMs`. */
+export const waitFor = <E, R>(
+  what: string,
+  check: Effect.Effect<boolean, E, R>,
+  timeoutMs: number
+): Effect.Effect<void, E | LocalClusterError, R> =>
+  check.pipe(
+    Effect.repeat({ schedule: Schedule.spaced("50 millis"), until: (ok) => ok }),
+    Effect.asVoid,
+    Effect.timeoutOrElse({
+      duration: `${timeoutMs} millis`,
+      orElse: () => Effect.fail(new LocalClusterError({ message: `timed out after ${timeoutMs} ms waiting for ${what}` }))
+    })
+  )
