@@ -113,7 +113,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
         c.once("exit", () => resume(Effect.void))
         c.kill(signal)
       }).pipe(
-        Effect.timeoutOption("10 seconds"),
+        Effect.timeoutOption("5 seconds"),
         Effect.andThen(Effect.sync(() => {
           if (child !== undefined && !exited(child)) child.kill("SIGKILL")
           child = undefined
@@ -152,8 +152,8 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
   }
 
   const nodes = members.map((m) => makeNode(m.nodeId, m.port))
-  // Kill every process when the scope closes, whatever happened.
-  yield* Effect.addFinalizer(() => Effect.forEach(nodes, (n) => n.kill("SIGKILL"), { concurrency: "unbounded", discard: true }))
+  // Stop every process when the scope closes, whatever happened (SIGKILL if SIGTERM is not enough).
+  yield* Effect.addFinalizer(() => Effect.forEach(nodes, (n) => n.kill("SIGTERM"), { concurrency: "unbounded", discard: true }))
   yield* Effect.forEach(nodes, (n) => n.start, { concurrency: "unbounded", discard: true })
   return { dir, clusterId, nodes } satisfies LocalCluster
 })

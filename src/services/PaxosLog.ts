@@ -6,7 +6,7 @@
  * synced LMDB commit, and only then sends messages and completes proposals. Inputs that
  * arrive during the commit form the next group: group commit falls out of the loop.
  */
-import { Context, Effect, Layer, PubSub, Queue, Ref, Schedule, Schema, Stream } from "effect"
+import { Context, Effect, Fiber, Layer, PubSub, Queue, Ref, Schedule, Schema, Stream } from "effect"
 import {
   defaultPaxosConfig,
   type Input,
@@ -14,7 +14,8 @@ import {
   type PaxosConfig,
   PaxosNode,
   type PersistRecord,
-  type ProposalResult
+  type ProposalResult,
+  sendsBeforePersist
 } from "../domain/paxos/core.js"
 import { type ChosenEntry, PaxosMessage } from "../domain/paxos/messages.js"
 import { NotEnoughNodes, ProposeError, ProposeTimeout, Superseded } from "../domain/errors.js"
@@ -152,20 +153,36 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     }
   })
 
-  const carryOut = Effect.fnUntraced(function*(records: Array<PersistRecord>, outs: Array<Outputs>) {
-    // Persist before send: every reply below may depend on these records.
-    yield* storage.persist(records).pipe(Effect.orDie)
+  /**
+   * The core's outputs, carried out as core.ts asks: what may leave early leaves now; the
+   * rest waits for the step's write, which runs while the driver goes on with later inputs.
+   * The completer takes writes in the order they were issued (LMDB commits in that order).
+   */
+  const completions = yield* Queue.unbounded<{ readonly durable: Fiber.Fiber<void>; readonly outs: Array<Outputs> }>()
+
+  const afterDurable = Effect.fnUntraced(function*(outs: Array<Outputs>) {
     for (const o of outs) {
-      for (const s of o.send) yield* transport.send(s.to, s.message)
+      for (const s of o.send) {
+        if (sendsBeforePersist(s.message)) continue
+        if (s.to === options.nodeId) Queue.offerUnsafe(inputs, { _tag: "Receive", from: s.to, message: s.message })
+        else yield* transport.send(s.to, s.message)
+      }
       for (const r of o.readChosen) {
         const entries = yield* storage.readChosen(r.from, r.count).pipe(Effect.orDie)
         yield* transport.send(r.to, { _tag: "CatchupReply", entries })
       }
-      for (const r of o.results) complete(r)
       if (o.chosen.length > 0) {
         yield* Ref.set(chosenUpTo, o.chosen[o.chosen.length - 1]!.instance + 1)
         yield* PubSub.publishAll(chosenHub, o.chosen)
       }
+    }
+  })
+
+  const completer = Effect.gen(function*() {
+    for (;;) {
+      const c = yield* Queue.take(completions)
+      yield* Fiber.join(c.durable)
+      yield* afterDurable(c.outs)
     }
   })
 
@@ -184,8 +201,11 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
         const o = core.step(input, now)
         for (const r of o.persist) records.push(r)
         outs.push(o)
+        for (const s of o.send) if (sendsBeforePersist(s.message)) yield* transport.send(s.to, s.message)
+        for (const r of o.results) complete(r)
       }
-      yield* carryOut(records, outs)
+      const durable = yield* Effect.forkChild(storage.persist(records).pipe(Effect.orDie))
+      Queue.offerUnsafe(completions, { durable, outs })
       if (ticked) yield* expire(now)
     }
   })
@@ -223,6 +243,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   })
 
   yield* Effect.forkScoped(driver)
+  yield* Effect.forkScoped(completer)
   yield* Effect.forkScoped(pump)
   yield* Effect.forkScoped(
     Effect.sync(() => Queue.offerUnsafe(inputs, { _tag: "Tick" })).pipe(Effect.repeat(Schedule.spaced(`${tickMs} millis`)))
@@ -247,6 +268,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
           const upTo = yield* Ref.get(chosenUpTo)
           if (next >= upTo) break
           const page = yield* storage.readChosen(next, Math.min(256, upTo - next)).pipe(Effect.orDie)
+          if (page[0]?.instance !== next) return yield* Effect.die(new Error(`chosen log has no instance ${next} below ${upTo}`))
           for (const e of page) {
             if (e.instance !== next) break
             Queue.offerUnsafe(out, e)

@@ -3,7 +3,14 @@
  * duplicates, reorders and partitions messages, and nodes that crash (memory lost, durable
  * records kept) and restart. Every run is a function of its seed.
  */
-import { applyRecords, type DurableState, type Outputs, type PaxosConfig, PaxosNode } from "../../src/domain/paxos/core.js"
+import {
+  applyRecords,
+  type DurableState,
+  type Outputs,
+  type PaxosConfig,
+  PaxosNode,
+  sendsBeforePersist
+} from "../../src/domain/paxos/core.js"
 import { type Ballot, type PaxosMessage, type PaxosValue, valueEquals, ZeroBallot } from "../../src/domain/paxos/messages.js"
 
 export interface SimOptions {
@@ -16,6 +23,9 @@ export interface SimOptions {
   readonly dupRate: number
   readonly maxDelayMs: number
   readonly crashRate: number // per node per tick
+  readonly persistCrashRate: number // per step that writes records: crash with the write lost
+  readonly diskDelayMs: number // writes become durable after up to this long, in order
+  readonly diskCrashRate: number // per write completion: crash just before it, losing it and later ones
   readonly partitionRate: number // per tick
 }
 
@@ -29,6 +39,9 @@ export const defaultSimOptions = (seed: number, nodes: number): SimOptions => ({
   dupRate: 0.05,
   maxDelayMs: 15,
   crashRate: 0.0015,
+  persistCrashRate: 0.005,
+  diskDelayMs: 4,
+  diskCrashRate: 0.002,
   partitionRate: 0.004
 })
 
@@ -67,6 +80,8 @@ type Event =
   | { readonly kind: "propose"; readonly node: number; readonly value?: string }
   | { readonly kind: "finalRetry" }
   | { readonly kind: "restart"; readonly node: number }
+  /** The node's disk finished its writes up to `write`. */
+  | { readonly kind: "flush"; readonly node: number; readonly incarnation: number; readonly write: number }
 
 interface Scheduled {
   readonly time: number
@@ -134,6 +149,9 @@ interface SimNode {
   /** Next instance this incarnation must deliver (checks in-order delivery). */
   nextDelivery: number
   readonly requests: Map<number, string>
+  /** Writes issued but not yet durable, in order, with what waits for them. */
+  writes: Array<{ readonly index: number; readonly out: Outputs }>
+  writeIndex: number
 }
 
 const simConfig = (nodeId: number, members: ReadonlyArray<number>, seed: number): PaxosConfig => ({
@@ -208,7 +226,9 @@ export const runSimulation = (options: SimOptions): SimResult => {
         incarnation: 0,
         durable: { promised: ZeroBallot, proposerRound: 0, accepted: new Map(), chosen: new Map() },
         nextDelivery: 0,
-        requests: new Map()
+        requests: new Map(),
+        writes: [],
+        writeIndex: 0
       }
     ])
   )
@@ -220,23 +240,25 @@ export const runSimulation = (options: SimOptions): SimResult => {
     n.core = new PaxosNode(config, durable, n.incarnation)
     n.nextDelivery = durable.chosenUpTo
     n.requests.clear()
+    n.writes = [] // lost with the crash
     queue.push(now + rng.int(0, TICK_MS), { kind: "tick", node: n.id, incarnation: n.incarnation })
   }
 
+  const crash = (n: SimNode) => {
+    n.core = null
+    crashes++
+    queue.push(now + rng.int(20, 400), { kind: "restart", node: n.id })
+  }
+
   const handle = (n: SimNode, out: Outputs) => {
-    // 1. durable first
-    applyRecords(n.durable, out.persist)
+    // 1. what may go before the records are durable: early messages and results
+    for (const s of out.send) if (sendsBeforePersist(s.message)) send(n.id, s.to, s.message)
     for (const r of out.persist) {
       if (r._tag !== "Chosen") continue
       const g = globalChosen.get(r.instance)
       if (g === undefined) globalChosen.set(r.instance, r.value)
       else if (!valueEquals(g, r.value)) fail(`agreement: instance ${r.instance} chosen with two values (node ${n.id})`)
       for (const v of r.value.values) if (!proposed.has(text(v))) fail(`validity: instance ${r.instance} holds unproposed ${text(v)}`)
-    }
-    // 2. then everything that depends on it
-    for (const c of out.chosen) {
-      if (c.instance !== n.nextDelivery) fail(`order: node ${n.id} delivered ${c.instance}, expected ${n.nextDelivery}`)
-      n.nextDelivery = c.instance + 1
     }
     for (const r of out.results) {
       const v = n.requests.get(r.requestId)
@@ -254,15 +276,41 @@ export const runSimulation = (options: SimOptions): SimResult => {
         proposeFinal() // superseded: definitively not chosen, so the client tries again
       }
     }
-    for (const s of out.send) send(n.id, s.to, s.message)
-    for (const rc of out.readChosen) {
-      messages.readChosen = (messages.readChosen ?? 0) + 1
-      const entries = []
-      for (let i = rc.from; i < rc.from + rc.count; i++) {
-        const v = n.durable.chosen.get(i)
-        if (v !== undefined) entries.push({ instance: i, value: v })
+    // A crash while the records are being written: they are lost, the early messages are out.
+    if (chaos && out.persist.length > 0 && rng.next() < options.persistCrashRate) {
+      crash(n)
+      return
+    }
+    // 2. the write: durable later, in order; what depends on it waits
+    const index = ++n.writeIndex
+    n.writes.push({ index, out })
+    queue.push(now + rng.int(0, options.diskDelayMs), { kind: "flush", node: n.id, incarnation: n.incarnation, write: index })
+  }
+
+  /** Writes up to `upTo` are durable: apply them and release what waited for them, in order. */
+  const flush = (n: SimNode, upTo: number) => {
+    while (n.writes.length > 0 && n.writes[0]!.index <= upTo && n.core !== null) {
+      const { out } = n.writes.shift()!
+      applyRecords(n.durable, out.persist)
+      for (const c of out.chosen) {
+        if (c.instance !== n.nextDelivery) fail(`order: node ${n.id} delivered ${c.instance}, expected ${n.nextDelivery}`)
+        n.nextDelivery = c.instance + 1
       }
-      send(n.id, rc.to, { _tag: "CatchupReply", entries })
+      for (const rc of out.readChosen) {
+        messages.readChosen = (messages.readChosen ?? 0) + 1
+        const entries = []
+        for (let i = rc.from; i < rc.from + rc.count; i++) {
+          const v = n.durable.chosen.get(i)
+          if (v !== undefined) entries.push({ instance: i, value: v })
+        }
+        send(n.id, rc.to, { _tag: "CatchupReply", entries })
+      }
+      for (const s of out.send) {
+        if (sendsBeforePersist(s.message)) continue
+        if (n.core === null) return // crashed while handling an earlier loopback
+        if (s.to === n.id) handle(n, n.core.step({ _tag: "Receive", from: n.id, message: s.message }, now))
+        else send(n.id, s.to, s.message)
+      }
     }
   }
 
@@ -317,9 +365,7 @@ export const runSimulation = (options: SimOptions): SimResult => {
           const n = nodes.get(e.node)!
           if (n.core === null || n.incarnation !== e.incarnation) break
           if (chaos && rng.next() < options.crashRate) {
-            n.core = null
-            crashes++
-            queue.push(now + rng.int(20, 400), { kind: "restart", node: n.id })
+            crash(n)
             break
           }
           handle(n, n.core.step({ _tag: "Tick" }, now))
@@ -335,6 +381,14 @@ export const runSimulation = (options: SimOptions): SimResult => {
         case "propose":
           propose(nodes.get(e.node)!, e.value)
           break
+        case "flush": {
+          const n = nodes.get(e.node)!
+          if (n.core === null || n.incarnation !== e.incarnation) break
+          // A crash just before the disk finishes: these writes and any later ones are lost.
+          if (chaos && rng.next() < options.diskCrashRate) crash(n)
+          else flush(n, e.write)
+          break
+        }
         case "finalRetry":
           if (!finalConfirmed()) proposeFinal()
           break
@@ -368,7 +422,11 @@ export const runSimulation = (options: SimOptions): SimResult => {
     fail(`liveness: within ${options.healBoundMs} ms of healing, not every node learned every chosen instance and the final value [${state}] finalAttempts=${finalAttempts} finalConfirmed=${finalConfirmed()}`)
   }
 
-  // Durability: every confirmed value is in every node's durable log where it was confirmed.
+  // The disks finish what they were writing (no crash now), then durability is checked:
+  // every confirmed value is in every node's durable log where it was confirmed.
+  for (let round = 0; round < 100 && [...nodes.values()].some((n) => n.writes.length > 0); round++) {
+    for (const n of nodes.values()) flush(n, Infinity)
+  }
   for (const [v, at] of confirmed) {
     for (const n of nodes.values()) {
       const got = n.durable.chosen.get(at.instance)?.values[at.index]

@@ -2,12 +2,13 @@
  * Multi-Paxos as a deterministic state machine: no I/O, no clocks, no Effect services.
  *
  * The driver feeds inputs (peer messages, client proposals, ticks) with the current
- * monotonic time and carries out the outputs in this order:
- *   1. persist every record of `persist` durably (synced),
- *   2. then send `send`, answer `readChosen`, hand out `chosen` and `results`.
- * Sends and results of one step depend on that step's records: never send before the
- * records are on disk. The driver must also finish one step's persistence before feeding
- * the next input (a sequential loop does that).
+ * monotonic time and carries out each step's outputs:
+ *   - messages for which `sendsBeforePersist` holds, and `results`, may go at once;
+ *   - every record of `persist` is made durable, in step order (writes may overlap with
+ *     later steps, but complete in order);
+ *   - once a step's records and all earlier ones are durable: the other messages (those to
+ *     this node itself come back to it as inputs), `readChosen` answers, `chosen` deliveries.
+ * A crash may lose any suffix of writes; nothing that vouched for them has left the node.
  */
 import {
   type Ballot,
@@ -22,6 +23,15 @@ import {
   valueEquals,
   ZeroBallot
 } from "./messages.js"
+
+/**
+ * Whether a message may leave before the step's records are durable. Promise, Accepted and
+ * Prepare may not: they vouch for a promise, an accept or a ballot the node must never
+ * forget. The rest carry nothing a crash could make untrue (a Commit or result reports a
+ * value already accepted durably by a majority, including this node in an earlier step).
+ */
+export const sendsBeforePersist = (m: PaxosMessage): boolean =>
+  m._tag !== "Promise" && m._tag !== "Accepted" && m._tag !== "Prepare"
 
 export interface PaxosConfig {
   readonly nodeId: number
@@ -278,21 +288,22 @@ export class PaxosNode {
 
   // ---- plumbing ----
 
+  /**
+   * A message to ourselves that vouches for records (our own Promise, Accepted, Prepare) is
+   * an output like any other: the driver hands it back as an input once the records are
+   * durable, so our own acceptor counts only with what is on disk. Others are handled
+   * inside the step.
+   */
   private sendTo(to: number, message: PaxosMessage): void {
-    if (to === this.config.nodeId) this.selfMessages.push(message)
+    if (to === this.config.nodeId && sendsBeforePersist(message)) this.selfMessages.push(message)
     else this.out.send.push({ to, message })
   }
 
   private broadcast(message: PaxosMessage, includeSelf: boolean): void {
     for (const p of this.peers) this.out.send.push({ to: p, message })
-    if (includeSelf) this.selfMessages.push(message)
+    if (includeSelf) this.sendTo(this.config.nodeId, message)
   }
 
-  /**
-   * Messages to ourselves are handled inside the same step. That is safe: the acceptor's
-   * records are in this step's persist list, and nothing that depends on them leaves the
-   * node before the driver has made them durable.
-   */
   private drainSelf(): void {
     while (this.selfMessages.length > 0) {
       const m = this.selfMessages.shift()!
