@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /** The phxmaria command line. */
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
-import { Console, Effect } from "effect"
+import { Cause, Console, Effect, Exit } from "effect"
 import { Command, Flag } from "effect/cli"
 import { loadNodeConfig } from "./layers/NodeConfig.js"
 import { paxosLogLayer } from "./layers/PaxosNodeLayer.js"
@@ -32,6 +32,11 @@ const app = Command.make("phxmaria").pipe(
 Command.run(app, { version: "0.1.0" }).pipe(
   Effect.provide(NodeServices.layer),
   // Errors were already reported in plain words where they arose.
-  (program) => NodeRuntime.runMain(program, { disableErrorReporting: true })
+  (program) =>
+    NodeRuntime.runMain(program, {
+      disableErrorReporting: true,
+      // A stop requested with SIGINT/SIGTERM is a clean exit (0), not a failure (130).
+      teardown: (exit, onExit) => onExit(Exit.isSuccess(exit) || Cause.hasInterruptsOnly(exit.cause) ? 0 : 1)
+    })
 )
 

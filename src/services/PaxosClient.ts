@@ -51,7 +51,8 @@ export const connect = (options: { clusterId: string; host: string; port: number
         waiting.set(id, (reply) =>
           resume(reply === undefined ? Effect.fail(new ClientDisconnected({ message: "connection closed" })) : Effect.succeed(reply))
         )
-        Effect.runFork(conn.send(make(id)))
+        // send only queues the frame (no waiting), so it can run right here.
+        Effect.runSync(conn.send(make(id)))
         return Effect.sync(() => waiting.delete(id))
       })
 

@@ -126,6 +126,15 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     return requestId
   }
 
+  /** Answers for client connections, collected while the driver completes requests. */
+  let clientReplies: Array<{ readonly clientId: number; readonly reply: ClientMessage }> = []
+  const sendClientReplies = Effect.suspend(() => {
+    if (clientReplies.length === 0) return Effect.void
+    const replies = clientReplies
+    clientReplies = []
+    return Effect.forEach(replies, (r) => transport.replyToClient(r.clientId, r.reply), { discard: true })
+  })
+
   const complete = (r: ProposalResult) => {
     const p = pending.get(r.requestId)
     if (p === undefined) return
@@ -204,9 +213,13 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
         for (const s of o.send) if (sendsBeforePersist(s.message)) yield* transport.send(s.to, s.message)
         for (const r of o.results) complete(r)
       }
+      yield* sendClientReplies
       const durable = yield* Effect.forkChild(storage.persist(records).pipe(Effect.orDie))
       Queue.offerUnsafe(completions, { durable, outs })
-      if (ticked) yield* expire(now)
+      if (ticked) {
+        yield* expire(now)
+        yield* sendClientReplies
+      }
     }
   })
 
@@ -223,10 +236,12 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
           const clientId = item.clientId
           const id = m.id
           register((result) => {
-            const reply: ClientMessage = !("_tag" in result)
-              ? { _tag: "ClientChosen", id, instance: result.instance, index: result.index }
-              : { _tag: "ClientFailed", id, error: result }
-            Effect.runFork(transport.replyToClient(clientId, reply))
+            clientReplies.push({
+              clientId,
+              reply: !("_tag" in result)
+                ? { _tag: "ClientChosen", id, instance: result.instance, index: result.index }
+                : { _tag: "ClientFailed", id, error: result }
+            })
           }, m.value)
         } else if (m._tag === "ClientStatus") {
           yield* transport.replyToClient(item.clientId, {

@@ -290,8 +290,9 @@ class Connection {
   }
 
   /**
-   * Queues a frame; all frames queued in the same macrotask go out in one
-   * corked write. Returns false (frame dropped) when closed or over the bound;
+   * Queues a frame; all frames queued before the current synchronous run ends
+   * (one Effect scheduler batch) go out in one corked write. nextTick rather
+   * than setImmediate: the frames leave before any further I/O is polled. Returns false (frame dropped) when closed or over the bound;
    * a single frame is always accepted on an idle connection so that frames
    * larger than the bound can still be sent.
    */
@@ -303,7 +304,7 @@ class Connection {
     this.pendingBytes += frame.length
     if (!this.flushScheduled) {
       this.flushScheduled = true
-      setImmediate(this.flush)
+      process.nextTick(this.flush)
     }
     return true
   }
