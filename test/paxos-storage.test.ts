@@ -6,6 +6,7 @@ import { join } from "node:path"
 import type { PersistRecord } from "../src/domain/paxos/core.js"
 import type { PaxosValue } from "../src/domain/paxos/messages.js"
 import * as PaxosStorage from "../src/services/PaxosStorage.js"
+import { bytesAsText } from "./support/bytes.js"
 
 const value = (seq: number, ...texts: Array<string>): PaxosValue => ({
   proposer: 1,
@@ -43,13 +44,7 @@ describe("PaxosStorage", () => {
         const s = yield* PaxosStorage.make(dir)
         return { state: yield* s.load(1), range: yield* s.readChosen(0, 10) }
       }))
-      // Compare bytes as text (LMDB hands back Buffers, a Uint8Array subclass).
-      const norm = (x: unknown): unknown =>
-        x instanceof Uint8Array ? Buffer.from(x).toString() :
-        Array.isArray(x) ? x.map(norm) :
-        x !== null && typeof x === "object" ? Object.fromEntries(Object.entries(x).map(([k, v]) => [k, norm(v)])) :
-        x
-      expect(norm(loaded.state)).toEqual(norm({
+      expect(bytesAsText(loaded.state)).toEqual(bytesAsText({
         promised: { round: 3, node: 2 },
         proposerRound: 4,
         // accepted entries at or above the chosen prefix (2)

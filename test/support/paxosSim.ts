@@ -11,6 +11,7 @@ import {
   PaxosNode,
   sendsBeforePersist
 } from "../../src/domain/paxos/core.js"
+import { EventQueue, Rng } from "./sim.js"
 import { type Ballot, type PaxosMessage, type PaxosValue, valueEquals, ZeroBallot } from "../../src/domain/paxos/messages.js"
 
 export interface SimOptions {
@@ -57,23 +58,6 @@ export interface SimResult {
 
 const TICK_MS = 5
 
-class Rng {
-  private s: number
-  constructor(seed: number) {
-    this.s = seed | 0
-  }
-  next(): number {
-    this.s = (this.s + 0x6d2b79f5) | 0
-    let t = this.s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-  int(min: number, max: number): number {
-    return min + Math.floor(this.next() * (max - min + 1))
-  }
-}
-
 type Event =
   | { readonly kind: "deliver"; readonly to: number; readonly from: number; readonly message: PaxosMessage; readonly incarnation: number }
   | { readonly kind: "tick"; readonly node: number; readonly incarnation: number }
@@ -83,58 +67,7 @@ type Event =
   /** The node's disk finished its writes up to `write`. */
   | { readonly kind: "flush"; readonly node: number; readonly incarnation: number; readonly write: number }
 
-interface Scheduled {
-  readonly time: number
-  readonly seq: number
-  readonly event: Event
-}
-
-/** Binary min-heap on (time, seq). */
-class EventQueue {
-  private readonly heap: Array<Scheduled> = []
-  private seq = 0
-  get size(): number {
-    return this.heap.length
-  }
-  push(time: number, event: Event): void {
-    const h = this.heap
-    h.push({ time, seq: this.seq++, event })
-    let i = h.length - 1
-    while (i > 0) {
-      const p = (i - 1) >> 1
-      if (less(h[p]!, h[i]!)) break
-      ;[h[p], h[i]] = [h[i]!, h[p]!]
-      i = p
-    }
-  }
-  peekTime(): number {
-    return this.heap.length > 0 ? this.heap[0]!.time : Infinity
-  }
-  pop(): Scheduled | undefined {
-    const h = this.heap
-    if (h.length === 0) return undefined
-    const top = h[0]!
-    const last = h.pop()!
-    if (h.length > 0) {
-      h[0] = last
-      let i = 0
-      for (;;) {
-        const l = 2 * i + 1
-        const r = l + 1
-        let m = i
-        if (l < h.length && less(h[l]!, h[m]!)) m = l
-        if (r < h.length && less(h[r]!, h[m]!)) m = r
-        if (m === i) break
-        ;[h[m], h[i]] = [h[i]!, h[m]!]
-        i = m
-      }
-    }
-    return top
-  }
-}
-const less = (a: Scheduled, b: Scheduled): boolean => a.time < b.time || (a.time === b.time && a.seq < b.seq)
-
-interface Durable {
+export interface Durable {
   promised: Ballot
   proposerRound: number
   accepted: Map<number, { ballot: Ballot; value: PaxosValue }>
@@ -154,7 +87,7 @@ interface SimNode {
   writeIndex: number
 }
 
-const simConfig = (nodeId: number, members: ReadonlyArray<number>, seed: number): PaxosConfig => ({
+export const simPaxosConfig = (nodeId: number, members: ReadonlyArray<number>, seed: number): PaxosConfig => ({
   nodeId,
   members,
   batchMaxCount: 3,
@@ -173,7 +106,7 @@ const simConfig = (nodeId: number, members: ReadonlyArray<number>, seed: number)
   seed
 })
 
-const durableStateOf = (d: Durable, window: number): DurableState => {
+export const durableStateOf = (d: Durable, window: number): DurableState => {
   let chosenUpTo = 0
   while (d.chosen.has(chosenUpTo)) chosenUpTo++
   return {
@@ -194,7 +127,7 @@ export const runSimulation = (options: SimOptions): SimResult => {
   const fail = (msg: string) => {
     if (failures.length < 10) failures.push(msg)
   }
-  const queue = new EventQueue()
+  const queue = new EventQueue<Event>()
   let now = 0
   let crashes = 0
   let requestSeq = 0
@@ -216,7 +149,7 @@ export const runSimulation = (options: SimOptions): SimResult => {
   const proposed = new Set<string>()
   const confirmed = new Map<string, { instance: number; index: number }>()
 
-  const configOf = (id: number) => simConfig(id, members, options.seed)
+  const configOf = (id: number) => simPaxosConfig(id, members, options.seed)
   const nodes = new Map<number, SimNode>(
     members.map((id) => [
       id,

@@ -109,6 +109,8 @@ export type Input =
   | { readonly _tag: "Cancel"; readonly requestId: number }
   | { readonly _tag: "Receive"; readonly from: number; readonly message: PaxosMessage }
   | { readonly _tag: "Tick" }
+  /** Become the leader (the master lease holder asks: its proposals then go out directly). */
+  | { readonly _tag: "Lead" }
 
 export type ProposalResult =
   | { readonly _tag: "Chosen"; readonly requestId: number; readonly instance: number; readonly index: number }
@@ -277,6 +279,9 @@ export class PaxosNode {
         break
       case "Tick":
         this.tick()
+        break
+      case "Lead":
+        if (this.role === "follower" && this.now >= this.backoffUntil) this.startPrepare()
         break
     }
     this.drainSelf()

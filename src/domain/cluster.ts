@@ -1,0 +1,184 @@
+/**
+ * The replicated cluster state machine (DESIGN.md section 5): who is master, under which
+ * epoch, how far the global binlog has reached, who the members are. Apply is pure and
+ * deterministic: no clocks, no randomness, no I/O.
+ */
+import { Result, Schema } from "effect"
+import { decodePayload, encodeFrame, FRAME_HEADER_BYTES } from "./frame.js"
+import { followsOn, Gtid, gtidEquals } from "./gtid.js"
+
+/** One binlog transaction as captured from the master: its GTID and its events' bytes. */
+export const BinlogTxn = Schema.Struct({
+  gtid: Gtid,
+  events: Schema.Uint8Array
+})
+export type BinlogTxn = typeof BinlogTxn.Type
+
+export const MasterLease = Schema.TaggedStruct("MasterLease", {
+  node: Schema.Int,
+  basedOnVersion: Schema.Int,
+  leaseMs: Schema.Int.pipe(Schema.check(Schema.isGreaterThan(0))),
+  /** Random per proposal: the proposer recognises its own entry (not an earlier incarnation's). */
+  proposalId: Schema.Int
+})
+export const Binlog = Schema.TaggedStruct("Binlog", {
+  node: Schema.Int,
+  epoch: Schema.Int,
+  prevGtid: Schema.NullOr(Gtid),
+  txns: Schema.Array(BinlogTxn).pipe(Schema.check(Schema.isMinLength(1)))
+})
+export const Membership = Schema.TaggedStruct("Membership", {
+  members: Schema.Array(Schema.Int.pipe(Schema.check(Schema.isGreaterThan(0)))).pipe(Schema.check(Schema.isMinLength(1)))
+})
+/** Changes nothing; a node proposes one as a barrier to learn the log up to now. */
+export const Noop = Schema.TaggedStruct("Noop", { node: Schema.Int, nonce: Schema.Int })
+
+export const ClusterEntry = Schema.Union([MasterLease, Binlog, Membership, Noop])
+export type ClusterEntry = typeof ClusterEntry.Type
+export type EntryOf<T extends ClusterEntry["_tag"]> = Extract<ClusterEntry, { _tag: T }>
+
+/** Why an entry was rejected; the proposer is told, and nothing changed. */
+export const RejectReason = Schema.Union([
+  Schema.TaggedStruct("StaleMasterVersion", { expected: Schema.Int, got: Schema.Int }),
+  Schema.TaggedStruct("NotMaster", { master: Schema.NullOr(Schema.Int), node: Schema.Int }),
+  Schema.TaggedStruct("StaleEpoch", { epoch: Schema.Int, got: Schema.Int }),
+  Schema.TaggedStruct("GtidMismatch", { lastGtid: Schema.NullOr(Gtid), prevGtid: Schema.NullOr(Gtid) }),
+  Schema.TaggedStruct("GtidGap", { after: Schema.NullOr(Gtid), got: Gtid }),
+  /** The same GTID is in the log with other content: never ACK. */
+  Schema.TaggedStruct("GtidConflict", { gtid: Gtid }),
+  Schema.TaggedStruct("Malformed", { message: Schema.String })
+])
+export type RejectReason = typeof RejectReason.Type
+
+export type Outcome =
+  | { readonly _tag: "Accepted" }
+  /** A retry of a Binlog entry that is already in the log with the same content. */
+  | { readonly _tag: "AlreadyAccepted" }
+  | { readonly _tag: "Rejected"; readonly reason: RejectReason }
+
+/** Digests of the most recent transactions, to recognise a retried Binlog entry. */
+export const RECENT_TXNS = 4096
+
+export const ClusterStateData = Schema.Struct({
+  master: Schema.NullOr(Schema.Int),
+  masterVersion: Schema.Int,
+  epoch: Schema.Int,
+  leaseMs: Schema.Int,
+  lastGtid: Schema.NullOr(Gtid),
+  members: Schema.Array(Schema.Int),
+  /** (gtid seq, digest) of the last RECENT_TXNS transactions, oldest first. */
+  recent: Schema.Array(Schema.Tuple([Schema.Int, Schema.Int]))
+})
+export type ClusterStateData = typeof ClusterStateData.Type
+
+export const initialClusterState = (members: ReadonlyArray<number>): ClusterStateData => ({
+  master: null,
+  masterVersion: 0,
+  epoch: 0,
+  leaseMs: 0,
+  lastGtid: null,
+  members: [...members],
+  recent: []
+})
+
+/** FNV-1a over the server id and the events: deterministic, cheap, only compared with itself. */
+export const txnDigest = (t: BinlogTxn): number => {
+  let h = Math.imul(0x811c9dc5 ^ t.gtid.server, 0x01000193)
+  const bytes = t.events
+  for (let i = 0; i < bytes.length; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193)
+  return h >>> 0
+}
+
+const reject = (reason: RejectReason): Outcome => ({ _tag: "Rejected", reason })
+const accepted: Outcome = { _tag: "Accepted" }
+
+/** Applies one chosen entry. A rejection returns the same state object. */
+export const applyEntry = (state: ClusterStateData, entry: ClusterEntry): readonly [ClusterStateData, Outcome] => {
+  switch (entry._tag) {
+    case "Noop":
+      return [state, accepted]
+    case "Membership":
+      return [{ ...state, members: [...entry.members] }, accepted]
+    case "MasterLease": {
+      if (entry.basedOnVersion !== state.masterVersion) {
+        return [state, reject({ _tag: "StaleMasterVersion", expected: state.masterVersion, got: entry.basedOnVersion })]
+      }
+      const changed = entry.node !== state.master
+      return [
+        {
+          ...state,
+          master: entry.node,
+          masterVersion: state.masterVersion + 1,
+          epoch: changed ? state.epoch + 1 : state.epoch,
+          leaseMs: entry.leaseMs
+        },
+        accepted
+      ]
+    }
+    case "Binlog":
+      return applyBinlog(state, entry)
+  }
+}
+
+const applyBinlog = (state: ClusterStateData, entry: EntryOf<"Binlog">): readonly [ClusterStateData, Outcome] => {
+  // A retry whose first try was chosen: every transaction already here with the same content.
+  const retry = recognizeRetry(state, entry)
+  if (retry !== undefined) return [state, retry]
+  if (entry.node !== state.master) return [state, reject({ _tag: "NotMaster", master: state.master, node: entry.node })]
+  if (entry.epoch !== state.epoch) return [state, reject({ _tag: "StaleEpoch", epoch: state.epoch, got: entry.epoch })]
+  if (!gtidEquals(entry.prevGtid, state.lastGtid)) {
+    return [state, reject({ _tag: "GtidMismatch", lastGtid: state.lastGtid, prevGtid: entry.prevGtid })]
+  }
+  let prev = state.lastGtid
+  for (const t of entry.txns) {
+    if (!followsOn(prev, t.gtid)) return [state, reject({ _tag: "GtidGap", after: prev, got: t.gtid })]
+    prev = t.gtid
+  }
+  const added = entry.txns.map((t) => [t.gtid.seq, txnDigest(t)] as const)
+  const recent = [...state.recent, ...added]
+  return [
+    { ...state, lastGtid: prev, recent: recent.length > RECENT_TXNS ? recent.slice(recent.length - RECENT_TXNS) : recent },
+    accepted
+  ]
+}
+
+/**
+ * An entry whose transactions all lie at or below lastGtid is a retry. It is "already
+ * accepted" only if each one is in the recent window with the same content; the same GTID
+ * with other content is a conflict. Undefined: not a retry, judge it normally.
+ */
+const recognizeRetry = (state: ClusterStateData, entry: EntryOf<"Binlog">): Outcome | undefined => {
+  const last = state.lastGtid
+  if (last === null) return undefined
+  const first = entry.txns[0]!.gtid
+  if (first.domain !== last.domain || first.seq > last.seq) return undefined
+  const bySeq = new Map(state.recent.map(([seq, d]) => [seq, d]))
+  for (const t of entry.txns) {
+    if (t.gtid.domain !== last.domain || t.gtid.seq > last.seq) {
+      return reject({ _tag: "GtidMismatch", lastGtid: last, prevGtid: entry.prevGtid })
+    }
+    const d = bySeq.get(t.gtid.seq)
+    if (d === undefined) return reject({ _tag: "GtidMismatch", lastGtid: last, prevGtid: entry.prevGtid })
+    if (d !== txnDigest(t)) return reject({ _tag: "GtidConflict", gtid: t.gtid })
+  }
+  return { _tag: "AlreadyAccepted" }
+}
+
+const decodeClusterEntry = Schema.decodeUnknownResult(ClusterEntry)
+
+/** An entry's bytes as a Paxos value (msgpack, the same codec as the wire). */
+export const encodeEntry = (entry: ClusterEntry): Uint8Array => encodeFrame(entry).subarray(FRAME_HEADER_BYTES)
+
+/** Decodes a chosen value; bytes that are no entry come back as a Malformed reason (applied as a no-op). */
+export const decodeEntry = (bytes: Uint8Array): ClusterEntry | RejectReason => {
+  const payload = decodePayload(bytes)
+  if (Result.isFailure(payload)) return { _tag: "Malformed", message: payload.failure.message }
+  const entry = decodeClusterEntry(payload.success)
+  return Result.isFailure(entry) ? { _tag: "Malformed", message: entry.failure.message } : entry.success
+}
+
+/** Applies a chosen value: a malformed one changes nothing and is rejected. */
+export const applyValue = (state: ClusterStateData, bytes: Uint8Array): readonly [ClusterStateData, Outcome] => {
+  const entry = decodeEntry(bytes)
+  return entry._tag === "Malformed" ? [state, { _tag: "Rejected", reason: entry }] : applyEntry(state, entry as ClusterEntry)
+}

@@ -1,0 +1,123 @@
+/**
+ * The master lease as seen by one node (DESIGN.md section 6). Pure: the caller passes the
+ * node's monotonic clock reading. The holder counts its lease from when it SENT the
+ * proposal and gives it up `marginMs` early; every other node counts from when it LEARNED
+ * the lease. With clock rates within ±rho of each other, marginMs > 2 * rho * leaseMs keeps
+ * the holder's end before anyone else's start.
+ */
+import type { ClusterEntry, ClusterStateData, Outcome } from "./cluster.js"
+
+export interface LeaseConfig {
+  readonly nodeId: number
+  readonly leaseMs: number
+  readonly renewEveryMs: number
+  readonly marginMs: number
+  /** Extra wait before running, per unit of lag a node reports (see `lag`). */
+  readonly behindPenaltyMs: number
+  /** A proposal with no outcome after this long is given up (a later one is sent). */
+  readonly proposeTimeoutMs: number
+}
+
+export const defaultLeaseConfig = (nodeId: number, leaseMs = 3_000): LeaseConfig => ({
+  nodeId,
+  leaseMs,
+  renewEveryMs: Math.floor(leaseMs / 3),
+  marginMs: Math.max(100, Math.floor(leaseMs / 10)),
+  behindPenaltyMs: Math.floor(leaseMs / 6),
+  proposeTimeoutMs: Math.floor(leaseMs / 3)
+})
+
+export interface LeaseView {
+  /** The master record this node last applied. */
+  readonly master: number | null
+  readonly masterVersion: number
+  /** When this node learned that record (or started, for one it found on disk). */
+  readonly learnedAt: number
+  /** Set while this node holds the lease: when it sent the proposal that granted it. */
+  readonly heldFrom: number | undefined
+  /** Our MasterLease proposal in flight, if any. */
+  readonly proposing: { readonly basedOnVersion: number; readonly sentAt: number; readonly proposalId: number } | undefined
+  /** Earliest time of the next renewal proposal. */
+  readonly nextRenewAt: number
+}
+
+/** A node starting with `state` from disk counts any lease in it as just learned. */
+export const initialLeaseView = (state: ClusterStateData, now: number): LeaseView => ({
+  master: state.master,
+  masterVersion: state.masterVersion,
+  learnedAt: now,
+  heldFrom: undefined,
+  proposing: undefined,
+  nextRenewAt: now
+})
+
+/** Whether this node holds the lease now, in its own count. */
+export const holdsLease = (c: LeaseConfig, v: LeaseView, now: number): boolean =>
+  v.master === c.nodeId && v.heldFrom !== undefined && now < v.heldFrom + c.leaseMs - c.marginMs
+
+/** When the current lease lapses in this node's view (no master: already). */
+export const lapsesAt = (c: LeaseConfig, v: LeaseView): number =>
+  v.master === null ? -Infinity : v.learnedAt + c.leaseMs
+
+/** Lease time the holder has left, in its own count (0 when it does not hold it). */
+export const remainingMs = (c: LeaseConfig, v: LeaseView, now: number): number =>
+  holdsLease(c, v, now) ? v.heldFrom! + c.leaseMs - c.marginMs - now : 0
+
+/** The cluster state changed (an entry was applied): track a new master record. */
+export const onState = (c: LeaseConfig, v: LeaseView, state: ClusterStateData, now: number): LeaseView => {
+  if (state.masterVersion === v.masterVersion) return v
+  return {
+    ...v,
+    master: state.master,
+    masterVersion: state.masterVersion,
+    learnedAt: now,
+    // Another node's lease ends ours at once; our own renewal keeps heldFrom until its outcome.
+    heldFrom: state.master === c.nodeId ? v.heldFrom : undefined
+  }
+}
+
+/**
+ * An entry was applied (call after `onState` with the resulting state): if it is our
+ * proposal, its outcome decides whether we hold the lease, counted from when we sent it.
+ */
+export const onApplied = (c: LeaseConfig, v: LeaseView, entry: ClusterEntry, outcome: Outcome, now: number): LeaseView =>
+  entry._tag === "MasterLease" && entry.node === c.nodeId && entry.proposalId === v.proposing?.proposalId
+    ? onOutcome(c, v, outcome, now)
+    : v
+
+/** Our proposal's outcome: from `onApplied`, or "failed" when the log gave up on it (timeout). */
+export const onOutcome = (c: LeaseConfig, v: LeaseView, outcome: Outcome | "failed", now: number): LeaseView => {
+  const p = v.proposing
+  if (p === undefined) return v
+  if (outcome !== "failed" && outcome._tag === "Accepted" && v.master === c.nodeId) {
+    return { ...v, proposing: undefined, heldFrom: p.sentAt, nextRenewAt: p.sentAt + c.renewEveryMs }
+  }
+  return { ...v, proposing: undefined, nextRenewAt: now }
+}
+
+export type LeaseAction =
+  | { readonly _tag: "Propose"; readonly basedOnVersion: number }
+  | { readonly _tag: "None" }
+
+/**
+ * What to do now. `ready`: this node's database has applied every chosen transaction.
+ * `lag`: how far behind this node says it is (0 = caught up); each unit delays running.
+ */
+export const decide = (c: LeaseConfig, v: LeaseView, now: number, ready: boolean, lag: number): LeaseAction => {
+  // A proposal that is taking too long is abandoned: if it is chosen after all, we do not
+  // count it as ours (safe: we only under-count), and its stale version makes ours lose.
+  if (v.proposing !== undefined && now - v.proposing.sentAt < c.proposeTimeoutMs) return { _tag: "None" }
+  if (holdsLease(c, v, now)) {
+    return now >= v.nextRenewAt ? { _tag: "Propose", basedOnVersion: v.masterVersion } : { _tag: "None" }
+  }
+  // A master that restarted (no heldFrom) waits like everyone else.
+  if (!ready) return { _tag: "None" }
+  if (now < lapsesAt(c, v) + lag * c.behindPenaltyMs) return { _tag: "None" }
+  if (now < v.nextRenewAt) return { _tag: "None" }
+  return { _tag: "Propose", basedOnVersion: v.masterVersion }
+}
+
+export const onProposed = (v: LeaseView, basedOnVersion: number, proposalId: number, now: number): LeaseView => ({
+  ...v,
+  proposing: { basedOnVersion, sentAt: now, proposalId }
+})

@@ -1,0 +1,177 @@
+import { describe, expect, it } from "@effect/vitest"
+import {
+  applyEntry,
+  applyValue,
+  type BinlogTxn,
+  type ClusterEntry,
+  type ClusterStateData,
+  decodeEntry,
+  encodeEntry,
+  initialClusterState,
+  type Outcome,
+  txnDigest
+} from "../src/domain/cluster.js"
+import { formatGtid, type Gtid, gtidEquals, parseGtid } from "../src/domain/gtid.js"
+import { bytesAsText } from "./support/bytes.js"
+import { Rng } from "./support/sim.js"
+
+const txn = (seq: number, server = 1, body = `t${seq}`): BinlogTxn => ({
+  gtid: { domain: 0, server, seq },
+  events: new Uint8Array(Buffer.from(body))
+})
+
+const run = (entries: ReadonlyArray<ClusterEntry>, members = [1, 2, 3]) => {
+  let state = initialClusterState(members)
+  const outcomes: Array<Outcome> = []
+  const states: Array<ClusterStateData> = [state]
+  for (const e of entries) {
+    const [next, outcome] = applyEntry(state, e)
+    outcomes.push(outcome)
+    states.push(next)
+    state = next
+  }
+  return { state, outcomes, states }
+}
+
+describe("GTID", () => {
+  it("parses and formats D-S-N", () => {
+    expect(parseGtid("0-12-345")).toEqual({ domain: 0, server: 12, seq: 345 })
+    expect(formatGtid({ domain: 1, server: 2, seq: 3 })).toBe("1-2-3")
+    for (const bad of ["", "0-1", "a-b-c", "0-1-0", "0-1--2", "0-99999999999-1"]) expect(parseGtid(bad)).toBeUndefined()
+  })
+})
+
+describe("cluster state machine", () => {
+  it("applies the rules of DESIGN.md section 5", () => {
+    const { state, outcomes } = run([
+      { _tag: "Binlog", node: 1, epoch: 0, prevGtid: null, txns: [txn(1)] }, // no master yet
+      { _tag: "MasterLease", node: 1, basedOnVersion: 0, leaseMs: 3000, proposalId: 1 },
+      { _tag: "MasterLease", node: 2, basedOnVersion: 0, leaseMs: 3000, proposalId: 1 }, // stale version
+      { _tag: "Binlog", node: 1, epoch: 1, prevGtid: null, txns: [txn(1), txn(2)] },
+      { _tag: "Binlog", node: 1, epoch: 1, prevGtid: { domain: 0, server: 1, seq: 1 }, txns: [txn(3)] }, // wrong prev
+      { _tag: "Binlog", node: 1, epoch: 1, prevGtid: { domain: 0, server: 1, seq: 2 }, txns: [txn(4)] }, // gap
+      { _tag: "Binlog", node: 1, epoch: 1, prevGtid: null, txns: [txn(1), txn(2)] }, // retry, same content
+      { _tag: "Binlog", node: 1, epoch: 1, prevGtid: null, txns: [txn(1), txn(2, 1, "other")] }, // same GTID, other content
+      { _tag: "MasterLease", node: 1, basedOnVersion: 1, leaseMs: 3000, proposalId: 1 }, // renewal: same epoch
+      { _tag: "MasterLease", node: 2, basedOnVersion: 2, leaseMs: 3000, proposalId: 1 }, // new master: epoch 2
+      { _tag: "Binlog", node: 1, epoch: 1, prevGtid: { domain: 0, server: 1, seq: 2 }, txns: [txn(3)] }, // old master
+      { _tag: "Binlog", node: 2, epoch: 1, prevGtid: { domain: 0, server: 1, seq: 2 }, txns: [txn(3, 2)] }, // stale epoch
+      { _tag: "Binlog", node: 2, epoch: 2, prevGtid: { domain: 0, server: 1, seq: 2 }, txns: [txn(3, 2)] },
+      { _tag: "Noop", node: 3, nonce: 7 }
+    ])
+    expect(outcomes.map((o) => (o._tag === "Rejected" ? o.reason._tag : o._tag))).toEqual([
+      "NotMaster",
+      "Accepted",
+      "StaleMasterVersion",
+      "Accepted",
+      "GtidMismatch",
+      "GtidGap",
+      "AlreadyAccepted",
+      "GtidConflict",
+      "Accepted",
+      "Accepted",
+      "NotMaster",
+      "StaleEpoch",
+      "Accepted",
+      "Accepted"
+    ])
+    expect(state).toMatchObject({ master: 2, masterVersion: 3, epoch: 2, lastGtid: { domain: 0, server: 2, seq: 3 } })
+  })
+
+  it("round-trips entries through their encoding and rejects malformed values without a change", () => {
+    const entry: ClusterEntry = { _tag: "Binlog", node: 1, epoch: 4, prevGtid: null, txns: [txn(1), txn(2)] }
+    const decoded = decodeEntry(encodeEntry(entry))
+    expect(decoded._tag).toBe("Binlog")
+    expect(bytesAsText(decoded)).toEqual(bytesAsText(entry))
+    const state = initialClusterState([1])
+    for (const bad of [new Uint8Array([0xc1]), new Uint8Array(Buffer.from("hello")), encodeEntry({ _tag: "Noop", node: 1, nonce: 1 }).subarray(1)]) {
+      const [next, outcome] = applyValue(state, bad)
+      expect(next).toBe(state)
+      expect(outcome).toMatchObject({ _tag: "Rejected", reason: { _tag: "Malformed" } })
+    }
+  })
+
+  /** Random entries that are often almost right: the interesting rejections sit next to acceptances. */
+  const randomEntries = (rng: Rng, count: number, log: Array<ClusterEntry>): Array<ClusterEntry> => {
+    let state = initialClusterState([1, 2, 3])
+    const out: Array<ClusterEntry> = []
+    for (let i = 0; i < count; i++) {
+      const r = rng.next()
+      let e: ClusterEntry
+      if (r < 0.2) {
+        e = { _tag: "MasterLease", node: rng.int(1, 3), basedOnVersion: state.masterVersion - rng.int(0, 1), leaseMs: 1000, proposalId: i }
+      } else if (r < 0.3 && log.length > 0) {
+        e = log[rng.int(0, log.length - 1)]! // a retry of some earlier entry
+      } else if (r < 0.9) {
+        const node = rng.next() < 0.8 ? (state.master ?? 1) : rng.int(1, 3)
+        const epoch = state.epoch - (rng.next() < 0.15 ? 1 : 0)
+        const last = state.lastGtid
+        const prev: Gtid | null = rng.next() < 0.15 && last !== null ? { ...last, seq: Math.max(1, last.seq - 1) } : last
+        let seq = (prev?.seq ?? 0) + (rng.next() < 0.1 ? rng.int(0, 2) : 1)
+        const txns: Array<BinlogTxn> = []
+        for (let k = rng.int(1, 3); k > 0; k--) {
+          txns.push(txn(Math.max(1, seq), node, rng.next() < 0.1 ? `x${rng.int(0, 3)}` : `t${seq}`))
+          seq += rng.next() < 0.05 ? 2 : 1
+        }
+        e = { _tag: "Binlog", node, epoch, prevGtid: prev, txns }
+      } else {
+        e = { _tag: "Noop", node: rng.int(1, 3), nonce: i }
+      }
+      out.push(e)
+      const [next, outcome] = applyEntry(state, e)
+      if (outcome._tag === "Accepted" && e._tag === "Binlog") log.push(e)
+      state = next
+    }
+    return out
+  }
+
+  it("holds its invariants over random entry sequences (seeded)", () => {
+    const failures: Array<string> = []
+    let accepted = 0
+    let rejectedBinlogs = 0
+    let retries = 0
+    for (let seed = 1; seed <= 500; seed++) {
+      const entries = randomEntries(new Rng(seed), 200, [])
+      const a = run(entries)
+      const b = run(entries)
+      const fail = (m: string) => failures.push(`seed ${seed}: ${m}`)
+      if (JSON.stringify(a.state) !== JSON.stringify(b.state) || JSON.stringify(a.outcomes) !== JSON.stringify(b.outcomes)) {
+        fail("apply is not deterministic")
+      }
+      entries.forEach((e, i) => {
+        const before = a.states[i]!
+        const after = a.states[i + 1]!
+        const o = a.outcomes[i]!
+        if (o._tag !== "Accepted" && after !== before) fail(`entry ${i}: ${o._tag} changed the state`)
+        if (e._tag === "Binlog") {
+          if (o._tag === "Accepted") {
+            accepted++
+            if (e.epoch !== before.epoch) fail(`entry ${i}: Binlog from epoch ${e.epoch} accepted in epoch ${before.epoch}`)
+            if (!gtidEquals(e.prevGtid, before.lastGtid)) fail(`entry ${i}: Binlog with a wrong prevGtid accepted`)
+            if (e.node !== before.master) fail(`entry ${i}: Binlog from a non-master accepted`)
+            const seqs = [before.lastGtid?.seq ?? e.txns[0]!.gtid.seq - 1, ...e.txns.map((t) => t.gtid.seq)]
+            if (seqs.some((s, k) => k > 0 && s !== seqs[k - 1]! + 1)) fail(`entry ${i}: non-consecutive GTIDs accepted`)
+            if (!gtidEquals(after.lastGtid, e.txns[e.txns.length - 1]!.gtid)) fail(`entry ${i}: lastGtid not the entry's last`)
+          } else if (o._tag === "AlreadyAccepted") {
+            retries++
+            const recent = new Map(before.recent.map(([s, d]) => [s, d]))
+            if (!e.txns.every((t) => recent.get(t.gtid.seq) === txnDigest(t))) fail(`entry ${i}: AlreadyAccepted with other content`)
+          } else rejectedBinlogs++
+        } else if (after.lastGtid !== before.lastGtid) fail(`entry ${i}: ${e._tag} moved lastGtid`)
+        if (e._tag === "MasterLease") {
+          const ok = e.basedOnVersion === before.masterVersion
+          if ((o._tag === "Accepted") !== ok) fail(`entry ${i}: MasterLease optimistic lock broken`)
+          if (ok && (after.epoch !== before.epoch) !== (e.node !== before.master)) fail(`entry ${i}: epoch rule broken`)
+        }
+        if ((after.lastGtid?.seq ?? 0) < (before.lastGtid?.seq ?? 0)) fail(`entry ${i}: lastGtid moved back`)
+      })
+      if (failures.length > 0) break
+    }
+    if (failures.length > 0) console.error(failures.slice(0, 10).join("\n"))
+    expect(failures).toEqual([])
+    // The generator must reach every branch, or the properties say little.
+    expect(accepted).toBeGreaterThan(1000)
+    expect(rejectedBinlogs).toBeGreaterThan(1000)
+    expect(retries).toBeGreaterThan(100)
+  })
+})

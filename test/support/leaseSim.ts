@@ -1,0 +1,279 @@
+/**
+ * Seeded simulation of the master lease on top of the Paxos core and the cluster state
+ * machine: every node has its own clock (rate within ±rho, any offset), the network drops,
+ * delays and partitions, nodes crash and restart. At every event the checker counts the
+ * nodes that believe they hold the lease; two at once is a failure.
+ */
+import { applyRecords, type Outputs, PaxosNode } from "../../src/domain/paxos/core.js"
+import type { PaxosMessage } from "../../src/domain/paxos/messages.js"
+import {
+  applyEntry,
+  type ClusterStateData,
+  decodeEntry,
+  encodeEntry,
+  initialClusterState,
+  type ClusterEntry,
+  type Outcome
+} from "../../src/domain/cluster.js"
+import {
+  decide,
+  holdsLease,
+  initialLeaseView,
+  type LeaseConfig,
+  type LeaseView,
+  onApplied,
+  onOutcome,
+  onProposed,
+  onState
+} from "../../src/domain/lease.js"
+import { type Durable, durableStateOf, simPaxosConfig } from "./paxosSim.js"
+import { EventQueue, Rng } from "./sim.js"
+import { ZeroBallot } from "../../src/domain/paxos/messages.js"
+
+export type LeaseScenario = "loss" | "crash-master" | "isolate-master" | "chaos"
+
+export interface LeaseSimOptions {
+  readonly seed: number
+  readonly nodes: number
+  readonly scenario: LeaseScenario
+  readonly leaseMs: number
+  readonly marginMs: number
+  /** Clock rates lie in [1 - rho, 1 + rho]. */
+  readonly rho: number
+  readonly durationMs: number
+  readonly dropRate: number
+  /** After a fault heals (or a master dies), someone must hold the lease within this long. */
+  readonly electionBoundMs: number
+}
+
+export const defaultLeaseSimOptions = (seed: number, scenario: LeaseScenario, nodes = 3): LeaseSimOptions => ({
+  seed,
+  nodes,
+  scenario,
+  leaseMs: 1_000,
+  marginMs: 100,
+  rho: 0.01,
+  durationMs: 12_000,
+  dropRate: scenario === "loss" ? 0.1 : 0.05,
+  electionBoundMs: 5_000
+})
+
+export interface LeaseSimResult {
+  readonly failures: ReadonlyArray<string>
+  readonly elections: number
+  readonly masterChanges: number
+}
+
+const TICK_MS = 10
+
+type Event =
+  | { readonly kind: "deliver"; readonly to: number; readonly from: number; readonly message: PaxosMessage; readonly incarnation: number }
+  | { readonly kind: "tick"; readonly node: number; readonly incarnation: number }
+  | { readonly kind: "fault" }
+  | { readonly kind: "heal" }
+  | { readonly kind: "restart"; readonly node: number }
+
+interface SimNode {
+  readonly id: number
+  readonly rate: number
+  readonly offset: number
+  core: PaxosNode | null
+  incarnation: number
+  readonly durable: Durable
+  cluster: ClusterStateData
+  lease: LeaseView
+  requestSeq: number
+  holding: boolean
+}
+
+export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
+  const rng = new Rng(o.seed)
+  const members = Array.from({ length: o.nodes }, (_, i) => i + 1)
+  const failures: Array<string> = []
+  const fail = (m: string) => failures.length < 10 && failures.push(m)
+  const queue = new EventQueue<Event>()
+  let now = 0
+  let faultsOn = true
+  let groups = new Map<number, number>(members.map((m) => [m, 0]))
+  let elections = 0
+  let masterChanges = 0
+  let lastHolder: number | undefined
+  /** Since when the cluster has been without faults and without a holder (for the election bound). */
+  let noHolderSince: number | undefined = 0
+
+  const leaseConfig = (id: number): LeaseConfig => ({
+    nodeId: id,
+    leaseMs: o.leaseMs,
+    renewEveryMs: Math.floor(o.leaseMs / 3),
+    marginMs: o.marginMs,
+    behindPenaltyMs: 0,
+    proposeTimeoutMs: Math.floor(o.leaseMs / 3)
+  })
+  const local = (n: SimNode) => n.offset + n.rate * now
+
+  const nodes = new Map<number, SimNode>(members.map((id) => [id, {
+    id,
+    rate: 1 - o.rho + 2 * o.rho * rng.next(),
+    offset: rng.int(0, 100_000),
+    core: null,
+    incarnation: 0,
+    durable: { promised: ZeroBallot, proposerRound: 0, accepted: new Map(), chosen: new Map() },
+    cluster: initialClusterState(members),
+    lease: initialLeaseView(initialClusterState(members), 0),
+    requestSeq: 0,
+    holding: false
+  }]))
+
+  const start = (n: SimNode) => {
+    n.incarnation++
+    const config = simPaxosConfig(n.id, members, o.seed)
+    const durable = durableStateOf(n.durable, config.memoryWindow)
+    n.core = new PaxosNode(config, durable, n.incarnation)
+    // The state machine resumes from the durable log (the service persists it; same result).
+    let cluster = initialClusterState(members)
+    for (let i = 0; i < durable.chosenUpTo; i++) {
+      for (const v of n.durable.chosen.get(i)!.values) {
+        const entry = decodeEntry(v)
+        if (entry._tag !== "Malformed") cluster = applyEntry(cluster, entry as ClusterEntry)[0]
+      }
+    }
+    n.cluster = cluster
+    n.lease = initialLeaseView(cluster, local(n))
+    queue.push(now + rng.int(0, TICK_MS), { kind: "tick", node: n.id, incarnation: n.incarnation })
+  }
+
+  const send = (from: number, to: number, message: PaxosMessage) => {
+    const target = nodes.get(to)!
+    if (target.core === null || groups.get(from) !== groups.get(to)) return
+    if (from !== to && rng.next() < o.dropRate) return
+    queue.push(now + (from === to ? 0 : rng.int(1, 10)), { kind: "deliver", to, from, message, incarnation: target.incarnation })
+  }
+
+  const outcomeArrived = (n: SimNode, outcome: Outcome | "failed") => {
+    n.lease = onOutcome(leaseConfig(n.id), n.lease, outcome, local(n))
+  }
+
+  const handle = (n: SimNode, out: Outputs) => {
+    // Writes are durable at once here, so every message may go now (own ones loop back).
+    applyRecords(n.durable, out.persist)
+    for (const s of out.send) send(n.id, s.to, s.message)
+    // Apply chosen entries in order; our own MasterLease is recognised by its proposal id.
+    for (const c of out.chosen) {
+      for (const v of c.value.values) {
+        const entry = decodeEntry(v)
+        if (entry._tag === "Malformed") continue
+        const [next, outcome] = applyEntry(n.cluster, entry as ClusterEntry)
+        n.cluster = next
+        n.lease = onState(leaseConfig(n.id), n.lease, n.cluster, local(n))
+        n.lease = onApplied(leaseConfig(n.id), n.lease, entry as ClusterEntry, outcome, local(n))
+      }
+    }
+    // Superseded: definitively not chosen.
+    for (const r of out.results) if (r._tag === "Superseded") outcomeArrived(n, "failed")
+    for (const rc of out.readChosen) {
+      const entries = []
+      for (let i = rc.from; i < rc.from + rc.count; i++) {
+        const v = n.durable.chosen.get(i)
+        if (v !== undefined) entries.push({ instance: i, value: v })
+      }
+      send(n.id, rc.to, { _tag: "CatchupReply", entries })
+    }
+  }
+
+  const tickLease = (n: SimNode) => {
+    const c = leaseConfig(n.id)
+    const t = local(n)
+    // The holder leads the Paxos log, so its renewals need no forwarding.
+    if (holdsLease(c, n.lease, t) && !n.core!.isLeader) handle(n, n.core!.step({ _tag: "Lead" }, now))
+    const action = decide(c, n.lease, t, true, 0)
+    if (action._tag === "Propose") {
+      const proposalId = rng.int(1, 2 ** 31 - 1)
+      n.lease = onProposed(n.lease, action.basedOnVersion, proposalId, t)
+      const value = encodeEntry({ _tag: "MasterLease", node: n.id, basedOnVersion: action.basedOnVersion, leaseMs: o.leaseMs, proposalId })
+      handle(n, n.core!.step({ _tag: "Propose", requestId: ++n.requestSeq, value }, now))
+    }
+  }
+
+  /** The invariant, checked after every event: at most one node believes it holds the lease. */
+  const check = () => {
+    const holders: Array<number> = []
+    for (const n of nodes.values()) {
+      const h = n.core !== null && holdsLease(leaseConfig(n.id), n.lease, local(n))
+      if (h && !n.holding) {
+        elections++
+        if (lastHolder !== undefined && lastHolder !== n.id) masterChanges++
+        lastHolder = n.id
+      }
+      n.holding = h
+      if (h) holders.push(n.id)
+    }
+    if (holders.length > 1) fail(`two holders at ${now} ms: nodes ${holders.join(", ")}`)
+    if (holders.length > 0) noHolderSince = undefined
+    else if (noHolderSince === undefined) noHolderSince = now
+    if (!faultsOn && noHolderSince !== undefined && now - noHolderSince > o.electionBoundMs) {
+      fail(`no master for ${now - noHolderSince} ms without faults (bound ${o.electionBoundMs})`)
+      noHolderSince = now
+    }
+  }
+
+  const crash = (id: number) => {
+    const n = nodes.get(id)!
+    n.core = null
+    queue.push(now + rng.int(200, 2_000), { kind: "restart", node: id })
+  }
+
+  for (const n of nodes.values()) start(n)
+  // Faults: the scenario's kind of fault every 2-3 s during the first part of the run.
+  if (o.scenario !== "loss") {
+    for (let t = 2_500; t < o.durationMs - 4_000; t += rng.int(2_000, 3_000)) queue.push(t, { kind: "fault" })
+  }
+
+  faultsOn = false
+  while (queue.size > 0 && queue.peekTime() <= o.durationMs) {
+    const ev = queue.pop()!
+    now = ev.time
+    const e = ev.event
+    switch (e.kind) {
+      case "deliver": {
+        const n = nodes.get(e.to)!
+        if (n.core !== null && n.incarnation === e.incarnation && groups.get(e.from) === groups.get(e.to)) {
+          handle(n, n.core.step({ _tag: "Receive", from: e.from, message: e.message }, now))
+        }
+        break
+      }
+      case "tick": {
+        const n = nodes.get(e.node)!
+        if (n.core === null || n.incarnation !== e.incarnation) break
+        handle(n, n.core.step({ _tag: "Tick" }, now))
+        tickLease(n)
+        queue.push(now + TICK_MS, { kind: "tick", node: n.id, incarnation: n.incarnation })
+        break
+      }
+      case "fault": {
+        faultsOn = true
+        noHolderSince = undefined
+        const holder = [...nodes.values()].find((n) => n.holding)?.id ?? members[rng.int(0, members.length - 1)]!
+        const kind = o.scenario === "chaos" ? (["crash-master", "isolate-master", "split"] as const)[rng.int(0, 2)] : o.scenario
+        if (kind === "crash-master") crash(holder)
+        else if (kind === "isolate-master") groups = new Map(members.map((m) => [m, m === holder ? 1 : 0]))
+        else groups = new Map(members.map((m) => [m, rng.int(0, 1)]))
+        queue.push(now + rng.int(500, 1_500), { kind: "heal" })
+        break
+      }
+      case "heal":
+        groups = new Map(members.map((m) => [m, 0]))
+        faultsOn = false
+        noHolderSince = now
+        break
+      case "restart": {
+        const n = nodes.get(e.node)!
+        if (n.core === null) start(n)
+        break
+      }
+    }
+    check()
+  }
+  if (o.scenario === "loss" && masterChanges > 0) fail(`message loss alone changed the master ${masterChanges} times`)
+  if (elections === 0) fail("no node ever held the lease")
+  return { failures, elections, masterChanges }
+}
