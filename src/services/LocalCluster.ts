@@ -20,6 +20,7 @@ export class LocalClusterError extends Data.TaggedError("LocalClusterError")<{
 export interface LocalNode {
   readonly nodeId: number
   readonly peerPort: number
+  readonly adminPort: number
   readonly dir: string
   readonly configPath: string
   /** The running process's pid, or undefined while it is down. */
@@ -45,6 +46,7 @@ export interface LocalClusterOptions {
   /** Keep the directory after the scope closes (e.g. to inspect a failure). */
   readonly keepDir?: boolean
   readonly paxos?: NodeConfig["paxos"]
+  readonly lease?: NodeConfig["lease"]
 }
 
 const findMainJs = (): string => {
@@ -82,11 +84,12 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
     Effect.sync(() => mkdtempSync(join(tmpdir(), "phxmaria-cluster-"))),
     (d) => Effect.sync(() => options.keepDir ? undefined : rmSync(d, { recursive: true, force: true }))
   )
-  const ports: Array<number> = []
-  for (let i = 0; i < options.nodes; i++) ports.push(yield* freePort(host))
-  const members = ports.map((port, i) => ({ nodeId: i + 1, host, port }))
+  const members: Array<NodeConfig["members"][number]> = []
+  for (let i = 0; i < options.nodes; i++) {
+    members.push({ nodeId: i + 1, host, port: yield* freePort(host), adminPort: yield* freePort(host) })
+  }
 
-  const makeNode = (nodeId: number, peerPort: number): LocalNode => {
+  const makeNode = (nodeId: number, peerPort: number, adminPort: number): LocalNode => {
     const nodeDir = join(dir, `node${nodeId}`)
     mkdirSync(nodeDir, { recursive: true })
     const configPath = join(nodeDir, "config.json")
@@ -95,7 +98,8 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       nodeId,
       dataDir: join(nodeDir, "data"),
       members,
-      ...(options.paxos !== undefined ? { paxos: options.paxos } : {})
+      ...(options.paxos !== undefined ? { paxos: options.paxos } : {}),
+      ...(options.lease !== undefined ? { lease: options.lease } : {})
     }
     writeFileSync(configPath, JSON.stringify(config, null, 2))
     let child: ChildProcess | undefined
@@ -111,6 +115,8 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
           return resume(Effect.void)
         }
         c.once("exit", () => resume(Effect.void))
+        // A stopped (SIGSTOP) process handles nothing but SIGKILL until it is continued.
+        if (signal !== "SIGKILL") c.kill("SIGCONT")
         c.kill(signal)
       }).pipe(
         Effect.timeoutOption("5 seconds"),
@@ -148,10 +154,10 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       })
     )
 
-    return { nodeId, peerPort, dir: nodeDir, configPath, pid: () => child?.pid, output: () => output, kill, start }
+    return { nodeId, peerPort, adminPort, dir: nodeDir, configPath, pid: () => child?.pid, output: () => output, kill, start }
   }
 
-  const nodes = members.map((m) => makeNode(m.nodeId, m.port))
+  const nodes = members.map((m) => makeNode(m.nodeId, m.port, m.adminPort))
   // Stop every process when the scope closes, whatever happened (SIGKILL if SIGTERM is not enough).
   yield* Effect.addFinalizer(() => Effect.forEach(nodes, (n) => n.kill("SIGTERM"), { concurrency: "unbounded", discard: true }))
   yield* Effect.forEach(nodes, (n) => n.start, { concurrency: "unbounded", discard: true })

@@ -1,0 +1,52 @@
+/** What GET /status returns, and the readable table `status` prints from it. */
+import { Schema } from "effect"
+
+export const NodeStatus = Schema.Struct({
+  clusterId: Schema.String,
+  nodeId: Schema.Int,
+  role: Schema.Literals(["master", "replica"]),
+  master: Schema.NullOr(Schema.Int),
+  epoch: Schema.Int,
+  leaseRemainingMs: Schema.Number,
+  paxos: Schema.Struct({ role: Schema.String, chosenUpTo: Schema.Int, lastChosenInstance: Schema.Int }),
+  appliedInstance: Schema.Int,
+  lastGtid: Schema.NullOr(Schema.String),
+  members: Schema.Array(Schema.Struct({
+    nodeId: Schema.Int,
+    host: Schema.String,
+    port: Schema.Int,
+    adminPort: Schema.Int,
+    reachable: Schema.Boolean
+  }))
+})
+export type NodeStatus = typeof NodeStatus.Type
+
+/** One row per member: its own report, or why it could not be had. */
+export const renderStatusTable = (
+  rows: ReadonlyArray<{ readonly nodeId: number; readonly address: string; readonly status: NodeStatus | { readonly error: string } }>
+): string => {
+  const header = ["node", "admin", "role", "master", "epoch", "lease ms", "chosen", "applied", "lastGtid", "sees"]
+  const lines = rows.map(({ nodeId, address, status: s }) =>
+    "error" in s
+      ? [String(nodeId), address, "DOWN", "-", "-", "-", "-", "-", "-", s.error]
+      : [
+        String(s.nodeId),
+        address,
+        s.role,
+        s.master === null ? "-" : String(s.master),
+        String(s.epoch),
+        s.role === "master" ? String(s.leaseRemainingMs) : "-",
+        String(s.paxos.lastChosenInstance),
+        String(s.appliedInstance - 1),
+        s.lastGtid ?? "-",
+        s.members.filter((m) => m.reachable).map((m) => m.nodeId).join(",") || "-"
+      ]
+  )
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)))
+  const fmt = (cells: ReadonlyArray<string>) => cells.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()
+  const masters = new Set(rows.flatMap((r) => ("error" in r.status || r.status.role !== "master" ? [] : [r.nodeId])))
+  const summary = masters.size === 1
+    ? `master: node ${[...masters][0]}`
+    : masters.size === 0 ? "master: none (election in progress or no majority)" : `master: SEVERAL REPORT MASTER (${[...masters].join(", ")})`
+  return [fmt(header), ...lines.map(fmt), "", summary].join("\n")
+}

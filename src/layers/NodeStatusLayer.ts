@@ -1,0 +1,31 @@
+/** Builds this node's /status report from its services. */
+import { Effect } from "effect"
+import type { NodeStatus } from "../domain/nodeStatus.js"
+import { formatGtid } from "../domain/gtid.js"
+import { ClusterState } from "../services/ClusterState.js"
+import { MasterLease } from "../services/MasterLease.js"
+import { PaxosLog } from "../services/PaxosLog.js"
+import type { NodeConfig } from "./NodeConfig.js"
+
+export const nodeStatus = (config: NodeConfig) =>
+  Effect.gen(function*() {
+    const log = yield* PaxosLog
+    const cluster = yield* ClusterState
+    const lease = yield* MasterLease
+    return Effect.gen(function*() {
+      const [paxos, snapshot, l] = [yield* log.status, yield* cluster.current, yield* lease.status]
+      const reachable = new Set([config.nodeId, ...paxos.reachable])
+      return {
+        clusterId: config.clusterId,
+        nodeId: config.nodeId,
+        role: l.isMaster ? "master" : "replica",
+        master: snapshot.state.master,
+        epoch: snapshot.state.epoch,
+        leaseRemainingMs: l.leaseRemainingMs,
+        paxos: { role: paxos.role, chosenUpTo: paxos.chosenUpTo, lastChosenInstance: paxos.chosenUpTo - 1 },
+        appliedInstance: snapshot.appliedUpTo,
+        lastGtid: snapshot.state.lastGtid === null ? null : formatGtid(snapshot.state.lastGtid),
+        members: config.members.map((m) => ({ ...m, reachable: reachable.has(m.nodeId) }))
+      } satisfies NodeStatus
+    })
+  })

@@ -1,0 +1,58 @@
+/**
+ * The admin HTTP listener: GET /status as JSON. Anything else gets 404/405; a malformed
+ * request closes that connection (Node's parser rejects it) and is logged.
+ */
+import { Data, Effect } from "effect"
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
+import type { Socket } from "node:net"
+
+export class AdminListenError extends Data.TaggedError("AdminListenError")<{
+  readonly host: string
+  readonly port: number
+  readonly cause: unknown
+}> {}
+
+export class AdminBadRequest extends Data.TaggedError("AdminBadRequest")<{
+  readonly remote: string
+  readonly cause: unknown
+}> {}
+
+/** Serves `status` (evaluated per request) until the scope closes. */
+export const serve = <A>(options: {
+  readonly host: string
+  readonly port: number
+  readonly status: Effect.Effect<A>
+}) =>
+  Effect.gen(function*() {
+    const run = Effect.runPromise
+    const logBad = (e: AdminBadRequest) => Effect.runFork(Effect.logWarning("admin: bad request closed", e))
+    const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+      const path = (req.url ?? "/").split("?")[0]
+      const reply = (code: number, body: unknown) => {
+        res.writeHead(code, { "content-type": "application/json" })
+        res.end(JSON.stringify(body))
+      }
+      if (req.method !== "GET") return reply(405, { error: "method not allowed" })
+      if (path !== "/status") return reply(404, { error: "not found", paths: ["/status"] })
+      run(options.status).then((s) => reply(200, s), (e) => reply(500, { error: String(e) }))
+    })
+    server.on("clientError", (cause, socket) => {
+      const peer = socket as Socket
+      logBad(new AdminBadRequest({ remote: `${peer.remoteAddress}:${peer.remotePort}`, cause }))
+      socket.destroy()
+    })
+    server.headersTimeout = 5_000
+    server.requestTimeout = 10_000
+    yield* Effect.acquireRelease(
+      Effect.callback<void, AdminListenError>((resume) => {
+        server.once("error", (cause) => resume(Effect.fail(new AdminListenError({ host: options.host, port: options.port, cause }))))
+        server.listen(options.port, options.host, () => resume(Effect.void))
+      }),
+      () => Effect.callback<void>((resume) => {
+        server.close(() => resume(Effect.void))
+        server.closeAllConnections()
+      })
+    )
+    const address = server.address()
+    return { port: typeof address === "object" && address !== null ? address.port : options.port }
+  })

@@ -1,0 +1,129 @@
+/**
+ * Runs for master, renews the lease and steps down, driving the pure lease logic
+ * (src/domain/lease.ts) with the monotonic clock and the applied cluster state. Renewal
+ * depends only on the Paxos log, never on a query to MariaDB (DESIGN.md section 6).
+ */
+import { Context, Effect, Layer, PubSub, Schedule, Stream } from "effect"
+import {
+  decide,
+  holdsLease,
+  initialLeaseView,
+  type LeaseConfig,
+  type LeaseView,
+  onApplied,
+  onOutcome,
+  onProposed,
+  onState,
+  remainingMs
+} from "../domain/lease.js"
+import { ClusterState } from "./ClusterState.js"
+import { PaxosLog } from "./PaxosLog.js"
+
+/** "My database has applied every chosen transaction", and how far behind it is if not. */
+export interface ReadinessShape {
+  readonly check: Effect.Effect<{ readonly ready: boolean; readonly lag: number }>
+}
+export class Readiness extends Context.Service<Readiness, ReadinessShape>()("phxmaria/Readiness") {
+  /** Until the MariaDB part provides the real check: always ready. */
+  static readonly alwaysReady = Layer.succeed(Readiness, Readiness.of({ check: Effect.succeed({ ready: true, lag: 0 }) }))
+}
+
+export type LeaseEvent =
+  | { readonly _tag: "TookOver"; readonly epoch: number }
+  | { readonly _tag: "SteppedDown"; readonly epoch: number }
+
+export interface LeaseStatus {
+  readonly isMaster: boolean
+  readonly master: number | null
+  readonly epoch: number
+  readonly leaseRemainingMs: number
+}
+
+export interface MasterLeaseShape {
+  /** Whether this node holds the lease right now, in its own count. */
+  readonly isMaster: Effect.Effect<boolean>
+  readonly status: Effect.Effect<LeaseStatus>
+  /** TookOver / SteppedDown as they happen (subscribe within a scope). */
+  readonly events: Effect.Effect<Stream.Stream<LeaseEvent>, never, import("effect").Scope.Scope>
+}
+
+export class MasterLease extends Context.Service<MasterLease, MasterLeaseShape>()("phxmaria/MasterLease") {}
+
+const monotonicMs = () => performance.now()
+
+export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
+  const cluster = yield* ClusterState
+  const log = yield* PaxosLog
+  const readiness = yield* Readiness
+  const snapshot = yield* cluster.current
+  let view: LeaseView = initialLeaseView(snapshot.state, monotonicMs())
+  let epoch = snapshot.state.epoch
+  let holding = false
+  const events = yield* PubSub.unbounded<LeaseEvent>()
+
+  /** Publishes a transition of our own count; called after every change and on each check. */
+  const observe = Effect.suspend(() => {
+    const now = holdsLease(config, view, monotonicMs())
+    if (now === holding) return Effect.void
+    holding = now
+    const event: LeaseEvent = now ? { _tag: "TookOver", epoch } : { _tag: "SteppedDown", epoch }
+    return PubSub.publish(events, event)
+  })
+
+  // Applied entries move the view: a new master record, and our own proposal's outcome.
+  const applied = yield* cluster.applied
+  yield* Effect.forkScoped(
+    applied.pipe(Stream.runForEach((a) =>
+      Effect.suspend(() => {
+        const now = monotonicMs()
+        view = onState(config, view, a.state, now)
+        epoch = a.state.epoch
+        if (a.entry !== undefined) view = onApplied(config, view, a.entry, a.outcome, now)
+        return observe
+      })
+    ))
+  )
+
+  const step = Effect.gen(function*() {
+    const now = monotonicMs()
+    if (holdsLease(config, view, now)) {
+      const s = yield* log.status
+      if (s.role !== "leader") yield* log.lead
+    }
+    const { ready, lag } = yield* readiness.check
+    const action = decide(config, view, now, ready, lag)
+    if (action._tag === "Propose") {
+      const proposalId = Math.floor(Math.random() * 2 ** 31)
+      // The lease counts from now: the moment before the proposal leaves.
+      view = onProposed(view, action.basedOnVersion, proposalId, now)
+      yield* cluster.propose({
+        _tag: "MasterLease",
+        node: config.nodeId,
+        basedOnVersion: action.basedOnVersion,
+        leaseMs: config.leaseMs,
+        proposalId
+      }).pipe(
+        // The outcome itself arrives through `applied`; here only a failure matters.
+        Effect.catch(() => Effect.sync(() => {
+          if (view.proposing?.proposalId === proposalId) view = onOutcome(config, view, "failed", monotonicMs())
+        })),
+        Effect.forkScoped
+      )
+    }
+    yield* observe
+  })
+  // Checked often relative to the margin, so a step-down is seen well before the lease ends.
+  const every = Math.max(10, Math.min(100, Math.floor(config.marginMs / 4)))
+  yield* Effect.forkScoped(step.pipe(Effect.repeat(Schedule.spaced(`${every} millis`))))
+
+  return MasterLease.of({
+    isMaster: Effect.sync(() => holdsLease(config, view, monotonicMs())),
+    status: Effect.sync(() => {
+      const now = monotonicMs()
+      return { isMaster: holdsLease(config, view, now), master: view.master, epoch, leaseRemainingMs: Math.round(remainingMs(config, view, now)) }
+    }),
+    events: Effect.map(PubSub.subscribe(events), Stream.fromSubscription)
+  })
+})
+
+export const layer = (config: LeaseConfig) => Layer.effect(MasterLease, make(config))

@@ -1,0 +1,64 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { execFile } from "node:child_process"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { loadNodeConfig } from "../src/layers/NodeConfig.js"
+
+const withFile = (name: string, text: string) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const dir = mkdtempSync(join(tmpdir(), "phxmaria-config-"))
+      writeFileSync(join(dir, name), text)
+      return join(dir, name)
+    }),
+    (path) => Effect.sync(() => rmSync(join(path, ".."), { recursive: true, force: true }))
+  )
+
+const good = {
+  clusterId: "c1",
+  nodeId: 1,
+  dataDir: "/tmp/x",
+  members: [{ nodeId: 1, host: "127.0.0.1", port: 7001, adminPort: 7101 }],
+  lease: { leaseMs: 3000 }
+}
+
+describe("node config", () => {
+  it.effect("reads JSON and YAML", () =>
+    Effect.gen(function*() {
+      const json = yield* loadNodeConfig(yield* withFile("n.json", JSON.stringify(good)))
+      const yaml = yield* loadNodeConfig(yield* withFile("n.yaml", [
+        "clusterId: c1",
+        "nodeId: 1",
+        "dataDir: /tmp/x",
+        "members:",
+        "  - { nodeId: 1, host: 127.0.0.1, port: 7001, adminPort: 7101 }",
+        "lease:",
+        "  leaseMs: 3000"
+      ].join("\n")))
+      expect(yaml).toEqual(json)
+    }))
+
+  it.effect("names the bad field", () =>
+    Effect.gen(function*() {
+      const bad = { ...good, members: [{ ...good.members[0], port: "x" }] }
+      const e1 = yield* Effect.flip(loadNodeConfig(yield* withFile("n.json", JSON.stringify(bad))))
+      expect(e1.message).toContain(`["members"][0]["port"]`)
+      const e2 = yield* Effect.flip(loadNodeConfig(yield* withFile("n.json", JSON.stringify({ ...good, nodeId: 9 }))))
+      expect(e2.message).toContain("nodeId 9 is not among members")
+      const e3 = yield* Effect.flip(loadNodeConfig(yield* withFile("n.yaml", "clusterId: [unclosed")))
+      expect(e3.message).toContain("not valid YAML")
+    }))
+
+  it.live("an invalid config makes `node` exit non-zero with a message naming the field", () =>
+    Effect.gen(function*() {
+      const path = yield* withFile("n.json", JSON.stringify({ ...good, lease: { leaseMs: "long" } }))
+      const result = yield* Effect.promise(() =>
+        new Promise<{ code: number | null; stderr: string }>((resolve) =>
+          execFile(process.execPath, [join(process.cwd(), "dist", "main.js"), "node", "--config", path], (error, _out, stderr) =>
+            resolve({ code: error === null ? 0 : (error.code as number), stderr }))))
+      expect(result.code).not.toBe(0)
+      expect(result.stderr).toContain(`["lease"]["leaseMs"]`)
+    }))
+})
