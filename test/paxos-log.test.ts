@@ -1,8 +1,9 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, Stream } from "effect"
+import { Effect, Fiber, Result, Schema, Stream } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { decodePayload, encodeFrame } from "../src/domain/frame.js"
 import { freePort } from "../src/services/LocalCluster.js"
 import * as PaxosLog from "../src/services/PaxosLog.js"
 import * as PaxosStorage from "../src/services/PaxosStorage.js"
@@ -73,4 +74,55 @@ describe("PaxosLog service", () => {
       expect(error._tag).toBe("NotEnoughNodes")
       expect(error).toMatchObject({ reachable: 1, quorum: 2 })
     }))
+
+  it("the fast codec agrees with the NodeMessage schema, and takes the hot messages", () => {
+    const decodeSchema = Schema.decodeUnknownResult(PaxosLog.NodeMessage as Schema.Codec<PaxosLog.NodeMessage, unknown>)
+    const encodeSchema = Schema.encodeUnknownResult(PaxosLog.NodeMessage as Schema.Codec<PaxosLog.NodeMessage, unknown>)
+    const { decode, encode } = PaxosLog.nodeMessageFastPath
+    const ballot = { round: 3, node: 2 }
+    const value = { proposer: 1, round: 3, seq: 7, values: [bytes("a"), bytes(""), bytes("ccc")] }
+    const hot: Array<unknown> = [
+      { _tag: "Accept", ballot, instance: 5, value },
+      { _tag: "Accept", ballot, instance: 0, value: { ...value, values: [] } },
+      { _tag: "Accepted", ballot, instance: 5 },
+      { _tag: "Commit", ballot, instances: [1, 2, 3] },
+      { _tag: "Commit", ballot, instances: [] },
+      { _tag: "ClientPropose", id: 9, value: bytes("v") },
+      { _tag: "ClientChosen", id: 9, instance: 4, index: 0 }
+    ]
+    const invalid: Array<unknown> = [
+      { _tag: "Accept", ballot, instance: -1, value },
+      { _tag: "Accept", ballot, instance: 1.5, value },
+      { _tag: "Accept", ballot: { round: 1 }, instance: 1, value },
+      { _tag: "Accept", ballot, instance: 1, value: { ...value, values: ["a"] } },
+      { _tag: "Accept", ballot, instance: 1, value: { ...value, seq: "1" } },
+      { _tag: "Accepted", ballot, instance: 2 ** 60 },
+      { _tag: "Commit", ballot, instances: [1, -2] },
+      { _tag: "Commit", ballot, instances: {} },
+      { _tag: "ClientPropose", id: 1, value: [1, 2] },
+      { _tag: "ClientChosen", id: 1, instance: 4 },
+      { _tag: "Nope" },
+      [1, 2],
+      null,
+      7
+    ]
+    // Through the wire, as the transport sees them: msgpack turns Uint8Arrays into Buffers.
+    const wire = (u: unknown) => Result.getOrThrow(decodePayload(encodeFrame(u).subarray(4)))
+    for (const m of hot) {
+      const raw = wire({ ...(m as object), extra: "ignored" })
+      const fast = decode(raw)
+      expect(fast).toBeDefined()
+      expect(fast).toEqual(Result.getOrThrow(decodeSchema(raw)))
+      expect(encode(fast!)).toEqual(Result.getOrThrow(encodeSchema(fast)))
+    }
+    for (const m of invalid) {
+      const raw = wire(m)
+      expect(decode(raw)).toBeUndefined()
+      expect(Result.isFailure(decodeSchema(raw))).toBe(true)
+    }
+    // Messages the fast path leaves alone still decode (through the schema).
+    const status = wire({ _tag: "Status", chosenUpTo: 1, maxChosen: 0, leader: null })
+    expect(decode(status)).toBeUndefined()
+    expect(Result.isSuccess(decodeSchema(status))).toBe(true)
+  })
 })

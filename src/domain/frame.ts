@@ -97,12 +97,19 @@ export const decodePayload = (payload: Uint8Array): Result.Result<unknown, Frame
   if (payload.length === 0) {
     return Result.fail(new FrameDecodeError({ length: 0, cause: "empty payload" }))
   }
+  // Undecodable bytes are data, not a bug: their errors carry no stack trace. Capturing
+  // two (msgpackr's and ours) was most of the cost of rejecting a payload (~9 us -> ~3 us),
+  // and nodes reject every chosen value that is not a cluster entry this way.
+  const stackTraceLimit = Error.stackTraceLimit
+  Error.stackTraceLimit = 0
   try {
     return Result.succeed(packr.unpack(payload))
   } catch (cause) {
     // msgpackr throws Error/RangeError for truncated, trailing or unknown data
     // and a RangeError for pathological nesting (stack overflow).
     return Result.fail(new FrameDecodeError({ length: payload.length, cause }))
+  } finally {
+    Error.stackTraceLimit = stackTraceLimit
   }
 }
 

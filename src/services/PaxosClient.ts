@@ -4,7 +4,7 @@
  */
 import { Data, Effect, Queue, type Scope } from "effect"
 import type { ProposeError } from "../domain/errors.js"
-import { type ClientMessage, NodeMessage, type Position } from "./PaxosLog.js"
+import { type ClientMessage, NodeMessage, nodeMessageFastPath, type Position } from "./PaxosLog.js"
 import * as Transport from "./Transport.js"
 
 export class ClientDisconnected extends Data.TaggedError("ClientDisconnected")<{ readonly message: string }> {}
@@ -22,21 +22,24 @@ export const connect = (options: { clusterId: string; host: string; port: number
   Scope.Scope
 > =>
   Effect.gen(function*() {
-    const conn = yield* Transport.connectClient<NodeMessage>({ ...options, messageSchema: NodeMessage as never })
     const waiting = new Map<number, (reply: Reply | undefined) => void>()
     let nextId = 1
+    // Replies resume their requester right in the socket callback: no queue and fiber hop.
+    const conn = yield* Transport.connectClient<NodeMessage>({
+      ...options,
+      messageSchema: NodeMessage as never,
+      fastPath: nodeMessageFastPath,
+      onMessage: (m) => {
+        if (m._tag !== "ClientChosen" && m._tag !== "ClientFailed" && m._tag !== "ClientStatusReply") return
+        const w = waiting.get(m.id)
+        waiting.delete(m.id)
+        w?.(m)
+      }
+    })
     yield* Effect.forkScoped(
-      Effect.gen(function*() {
-        for (;;) {
-          const batch = yield* Queue.takeAll(conn.inbound)
-          for (const m of batch) {
-            if (m._tag !== "ClientChosen" && m._tag !== "ClientFailed" && m._tag !== "ClientStatusReply") continue
-            const w = waiting.get(m.id)
-            waiting.delete(m.id)
-            w?.(m)
-          }
-        }
-      }).pipe(
+      // Only ends (Cause.Done) when the connection closes.
+      Queue.takeAll(conn.inbound).pipe(
+        Effect.forever,
         // Connection closed: fail everything still waiting.
         Effect.ensuring(Effect.sync(() => {
           for (const w of waiting.values()) w(undefined)

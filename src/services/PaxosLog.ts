@@ -39,6 +39,85 @@ export type ClientMessage = typeof ClientMessage.Type
 export const NodeMessage = Schema.Union([PaxosMessage, ClientMessage])
 export type NodeMessage = typeof NodeMessage.Type
 
+// ---------------------------------------------------------------------------
+// Fast codec for the messages of the steady-state path (Accept, Accepted, Commit and the
+// client's propose/chosen). It checks exactly what NodeMessage checks and builds the same
+// objects; anything it does not recognise goes through the schema, which reports errors.
+// ---------------------------------------------------------------------------
+
+type Plain = { readonly [key: string]: unknown }
+const isPlain = (u: unknown): u is Plain =>
+  typeof u === "object" && u !== null && Object.getPrototypeOf(u) === Object.prototype
+const isInt = (u: unknown): u is number => Number.isSafeInteger(u)
+const isInstance = (u: unknown): u is number => Number.isSafeInteger(u) && (u as number) >= 0
+
+const fastBallot = (u: unknown): { round: number; node: number } | undefined =>
+  isPlain(u) && isInt(u.round) && isInt(u.node) ? { round: u.round, node: u.node } : undefined
+
+const fastValue = (u: unknown) => {
+  if (!isPlain(u) || !isInt(u.proposer) || !isInt(u.round) || !isInt(u.seq) || !Array.isArray(u.values)) return undefined
+  const values: Array<Uint8Array> = new Array(u.values.length)
+  for (let i = 0; i < u.values.length; i++) {
+    const v: unknown = u.values[i]
+    if (!(v instanceof Uint8Array)) return undefined
+    values[i] = v
+  }
+  return { proposer: u.proposer, round: u.round, seq: u.seq, values }
+}
+
+const fastDecode = (u: unknown): NodeMessage | undefined => {
+  if (!isPlain(u)) return undefined
+  switch (u._tag) {
+    case "Accept": {
+      const ballot = fastBallot(u.ballot)
+      const value = fastValue(u.value)
+      if (ballot === undefined || value === undefined || !isInstance(u.instance)) return undefined
+      return { _tag: "Accept", ballot, instance: u.instance, value }
+    }
+    case "Accepted": {
+      const ballot = fastBallot(u.ballot)
+      if (ballot === undefined || !isInstance(u.instance)) return undefined
+      return { _tag: "Accepted", ballot, instance: u.instance }
+    }
+    case "Commit": {
+      const ballot = fastBallot(u.ballot)
+      if (ballot === undefined || !Array.isArray(u.instances)) return undefined
+      const instances: Array<number> = new Array(u.instances.length)
+      for (let i = 0; i < u.instances.length; i++) {
+        const n: unknown = u.instances[i]
+        if (!isInstance(n)) return undefined
+        instances[i] = n
+      }
+      return { _tag: "Commit", ballot, instances }
+    }
+    case "ClientPropose":
+      return isInt(u.id) && u.value instanceof Uint8Array ? { _tag: "ClientPropose", id: u.id, value: u.value } : undefined
+    case "ClientChosen":
+      return isInt(u.id) && isInt(u.instance) && isInt(u.index)
+        ? { _tag: "ClientChosen", id: u.id, instance: u.instance, index: u.index }
+        : undefined
+    default:
+      return undefined
+  }
+}
+
+/** These are plain data (ints, byte arrays, plain structs): the schema's encoding is the identity. */
+const fastEncode = (m: NodeMessage): unknown => {
+  switch (m._tag) {
+    case "Accept":
+    case "Accepted":
+    case "Commit":
+    case "ClientPropose":
+    case "ClientChosen":
+      return m
+    default:
+      return undefined
+  }
+}
+
+/** For transports carrying NodeMessage (node and client side). */
+export const nodeMessageFastPath: Transport.FastPath<NodeMessage> = { decode: fastDecode, encode: fastEncode }
+
 export interface Member {
   readonly nodeId: number
   readonly host: string
@@ -76,11 +155,20 @@ export interface PaxosLogShape {
   /** Chosen instances in order from `from` on: history from storage, then live. */
   readonly chosen: (from: number) => Stream.Stream<ChosenEntry>
   readonly status: Effect.Effect<PaxosLogStatus>
+  /** Take Paxos leadership (the lease holder's proposals then go out without forwarding). */
+  readonly lead: Effect.Effect<void>
   /** The address the peer/client listener is bound to. */
   readonly address: { readonly host: string; readonly port: number }
 }
 
 export class PaxosLog extends Context.Service<PaxosLog, PaxosLogShape>()("phxmaria/PaxosLog") {}
+
+/** A client request other than a proposal, answered by the driver. */
+interface ClientInput {
+  readonly _tag: "Client"
+  readonly clientId: number
+  readonly message: ClientMessage
+}
 
 interface Pending {
   readonly deadline: number
@@ -102,22 +190,12 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   const durable = yield* storage.load(config.memoryWindow).pipe(Effect.orDie)
   const core = new PaxosNode(config, durable, Math.floor(Math.random() * 2 ** 31))
 
-  const transport = yield* Transport.make<NodeMessage>({
-    clusterId: options.clusterId,
-    nodeId: options.nodeId,
-    listen: options.listen ?? { host: self?.host ?? "127.0.0.1", port: self?.port ?? 0 },
-    peers: options.members.filter((m) => m.nodeId !== options.nodeId),
-    messageSchema: NodeMessage as Schema.Codec<NodeMessage, unknown>,
-    acceptClients: options.acceptClients ?? true
-  }).pipe(Effect.orDie)
-
-  const inputs = yield* Queue.unbounded<Input>()
+  /** The driver's inputs: the core's, plus client requests that need the driver's fiber. */
+  const inputs = yield* Queue.unbounded<Input | ClientInput>()
   const pending = new Map<number, Pending>()
   let nextRequestId = 1
   const chosenHub = yield* PubSub.unbounded<ChosenEntry>()
   const chosenUpTo = yield* Ref.make(durable.chosenUpTo)
-
-  const reachableCount = Effect.map(transport.reachable, (m) => [...m.values()].filter(Boolean).length + 1)
 
   const register = (complete: Pending["complete"], value: Uint8Array): number => {
     const requestId = nextRequestId++
@@ -128,6 +206,45 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
 
   /** Answers for client connections, collected while the driver completes requests. */
   let clientReplies: Array<{ readonly clientId: number; readonly reply: ClientMessage }> = []
+
+  /**
+   * Peer messages feed the core and client proposals are registered right in the socket
+   * callback (no queue and fiber hop of their own); other client requests go to the driver.
+   */
+  const onInbound = (item: Transport.Inbound<NodeMessage>): void => {
+    const m = item.message
+    if (item._tag === "Peer") {
+      if (m._tag.startsWith("Client")) return // a peer never sends client messages
+      Queue.offerUnsafe(inputs, { _tag: "Receive", from: item.from, message: m as PaxosMessage })
+    } else if (m._tag === "ClientPropose") {
+      const clientId = item.clientId
+      const id = m.id
+      register((result) => {
+        clientReplies.push({
+          clientId,
+          reply: !("_tag" in result)
+            ? { _tag: "ClientChosen", id, instance: result.instance, index: result.index }
+            : { _tag: "ClientFailed", id, error: result }
+        })
+      }, m.value)
+    } else {
+      Queue.offerUnsafe(inputs, { _tag: "Client", clientId: item.clientId, message: m as ClientMessage })
+    }
+  }
+
+  const transport = yield* Transport.make<NodeMessage>({
+    clusterId: options.clusterId,
+    nodeId: options.nodeId,
+    listen: options.listen ?? { host: self?.host ?? "127.0.0.1", port: self?.port ?? 0 },
+    peers: options.members.filter((m) => m.nodeId !== options.nodeId),
+    messageSchema: NodeMessage as Schema.Codec<NodeMessage, unknown>,
+    acceptClients: options.acceptClients ?? true,
+    fastPath: nodeMessageFastPath,
+    onInbound
+  }).pipe(Effect.orDie)
+
+  const reachableCount = Effect.map(transport.reachable, (m) => [...m.values()].filter(Boolean).length + 1)
+
   const sendClientReplies = Effect.suspend(() => {
     if (clientReplies.length === 0) return Effect.void
     const replies = clientReplies
@@ -203,6 +320,10 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       const outs: Array<Outputs> = []
       let ticked = false
       for (const input of batch) {
+        if (input._tag === "Client") {
+          yield* onClientRequest(input)
+          continue
+        }
         if (input._tag === "Tick") {
           if (ticked) continue
           ticked = true
@@ -214,7 +335,8 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
         for (const r of o.results) complete(r)
       }
       yield* sendClientReplies
-      const durable = yield* Effect.forkChild(storage.persist(records).pipe(Effect.orDie))
+      // Started at once: the puts join this turn's LMDB commit instead of waiting a scheduler turn.
+      const durable = yield* Effect.forkChild(storage.persist(records).pipe(Effect.orDie), { startImmediately: true })
       Queue.offerUnsafe(completions, { durable, outs })
       if (ticked) {
         yield* expire(now)
@@ -223,43 +345,20 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     }
   })
 
-  /** Peer messages feed the core; client proposals are registered and answered on their connection. */
-  const pump = Effect.gen(function*() {
-    for (;;) {
-      const batch = yield* Queue.takeAll(transport.inbound)
-      for (const item of batch) {
-        const m = item.message
-        if (item._tag === "Peer") {
-          if (m._tag.startsWith("Client")) continue // a peer never sends client messages
-          Queue.offerUnsafe(inputs, { _tag: "Receive", from: item.from, message: m as PaxosMessage })
-        } else if (m._tag === "ClientPropose") {
-          const clientId = item.clientId
-          const id = m.id
-          register((result) => {
-            clientReplies.push({
-              clientId,
-              reply: !("_tag" in result)
-                ? { _tag: "ClientChosen", id, instance: result.instance, index: result.index }
-                : { _tag: "ClientFailed", id, error: result }
-            })
-          }, m.value)
-        } else if (m._tag === "ClientStatus") {
-          yield* transport.replyToClient(item.clientId, {
-            _tag: "ClientStatusReply",
-            id: m.id,
-            role: core.currentRole,
-            chosenUpTo: core.chosenUpTo
-          })
-        } else {
-          yield* Effect.logWarning(`client ${item.clientId} sent ${m._tag}, which only a node sends`)
-        }
-      }
-    }
-  })
+  const onClientRequest = (input: ClientInput): Effect.Effect<void> => {
+    const m = input.message
+    return m._tag === "ClientStatus"
+      ? transport.replyToClient(input.clientId, {
+        _tag: "ClientStatusReply",
+        id: m.id,
+        role: core.currentRole,
+        chosenUpTo: core.chosenUpTo
+      })
+      : Effect.logWarning(`client ${input.clientId} sent ${m._tag}, which only a node sends`)
+  }
 
   yield* Effect.forkScoped(driver)
   yield* Effect.forkScoped(completer)
-  yield* Effect.forkScoped(pump)
   yield* Effect.forkScoped(
     Effect.sync(() => Queue.offerUnsafe(inputs, { _tag: "Tick" })).pipe(Effect.repeat(Schedule.spaced(`${tickMs} millis`)))
   )
@@ -310,7 +409,11 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     } satisfies PaxosLogStatus
   })
 
-  return PaxosLog.of({ propose, chosen, status, address: transport.address })
+  const lead = Effect.sync(() => {
+    Queue.offerUnsafe(inputs, { _tag: "Lead" })
+  })
+
+  return PaxosLog.of({ propose, chosen, status, lead, address: transport.address })
 })
 
 export const layer = (options: PaxosLogOptions): Layer.Layer<PaxosLog, never, PaxosStorage> =>

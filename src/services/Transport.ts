@@ -54,6 +54,25 @@ export interface TransportOptions<M> {
   readonly maxOutboundBufferBytes?: number
   /** Time a dialer has to send its hello (and to receive the answer); default 5 s. */
   readonly handshakeTimeout?: Duration.Input
+  /** Cheaper codec for the hottest messages; the schema still handles everything else. */
+  readonly fastPath?: FastPath<M>
+  /**
+   * Receives every inbound message in the socket callback instead of {@link Transport.inbound}
+   * (which then stays empty): saves a queue and a fiber hop per message. Must not block.
+   */
+  readonly onInbound?: (item: Inbound<M>) => void
+}
+
+/**
+ * Hand-written codec for a subset of messages, used before the schema: the schema's checks
+ * cost more than the rest of a hop for messages with many fields. `decode` must accept only
+ * what the schema accepts and return what it would; anything else gives undefined and goes
+ * through the schema (which reports the error). `encode` gives the wire form of a message
+ * known to need no transformation, or undefined to encode with the schema.
+ */
+export interface FastPath<M> {
+  readonly decode: (raw: unknown) => M | undefined
+  readonly encode: (message: M) => unknown
 }
 
 export type Inbound<M> =
@@ -85,6 +104,9 @@ export interface ClientOptions<M> {
   readonly maxFrameBytes?: number
   readonly maxOutboundBufferBytes?: number
   readonly handshakeTimeout?: Duration.Input
+  readonly fastPath?: FastPath<M>
+  /** Receives messages in the socket callback instead of {@link ClientConnection.inbound} (then only ended on close). */
+  readonly onMessage?: (message: M) => void
 }
 
 export interface ClientConnection<M> {
@@ -458,13 +480,29 @@ const decodeFrameWith = <A>(decode: (u: unknown) => Result.Result<A, Schema.Sche
 const decodeHelloFrame = (remote: string) => decodeFrameWith(Schema.decodeUnknownResult(Hello), remote)
 const decodeReplyFrame = (remote: string) => decodeFrameWith(Schema.decodeUnknownResult(HelloReply), remote)
 
-/** Encodes a message (Schema, then msgpack frame) once, ready for any connection. */
-const makeEncoder = <M>(schema: Schema.Codec<M, unknown>, maxFrameBytes: number) => {
+/**
+ * Encodes a message (Schema, then msgpack frame), ready for any connection. The last frame
+ * is kept: a broadcast sends the same (immutable) message object to every peer in a row,
+ * and frames are never mutated once built, so one encoding serves them all.
+ */
+const makeEncoder = <M>(schema: Schema.Codec<M, unknown>, maxFrameBytes: number, fastPath?: FastPath<M>) => {
   const encode = Schema.encodeResult(schema)
+  let lastMessage: M | undefined = undefined
+  let lastFrame: Result.Result<Uint8Array, FrameEncodeError | Schema.SchemaError> | undefined = undefined
   return (message: M): Result.Result<Uint8Array, FrameEncodeError | Schema.SchemaError> => {
-    const encoded = encode(message)
-    if (Result.isFailure(encoded)) return Result.fail(encoded.failure)
-    const frame = tryEncodeFrame(encoded.success)
+    if (message === lastMessage && lastFrame !== undefined) return lastFrame
+    lastFrame = encodeUncached(message)
+    lastMessage = message
+    return lastFrame
+  }
+  function encodeUncached(message: M): Result.Result<Uint8Array, FrameEncodeError | Schema.SchemaError> {
+    let wire = fastPath?.encode(message)
+    if (wire === undefined) {
+      const encoded = encode(message)
+      if (Result.isFailure(encoded)) return Result.fail(encoded.failure)
+      wire = encoded.success
+    }
+    const frame = tryEncodeFrame(wire)
     if (Result.isSuccess(frame) && frame.success.length - 4 > maxFrameBytes) {
       // The receiver would close the connection over it: drop it here instead.
       return Result.fail(
@@ -479,9 +517,18 @@ const makeEncoder = <M>(schema: Schema.Codec<M, unknown>, maxFrameBytes: number)
 const messageReceiver = <M>(
   schema: Schema.Codec<M, unknown>,
   remote: string,
-  emit: (message: M) => void
+  emit: (message: M) => void,
+  fastPath?: FastPath<M>
 ): Receiver => {
-  const decode = decodeFrameWith(Schema.decodeUnknownResult(schema), remote)
+  const decodeSchema = Schema.decodeUnknownResult(schema)
+  const fastDecode = fastPath?.decode
+  const decode = decodeFrameWith(
+    fastDecode === undefined ? decodeSchema : (u) => {
+      const fast = fastDecode(u)
+      return fast !== undefined ? Result.succeed(fast) : decodeSchema(u)
+    },
+    remote
+  )
   return (payload) => {
     const result = decode(payload)
     if (Result.isFailure(result)) return result.failure
@@ -562,9 +609,12 @@ export const make = <M>(
     const handshakeTimeout = options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT
     const acceptClients = options.acceptClients ?? false
     const peerIds = new Set(options.peers.map((p) => p.nodeId))
-    const encode = makeEncoder(options.messageSchema, maxFrameBytes)
+    const encode = makeEncoder(options.messageSchema, maxFrameBytes, options.fastPath)
 
     const inbound = yield* Queue.unbounded<Inbound<M>>()
+    const deliver = options.onInbound ?? ((item: Inbound<M>) => {
+      Queue.offerUnsafe(inbound, item)
+    })
     const links = new Map<number, Link>(options.peers.map((peer) => [peer.nodeId, { peer, conn: undefined }]))
     const clients = new Map<number, Connection>()
     let nextClientId = 1
@@ -608,8 +658,8 @@ export const make = <M>(
             const from = hello.nodeId
             conn.setReceiver(
               messageReceiver(options.messageSchema, remote, (message) => {
-                Queue.offerUnsafe(inbound, { _tag: "Peer", from, message })
-              })
+                deliver({ _tag: "Peer", from, message })
+              }, options.fastPath)
             )
             yield* Effect.logDebug(`transport: inbound link from node ${from} established`)
             return yield* awaitClosed(conn).pipe(Effect.annotateLogs({ from }))
@@ -619,8 +669,8 @@ export const make = <M>(
           yield* Effect.addFinalizer(() => Effect.sync(() => clients.delete(clientId)))
           conn.setReceiver(
             messageReceiver(options.messageSchema, remote, (message) => {
-              Queue.offerUnsafe(inbound, { _tag: "Client", clientId, message })
-            })
+              deliver({ _tag: "Client", clientId, message })
+            }, options.fastPath)
           )
           return yield* awaitClosed(conn)
         })
@@ -745,7 +795,7 @@ export const connectClient = <M>(
   Effect.gen(function*() {
     const { host, port } = options
     const maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
-    const encode = makeEncoder(options.messageSchema, maxFrameBytes)
+    const encode = makeEncoder(options.messageSchema, maxFrameBytes, options.fastPath)
     const conn = yield* dial(host, port, options.maxOutboundBufferBytes ?? DEFAULT_MAX_OUTBOUND_BUFFER_BYTES)
     yield* dialerHandshake(
       conn,
@@ -760,9 +810,10 @@ export const connectClient = <M>(
     )
 
     const inbound = yield* Queue.unbounded<M, Cause.Done>()
-    conn.setReceiver(messageReceiver(options.messageSchema, conn.remote, (message) => {
+    const onMessage = options.onMessage ?? ((message: M) => {
       Queue.offerUnsafe(inbound, message)
-    }))
+    })
+    conn.setReceiver(messageReceiver(options.messageSchema, conn.remote, onMessage, options.fastPath))
     yield* awaitClosed(conn).pipe(
       Effect.catch((error) => logClose(`client connection to ${conn.remote}`, error)),
       Effect.ensuring(Queue.end(inbound)),
