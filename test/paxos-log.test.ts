@@ -1,42 +1,16 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber, Result, Schema, Stream } from "effect"
-import { mkdtempSync, rmSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
 import { decodePayload, encodeFrame } from "../src/domain/frame.js"
-import { freePort } from "../src/services/LocalCluster.js"
 import * as PaxosLog from "../src/services/PaxosLog.js"
-import * as PaxosStorage from "../src/services/PaxosStorage.js"
-
-const tempDir = Effect.acquireRelease(
-  Effect.sync(() => mkdtempSync(join(tmpdir(), "phxmaria-log-"))),
-  (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
-)
+import { startLogs } from "./support/inProcessLogs.js"
 
 const bytes = (s: string) => new Uint8Array(Buffer.from(s))
 const text = (b: Uint8Array) => Buffer.from(b).toString()
 
-/** Starts the given members of a cluster in this process; returns their logs by node id. */
-const startLogs = (ids: ReadonlyArray<number>, memberCount: number, proposeTimeoutMs = 10_000) =>
-  Effect.gen(function*() {
-    const dir = yield* tempDir
-    const members = yield* Effect.forEach(Array.from({ length: memberCount }, (_, i) => i + 1), (nodeId) =>
-      Effect.map(freePort(), (port) => ({ nodeId, host: "127.0.0.1", port })))
-    const logs = new Map<number, PaxosLog.PaxosLogShape>()
-    for (const nodeId of ids) {
-      const storage = yield* PaxosStorage.make(join(dir, `n${nodeId}`))
-      const log = yield* PaxosLog.make({ clusterId: "log-test", nodeId, members, proposeTimeoutMs }).pipe(
-        Effect.provideService(PaxosStorage.PaxosStorage, storage)
-      )
-      logs.set(nodeId, log)
-    }
-    return logs
-  })
-
 describe("PaxosLog service", () => {
   it.live("propose completes with the value's position; chosen() streams history then live entries", () =>
     Effect.gen(function*() {
-      const logs = yield* startLogs([1, 2, 3], 3)
+      const { logs } = yield* startLogs([1, 2, 3], 3)
       const n1 = logs.get(1)!
       const n2 = logs.get(2)!
       const n3 = logs.get(3)!
@@ -69,7 +43,7 @@ describe("PaxosLog service", () => {
 
   it.live("a node cut off from the majority fails proposals with NotEnoughNodes", () =>
     Effect.gen(function*() {
-      const logs = yield* startLogs([1], 3, 500)
+      const { logs } = yield* startLogs([1], 3, 500)
       const error = yield* Effect.flip(logs.get(1)!.propose(bytes("alone")))
       expect(error._tag).toBe("NotEnoughNodes")
       expect(error).toMatchObject({ reachable: 1, quorum: 2 })

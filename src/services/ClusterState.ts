@@ -50,6 +50,8 @@ export interface ClusterStateShape {
 
 export class ClusterState extends Context.Service<ClusterState, ClusterStateShape>()("phxmaria/ClusterState") {}
 
+const SNAPSHOT_EVERY_MS = 200
+
 /** Outcomes of recently applied positions, for proposers whose answer came after the apply. */
 const RECENT_OUTCOMES = 10_000
 
@@ -70,6 +72,10 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     stored ?? { state: initialClusterState(options.members), appliedUpTo: 0 }
   )
   const hub = yield* PubSub.unbounded<AppliedEntry>()
+  let lastWrite = -Infinity
+  yield* Effect.addFinalizer(() =>
+    Effect.flatMap(SubscriptionRef.get(ref), (snapshot) => Effect.promise(() => env.put("snapshot", snapshot)))
+  )
   const waiters = new Map<string, Deferred.Deferred<Outcome>>()
   const recent = new Map<string, Outcome>()
 
@@ -100,9 +106,14 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
             applied.push({ instance: chosen.instance, index, entry, outcome, state })
           })
           const snapshot: ClusterSnapshot = { state, appliedUpTo: chosen.instance + 1 }
-          // Not awaited for durability: after a crash the log replays what this write lost.
-          env.put("snapshot", snapshot)
           yield* SubscriptionRef.set(ref, snapshot)
+          // Written at most every SNAPSHOT_EVERY_MS (and at close), never awaited: after a
+          // crash the log replays what the last write missed, and apply is deterministic.
+          const now = performance.now()
+          if (now - lastWrite >= SNAPSHOT_EVERY_MS) {
+            lastWrite = now
+            env.put("snapshot", snapshot)
+          }
           for (const a of applied) settle(`${a.instance}/${a.index}`, a.outcome)
           yield* PubSub.publishAll(hub, applied)
         })

@@ -1,0 +1,57 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Fiber, Stream } from "effect"
+import { join } from "node:path"
+import type { Outcome } from "../src/domain/cluster.js"
+import * as ClusterState from "../src/services/ClusterState.js"
+import { PaxosLog } from "../src/services/PaxosLog.js"
+import { startLogs } from "./support/inProcessLogs.js"
+
+const reasonOf = (o: Outcome) => (o._tag === "Rejected" ? o.reason._tag : o._tag)
+
+describe("ClusterState service", () => {
+  it.live("applies chosen entries on every node, answers proposers with outcomes, and resumes after a restart", () =>
+    Effect.gen(function*() {
+      const { logs, dir } = yield* startLogs([1, 2, 3], 3)
+      const members = [1, 2, 3]
+      const open = (nodeId: number) =>
+        ClusterState.make({ dir: join(dir, `state${nodeId}`), members }).pipe(Effect.provideService(PaxosLog, logs.get(nodeId)!))
+      // Node 3's state service runs only in the scoped blocks below (it is restarted there).
+      const [s1, s2] = [yield* open(1), yield* open(2)]
+
+      const lease = (node: number, basedOnVersion: number) =>
+        ({ _tag: "MasterLease", node, basedOnVersion, leaseMs: 1000, proposalId: node * 100 + basedOnVersion }) as const
+      expect(reasonOf(yield* s1.propose(lease(1, 0)))).toBe("Accepted")
+      expect(reasonOf(yield* s2.propose(lease(2, 0)))).toBe("StaleMasterVersion")
+      const txn = { gtid: { domain: 0, server: 1, seq: 1 }, events: new Uint8Array([1, 2, 3]) }
+      expect(reasonOf(yield* s2.propose({ _tag: "Binlog", node: 2, epoch: 1, prevGtid: null, txns: [txn] }))).toBe("NotMaster")
+      expect(reasonOf(yield* s1.propose({ _tag: "Binlog", node: 1, epoch: 1, prevGtid: null, txns: [txn] }))).toBe("Accepted")
+      expect(reasonOf(yield* s1.propose({ _tag: "Binlog", node: 1, epoch: 1, prevGtid: null, txns: [txn] }))).toBe("AlreadyAccepted")
+
+      // Every node applies the same entries to the same state.
+      const target = (yield* s1.current).appliedUpTo
+      const caughtUp = (s: ClusterState.ClusterStateShape) =>
+        s.changes.pipe(Stream.filter((c) => c.appliedUpTo >= target), Stream.take(1), Stream.runHead)
+      const snapshots = [yield* caughtUp(s1), yield* caughtUp(s2), yield* Effect.scoped(Effect.flatMap(open(3), caughtUp))]
+      for (const snap of snapshots) {
+        expect(snap._tag).toBe("Some")
+        if (snap._tag === "Some") {
+          expect(snap.value.state).toMatchObject({ master: 1, masterVersion: 1, epoch: 1, lastGtid: { domain: 0, server: 1, seq: 1 } })
+        }
+      }
+
+      // Node 3's state service restarts on the same directory: it resumes where it was, and
+      // the first entry it applies afterwards is a new one (nothing re-applied).
+      const before = yield* Effect.scoped(Effect.flatMap(open(3), (s) => Effect.flatMap(caughtUp(s), () => s.current)))
+      const reopened = yield* Effect.scoped(Effect.gen(function*() {
+        const s = yield* open(3)
+        const resumed = yield* s.current
+        const applied = yield* s.applied
+        const first = yield* Effect.forkChild(applied.pipe(Stream.take(1), Stream.runCollect))
+        yield* s1.propose({ _tag: "Noop", node: 1, nonce: 42 })
+        return { resumed, first: yield* Fiber.join(first) }
+      }))
+      expect(reopened.resumed.appliedUpTo).toBeGreaterThanOrEqual(before.appliedUpTo)
+      expect(reopened.resumed.state).toEqual(before.state)
+      expect(reopened.first.map((a) => a.entry?._tag)).toEqual(["Noop"])
+    }))
+})
