@@ -27,6 +27,8 @@ describe("Paxos log across processes", () => {
           Array.from({ length: count }, (_, i) => `${prefix}-${i}`),
           (v) =>
             c.propose(new Uint8Array(Buffer.from(v))).pipe(
+              // Superseded means definitively not chosen (e.g. the leader changed): safe to retry.
+              Effect.retry({ while: (e) => e._tag === "Superseded", times: 5 }),
               Effect.tap((pos) => Ref.update(confirmed, (m) => new Map(m).set(v, pos))),
               // Timeouts and dropped connections are indeterminate: checked below only if confirmed.
               Effect.ignore
