@@ -1,0 +1,27 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Fiber, Stream } from "effect"
+import * as BinlogSource from "../src/services/BinlogSource.js"
+
+const txn = (seq: number) => ({ gtid: { domain: 0, server: 1, seq }, events: [new Uint8Array([seq])] })
+
+describe("in-memory binlog source", () => {
+  it.live("serves history after a position, then new transactions; refuses positions it cannot serve", () =>
+    Effect.gen(function*() {
+      const { source, append } = yield* BinlogSource.makeInMemory(new Uint8Array([0]))
+      for (const seq of [5, 6, 7]) yield* append(txn(seq))
+      const seqs = (s: Stream.Stream<BinlogSource.SourceTxn>, n: number) =>
+        Effect.map(Stream.runCollect(Stream.take(s, n)), (ts) => ts.map((t) => t.gtid.seq))
+
+      expect(yield* seqs(yield* source.after(null), 3)).toEqual([5, 6, 7])
+      expect(yield* seqs(yield* source.after({ domain: 0, server: 1, seq: 4 }), 3)).toEqual([5, 6, 7])
+      const live = yield* Effect.forkChild(seqs(yield* source.after({ domain: 0, server: 9, seq: 6 }), 2))
+      yield* append(txn(8))
+      expect(yield* Fiber.join(live)).toEqual([7, 8])
+
+      const refused = (seq: number, domain = 0) => Effect.flip(source.after({ domain, server: 1, seq }))
+      expect((yield* refused(9)).reason).toBe("ahead")
+      expect((yield* refused(2)).reason).toBe("purged")
+      expect((yield* refused(7, 3)).reason).toBe("other-domain")
+      expect((yield* refused(9)).message).toContain("ahead of the cluster's log")
+    }))
+})
