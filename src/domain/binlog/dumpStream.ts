@@ -1,0 +1,89 @@
+/**
+ * The events a binlog server sends on one COM_BINLOG_DUMP: transactions from anywhere,
+ * laid out as one continuous virtual binlog file (MARIADB.md, "A binlog server in Node
+ * works"). Original bytes are kept; only log_pos is rewritten and the CRC recomputed.
+ */
+import { Result } from "effect"
+import type { Gtid } from "../gtid.js"
+import {
+  type BinlogChecksumError,
+  BinlogEventError,
+  EventFlag,
+  EventType,
+  makeFakeRotate,
+  makeGtidList,
+  makeHeartbeat,
+  parseEvent,
+  recomputeChecksum,
+  serializeEvent,
+  withLogPos
+} from "./event.js"
+
+/** Offset of create_timestamp in a Format_description body (after binlog_version and server_version). */
+const FDE_CREATE_TIMESTAMP = 52
+const BINLOG_START = 4
+
+export class DumpStream {
+  /** End offset of the last event sent, in the virtual file. */
+  private position = BINLOG_START
+
+  constructor(
+    private readonly options: {
+      readonly fileName: string
+      readonly serverId: number
+    }
+  ) {}
+
+  get logPos(): number {
+    return this.position
+  }
+
+  /**
+   * What opens the stream: a fake Rotate to the virtual file, the source's
+   * Format_description (required by the replica), the Gtid_list of the file's start and an
+   * artificial Gtid_list holding the replica's connect state.
+   */
+  opening(formatDescription: Uint8Array, connectState: ReadonlyArray<Gtid>): Result.Result<ReadonlyArray<Uint8Array>, BinlogEventError | BinlogChecksumError> {
+    const fde = parseEvent(formatDescription, { checksum: true })
+    if (Result.isFailure(fde)) return Result.fail(fde.failure)
+    if (fde.success.header.type !== EventType.FormatDescription) {
+      return Result.fail(new BinlogEventError({ reason: "wrong-type", message: "a dump stream needs the source's Format_description event" }))
+    }
+    const { serverId, fileName } = this.options
+    const rotate = makeFakeRotate({ fileName, position: BINLOG_START, serverId })
+    const body = Uint8Array.from(fde.success.body)
+    // created 0: not "the master just started" (which would make the replica drop temp tables).
+    new DataView(body.buffer).setUint32(FDE_CREATE_TIMESTAMP, 0, true)
+    const fdeLength = formatDescription.length
+    this.position = BINLOG_START + fdeLength
+    const fdeOut = serializeEvent(recomputeChecksum({
+      header: { ...fde.success.header, logPos: this.position, flags: 0 },
+      body,
+      checksum: 0
+    }))
+    const listLength = makeGtidList({ gtids: [], serverId, logPos: 0 }).length
+    this.position += listLength
+    const list = makeGtidList({ gtids: [], serverId, logPos: this.position })
+    const connect = makeGtidList({ gtids: connectState, serverId, logPos: 0, flags: EventFlag.Artificial })
+    return Result.succeed([rotate, fdeOut, list, connect])
+  }
+
+  /** A transaction's events, each placed after the previous one in the virtual file. */
+  transaction(events: ReadonlyArray<Uint8Array>): Result.Result<ReadonlyArray<Uint8Array>, BinlogEventError | BinlogChecksumError> {
+    const out: Array<Uint8Array> = []
+    let position = this.position
+    for (const e of events) {
+      position += e.length
+      const moved = withLogPos(e, position)
+      if (Result.isFailure(moved)) return Result.fail(moved.failure)
+      out.push(moved.success)
+    }
+    this.position = position
+    return Result.succeed(out)
+  }
+
+  /** Sent while idle: log_pos is the end of the last event sent. */
+  heartbeat(): Uint8Array {
+    return makeHeartbeat({ fileName: this.options.fileName, logPos: this.position, serverId: this.options.serverId })
+  }
+}
