@@ -96,4 +96,19 @@ describe("MariaDbInstance", () => {
       yield* Fiber.interrupt(fiber)
       expectGone(db)
     }))
+
+  it.effect("survives a SIGKILL and starts again on the same datadir and port", () =>
+    Effect.gen(function*() {
+      const db = yield* MariaDbInstance.make({})
+      yield* db.query("CREATE DATABASE k")
+      yield* db.query("CREATE TABLE k.kept (id INT PRIMARY KEY) ENGINE=InnoDB")
+      yield* db.query("INSERT INTO k.kept VALUES (1)")
+      const firstPid = db.pid
+      yield* db.kill
+      expect(isAlive(firstPid)).toBe(false)
+      yield* db.start
+      expect(db.pid).not.toBe(firstPid)
+      expect(isAlive(db.pid)).toBe(true)
+      expect(yield* db.query("SELECT id FROM k.kept")).toEqual([{ id: 1 }])
+    }))
 })

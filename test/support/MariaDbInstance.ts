@@ -21,7 +21,7 @@ import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { Clock, Data, Effect, Schedule } from "effect"
-import type * as Scope from "effect/Scope"
+import * as Scope from "effect/Scope"
 import mysql from "mysql2/promise"
 
 // ---------------------------------------------------------------------------
@@ -95,6 +95,10 @@ export interface MariaDbInstanceInfo {
   ) => Effect.Effect<ReadonlyArray<R>, MariaDbQueryError>
   /** Reads the last `bytes` of the error log (for diagnostics). */
   readonly errorLogTail: (bytes?: number) => Effect.Effect<string>
+  /** SIGKILLs the server (a crash: no clean shutdown) and waits until it has exited. */
+  readonly kill: Effect.Effect<void>
+  /** Starts the server again on the same datadir and port (after `kill`); waits until it answers. */
+  readonly start: Effect.Effect<void, MariaDbStartError>
 }
 
 // ---------------------------------------------------------------------------
@@ -492,6 +496,8 @@ const make = (options: MariaDbInstanceOptions = {}): Effect.Effect<MariaDbInstan
       )
 
       const pool = yield* makePool(l, user)
+      const scope = yield* Effect.scope
+      let current = server
 
       const info: MariaDbInstanceInfo = {
         host: "127.0.0.1",
@@ -503,14 +509,24 @@ const make = (options: MariaDbInstanceOptions = {}): Effect.Effect<MariaDbInstan
         errorLog: l.errorLog,
         binlogBase: l.binlogBase,
         serverId,
-        pid: server.pid,
+        get pid() {
+          return current.pid
+        },
         user,
         query: <R extends Row = Row>(sql: string, params?: ReadonlyArray<unknown>) =>
           Effect.tryPromise({
             try: () => pool.query(sql, params === undefined ? undefined : [...params]),
             catch: (cause) => toQueryError(sql, cause)
           }).pipe(Effect.map(([rows]) => (Array.isArray(rows) ? (rows as unknown as ReadonlyArray<R>) : []))),
-        errorLogTail: (bytes) => Effect.sync(() => readTail(l.errorLog, bytes))
+        errorLogTail: (bytes) => Effect.sync(() => readTail(l.errorLog, bytes)),
+        kill: withLiveClock(Effect.suspend(() => killServer(current))),
+        start: withLiveClock(Effect.gen(function*() {
+          const logOffset = fileSize(l.errorLog)
+          // Released with the instance's scope, like the first process.
+          const next = yield* spawnServer(mariadbd, l).pipe(Scope.provide(scope))
+          current = next
+          yield* waitReady(next, l, user, logOffset)
+        }))
       }
       return info
     })
