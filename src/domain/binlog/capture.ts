@@ -1,0 +1,80 @@
+/**
+ * The replica side of a binlog dump, as data: event packets in, whole transactions out,
+ * with the file and end position to ACK and whether the master waits for that ACK.
+ * Pure: the capture service feeds it packet payloads from the socket.
+ */
+import { Data, Result } from "effect"
+import type { Gtid } from "../gtid.js"
+import { decodeRotate, EventFlag, EventType, parseEvent } from "./event.js"
+import { type AssemblerError, TransactionAssembler } from "./transaction.js"
+
+export interface CapturedTxn {
+  readonly gtid: Gtid
+  /** Original event bytes (with CRC32), Gtid event first. */
+  readonly events: ReadonlyArray<Uint8Array>
+  /** The master's binlog file and the transaction's end position in it: what an ACK names. */
+  readonly file: string
+  readonly endPos: number
+  /** The master holds a commit until this transaction is ACKed (semi-sync). */
+  readonly needAck: boolean
+}
+
+export class DumpPacketError extends Data.TaggedError("DumpPacketError")<{ readonly message: string }> {}
+
+export type CaptureOutput =
+  | { readonly _tag: "Txn"; readonly txn: CapturedTxn }
+  /** The master's Format_description event (a binlog server must replay it to its replicas). */
+  | { readonly _tag: "FormatDescription"; readonly bytes: Uint8Array }
+
+const SEMI_SYNC_INDICATOR = 0xef
+
+export class CaptureState {
+  private file = ""
+  private needAck = false
+  private readonly assembler = new TransactionAssembler({ checksum: true })
+
+  constructor(private readonly semiSync: boolean) {}
+
+  get currentFile(): string {
+    return this.file
+  }
+
+  /** One event packet's payload: 0x00, then (semi-sync) 0xEF and the need-ack byte, then the event. */
+  push(payload: Uint8Array): Result.Result<ReadonlyArray<CaptureOutput>, DumpPacketError | AssemblerError> {
+    if (payload.length < 1 || payload[0] !== 0x00) {
+      return Result.fail(new DumpPacketError({ message: `event packet starts with ${payload[0]}, not 0x00` }))
+    }
+    let offset = 1
+    if (this.semiSync) {
+      if (payload.length < 3 || payload[1] !== SEMI_SYNC_INDICATOR) {
+        return Result.fail(new DumpPacketError({ message: "semi-sync event packet without its 0xEF indicator" }))
+      }
+      if (payload[2] !== 0) this.needAck = true
+      offset = 3
+    }
+    const bytes = payload.subarray(offset)
+    const parsed = parseEvent(bytes, { checksum: true })
+    if (Result.isFailure(parsed)) return Result.fail(parsed.failure)
+    const event = parsed.success
+    const out: Array<CaptureOutput> = []
+    if (event.header.type === EventType.Rotate) {
+      const rotate = decodeRotate(event)
+      if (Result.isFailure(rotate)) return Result.fail(rotate.failure)
+      this.file = rotate.success.fileName
+    } else if (event.header.type === EventType.FormatDescription && (event.header.flags & EventFlag.Artificial) === 0) {
+      out.push({ _tag: "FormatDescription", bytes: Uint8Array.from(bytes) })
+    }
+    // Copy: the payload may be a view into a reused socket buffer.
+    const pushed = this.assembler.pushEvent(event, Uint8Array.from(bytes))
+    if (Result.isFailure(pushed)) return Result.fail(pushed.failure)
+    for (const o of pushed.success) {
+      if (o._tag !== "Transaction") continue
+      out.push({
+        _tag: "Txn",
+        txn: { gtid: o.gtid, events: o.events, file: this.file, endPos: o.endLogPos, needAck: this.needAck }
+      })
+      this.needAck = false
+    }
+    return Result.succeed(out)
+  }
+}
