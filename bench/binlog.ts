@@ -14,6 +14,7 @@ import * as BinlogSource from "../src/services/BinlogSource.js"
 import { MariaDbInstance } from "../test/support/MariaDbInstance.js"
 import {
   createReplicationUser,
+  enableSemiSync,
   gtidBinlogPos,
   gtidSlavePos,
   REPL_PASSWORD,
@@ -31,14 +32,7 @@ const program = Effect.gen(function*() {
   yield* createReplicationUser(a)
   yield* a.query("CREATE DATABASE sb")
   yield* a.query("CREATE TABLE sb.t (id INT PRIMARY KEY, k INT NOT NULL, c CHAR(120) NOT NULL, pad CHAR(60) NOT NULL)")
-  for (
-    const setting of [
-      "rpl_semi_sync_master_wait_point = AFTER_SYNC",
-      "rpl_semi_sync_master_wait_no_slave = ON",
-      "rpl_semi_sync_master_timeout = 18446744073709551615",
-      "rpl_semi_sync_master_enabled = ON"
-    ]
-  ) yield* a.query(`SET GLOBAL ${setting}`)
+  yield* enableSemiSync(a)
 
   const capture = yield* BinlogCapture.make({ host: a.host, port: a.port, user: REPL_USER, password: REPL_PASSWORD, serverId: 1001, startAfter: null })
   const captured = yield* Queue.unbounded<BinlogCapture.CapturedTxn>()

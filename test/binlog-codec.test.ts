@@ -31,20 +31,9 @@ import {
 import { type BinlogFile, parseBinlogFile } from "../src/domain/binlog/file.js"
 import { groupTransactions, type Transaction, TransactionAssembler } from "../src/domain/binlog/transaction.js"
 import { MariaDbInstance } from "./support/MariaDbInstance.js"
+import { ok } from "./support/result.js"
+import { prng, randomBytes } from "./support/sim.js"
 
-/** Deterministic PRNG (mulberry32) so fuzz failures reproduce. */
-const prng = (seed: number) => () => {
-  seed = (seed + 0x6d2b79f5) | 0
-  let t = Math.imul(seed ^ (seed >>> 15), 1 | seed)
-  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-}
-const randomBytes = (next: () => number, n: number) => Uint8Array.from({ length: n }, () => Math.floor(next() * 256))
-
-const ok = <A, E>(r: Result.Result<A, E>): A => {
-  if (Result.isFailure(r)) throw new Error(`expected success, got ${String((r.failure as { message?: unknown }).message ?? r.failure)}`)
-  return r.success
-}
 const errTag = <A, E>(r: Result.Result<A, E>): string | undefined =>
   Result.isFailure(r) ? (r.failure as { _tag: string })._tag : undefined
 

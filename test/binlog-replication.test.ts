@@ -8,6 +8,7 @@ import { MariaDbInstance } from "./support/MariaDbInstance.js"
 import {
   checksums,
   createReplicationUser,
+  enableSemiSync,
   gtidBinlogPos,
   gtidSlavePos,
   mixedWorkload,
@@ -32,14 +33,7 @@ describe("capture client and binlog server with real servers", () => {
       const b = yield* MariaDbInstance.make({ serverId: 2, extraConfig: replicaConfig })
       yield* createReplicationUser(a)
       // Lossless semi-sync on A from now on: every commit waits for the capture client's ACK.
-      for (
-        const setting of [
-          "rpl_semi_sync_master_wait_point = AFTER_SYNC",
-          "rpl_semi_sync_master_wait_no_slave = ON",
-          "rpl_semi_sync_master_timeout = 18446744073709551615",
-          "rpl_semi_sync_master_enabled = ON"
-        ]
-      ) yield* a.query(`SET GLOBAL ${setting}`)
+      yield* enableSemiSync(a)
 
       const capture = yield* BinlogCapture.make({
         host: a.host,

@@ -16,7 +16,7 @@
  */
 import { randomBytes } from "node:crypto"
 import * as net from "node:net"
-import { Cause, Context, Data, Duration, Effect, FiberSet, Layer, Option, Queue, Result, Stream } from "effect"
+import { Cause, Context, Data, Duration, Effect, Layer, Option, Queue, Result, Stream } from "effect"
 import type * as Scope from "effect/Scope"
 import { DumpStream } from "../domain/binlog/dumpStream.js"
 import { type Gtid, parseGtid } from "../domain/gtid.js"
@@ -38,6 +38,7 @@ import {
 } from "../domain/mysql/protocol.js"
 import { answerQuery, newReplicaSession, positionFromConnectState, type ReplicaSession } from "../domain/replicaSession.js"
 import { BinlogSource, type SourceTxn } from "./BinlogSource.js"
+import * as TcpListener from "./TcpListener.js"
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -319,7 +320,6 @@ class Connection {
   }
 }
 
-const remoteOf = (socket: net.Socket): string => `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`
 
 /** Frames payloads with consecutive sequence ids starting at `seq`. */
 const frameAll = (seq: number, payloads: ReadonlyArray<Uint8Array>): Uint8Array => {
@@ -535,40 +535,16 @@ export const make = (
       )
 
     // --- listener --------------------------------------------------------------
-    const sockets = new Set<net.Socket>()
-    const address = { host: options.host, port: options.port }
-    const runFork = yield* FiberSet.makeRuntime<never>()
+    const listener = yield* TcpListener.listen({
+      host: options.host,
+      port: options.port,
+      component: "binlog server",
+      listenError: (cause) => new BinlogServerListenError({ host: options.host, port: options.port, cause }),
+      // Constructed synchronously: it attaches the socket's error handler.
+      onSocket: (socket) => handle(new Connection(socket, TcpListener.remoteOf(socket)))
+    })
 
-    const server = yield* Effect.acquireRelease(
-      Effect.callback<net.Server, BinlogServerListenError>((resume) => {
-        const server = net.createServer({ noDelay: true })
-        const onListenError = (cause: Error) =>
-          resume(Effect.fail(new BinlogServerListenError({ host: options.host, port: options.port, cause })))
-        server.once("error", onListenError)
-        server.on("connection", (socket) => {
-          sockets.add(socket)
-          socket.once("close", () => sockets.delete(socket))
-          // Constructed synchronously: it attaches the socket's error handler.
-          runFork(handle(new Connection(socket, remoteOf(socket))))
-        })
-        server.listen({ host: options.host, port: options.port }, () => {
-          server.off("error", onListenError)
-          server.on("error", (cause) => {
-            runFork(Effect.logWarning("binlog server: listener error", new BinlogServerListenError({ ...address, cause })))
-          })
-          resume(Effect.succeed(server))
-        })
-        return Effect.sync(() => server.close())
-      }),
-      (server) =>
-        Effect.callback<void>((resume) => {
-          server.close(() => resume(Effect.void))
-          for (const socket of sockets) socket.destroy()
-        })
-    )
-    address.port = (server.address() as net.AddressInfo).port
-
-    return BinlogServer.of({ address, connections: Effect.sync(() => sockets.size) })
+    return BinlogServer.of({ address: listener.address, connections: listener.connections })
   }).pipe(Effect.annotateLogs({ component: "binlog-server" }))
 
 /** The server as a layer (closed with the layer's scope). */

@@ -15,7 +15,7 @@
  * with a logged, typed error and nothing else.
  */
 import * as net from "node:net"
-import { Cause, Data, Duration, Effect, FiberSet, Queue, Result, Schedule, Schema, Scope } from "effect"
+import { Cause, Data, Duration, Effect, Queue, Result, Schedule, Schema, Scope } from "effect"
 import {
   DEFAULT_MAX_FRAME_BYTES,
   decodePayload,
@@ -26,6 +26,7 @@ import {
   FrameTruncated,
   tryEncodeFrame
 } from "../domain/frame.js"
+import * as TcpListener from "./TcpListener.js"
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -389,7 +390,6 @@ class Connection {
   }
 }
 
-const remoteOf = (socket: net.Socket): string => `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`
 
 /** Waits until the connection closes; fails with the reason (TransportClosed for an orderly close). */
 const awaitClosed = (conn: Connection): Effect.Effect<never, TransportConnectionError> =>
@@ -677,43 +677,15 @@ export const make = <M>(
       ).pipe(Effect.catch((error) => logClose(`inbound connection from ${accepted.remote}`, error)))
 
     // --- listener --------------------------------------------------------
-    // Every accepted socket is tracked here so closing the server cannot wait
-    // on a connection whose fiber never started.
-    const sockets = new Set<net.Socket>()
-    const address = { host: options.listen.host, port: options.listen.port }
-    // Created before the server so that accept errors can be logged; its
-    // fibers are interrupted after the server (and its sockets) closed.
-    const runFork = yield* FiberSet.makeRuntime<never>()
-
-    const server = yield* Effect.acquireRelease(
-      Effect.callback<net.Server, TransportListenError>((resume) => {
-        const server = net.createServer({ noDelay: true })
-        const onListenError = (cause: Error) =>
-          resume(Effect.fail(new TransportListenError({ host: options.listen.host, port: options.listen.port, cause })))
-        server.once("error", onListenError)
-        server.on("connection", (socket) => {
-          sockets.add(socket)
-          socket.once("close", () => sockets.delete(socket))
-          // Construct synchronously: it attaches the socket's error handler.
-          runFork(handleInbound(new Connection(socket, remoteOf(socket), HANDSHAKE_MAX_FRAME_BYTES, maxBuffered)))
-        })
-        server.listen({ host: options.listen.host, port: options.listen.port }, () => {
-          server.off("error", onListenError)
-          // Accept errors (e.g. EMFILE) must not crash the process; the server keeps listening.
-          server.on("error", (cause) => {
-            runFork(Effect.logWarning("transport: listener error", new TransportListenError({ ...address, cause })))
-          })
-          resume(Effect.succeed(server))
-        })
-        return Effect.sync(() => server.close())
-      }),
-      (server) =>
-        Effect.callback<void>((resume) => {
-          server.close(() => resume(Effect.void))
-          for (const socket of sockets) socket.destroy()
-        })
-    )
-    address.port = (server.address() as net.AddressInfo).port
+    const listener = yield* TcpListener.listen({
+      host: options.listen.host,
+      port: options.listen.port,
+      component: "transport",
+      listenError: (cause) => new TransportListenError({ host: options.listen.host, port: options.listen.port, cause }),
+      // Construct synchronously: it attaches the socket's error handler.
+      onSocket: (socket) => handleInbound(new Connection(socket, TcpListener.remoteOf(socket), HANDSHAKE_MAX_FRAME_BYTES, maxBuffered))
+    })
+    const address = listener.address
 
     // --- outbound links ----------------------------------------------------
     const hello: Hello = { _tag: "Hello", clusterId: options.clusterId, nodeId: options.nodeId, role: "peer" }

@@ -11,6 +11,19 @@ export const semiSyncMasterConfig = {
   max_allowed_packet: "64M"
 } as const
 
+/** Turns lossless semi-sync on at run time (after setup that must not wait for an ACK). */
+export const enableSemiSync = (db: MariaDbInstanceInfo) =>
+  Effect.forEach(
+    [
+      "rpl_semi_sync_master_wait_point = AFTER_SYNC",
+      "rpl_semi_sync_master_wait_no_slave = ON",
+      "rpl_semi_sync_master_timeout = 18446744073709551615",
+      "rpl_semi_sync_master_enabled = ON"
+    ],
+    (setting) => db.query(`SET GLOBAL ${setting}`),
+    { discard: true }
+  )
+
 export const replicaConfig = {
   max_allowed_packet: "64M",
   slave_max_allowed_packet: "1073741824"

@@ -69,3 +69,11 @@ export class EventQueue<E> {
     return top
   }
 }
+
+/** A seeded random-number function (the same mulberry32 as Rng), for fuzz loops. */
+export const prng = (seed: number): (() => number) => {
+  const rng = new Rng(seed)
+  return () => rng.next()
+}
+
+export const randomBytes = (next: () => number, n: number): Uint8Array => Uint8Array.from({ length: n }, () => Math.floor(next() * 256))
