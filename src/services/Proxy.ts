@@ -1,0 +1,598 @@
+/**
+ * The transparent MySQL proxy (DESIGN.md section 7).
+ *
+ * Client listeners (RW, RO): per accepted connection the target is read from
+ * {@link Routing} at accept time; the proxy connects upstream (this node's MariaDB or
+ * another node's forward port), sends a PROXY header carrying the client's real address
+ * (v1 by default, v2 or off configurable), then relays bytes both ways 1:1.
+ *
+ * Forward listeners (RW, RO): accept only cluster members' addresses, read the PROXY
+ * header the member sent, connect to this node's MariaDB and send a PROXY header of their
+ * own with the ORIGINAL client address. The forward RW listener can be told to refuse RW
+ * relays and to close every one it holds (the lease drives it).
+ *
+ * The relay is callback-level (no per-chunk Effect work) with pause/resume backpressure
+ * in both directions: a slow side slows the other, nothing is buffered without bound.
+ * When either side closes, the other is closed. A client that cannot be served (no
+ * target, upstream unreachable, too many connections) gets a MySQL ERR packet (sequence
+ * id 0, before any handshake) and is closed. Every failure is a typed, logged error on
+ * that one connection; the process never crashes on input.
+ */
+import * as net from "node:net"
+import { Context, Data, Duration, Effect, Layer, Result, Stream } from "effect"
+import type * as Scope from "effect/Scope"
+import { encodePackets } from "../domain/mysql/packet.js"
+import { buildErr } from "../domain/mysql/protocol.js"
+import * as PP from "../domain/proxyProtocol.js"
+import { describeTarget, type Role, Routing, sameTarget, type Target } from "./Routing.js"
+import * as TcpListener from "./TcpListener.js"
+
+// ---------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------
+
+export type ProxyProtocolMode = "v1" | "v2" | "off"
+
+export interface ProxyOptions {
+  /** Address of every listener (e.g. "0.0.0.0" or "127.0.0.1"). */
+  readonly host: string
+  /** Client ports; 0 picks a free port (see {@link ProxyShape.addresses}). */
+  readonly rwPort: number
+  readonly roPort: number
+  /** Forward ports for other members' proxies; omitted = no forward listener for that role. */
+  readonly forwardRwPort?: number | undefined
+  readonly forwardRoPort?: number | undefined
+  /** Addresses allowed to connect to the forward ports (IPv4-mapped IPv6 is unmapped first). */
+  readonly members?: ReadonlyArray<string> | undefined
+  /** This node's MariaDB, the upstream of the forward listeners. */
+  readonly localMariaDb?: { readonly host: string; readonly port: number } | undefined
+  /** PROXY header sent upstream; default "v1". */
+  readonly proxyProtocol?: ProxyProtocolMode | undefined
+  /** Upstream connect timeout; default 5 seconds. */
+  readonly connectTimeout?: Duration.Input | undefined
+  /** Time a member has to send its PROXY header on a forward port; default 5 seconds. */
+  readonly headerTimeout?: Duration.Input | undefined
+  /** Concurrent connections per listener; default 1000. */
+  readonly maxConnections?: number | undefined
+  /** Whether the forward RW listener starts refusing RW relays; default false. */
+  readonly refuseRwInitially?: boolean | undefined
+}
+
+export type ListenerName = "rw" | "ro" | "forwardRw" | "forwardRo"
+
+export interface ListenerStats {
+  /** Connections open now (including those still connecting upstream). */
+  readonly open: number
+  readonly accepted: number
+  /** Refused: over the bound, no target, unreachable upstream, non-member, bad header. */
+  readonly refused: number
+  /** Bytes waiting in this process's socket buffers of these connections (bounded by backpressure). */
+  readonly buffered: number
+}
+
+export interface ProxyStats {
+  readonly listeners: Readonly<Partial<Record<ListenerName, ListenerStats>>>
+  /** Open relays per upstream "kind host:port". */
+  readonly upstreams: Readonly<Record<string, number>>
+}
+
+export interface ProxyShape {
+  readonly addresses: Readonly<Partial<Record<ListenerName, { readonly host: string; readonly port: number }>>>
+  readonly stats: Effect.Effect<ProxyStats>
+  /** Forward RW listener: refuse (true) or accept (false) new RW relays. */
+  readonly refuseRw: (refuse: boolean) => Effect.Effect<void>
+  /** Forward RW listener: closes every RW relay it holds; returns how many. */
+  readonly closeAllRw: Effect.Effect<number>
+}
+
+export class Proxy extends Context.Service<Proxy, ProxyShape>()("phxmaria/Proxy") {}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+export class ProxyListenError extends Data.TaggedError("ProxyListenError")<{
+  readonly listener: ListenerName
+  readonly host: string
+  readonly port: number
+  readonly cause: unknown
+}> {
+  override get message() {
+    return `proxy ${this.listener} cannot listen on ${this.host}:${this.port}: ${describe(this.cause)}`
+  }
+}
+
+/** A client connection was refused with an ERR packet (bound, no target, not master). */
+export class ProxyRefused extends Data.TaggedError("ProxyRefused")<{
+  readonly listener: ListenerName
+  readonly remote: string
+  readonly reason: string
+}> {
+  override get message() {
+    return `${this.listener}: refused ${this.remote}: ${this.reason}`
+  }
+}
+
+export class ProxyUpstreamError extends Data.TaggedError("ProxyUpstreamError")<{
+  readonly upstream: string
+  readonly reason: string
+}> {
+  override get message() {
+    return `cannot reach upstream ${this.upstream}: ${this.reason}`
+  }
+}
+
+/** A forward port peer that is not a member, or whose PROXY header is malformed or late. */
+export class ProxyForwardPeerError extends Data.TaggedError("ProxyForwardPeerError")<{
+  readonly listener: ListenerName
+  readonly remote: string
+  readonly reason: string
+}> {
+  override get message() {
+    return `${this.listener}: closed ${this.remote}: ${this.reason}`
+  }
+}
+
+/** The relay ended because one side closed or failed. */
+export class ProxyRelayClosed extends Data.TaggedError("ProxyRelayClosed")<{
+  readonly listener: ListenerName
+  readonly remote: string
+  readonly reason: string
+}> {
+  override get message() {
+    return `${this.listener}: relay for ${this.remote} closed: ${this.reason}`
+  }
+}
+
+const describe = (u: unknown): string => (u instanceof Error ? u.message : String(u))
+
+/** MySQL's client error "Can't connect to MySQL server" and "Too many connections". */
+export const ERR_CANNOT_CONNECT = 2003
+export const ERR_TOO_MANY_CONNECTIONS = 1040
+
+const LINGER_MS = 2000
+
+// ---------------------------------------------------------------------------
+// One connection: sockets with handlers attached at once
+// ---------------------------------------------------------------------------
+
+/**
+ * A client (or forward peer) socket and, once connected, its upstream. Handlers are
+ * attached in the constructor so an 'error' is never unhandled; {@link done} resolves
+ * when both sockets are closed.
+ */
+class Conn {
+  upstream: net.Socket | undefined = undefined
+  target: Target | undefined = undefined
+  closeReason: string | undefined = undefined
+  private clientClosed = false
+  private upstreamClosed = true
+  private doneListeners: Array<() => void> = []
+  private lingerTimer: ReturnType<typeof setTimeout> | undefined = undefined
+
+  /** The client's endpoints, read at accept time (they are gone once the socket closes). */
+  readonly source: PP.Endpoint
+  readonly destination: PP.Endpoint
+
+  constructor(readonly client: net.Socket, readonly remote: string) {
+    this.source = { address: client.remoteAddress ?? "", port: client.remotePort ?? 0 }
+    this.destination = { address: client.localAddress ?? "", port: client.localPort ?? 0 }
+    client.setNoDelay(true)
+    client.on("error", (e) => this.noteReason(`client error: ${e.message}`))
+    client.once("close", () => {
+      this.clientClosed = true
+      this.noteReason("client closed")
+      // Nothing the server still sends can reach the client: close upstream at once (a
+      // server blocked writing a large result would never read a FIN).
+      if (this.upstream !== undefined && !this.upstreamClosed) this.upstream.destroy()
+      this.checkDone()
+    })
+  }
+
+  /** Bytes waiting in this process's socket buffers (both directions). */
+  get buffered(): number {
+    return this.client.writableLength + (this.upstream?.writableLength ?? 0)
+  }
+
+  get clientGone(): boolean {
+    return this.clientClosed || this.client.destroyed
+  }
+
+  private noteReason(reason: string): void {
+    if (this.closeReason === undefined) this.closeReason = reason
+  }
+
+  /** Half-closes `socket` (flushing what was already written), destroying it after a linger. */
+  private closeOther(socket: net.Socket): void {
+    if (socket.destroyed) return
+    socket.end()
+    if (this.lingerTimer === undefined) {
+      this.lingerTimer = setTimeout(() => this.destroy(), LINGER_MS)
+      this.lingerTimer.unref()
+    }
+  }
+
+  private checkDone(): void {
+    if (!this.clientClosed || !this.upstreamClosed) return
+    if (this.lingerTimer !== undefined) clearTimeout(this.lingerTimer)
+    const ls = this.doneListeners
+    this.doneListeners = []
+    for (const l of ls) l()
+  }
+
+  /** Resolves when both sockets are closed; interruption destroys them. */
+  readonly done: Effect.Effect<void> = Effect.callback((resume) => {
+    if (this.clientClosed && this.upstreamClosed) return resume(Effect.void)
+    const l = () => resume(Effect.void)
+    this.doneListeners.push(l)
+    return Effect.sync(() => {
+      this.doneListeners = this.doneListeners.filter((x) => x !== l)
+      this.destroy()
+    })
+  })
+
+  /** Sends a server-initiated ERR (sequence id 0) and closes. */
+  refuse(code: number, sqlState: string, message: string): void {
+    this.noteReason(message)
+    if (this.clientGone) return
+    this.client.end(encodePackets(0, buildErr({ code, sqlState, message })).bytes)
+    this.closeOther(this.client)
+  }
+
+  destroy(reason?: string): void {
+    if (reason !== undefined) this.noteReason(reason)
+    this.client.destroy()
+    this.upstream?.destroy()
+  }
+
+  /**
+   * Relays `client` <-> `upstream` (already connected). `first` is written upstream
+   * before any client byte (the PROXY header and bytes read past a received header).
+   */
+  relay(upstream: net.Socket, first: ReadonlyArray<Uint8Array>): void {
+    this.upstream = upstream
+    this.upstreamClosed = false
+    const client = this.client
+    upstream.on("error", (e) => this.noteReason(`upstream error: ${e.message}`))
+    upstream.once("close", () => {
+      this.upstreamClosed = true
+      this.noteReason("upstream closed")
+      if (!this.clientClosed) this.closeOther(client)
+      this.checkDone()
+    })
+    if (this.clientGone) {
+      upstream.destroy()
+      return
+    }
+    for (const b of first) if (b.length > 0) upstream.write(b)
+    const pipe = (from: net.Socket, to: net.Socket) => {
+      from.on("data", (chunk: Buffer) => {
+        if (!to.write(chunk)) from.pause()
+      })
+      to.on("drain", () => {
+        if (!from.destroyed) from.resume()
+      })
+      from.once("end", () => this.closeOther(to))
+    }
+    pipe(client, upstream)
+    pipe(upstream, client)
+    if (upstream.writableNeedDrain) client.pause()
+    else client.resume()
+    upstream.resume()
+  }
+}
+
+/** Connects to `host:port`; the socket comes back connected, or a typed error. */
+const connect = (
+  host: string,
+  port: number,
+  label: string,
+  timeout: Duration.Input
+): Effect.Effect<net.Socket, ProxyUpstreamError> =>
+  Effect.callback<net.Socket, ProxyUpstreamError>((resume) => {
+    const socket = net.connect({ host, port, noDelay: true })
+    // Never an unhandled 'error' between connect and the relay's own handlers.
+    socket.on("error", () => {})
+    socket.pause()
+    let settled = false
+    const onError = (e: Error) => {
+      if (settled) return
+      settled = true
+      socket.destroy()
+      resume(Effect.fail(new ProxyUpstreamError({ upstream: label, reason: e.message })))
+    }
+    socket.once("error", onError)
+    socket.once("connect", () => {
+      if (settled) return
+      settled = true
+      socket.off("error", onError)
+      resume(Effect.succeed(socket))
+    })
+    return Effect.sync(() => {
+      if (!settled) {
+        settled = true
+        socket.destroy()
+      }
+    })
+  }).pipe(
+    Effect.timeoutOrElse({
+      duration: timeout,
+      orElse: () => Effect.fail(new ProxyUpstreamError({ upstream: label, reason: `connect timed out after ${Duration.format(Duration.fromInputUnsafe(timeout))}` }))
+    })
+  )
+
+/** Reads a PROXY header from the first bytes of `socket`; returns it and the bytes past it. */
+const readHeader = (
+  socket: net.Socket,
+  timeout: Duration.Input
+): Effect.Effect<{ readonly header: PP.ProxyHeader; readonly rest: Uint8Array }, string> =>
+  Effect.callback<{ readonly header: PP.ProxyHeader; readonly rest: Uint8Array }, string>((resume) => {
+    let buf = new Uint8Array(0)
+    const cleanup = () => {
+      socket.off("data", onData)
+      socket.off("close", onClose)
+      socket.pause()
+    }
+    const onClose = () => {
+      cleanup()
+      resume(Effect.fail("closed before a PROXY header"))
+    }
+    const onData = (chunk: Buffer) => {
+      const next = new Uint8Array(buf.length + chunk.length)
+      next.set(buf)
+      next.set(chunk, buf.length)
+      buf = next
+      const r = PP.parse(buf)
+      if (Result.isFailure(r)) {
+        cleanup()
+        return resume(Effect.fail(r.failure.message))
+      }
+      if (r.success._tag === "NeedMore") return
+      cleanup()
+      resume(Effect.succeed({ header: r.success.header, rest: buf.slice(r.success.consumed) }))
+    }
+    socket.on("data", onData)
+    socket.once("close", onClose)
+    return Effect.sync(cleanup)
+  }).pipe(
+    Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.fail("no PROXY header in time") })
+  )
+
+// ---------------------------------------------------------------------------
+// make
+// ---------------------------------------------------------------------------
+
+interface ListenerState {
+  readonly name: ListenerName
+  readonly conns: Set<Conn>
+  accepted: number
+  refused: number
+}
+
+export const make = (
+  options: ProxyOptions
+): Effect.Effect<ProxyShape, ProxyListenError, Scope.Scope | Routing> =>
+  Effect.gen(function*() {
+    const routing = yield* Routing
+    const mode = options.proxyProtocol ?? "v1"
+    const connectTimeout = options.connectTimeout ?? "5 seconds"
+    const headerTimeout = options.headerTimeout ?? "5 seconds"
+    const maxConnections = options.maxConnections ?? 1000
+    const members = new Set((options.members ?? []).map(PP.unmapIPv4))
+    let refusingRw = options.refuseRwInitially ?? false
+    const upstreamCounts = new Map<string, number>()
+    const states = new Map<ListenerName, ListenerState>()
+    const stateOf = (name: ListenerName): ListenerState => {
+      const s: ListenerState = { name, conns: new Set(), accepted: 0, refused: 0 }
+      states.set(name, s)
+      return s
+    }
+
+    const logEnd = (conn: Conn, listener: ListenerName) =>
+      Effect.logDebug(new ProxyRelayClosed({ listener, remote: conn.remote, reason: conn.closeReason ?? "closed" }).message)
+
+    /**
+     * Header for `source` -> `destination` (none when off). Fails when the address cannot be
+     * expressed: relaying without it would make MariaDB see the proxy's own address.
+     */
+    const headerBytes = (source: PP.Endpoint, destination: PP.Endpoint): Effect.Effect<ReadonlyArray<Uint8Array>, PP.ProxyHeaderError> => {
+      if (mode === "off") return Effect.succeed([])
+      return Effect.map(Effect.fromResult(PP.build(mode === "v1" ? 1 : 2, source, destination)), (h) => [h])
+    }
+
+    const countUpstream = (label: string, delta: number) => {
+      const n = (upstreamCounts.get(label) ?? 0) + delta
+      if (n <= 0) upstreamCounts.delete(label)
+      else upstreamCounts.set(label, n)
+    }
+
+    /** Common frame: bound check, registration, cleanup, log. */
+    const withConn = (
+      state: ListenerState,
+      socket: net.Socket,
+      body: (conn: Conn) => Effect.Effect<void>
+    ): Effect.Effect<void> => {
+      const conn = new Conn(socket, TcpListener.remoteOf(socket))
+      state.accepted++
+      if (state.conns.size >= maxConnections) {
+        state.refused++
+        conn.refuse(ERR_TOO_MANY_CONNECTIONS, "08004", "too many connections through this proxy")
+        return Effect.andThen(
+          Effect.logWarning(new ProxyRefused({ listener: state.name, remote: conn.remote, reason: `over ${maxConnections} connections` }).message),
+          conn.done
+        )
+      }
+      state.conns.add(conn)
+      return body(conn).pipe(
+        Effect.andThen(conn.done),
+        Effect.andThen(logEnd(conn, state.name)),
+        Effect.ensuring(Effect.sync(() => {
+          state.conns.delete(conn)
+          conn.destroy()
+        }))
+      )
+    }
+
+    /** Connects to `target`, relays `first` + the client; ERR to the client if unreachable. */
+    const connectAndRelay = (
+      state: ListenerState,
+      conn: Conn,
+      host: string,
+      port: number,
+      label: string,
+      first: Effect.Effect<ReadonlyArray<Uint8Array>, PP.ProxyHeaderError>
+    ): Effect.Effect<void> =>
+      Effect.gen(function*() {
+        const up = yield* Effect.result(connect(host, port, label, connectTimeout))
+        if (Result.isFailure(up)) {
+          state.refused++
+          yield* Effect.logWarning(`proxy ${state.name}: ${up.failure.message} (client ${conn.remote})`, up.failure)
+          conn.refuse(ERR_CANNOT_CONNECT, "HY000", up.failure.message)
+          return
+        }
+        const upstream = up.success
+        if (conn.clientGone) {
+          upstream.destroy()
+          return
+        }
+        const bytes = yield* Effect.result(first)
+        if (Result.isFailure(bytes)) {
+          upstream.destroy()
+          state.refused++
+          yield* Effect.logWarning(`proxy ${state.name}: closed ${conn.remote}: ${bytes.failure.message}`)
+          conn.destroy(bytes.failure.message)
+          return
+        }
+        countUpstream(label, 1)
+        upstream.once("close", () => countUpstream(label, -1))
+        conn.relay(upstream, bytes.success)
+      })
+
+    // --- client listeners ---------------------------------------------------
+    const onClient = (state: ListenerState, role: Role) => (socket: net.Socket): Effect.Effect<void> =>
+      withConn(state, socket, (conn) =>
+        Effect.gen(function*() {
+          const routes = yield* routing.current
+          const target = routes[role]
+          conn.target = target
+          if (target.kind === "none") {
+            state.refused++
+            yield* Effect.logWarning(new ProxyRefused({ listener: state.name, remote: conn.remote, reason: target.reason }).message)
+            conn.refuse(ERR_CANNOT_CONNECT, "HY000", target.reason)
+            return
+          }
+          const label = describeTarget(target)
+          yield* connectAndRelay(state, conn, target.host, target.port, label, headerBytes(conn.source, conn.destination))
+        }))
+
+    // --- forward listeners --------------------------------------------------
+    const onForward = (state: ListenerState, role: Role) => (socket: net.Socket): Effect.Effect<void> => {
+      const peer = PP.unmapIPv4(socket.remoteAddress ?? "")
+      if (!members.has(peer)) {
+        socket.on("error", () => {})
+        socket.destroy()
+        state.accepted++
+        state.refused++
+        return Effect.logWarning(new ProxyForwardPeerError({ listener: state.name, remote: TcpListener.remoteOf(socket), reason: "not a cluster member" }).message)
+      }
+      return withConn(state, socket, (conn) =>
+        Effect.gen(function*() {
+          const got = yield* Effect.result(readHeader(socket, headerTimeout))
+          if (Result.isFailure(got)) {
+            state.refused++
+            conn.destroy(got.failure)
+            yield* Effect.logWarning(new ProxyForwardPeerError({ listener: state.name, remote: conn.remote, reason: got.failure }).message)
+            return
+          }
+          const { header, rest } = got.success
+          if (header._tag !== "Proxied") {
+            // Members always send the client's address; without it MariaDB would see the member's.
+            state.refused++
+            conn.destroy("PROXY header without an address")
+            yield* Effect.logWarning(new ProxyForwardPeerError({ listener: state.name, remote: conn.remote, reason: "PROXY header without an address" }).message)
+            return
+          }
+          if (role === "rw" && refusingRw) {
+            state.refused++
+            const reason = "this node is not the master: it refuses read-write connections"
+            yield* Effect.logInfo(new ProxyRefused({ listener: state.name, remote: conn.remote, reason }).message)
+            conn.refuse(ERR_CANNOT_CONNECT, "HY000", reason)
+            return
+          }
+          const local = options.localMariaDb
+          if (local === undefined) {
+            state.refused++
+            conn.refuse(ERR_CANNOT_CONNECT, "HY000", "this node has no local MariaDB configured")
+            return
+          }
+          const label = `local ${local.host}:${local.port}`
+          yield* connectAndRelay(state, conn, local.host, local.port, label,
+            Effect.map(headerBytes(header.source, header.destination), (h) => [...h, rest]))
+        }))
+    }
+
+    // --- listeners ------------------------------------------------------------
+    const addresses: Partial<Record<ListenerName, { readonly host: string; readonly port: number }>> = {}
+    const open = (name: ListenerName, port: number, onSocket: (state: ListenerState) => (s: net.Socket) => Effect.Effect<void>) =>
+      Effect.gen(function*() {
+        const state = stateOf(name)
+        const l = yield* TcpListener.listen({
+          host: options.host,
+          port,
+          component: `proxy ${name}`,
+          listenError: (cause) => new ProxyListenError({ listener: name, host: options.host, port, cause }),
+          onSocket: onSocket(state)
+        })
+        addresses[name] = l.address
+        return state
+      })
+
+    const rwState = yield* open("rw", options.rwPort, (s) => onClient(s, "rw"))
+    yield* open("ro", options.roPort, (s) => onClient(s, "ro"))
+    const forwardRwState = options.forwardRwPort === undefined
+      ? undefined
+      : yield* open("forwardRw", options.forwardRwPort, (s) => onForward(s, "rw"))
+    if (options.forwardRoPort !== undefined) yield* open("forwardRo", options.forwardRoPort, (s) => onForward(s, "ro"))
+
+    // Master switch: every RW connection to a target other than the current one closes.
+    yield* routing.changes.pipe(
+      Stream.runForEach((routes) =>
+        Effect.gen(function*() {
+          let closed = 0
+          for (const conn of rwState.conns) {
+            if (conn.target !== undefined && !sameTarget(conn.target, routes.rw)) {
+              conn.destroy("RW route changed")
+              closed++
+            }
+          }
+          if (closed > 0) yield* Effect.logInfo(`proxy rw: route now ${describeTarget(routes.rw)}; closed ${closed} connections to the old target`)
+        })
+      ),
+      Effect.forkScoped
+    )
+
+    return {
+      addresses,
+      stats: Effect.sync(() => {
+        const listeners: Partial<Record<ListenerName, ListenerStats>> = {}
+        for (const [name, s] of states) {
+          let buffered = 0
+          for (const c of s.conns) buffered += c.buffered
+          listeners[name] = { open: s.conns.size, accepted: s.accepted, refused: s.refused, buffered }
+        }
+        return { listeners, upstreams: Object.fromEntries(upstreamCounts) }
+      }),
+      refuseRw: (refuse) =>
+        Effect.sync(() => {
+          refusingRw = refuse
+        }),
+      closeAllRw: Effect.sync(() => {
+        if (forwardRwState === undefined) return 0
+        const n = forwardRwState.conns.size
+        for (const conn of forwardRwState.conns) conn.destroy("closeAllRw")
+        return n
+      })
+    } satisfies ProxyShape
+  })
+
+export const layer = (options: ProxyOptions): Layer.Layer<Proxy, ProxyListenError, Routing> => Layer.effect(Proxy, make(options))
