@@ -57,6 +57,17 @@ else
   stop_system_mariadb
 fi
 
+# 1b. Benchmark tools (npm run bench:proxy): sysbench and haproxy, used as plain programs.
+if have sysbench && have haproxy; then
+  log "sysbench, haproxy: present"
+else
+  apt_install sysbench haproxy
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ] && systemctl is-active --quiet haproxy 2>/dev/null; then
+    log "stopping the system haproxy service started by the package install"
+    $SUDO systemctl stop haproxy
+  fi
+fi
+
 # 2. Node.js and npm (npm scripts then use Node 24 from the 'node' npm package).
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
   log "node $(node --version), npm $(npm --version): present"

@@ -1,0 +1,129 @@
+/**
+ * Proxy benchmark: sysbench oltp_point_select against one mariadbd directly, through
+ * haproxy in TCP mode (send-proxy: the reference C relay) and through this proxy's RW port,
+ * in alternation, at 64 connections and at 1 connection (latency). Both relays send a
+ * PROXY v1 header. Prints one JSON line:
+ * {"bench":"proxy","connections":64,"directQps":N,"haproxyQps":N,"proxyQps":N,"ratio":N,
+ *  "vsHaproxy":N,"proxyP99Ms":N,"singleConnAddedUs":N}. Env: BENCH_SECONDS (default 20).
+ */
+import { NodeRuntime } from "@effect/platform-node"
+import { Data, Effect } from "effect"
+import { execFile, spawn } from "node:child_process"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { freePort } from "../src/services/LocalCluster.js"
+import * as Proxy from "../src/services/Proxy.js"
+import * as Routing from "../src/services/Routing.js"
+import { MariaDbInstance } from "../test/support/MariaDbInstance.js"
+
+const seconds = Number(process.env.BENCH_SECONDS ?? 20)
+const CONNECTIONS = 64
+const USER = "sbtest"
+const PASSWORD = "sbtest-pw"
+
+class BenchError extends Data.TaggedError("BenchError")<{ readonly message: string }> {}
+
+const run = (cmd: string, args: ReadonlyArray<string>) =>
+  Effect.callback<string, BenchError>((resume) => {
+    execFile(cmd, [...args], { maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) =>
+      resume(error === null ? Effect.succeed(stdout) : Effect.fail(new BenchError({ message: `${cmd} failed: ${stderr || error.message}` }))))
+  })
+
+const sysbench = (port: number, threads: number, extra: ReadonlyArray<string>) =>
+  run("sysbench", [
+    "oltp_point_select",
+    "--db-driver=mysql",
+    "--mysql-host=127.0.0.1",
+    `--mysql-port=${port}`,
+    `--mysql-user=${USER}`,
+    `--mysql-password=${PASSWORD}`,
+    "--mysql-db=sbtest",
+    "--mysql-ssl=off",
+    "--tables=4",
+    "--table-size=10000",
+    `--threads=${threads}`,
+    ...extra
+  ])
+
+/** QPS and the reported latency percentile (ms) of one sysbench run. */
+const measure = (port: number, threads: number, percentile: number) =>
+  Effect.map(sysbench(port, threads, [`--time=${seconds}`, `--percentile=${percentile}`, "--report-interval=0", "run"]), (out) => {
+    const qps = Number(/queries:\s+\d+\s+\(([\d.]+) per sec/.exec(out)?.[1] ?? NaN)
+    const lat = Number(new RegExp(`${percentile}th percentile:\\s+([\\d.]+)`).exec(out)?.[1] ?? NaN)
+    return { qps, lat }
+  })
+
+const program = Effect.gen(function*() {
+  const db = yield* MariaDbInstance.make({
+    extraConfig: { proxy_protocol_networks: "127.0.0.0/8,localhost", max_connections: 400, innodb_buffer_pool_size: "64M" }
+  })
+  yield* db.query("CREATE DATABASE sbtest")
+  yield* db.query(`CREATE USER '${USER}'@'%' IDENTIFIED BY '${PASSWORD}'`)
+  yield* db.query(`GRANT ALL ON sbtest.* TO '${USER}'@'%'`)
+  yield* sysbench(db.port, 4, ["prepare"])
+
+  // haproxy, plain TCP, one backend: the reference relay.
+  const dir = yield* Effect.acquireRelease(
+    Effect.sync(() => mkdtempSync(join(tmpdir(), "phxmaria-haproxy-"))),
+    (d) => Effect.sync(() => rmSync(d, { recursive: true, force: true }))
+  )
+  const haproxyPort = yield* freePort()
+  writeFileSync(join(dir, "haproxy.cfg"), [
+    "global",
+    "  maxconn 4096",
+    "defaults",
+    "  mode tcp",
+    "  timeout connect 5s",
+    "  timeout client 1h",
+    "  timeout server 1h",
+    "listen mysql",
+    `  bind 127.0.0.1:${haproxyPort}`,
+    `  server db 127.0.0.1:${db.port} send-proxy`
+  ].join("\n") + "\n")
+  yield* Effect.acquireRelease(
+    Effect.sync(() => spawn("haproxy", ["-f", join(dir, "haproxy.cfg"), "-db"], { stdio: "ignore" })),
+    (child) => Effect.sync(() => child.kill("SIGKILL"))
+  )
+
+  // This proxy, in this process, RW port to the local MariaDB.
+  const routing = Routing.layerStatic({
+    rw: { kind: "local", host: "127.0.0.1", port: db.port },
+    ro: { kind: "local", host: "127.0.0.1", port: db.port }
+  })
+  const proxy = yield* Proxy.make({ host: "127.0.0.1", rwPort: 0, roPort: 0 }).pipe(Effect.provide(routing))
+  const proxyPort = proxy.addresses.rw!.port
+  // Both relays must be up before measuring: one short run through each.
+  for (const port of [haproxyPort, proxyPort]) {
+    yield* sysbench(port, 1, ["--time=1", "run"]).pipe(Effect.retry({ times: 20 }))
+  }
+
+  const at64 = { direct: [] as Array<number>, haproxy: [] as Array<number>, proxy: [] as Array<number>, proxyP99: [] as Array<number> }
+  for (const [name, port] of [["direct", db.port], ["haproxy", haproxyPort], ["proxy", proxyPort]] as const) {
+    const r = yield* measure(port, CONNECTIONS, 99)
+    at64[name].push(r.qps)
+    if (name === "proxy") at64.proxyP99.push(r.lat)
+    process.stderr.write(`${name} @${CONNECTIONS}: ${r.qps} qps, p99 ${r.lat} ms\n`)
+  }
+  const single: Record<string, number> = {}
+  for (const [name, port] of [["direct", db.port], ["haproxy", haproxyPort], ["proxy", proxyPort]] as const) {
+    const r = yield* measure(port, 1, 50)
+    single[name] = r.lat
+    process.stderr.write(`${name} @1: ${r.qps} qps, median ${r.lat} ms\n`)
+  }
+  const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d
+  const [directQps, haproxyQps, proxyQps] = [at64.direct[0]!, at64.haproxy[0]!, at64.proxy[0]!]
+  console.log(JSON.stringify({
+    bench: "proxy",
+    connections: CONNECTIONS,
+    directQps: Math.round(directQps),
+    haproxyQps: Math.round(haproxyQps),
+    proxyQps: Math.round(proxyQps),
+    ratio: round(proxyQps / directQps, 3),
+    vsHaproxy: round(proxyQps / haproxyQps, 3),
+    proxyP99Ms: at64.proxyP99[0]!,
+    singleConnAddedUs: Math.round((single.proxy! - single.direct!) * 1000)
+  }))
+})
+
+NodeRuntime.runMain(Effect.scoped(program))
