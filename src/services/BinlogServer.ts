@@ -20,7 +20,7 @@ import { Cause, Context, Data, Duration, Effect, Layer, Option, Queue, Result, S
 import type * as Scope from "effect/Scope"
 import { DumpStream } from "../domain/binlog/dumpStream.js"
 import { type Gtid, parseGtid } from "../domain/gtid.js"
-import { encodePackets, type Packet, PacketDecoder } from "../domain/mysql/packet.js"
+import { encodePackets, encodePacketSequence, type Packet, PacketDecoder } from "../domain/mysql/packet.js"
 import {
   buildBinlogEventPacket,
   buildErr,
@@ -322,24 +322,7 @@ class Connection {
 
 
 /** Frames payloads with consecutive sequence ids starting at `seq`. */
-const frameAll = (seq: number, payloads: ReadonlyArray<Uint8Array>): Uint8Array => {
-  const framed: Array<Uint8Array> = []
-  let total = 0
-  for (const p of payloads) {
-    const f = encodePackets(seq, p)
-    seq = f.nextSequenceId
-    framed.push(f.bytes)
-    total += f.bytes.length
-  }
-  if (framed.length === 1) return framed[0]!
-  const out = new Uint8Array(total)
-  let o = 0
-  for (const f of framed) {
-    out.set(f, o)
-    o += f.length
-  }
-  return out
-}
+const frameAll = (seq: number, payloads: ReadonlyArray<Uint8Array>): Uint8Array => encodePacketSequence(seq, payloads).bytes
 
 /** 20 printable, non-NUL bytes. */
 const makeScramble = (): Uint8Array => Uint8Array.from(randomBytes(20), (b) => 33 + (b % 94))

@@ -363,6 +363,22 @@ export const encodePackets = (
   return { bytes: out, nextSequenceId: s }
 }
 
+/** Several payloads (e.g. a result set) framed with consecutive sequence ids from `seq`, in one buffer. */
+export const encodePacketSequence = (
+  seq: number,
+  payloads: ReadonlyArray<Uint8Array>
+): { readonly bytes: Uint8Array; readonly nextSequenceId: number } => {
+  const framed: Array<Uint8Array> = []
+  let total = 0
+  for (const p of payloads) {
+    const f = encodePackets(seq, p)
+    seq = f.nextSequenceId
+    framed.push(f.bytes)
+    total += f.bytes.length
+  }
+  return { bytes: concat(framed, total), nextSequenceId: seq }
+}
+
 export interface PacketDecoderOptions {
   /** Largest logical payload accepted (default 1 GiB, MariaDB's max_allowed_packet ceiling). */
   readonly maxPayloadLength?: number
