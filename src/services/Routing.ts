@@ -6,20 +6,9 @@
  */
 import { Context, Effect, Layer, Stream, SubscriptionRef } from "effect"
 
-export type Role = "rw" | "ro"
+import type { Role, Routes, Target } from "../domain/routing.js"
 
-export type Target =
-  /** This node's MariaDB: the proxy connects to it directly. */
-  | { readonly kind: "local"; readonly host: string; readonly port: number }
-  /** Another node's agent, on its forward port for the role. */
-  | { readonly kind: "forward"; readonly host: string; readonly port: number }
-  /** No target: new connections get an ERR with this reason (e.g. "no master available"). */
-  | { readonly kind: "none"; readonly reason: string }
-
-export interface Routes {
-  readonly rw: Target
-  readonly ro: Target
-}
+export type { Role, Routes, Target }
 
 export interface RoutingShape {
   /** The routes now. */
