@@ -5,10 +5,14 @@ import { Cause, Console, Data, Effect, Exit, Option } from "effect"
 import { Command, Flag } from "effect/cli"
 import { renderStatusTable } from "./domain/nodeStatus.js"
 import { loadNodeConfig } from "./layers/NodeConfig.js"
+import { runDatabaseNode } from "./layers/DatabaseNode.js"
 import { nodeLayer } from "./layers/NodeLayer.js"
 import { nodeStatus } from "./layers/NodeStatusLayer.js"
 import * as Admin from "./services/Admin.js"
 import { fetchStatus } from "./services/StatusClient.js"
+import * as LocalCluster from "./services/LocalCluster.js"
+import mysql from "mysql2/promise"
+import { userInfo } from "node:os"
 import { PaxosLog } from "./services/PaxosLog.js"
 
 class UsageError extends Data.TaggedError("UsageError")<{ readonly message: string }> {}
@@ -24,13 +28,25 @@ const node = Command.make("node", { config: configFlag }, ({ config }) =>
     const self = cfg.members.find((m) => m.nodeId === cfg.nodeId)!
     yield* Effect.gen(function*() {
       const log = yield* PaxosLog
-      const status = yield* nodeStatus(cfg)
+      const database = cfg.mariadb === undefined ? undefined : yield* runDatabaseNode(cfg)
+      const status = yield* nodeStatus(cfg, database?.status)
       const admin = yield* Admin.serve({ host: self.host, port: self.adminPort, status })
       // One line on stdout that tools (tests, bench, demo) wait for.
-      yield* Console.log(JSON.stringify({ event: "ready", nodeId: cfg.nodeId, peerPort: log.address.port, adminPort: admin.port }))
+      yield* Console.log(JSON.stringify({
+        event: "ready",
+        nodeId: cfg.nodeId,
+        peerPort: log.address.port,
+        adminPort: admin.port,
+        ...(database === undefined ? {} : { rwPort: database.proxy.addresses.rw?.port, roPort: database.proxy.addresses.ro?.port })
+      }))
       return yield* Effect.never
-    }).pipe(Effect.provide(nodeLayer(cfg)), Effect.scoped)
-  })).pipe(Command.withDescription("run one cluster node: Paxos log, cluster state, master lease, admin HTTP"))
+    }).pipe(
+      Effect.provide(nodeLayer(cfg)),
+      Effect.scoped,
+      // A node that cannot start says why (port taken, MariaDB failing to start, ...).
+      Effect.tapCause((cause) => Cause.hasInterruptsOnly(cause) ? Effect.void : Console.error(`phxmaria node ${cfg.nodeId}: cannot run: ${Cause.pretty(cause)}`))
+    )
+  })).pipe(Command.withDescription("run one cluster node: its MariaDB, Paxos log, master lease, proxy ports and admin HTTP"))
 
 const status = Command.make(
   "status",
@@ -54,9 +70,76 @@ const status = Command.make(
     }).pipe(Effect.tapError((e) => e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`) : Effect.void))
 ).pipe(Command.withDescription("show every node's role, epoch, lease and log positions as a table"))
 
+const DEMO_USER = "demo"
+const DEMO_PASSWORD = "demo"
+
+/**
+ * The demo's login, created by a real write on the master (it replicates through the log).
+ * No SUPER or READ ONLY ADMIN: read_only then also holds for it on the RO port.
+ */
+const createDemoUser = (socket: string) =>
+  Effect.tryPromise({
+    try: async () => {
+      const conn = await mysql.createConnection({ socketPath: socket, user: process.getuid?.() === 0 ? "root" : userInfo().username })
+      try {
+        await conn.query(`CREATE USER IF NOT EXISTS '${DEMO_USER}'@'%' IDENTIFIED BY '${DEMO_PASSWORD}'`)
+        await conn.query(
+          `GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER, CREATE TEMPORARY TABLES, LOCK TABLES, ` +
+            `EXECUTE, CREATE VIEW, SHOW VIEW, CREATE ROUTINE, ALTER ROUTINE, TRIGGER ON *.* TO '${DEMO_USER}'@'%'`
+        )
+      } finally {
+        conn.destroy()
+      }
+    },
+    catch: (e) => new UsageError({ message: `cannot create the demo user: ${e instanceof Error ? e.message : String(e)}` })
+  })
+
+const demo = Command.make(
+  "demo",
+  {
+    nodes: Flag.Int("nodes").pipe(Flag.withDescription("how many nodes (3 or 5)"), Flag.withDefault(3)),
+    dir: Flag.String("dir").pipe(Flag.withDescription("work directory to keep (default: a temp dir removed at exit)"), Flag.optional)
+  },
+  ({ dir, nodes }) =>
+    Effect.gen(function*() {
+      if (nodes !== 3 && nodes !== 5) return yield* new UsageError({ message: "--nodes must be 3 or 5" })
+      yield* Console.log(`starting ${nodes} nodes (each: mariadbd + agent) on 127.0.0.1 ...`)
+      const cluster = yield* LocalCluster.make({
+        nodes,
+        clusterId: "demo",
+        database: true,
+        ...(Option.isSome(dir) ? { dir: dir.value } : {})
+      })
+      const statusOf = (n: LocalCluster.LocalNode) => fetchStatus(`127.0.0.1:${n.adminPort}`, 1_000)
+      let master: LocalCluster.LocalNode | undefined
+      yield* LocalCluster.waitFor("a master", Effect.map(
+        Effect.forEach(cluster.nodes, statusOf),
+        (ss) => (master = cluster.nodes.find((_, i) => { const s = ss[i]!; return !("error" in s) && s.database?.role === "master" })) !== undefined
+      ), 60_000)
+      yield* createDemoUser(master!.mariadb!.socket)
+      const lines = [
+        "",
+        `cluster "demo" is up in ${cluster.dir}; master: node ${master!.nodeId}`,
+        "",
+        ...cluster.nodes.flatMap((n) => [
+          `node ${n.nodeId}: RW port ${n.rwPort} (read-write, linearizable), RO port ${n.roPort} (read-only), admin http://127.0.0.1:${n.adminPort}/status`,
+          `  mariadb -h127.0.0.1 -P${n.rwPort} -u${DEMO_USER} -p${DEMO_PASSWORD}`
+        ]),
+        "",
+        `status:  node dist/main.js status --admin ${cluster.nodes.map((n) => `127.0.0.1:${n.adminPort}`).join(",")}`,
+        "Ctrl-C stops every process."
+      ]
+      yield* Console.log(lines.join("\n"))
+      return yield* Effect.never
+    }).pipe(
+      Effect.scoped,
+      Effect.tapError((e) => Console.error(`phxmaria demo: ${e.message}`))
+    )
+).pipe(Command.withDescription("start a local cluster (3 MariaDB servers and their agents) and print how to connect"))
+
 const app = Command.make("phxmaria").pipe(
   Command.withDescription("a MySQL-compatible, Paxos-replicated cluster on stock MariaDB"),
-  Command.withSubcommands([node, status])
+  Command.withSubcommands([node, status, demo])
 )
 
 Command.run(app, { version: "0.1.0" }).pipe(

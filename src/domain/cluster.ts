@@ -30,10 +30,16 @@ export const Binlog = Schema.TaggedStruct("Binlog", {
 export const Membership = Schema.TaggedStruct("Membership", {
   members: Schema.Array(Schema.Int.pipe(Schema.check(Schema.isGreaterThan(0)))).pipe(Schema.check(Schema.isMinLength(1)))
 })
+/**
+ * The master gives the lease up before its term ends (its database failed): accepted only
+ * from the current master at the current version, so a stale one changes nothing. The
+ * proposer has already fenced itself (RW closed, read_only) when it sends this.
+ */
+export const Resign = Schema.TaggedStruct("Resign", { node: Schema.Int, basedOnVersion: Schema.Int })
 /** Changes nothing; a node proposes one as a barrier to learn the log up to now. */
 export const Noop = Schema.TaggedStruct("Noop", { node: Schema.Int, nonce: Schema.Int })
 
-export const ClusterEntry = Schema.Union([MasterLease, Binlog, Membership, Noop])
+export const ClusterEntry = Schema.Union([MasterLease, Binlog, Membership, Noop, Resign])
 export type ClusterEntry = typeof ClusterEntry.Type
 export type EntryOf<T extends ClusterEntry["_tag"]> = Extract<ClusterEntry, { _tag: T }>
 
@@ -115,6 +121,13 @@ export const applyEntry = (state: ClusterStateData, entry: ClusterEntry): readon
         accepted
       ]
     }
+    case "Resign":
+      if (entry.basedOnVersion !== state.masterVersion) {
+        return [state, reject({ _tag: "StaleMasterVersion", expected: state.masterVersion, got: entry.basedOnVersion })]
+      }
+      if (entry.node !== state.master) return [state, reject({ _tag: "NotMaster", master: state.master, node: entry.node })]
+      // No master until the next MasterLease, which then starts a new epoch (even for this node).
+      return [{ ...state, master: null, masterVersion: state.masterVersion + 1 }, accepted]
     case "Binlog":
       return applyBinlog(state, entry)
   }

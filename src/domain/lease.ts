@@ -97,10 +97,13 @@ export const onOutcome = (c: LeaseConfig, v: LeaseView, outcome: Outcome | "fail
 
 export type LeaseAction =
   | { readonly _tag: "Propose"; readonly basedOnVersion: number }
+  /** Give the lease up now (the holder's database cannot serve): others need not wait it out. */
+  | { readonly _tag: "Resign"; readonly basedOnVersion: number }
   | { readonly _tag: "None" }
 
 /**
- * What to do now. `ready`: this node's database has applied every chosen transaction.
+ * What to do now. `ready`: this node's database has applied every chosen transaction (for
+ * the holder: its database still serves; a holder that is not ready resigns).
  * `lag`: how far behind this node says it is (0 = caught up); each unit delays running.
  */
 export const decide = (c: LeaseConfig, v: LeaseView, now: number, ready: boolean, lag: number): LeaseAction => {
@@ -108,6 +111,7 @@ export const decide = (c: LeaseConfig, v: LeaseView, now: number, ready: boolean
   // count it as ours (safe: we only under-count), and its stale version makes ours lose.
   if (v.proposing !== undefined && now - v.proposing.sentAt < c.proposeTimeoutMs) return { _tag: "None" }
   if (holdsLease(c, v, now)) {
+    if (!ready) return { _tag: "Resign", basedOnVersion: v.masterVersion }
     return now >= v.nextRenewAt ? { _tag: "Propose", basedOnVersion: v.masterVersion } : { _tag: "None" }
   }
   // A master that restarted (no heldFrom) waits like everyone else.

@@ -11,6 +11,26 @@ export const NodeStatus = Schema.Struct({
   paxos: Schema.Struct({ role: Schema.String, chosenUpTo: Schema.Int, lastChosenInstance: Schema.Int }),
   appliedInstance: Schema.Int,
   lastGtid: Schema.NullOr(Schema.String),
+  /** This node's MariaDB (absent on a node without one). */
+  database: Schema.optional(Schema.Struct({
+    role: Schema.String,
+    localGtid: Schema.NullOr(Schema.String),
+    lag: Schema.NullOr(Schema.Number),
+    up: Schema.Boolean,
+    diverged: Schema.NullOr(Schema.String),
+    replicationError: Schema.NullOr(Schema.String)
+  })),
+  /** Proxy connection counts per listener and per upstream. */
+  proxy: Schema.optional(Schema.Struct({
+    listeners: Schema.Record(Schema.String, Schema.Struct({
+      open: Schema.Number,
+      accepted: Schema.Number,
+      refused: Schema.Number,
+      buffered: Schema.Number
+    })),
+    upstreams: Schema.Record(Schema.String, Schema.Number),
+    routes: Schema.Struct({ rw: Schema.String, ro: Schema.String })
+  })),
   members: Schema.Array(Schema.Struct({
     nodeId: Schema.Int,
     host: Schema.String,
@@ -25,10 +45,10 @@ export type NodeStatus = typeof NodeStatus.Type
 export const renderStatusTable = (
   rows: ReadonlyArray<{ readonly nodeId: number; readonly address: string; readonly status: NodeStatus | { readonly error: string } }>
 ): string => {
-  const header = ["node", "admin", "role", "master", "epoch", "lease ms", "chosen", "applied", "lastGtid", "sees"]
+  const header = ["node", "admin", "role", "master", "epoch", "lease ms", "chosen", "applied", "lastGtid", "db", "db gtid", "lag", "sees"]
   const lines = rows.map(({ nodeId, address, status: s }) =>
     "error" in s
-      ? [String(nodeId), address, "DOWN", "-", "-", "-", "-", "-", "-", s.error]
+      ? [String(nodeId), address, "DOWN", "-", "-", "-", "-", "-", "-", "-", "-", "-", s.error]
       : [
         String(s.nodeId),
         address,
@@ -39,6 +59,9 @@ export const renderStatusTable = (
         String(s.paxos.lastChosenInstance),
         String(s.appliedInstance - 1),
         s.lastGtid ?? "-",
+        s.database === undefined ? "-" : s.database.diverged !== null ? "DIVERGED" : s.database.up ? s.database.role : "down",
+        s.database?.localGtid ?? "-",
+        s.database?.lag === null || s.database?.lag === undefined ? "-" : String(s.database.lag),
         s.members.filter((m) => m.reachable).map((m) => m.nodeId).join(",") || "-"
       ]
   )
@@ -48,5 +71,6 @@ export const renderStatusTable = (
   const summary = masters.size === 1
     ? `master: node ${[...masters][0]}`
     : masters.size === 0 ? "master: none (election in progress or no majority)" : `master: SEVERAL REPORT MASTER (${[...masters].join(", ")})`
-  return [fmt(header), ...lines.map(fmt), "", summary].join("\n")
+  const diverged = rows.flatMap((r) => ("error" in r.status || r.status.database?.diverged == null ? [] : [`node ${r.nodeId} DIVERGED: ${r.status.database.diverged}`]))
+  return [fmt(header), ...lines.map(fmt), "", summary, ...diverged].join("\n")
 }

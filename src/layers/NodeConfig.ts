@@ -13,7 +13,39 @@ export const MemberConfig = Schema.Struct({
   /** Peer (Paxos) port. */
   port: Port,
   /** Admin HTTP port (GET /status). */
-  adminPort: Port
+  adminPort: Port,
+  /** Client ports (read-write, read-only) and the forward ports other members relay to. */
+  rwPort: Schema.optional(Port),
+  roPort: Schema.optional(Port),
+  forwardRwPort: Schema.optional(Port),
+  forwardRoPort: Schema.optional(Port)
+})
+export type MemberConfig = typeof MemberConfig.Type
+
+/** This node's MariaDB: managed (the agent owns mariadbd) or attached (the operator runs it). */
+export const MariaDbSettings = Schema.Struct({
+  mode: Schema.optional(Schema.Literals(["managed", "attach"])),
+  /** Loopback TCP port of the local MariaDB (only this node's agent connects to it). */
+  port: Port,
+  /** Attach mode: how the agent logs in as an administrator. */
+  socket: Schema.optional(Schema.String),
+  user: Schema.optional(Schema.String),
+  password: Schema.optional(Schema.String),
+  /** Loopback port of this node's binlog server, which its MariaDB replicates from. */
+  binlogServerPort: Port,
+  /** Extra my.cnf lines for a managed server (true = a bare flag). */
+  extraConfig: Schema.optional(Schema.Record(Schema.String, Schema.Union([Schema.String, Schema.Number, Schema.Boolean])))
+})
+export type MariaDbSettings = typeof MariaDbSettings.Type
+
+export const ProxySettings = Schema.Struct({
+  /** Address the client and forward ports listen on; default: this member's host. */
+  listenHost: Schema.optional(Schema.String),
+  proxyProtocol: Schema.optional(Schema.Literals(["v1", "v2", "off"])),
+  connectTimeoutMs: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isGreaterThan(0)))),
+  maxConnections: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isGreaterThan(0)))),
+  /** With no replica readable, send RO connections to the master; default true. */
+  roFallbackToMaster: Schema.optional(Schema.Boolean)
 })
 
 export const LeaseSettings = Schema.Struct({
@@ -37,7 +69,10 @@ export const NodeConfig = Schema.Struct({
   dataDir: Schema.String,
   members: Schema.Array(MemberConfig).pipe(Schema.check(Schema.isMinLength(1))),
   paxos: Schema.optional(PaxosTuning),
-  lease: Schema.optional(LeaseSettings)
+  lease: Schema.optional(LeaseSettings),
+  /** Without it the node runs the log and the lease only (no database, no proxy). */
+  mariadb: Schema.optional(MariaDbSettings),
+  proxy: Schema.optional(ProxySettings)
 })
 export type NodeConfig = typeof NodeConfig.Type
 
@@ -67,6 +102,17 @@ export const loadNodeConfig = (path: string): Effect.Effect<NodeConfig, ConfigFi
     const ids = config.members.map((m) => m.nodeId)
     if (new Set(ids).size !== ids.length) {
       return yield* new ConfigFileError({ path, message: `members: duplicate nodeId in ${ids.join(",")}` })
+    }
+    if (config.mariadb !== undefined) {
+      const missing = config.members.flatMap((m) =>
+        (["rwPort", "roPort", "forwardRwPort", "forwardRoPort"] as const).filter((k) => m[k] === undefined).map((k) => `members[nodeId=${m.nodeId}].${k}`)
+      )
+      if (missing.length > 0) {
+        return yield* new ConfigFileError({ path, message: `with mariadb set, every member needs proxy ports: missing ${missing.join(", ")}` })
+      }
+      if (config.mariadb.mode === "attach" && config.mariadb.user === undefined) {
+        return yield* new ConfigFileError({ path, message: "mariadb.mode attach needs mariadb.user (and password or socket)" })
+      }
     }
     const lease = leaseConfigOf(config)
     if (lease.marginMs >= lease.leaseMs / 2 || lease.renewEveryMs >= lease.leaseMs - lease.marginMs) {

@@ -7,7 +7,10 @@ import { MasterLease } from "../services/MasterLease.js"
 import { PaxosLog } from "../services/PaxosLog.js"
 import type { NodeConfig } from "./NodeConfig.js"
 
-export const nodeStatus = (config: NodeConfig) =>
+export const nodeStatus = (
+  config: NodeConfig,
+  extra: Effect.Effect<Pick<NodeStatus, "database" | "proxy">> = Effect.succeed({})
+) =>
   Effect.gen(function*() {
     const log = yield* PaxosLog
     const cluster = yield* ClusterState
@@ -25,7 +28,8 @@ export const nodeStatus = (config: NodeConfig) =>
         paxos: { role: paxos.role, chosenUpTo: paxos.chosenUpTo, lastChosenInstance: paxos.chosenUpTo - 1 },
         appliedInstance: snapshot.appliedUpTo,
         lastGtid: snapshot.state.lastGtid === null ? null : formatGtid(snapshot.state.lastGtid),
-        members: config.members.map((m) => ({ ...m, reachable: reachable.has(m.nodeId) }))
+        ...(yield* extra),
+        members: config.members.map((m) => ({ nodeId: m.nodeId, host: m.host, port: m.port, adminPort: m.adminPort, reachable: reachable.has(m.nodeId) }))
       } satisfies NodeStatus
     })
   })

@@ -15,11 +15,13 @@ export interface SourceTxn {
 /** The replica asked for a position the source cannot serve; it gets ERR 1236 with this text. */
 export class UnknownPosition extends Data.TaggedError("UnknownPosition")<{
   readonly requested: string
-  readonly reason: "ahead" | "purged" | "other-domain"
+  readonly reason: "ahead" | "purged" | "other-domain" | "diverged"
 }> {
   override get message(): string {
     return this.reason === "ahead"
       ? `the replica's GTID position ${this.requested} is ahead of the cluster's log: it has transactions the cluster does not (diverged replica)`
+      : this.reason === "diverged"
+      ? `the replica's last transaction ${this.requested} is not the cluster's transaction with that sequence number (diverged replica)`
       : this.reason === "purged"
       ? `the transactions after ${this.requested} are no longer retained: rebuild the replica from a snapshot`
       : `GTID position ${this.requested} is in a domain this cluster does not serve`

@@ -8,6 +8,7 @@ import { open } from "lmdb"
 import { mkdirSync } from "node:fs"
 import {
   applyEntry,
+  type BinlogTxn,
   type ClusterEntry,
   type ClusterStateData,
   decodeEntry,
@@ -44,6 +45,11 @@ export interface ClusterStateShape {
   readonly changes: Stream.Stream<ClusterSnapshot>
   /** Entries as they are applied from now on (subscribe before proposing to see yours). */
   readonly applied: Effect.Effect<Stream.Stream<AppliedEntry>, never, import("effect").Scope.Scope>
+  /**
+   * Chosen and accepted binlog transactions (domain of the log) with seq >= fromSeq, in
+   * order, at most `limit`: every one applied so far is included (it waits for their write).
+   */
+  readonly transactionsFrom: (fromSeq: number, limit: number) => Effect.Effect<ReadonlyArray<BinlogTxn>>
   /** Proposes an entry and waits until this node has applied it: its outcome. */
   readonly propose: (entry: ClusterEntry) => Effect.Effect<Outcome, ProposeError>
 }
@@ -67,6 +73,10 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     }),
     (e) => Effect.promise(() => e.close())
   )
+  // Accepted transactions by GTID seq: what this node's binlog server serves its replica.
+  const txns = env.openDB<BinlogTxn, number>({ name: "txns", encoding: "msgpack" })
+  /** Accepted transactions whose put is not committed yet (LMDB reads see only committed data). */
+  const pending = new Map<number, BinlogTxn>()
   const stored = env.get("snapshot") as ClusterSnapshot | undefined
   const ref = yield* SubscriptionRef.make<ClusterSnapshot>(
     stored ?? { state: initialClusterState(options.members), appliedUpTo: 0 }
@@ -102,6 +112,15 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
             const [next, outcome]: readonly [ClusterStateData, Outcome] = entry === undefined
               ? [state, { _tag: "Rejected", reason: decoded as Extract<typeof decoded, { _tag: "Malformed" }> }]
               : applyEntry(state, entry)
+            // Written before the snapshot that includes it (one LMDB writer, in order), and
+            // idempotent when a restart applies it again.
+            if (entry?._tag === "Binlog" && outcome._tag === "Accepted") {
+              for (const t of entry.txns) {
+                // Readable from `pending` until LMDB has committed the put.
+                pending.set(t.gtid.seq, t)
+                void txns.put(t.gtid.seq, t).then(() => pending.delete(t.gtid.seq), () => undefined)
+              }
+            }
             state = next
             applied.push({ instance: chosen.instance, index, entry, outcome, state })
           })
@@ -139,8 +158,28 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
       return yield* Deferred.await(d).pipe(Effect.onInterrupt(() => Effect.sync(() => waiters.delete(key))))
     })
 
+  const transactionsFrom = (fromSeq: number, limit: number) =>
+    Effect.sync(() => {
+      const out: Array<BinlogTxn> = []
+      let next = fromSeq
+      // Contiguous from fromSeq: committed ones from LMDB, the rest from `pending`.
+      for (const { key, value } of txns.getRange({ start: fromSeq, limit })) {
+        if (key !== next) break
+        out.push(value)
+        next++
+      }
+      while (out.length < limit) {
+        const t = pending.get(next)
+        if (t === undefined) break
+        out.push(t)
+        next++
+      }
+      return out
+    })
+
   return ClusterState.of({
     current: SubscriptionRef.get(ref),
+    transactionsFrom,
     changes: SubscriptionRef.changes(ref),
     applied: Effect.map(PubSub.subscribe(hub), Stream.fromSubscription),
     propose

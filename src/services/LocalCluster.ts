@@ -11,6 +11,7 @@ import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import type { NodeConfig } from "../layers/NodeConfig.js"
+import { killStaleServer } from "./MariaDbServer.js"
 
 export class LocalClusterError extends Data.TaggedError("LocalClusterError")<{
   readonly nodeId?: number
@@ -21,6 +22,10 @@ export interface LocalNode {
   readonly nodeId: number
   readonly peerPort: number
   readonly adminPort: number
+  /** With a database: the proxy's client ports and the node's own MariaDB. */
+  readonly rwPort?: number | undefined
+  readonly roPort?: number | undefined
+  readonly mariadb?: { readonly port: number; readonly socket: string; readonly pidFile: string } | undefined
   readonly dir: string
   readonly configPath: string
   /** The running process's pid, or undefined while it is down. */
@@ -47,6 +52,10 @@ export interface LocalClusterOptions {
   readonly keepDir?: boolean
   readonly paxos?: NodeConfig["paxos"]
   readonly lease?: NodeConfig["lease"]
+  /** Give every node a managed MariaDB and proxy ports. */
+  readonly database?: boolean | { readonly extraConfig?: Record<string, string | number | boolean> }
+  /** Use this directory (created if missing, never removed) instead of a temp one. */
+  readonly dir?: string
 }
 
 const findMainJs = (): string => {
@@ -71,7 +80,11 @@ export const freePort = (host = "127.0.0.1"): Effect.Effect<number, LocalCluster
     })
   })
 
-const READY_TIMEOUT_MS = 20_000
+const READY_TIMEOUT_MS = 60_000
+
+/** SIGKILLs the node's mariadbd if it outlived its agent (the agent was SIGKILLed). */
+export const killOrphanMariaDb = (node: LocalNode): Effect.Effect<void> =>
+  node.mariadb === undefined ? Effect.void : killStaleServer(node.mariadb.pidFile, join(dirname(node.mariadb.pidFile), "my.cnf"))
 
 export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
   const host = options.host ?? "127.0.0.1"
@@ -80,27 +93,49 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
     try: findMainJs,
     catch: (e) => new LocalClusterError({ message: String(e) })
   })
-  const dir = yield* Effect.acquireRelease(
-    Effect.sync(() => mkdtempSync(join(tmpdir(), "phxmaria-cluster-"))),
-    (d) => Effect.sync(() => options.keepDir ? undefined : rmSync(d, { recursive: true, force: true }))
-  )
+  const given = options.dir
+  const dir = given !== undefined
+    ? (mkdirSync(given, { recursive: true }), given)
+    : yield* Effect.acquireRelease(
+      Effect.sync(() => mkdtempSync(join(tmpdir(), "phxmaria-cluster-"))),
+      (d) => Effect.sync(() => options.keepDir ? undefined : rmSync(d, { recursive: true, force: true }))
+    )
+  const withDb = options.database !== undefined && options.database !== false
   const members: Array<NodeConfig["members"][number]> = []
+  const databases = new Map<number, { readonly port: number; readonly binlogServerPort: number }>()
   for (let i = 0; i < options.nodes; i++) {
-    members.push({ nodeId: i + 1, host, port: yield* freePort(host), adminPort: yield* freePort(host) })
+    const base = { nodeId: i + 1, host, port: yield* freePort(host), adminPort: yield* freePort(host) }
+    if (!withDb) {
+      members.push(base)
+      continue
+    }
+    members.push({
+      ...base,
+      rwPort: yield* freePort(host),
+      roPort: yield* freePort(host),
+      forwardRwPort: yield* freePort(host),
+      forwardRoPort: yield* freePort(host)
+    })
+    databases.set(i + 1, { port: yield* freePort(), binlogServerPort: yield* freePort() })
   }
+  const extraConfig = typeof options.database === "object" ? options.database.extraConfig : undefined
 
   const makeNode = (nodeId: number, peerPort: number, adminPort: number): LocalNode => {
     const nodeDir = join(dir, `node${nodeId}`)
     mkdirSync(nodeDir, { recursive: true })
     const configPath = join(nodeDir, "config.json")
+    const database = databases.get(nodeId)
     const config: NodeConfig = {
       clusterId,
       nodeId,
       dataDir: join(nodeDir, "data"),
       members,
       ...(options.paxos !== undefined ? { paxos: options.paxos } : {}),
-      ...(options.lease !== undefined ? { lease: options.lease } : {})
+      ...(options.lease !== undefined ? { lease: options.lease } : {}),
+      ...(database !== undefined ? { mariadb: { ...database, ...(extraConfig !== undefined ? { extraConfig } : {}) } } : {})
     }
+    const mariadbDir = join(nodeDir, "data", "mariadb")
+    const member = members.find((m) => m.nodeId === nodeId)!
     writeFileSync(configPath, JSON.stringify(config, null, 2))
     let child: ChildProcess | undefined
     let output = ""
@@ -154,12 +189,30 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       })
     )
 
-    return { nodeId, peerPort, adminPort, dir: nodeDir, configPath, pid: () => child?.pid, output: () => output, kill, start }
+    return {
+      nodeId,
+      peerPort,
+      adminPort,
+      rwPort: member.rwPort,
+      roPort: member.roPort,
+      mariadb: database === undefined
+        ? undefined
+        : { port: database.port, socket: join(mariadbDir, "mysqld.sock"), pidFile: join(mariadbDir, "mysqld.pid") },
+      dir: nodeDir,
+      configPath,
+      pid: () => child?.pid,
+      output: () => output,
+      kill,
+      start
+    }
   }
 
   const nodes = members.map((m) => makeNode(m.nodeId, m.port, m.adminPort))
-  // Stop every process when the scope closes, whatever happened (SIGKILL if SIGTERM is not enough).
-  yield* Effect.addFinalizer(() => Effect.forEach(nodes, (n) => n.kill("SIGTERM"), { concurrency: "unbounded", discard: true }))
+  // Stop every process when the scope closes, whatever happened (SIGKILL if SIGTERM is not
+  // enough), and any mariadbd an agent killed with SIGKILL left behind.
+  yield* Effect.addFinalizer(() =>
+    Effect.forEach(nodes, (n) => Effect.andThen(n.kill("SIGTERM"), killOrphanMariaDb(n)), { concurrency: "unbounded", discard: true })
+  )
   yield* Effect.forEach(nodes, (n) => n.start, { concurrency: "unbounded", discard: true })
   return { dir, clusterId, nodes } satisfies LocalCluster
 })

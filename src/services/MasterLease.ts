@@ -3,7 +3,7 @@
  * (src/domain/lease.ts) with the monotonic clock and the applied cluster state. Renewal
  * depends only on the Paxos log, never on a query to MariaDB (DESIGN.md section 6).
  */
-import { Context, Effect, Layer, PubSub, Schedule, Stream } from "effect"
+import { Context, Effect, Layer, PubSub, Ref, Schedule, Stream } from "effect"
 import {
   decide,
   holdsLease,
@@ -19,7 +19,11 @@ import {
 import { ClusterState } from "./ClusterState.js"
 import { PaxosLog } from "./PaxosLog.js"
 
-/** "My database has applied every chosen transaction", and how far behind it is if not. */
+/**
+ * "My database has applied every chosen transaction", and how far behind it is if not. For
+ * the lease holder, "ready" means its database still serves: a holder that is not ready
+ * resigns so that another node can take over without waiting the lease out.
+ */
 export interface ReadinessShape {
   readonly check: Effect.Effect<{ readonly ready: boolean; readonly lag: number }>
 }
@@ -27,6 +31,25 @@ export class Readiness extends Context.Service<Readiness, ReadinessShape>()("phx
   /** Until the MariaDB part provides the real check: always ready. */
   static readonly alwaysReady = Layer.succeed(Readiness, Readiness.of({ check: Effect.succeed({ ready: true, lag: 0 }) }))
 }
+
+export interface ReadinessValue {
+  readonly ready: boolean
+  readonly lag: number
+}
+
+/** Where the database side writes its readiness; the lease reads it without querying MariaDB. */
+export class ReadinessCell extends Context.Service<ReadinessCell, { readonly set: (r: ReadinessValue) => Effect.Effect<void> }>()(
+  "phxmaria/ReadinessCell"
+) {}
+
+/** Readiness and the cell that sets it (not ready until told). */
+export const readinessCellLayer: Layer.Layer<Readiness | ReadinessCell> = Layer.unwrap(
+  Effect.map(Ref.make<ReadinessValue>({ ready: false, lag: 1_000_000 }), (ref) =>
+    Layer.mergeAll(
+      Layer.succeed(Readiness, Readiness.of({ check: Ref.get(ref) })),
+      Layer.succeed(ReadinessCell, ReadinessCell.of({ set: (r) => Ref.set(ref, r) }))
+    ))
+)
 
 export type LeaseEvent =
   | { readonly _tag: "TookOver"; readonly epoch: number }
@@ -107,6 +130,15 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
         Effect.catch(() => Effect.sync(() => {
           if (view.proposing?.proposalId === proposalId) view = onOutcome(config, view, "failed", monotonicMs())
         })),
+        Effect.forkScoped
+      )
+    }
+    if (action._tag === "Resign") {
+      // Marked as in flight so it is sent once per proposeTimeout, not on every step.
+      view = onProposed(view, action.basedOnVersion, -1, now)
+      yield* cluster.propose({ _tag: "Resign", node: config.nodeId, basedOnVersion: action.basedOnVersion }).pipe(
+        Effect.tap((outcome) => Effect.logInfo(`resigned the master lease: ${outcome._tag}`)),
+        Effect.catch(() => Effect.void),
         Effect.forkScoped
       )
     }

@@ -62,6 +62,8 @@ export interface LeaseSimResult {
   readonly failures: ReadonlyArray<string>
   readonly elections: number
   readonly masterChanges: number
+  /** Resign entries accepted (a holder whose database failed gave the lease up). */
+  readonly resignations: number
 }
 
 const TICK_MS = 10
@@ -84,6 +86,8 @@ interface SimNode {
   lease: LeaseView
   requestSeq: number
   holding: boolean
+  /** Its database cannot serve until then (a holder resigns; others do not run). */
+  unreadyUntil: number
 }
 
 export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
@@ -97,6 +101,7 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
   let groups = new Map<number, number>(members.map((m) => [m, 0]))
   let elections = 0
   let masterChanges = 0
+  let resignations = 0
   let lastHolder: number | undefined
   /** Since when the cluster has been without faults and without a holder (for the election bound). */
   let noHolderSince: number | undefined = 0
@@ -121,6 +126,7 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
     cluster: initialClusterState(members),
     lease: initialLeaseView(initialClusterState(members), 0),
     requestSeq: 0,
+    unreadyUntil: 0,
     holding: false
   }]))
 
@@ -163,6 +169,7 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
         const entry = decodeEntry(v)
         if (entry._tag === "Malformed") continue
         const [next, outcome] = applyEntry(n.cluster, entry as ClusterEntry)
+        if (entry._tag === "Resign" && outcome._tag === "Accepted" && n.id === (entry as { node: number }).node) resignations++
         n.cluster = next
         n.lease = onState(leaseConfig(n.id), n.lease, n.cluster, local(n))
         n.lease = onApplied(leaseConfig(n.id), n.lease, entry as ClusterEntry, outcome, local(n))
@@ -185,7 +192,12 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
     const t = local(n)
     // The holder leads the Paxos log, so its renewals need no forwarding.
     if (holdsLease(c, n.lease, t) && !n.core!.isLeader) handle(n, n.core!.step({ _tag: "Lead" }, now))
-    const action = decide(c, n.lease, t, true, 0)
+    const action = decide(c, n.lease, t, now >= n.unreadyUntil, 0)
+    if (action._tag === "Resign") {
+      n.lease = onProposed(n.lease, action.basedOnVersion, -1, t)
+      const value = encodeEntry({ _tag: "Resign", node: n.id, basedOnVersion: action.basedOnVersion })
+      handle(n, n.core!.step({ _tag: "Propose", requestId: ++n.requestSeq, value }, now))
+    }
     if (action._tag === "Propose") {
       const proposalId = rng.int(1, 2 ** 31 - 1)
       n.lease = onProposed(n.lease, action.basedOnVersion, proposalId, t)
@@ -254,6 +266,8 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
         noHolderSince = undefined
         const holder = [...nodes.values()].find((n) => n.holding)?.id ?? members[rng.int(0, members.length - 1)]!
         const kind = o.scenario === "chaos" ? (["crash-master", "isolate-master", "split"] as const)[rng.int(0, 2)] : o.scenario
+        // Sometimes the holder's database fails too: it resigns instead of waiting the lease out.
+        if (rng.int(0, 2) === 0) nodes.get(holder)!.unreadyUntil = now + rng.int(200, 2_000)
         if (kind === "crash-master") crash(holder)
         else if (kind === "isolate-master") groups = new Map(members.map((m) => [m, m === holder ? 1 : 0]))
         else groups = new Map(members.map((m) => [m, rng.int(0, 1)]))
@@ -275,5 +289,5 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
   }
   if (o.scenario === "loss" && masterChanges > 0) fail(`message loss alone changed the master ${masterChanges} times`)
   if (elections === 0) fail("no node ever held the lease")
-  return { failures, elections, masterChanges }
+  return { failures, elections, masterChanges, resignations }
 }

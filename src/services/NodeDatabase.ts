@@ -1,0 +1,388 @@
+/**
+ * The node's database role (DESIGN.md section 6): keeps this node's MariaDB a replica of
+ * the chosen log, promotes it when this node takes the master lease, and fences it when
+ * the lease goes.
+ *
+ * - calibrate (start, restart of mariadbd, step-down): read_only on, learn the log up to a
+ *   barrier (a Noop this node proposes and sees applied), then compare gtid_binlog_pos
+ *   with the chosen log. Anything extra: SIGKILL and restart mariadbd (it always starts
+ *   with --init-rpl-role=SLAVE, which truncates prepared, un-ACKed transactions) and
+ *   compare again; still extra: diverged (refuses to serve or to run for master).
+ *   Otherwise: replicate from this node's binlog server (which serves the chosen log).
+ * - promote (lease taken): barrier, wait until the replica applied every chosen
+ *   transaction, stop the replica thread, a fresh server_id for this term, semi-sync
+ *   master on, capture from lastGtid, read_only off, then RW opens.
+ * - step down (lease lost or the database failed): RW closes at once (the proxy's forward
+ *   RW listener refuses and drops its relays; local RW routing is withdrawn), then
+ *   read_only and calibrate.
+ *
+ * server_ids: the replica uses nodeId; a master term uses MASTER_SERVER_ID_BASE + epoch. A
+ * replica silently skips events carrying its own server_id (MARIADB.md), so a node never
+ * replicates under an id it wrote transactions with.
+ */
+import { Context, Data, Effect, Exit, Fiber, Layer, Schedule, Scope, Stream, SubscriptionRef } from "effect"
+import { formatGtid, type Gtid, gtidEquals, parseGtid } from "../domain/gtid.js"
+import * as BinlogSync from "./BinlogSync.js"
+import { checkPosition } from "./ChosenBinlog.js"
+import { ClusterState } from "./ClusterState.js"
+import type { MariaDbServerShape } from "./MariaDbServer.js"
+import { MasterLease, ReadinessCell } from "./MasterLease.js"
+import { Proxy } from "./Proxy.js"
+
+export const MASTER_SERVER_ID_BASE = 1_000_000
+export const captureServerId = (nodeId: number) => 3_000_000 + nodeId
+export const binlogServerId = (nodeId: number) => 2_000_000 + nodeId
+
+export type DbRole = "starting" | "calibrating" | "replica" | "promoting" | "master" | "stepping-down" | "diverged"
+
+export interface DatabaseStatus {
+  readonly role: DbRole
+  /** The local MariaDB's last GTID in the cluster's domain (null: none, or unknown). */
+  readonly localGtid: string | null
+  /** Chosen transactions not yet applied locally. */
+  readonly lag: number | null
+  readonly up: boolean
+  readonly diverged: string | null
+  /** Replica thread errors, if any. */
+  readonly replicationError: string | null
+}
+
+export interface NodeDatabaseShape {
+  readonly status: Effect.Effect<DatabaseStatus>
+  /** Role changes (current first). */
+  readonly roles: SubscriptionRef.SubscriptionRef<DbRole>
+  /** Whether this node serves RW now (promoted, lease held). */
+  readonly serving: Effect.Effect<boolean>
+}
+
+export class NodeDatabase extends Context.Service<NodeDatabase, NodeDatabaseShape>()("phxmaria/NodeDatabase") {}
+
+export class NodeDatabaseError extends Data.TaggedError("NodeDatabaseError")<{ readonly step: string; readonly message: string }> {}
+
+export interface NodeDatabaseOptions {
+  readonly nodeId: number
+  readonly db: MariaDbServerShape
+  /** Whether the agent may kill and restart mariadbd (managed mode). */
+  readonly managed: boolean
+  readonly binlogServer: { readonly host: string; readonly port: number }
+  readonly replication: { readonly user: string; readonly password: string }
+  /** Called when RW routing must be recomputed now (fence or open). */
+  readonly onServingChange: Effect.Effect<void>
+  readonly tickMs?: number
+}
+
+/** The GTID of `domain` in a gtid_binlog_pos list ("0-1-5,1-2-3"); other domains make it "foreign". */
+export const localPosition = (text: string, domain: number): { readonly gtid: Gtid | null; readonly foreign: ReadonlyArray<string> } => {
+  const parts = text.split(",").map((p) => p.trim()).filter((p) => p.length > 0)
+  let gtid: Gtid | null = null
+  const foreign: Array<string> = []
+  for (const p of parts) {
+    const g = parseGtid(p)
+    if (g === undefined || g.domain !== domain) foreign.push(p)
+    else gtid = g
+  }
+  return { gtid, foreign }
+}
+
+const sqlString = (s: string) => `'${s.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`
+
+export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
+  const cluster = yield* ClusterState
+  const lease = yield* MasterLease
+  const proxy = yield* Proxy
+  const readinessCell = yield* ReadinessCell
+  const services = yield* Effect.context<ClusterState>()
+  const { db, nodeId } = options
+  const tickMs = options.tickMs ?? 50
+
+  const roles = yield* SubscriptionRef.make<DbRole>("starting")
+  let role: DbRole = "starting"
+  let local: Gtid | null = null
+  let lag: number | null = null
+  let up = false
+  let diverged: string | null = null
+  let replicationError: string | null = null
+  /** mariadbd generation the current role was set up on; a restart invalidates it. */
+  let generation = -1
+  let masterFiber: Fiber.Fiber<void, unknown> | undefined
+  let masterScope: Scope.Closeable | undefined
+  let masterTicks = 0
+
+  /** What the lease sees: a replica that applied everything, or the master while it serves. */
+  const publishReadiness = Effect.suspend(() =>
+    readinessCell.set({
+      ready: role === "promoting" || role === "master" || (role === "replica" && lag === 0),
+      lag: lag ?? 1_000_000
+    })
+  )
+
+  const setRole = (next: DbRole) =>
+    Effect.suspend(() => {
+      if (next === role) return Effect.void
+      const prev = role
+      role = next
+      return Effect.all([SubscriptionRef.set(roles, next), publishReadiness, Effect.logInfo(`database role: ${prev} -> ${next}`)])
+    })
+
+  const q = (sql: string) =>
+    db.query(sql).pipe(Effect.mapError((e) => new NodeDatabaseError({ step: sql.slice(0, 60), message: e.message })))
+
+  const domainOf = Effect.map(cluster.current, (s) => s.state.lastGtid?.domain ?? 0)
+
+  const readLocal = Effect.gen(function*() {
+    const rows = yield* q("SELECT @@GLOBAL.gtid_binlog_pos AS pos")
+    const text = String(rows[0]?.["pos"] ?? "")
+    return localPosition(text, yield* domainOf)
+  })
+
+  /** Learns the log up to now: a Noop this node proposes, applied here. Waits for a majority. */
+  const barrier = cluster.propose({ _tag: "Noop", node: nodeId, nonce: Math.floor(Math.random() * 2 ** 31) }).pipe(
+    Effect.retry(Schedule.spaced("100 millis")),
+    Effect.asVoid
+  )
+
+  /** Why the local binlog is not a prefix of the chosen log (undefined: it is). */
+  const extraOverLog = Effect.gen(function*() {
+    const pos = yield* readLocal
+    local = pos.gtid
+    if (pos.foreign.length > 0) return `GTIDs in other domains: ${pos.foreign.join(",")}`
+    const bad = yield* Effect.flip(checkPosition(pos.gtid)).pipe(Effect.option, Effect.provideContext(services))
+    return bad._tag === "Some" ? bad.value.message : undefined
+  })
+
+  const startReplica = Effect.gen(function*() {
+    yield* q("STOP SLAVE").pipe(Effect.ignore)
+    // Semi-sync off releases only commits of chosen transactions: the comparison showed
+    // nothing beyond the log.
+    yield* q("SET GLOBAL rpl_semi_sync_master_enabled = OFF")
+    yield* q("SET GLOBAL read_only = ON")
+    yield* q(`SET GLOBAL server_id = ${nodeId}`)
+    const pos = yield* readLocal
+    yield* q(`SET GLOBAL gtid_slave_pos = ${sqlString(pos.gtid === null ? "" : formatGtid(pos.gtid))}`)
+    yield* q(
+      `CHANGE MASTER TO MASTER_HOST=${sqlString(options.binlogServer.host)}, MASTER_PORT=${options.binlogServer.port}, ` +
+        `MASTER_USER=${sqlString(options.replication.user)}, MASTER_PASSWORD=${sqlString(options.replication.password)}, ` +
+        "MASTER_USE_GTID=slave_pos, MASTER_HEARTBEAT_PERIOD=1, MASTER_CONNECT_RETRY=1"
+    )
+    yield* q("START SLAVE")
+  })
+
+  /** The agent alone restarts a managed mariadbd, so that RW is always fenced before it runs again. */
+  const waitUp = Effect.gen(function*() {
+    const started = options.managed
+      ? Effect.andThen(db.start.pipe(Effect.mapError((e) => new NodeDatabaseError({ step: "start", message: e.message }))), q("SELECT 1"))
+      : q("SELECT 1")
+    yield* started.pipe(
+      Effect.tapError((e) => Effect.logWarning(`waiting for mariadbd: ${e.message}`)),
+      Effect.retry(Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("2 seconds")]))
+    )
+    up = true
+    generation = yield* db.generation
+  })
+
+  /** Commits waiting for a semi-sync ACK on this server. */
+  const waitingCommits = Effect.map(
+    q("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'"),
+    (rows) => Number(rows[0]?.["Value"] ?? 0)
+  )
+
+  /** Compare with the log after a barrier; restart mariadbd once to truncate; else diverged. */
+  const calibrate = Effect.gen(function*() {
+    // Unknown until the replica reports again: nobody may take a stale 0 for caught up.
+    lag = null
+    yield* setRole("calibrating")
+    yield* waitUp
+    yield* q("SET GLOBAL read_only = ON")
+    yield* barrier
+    let extra = yield* extraOverLog
+    // Commits still waiting for an ACK could be ones that arrived after the comparison:
+    // a crash restart settles them too (prepared ones are truncated, chosen ones come back
+    // by replication).
+    const waiting = yield* waitingCommits
+    if ((extra !== undefined || waiting > 0) && options.managed) {
+      yield* Effect.logWarning(
+        `${extra !== undefined ? `local binlog beyond the chosen log (${extra})` : `${waiting} commits waiting for an ACK`}: ` +
+          "restarting mariadbd to truncate un-ACKed transactions"
+      )
+      yield* db.restart.pipe(Effect.mapError((e) => new NodeDatabaseError({ step: "restart", message: String(e) })))
+      yield* waitUp
+      yield* barrier
+      extra = yield* extraOverLog
+    }
+    if (extra !== undefined) {
+      diverged = extra
+      yield* q("STOP SLAVE").pipe(Effect.ignore)
+      yield* Effect.logError(`this node's database has diverged from the cluster and will not serve: ${extra}`)
+      return yield* setRole("diverged")
+    }
+    yield* startReplica
+    yield* setRole("replica")
+  })
+
+  /** Replica health: position, lag, divergence, replica thread. */
+  const monitorReplica = Effect.gen(function*() {
+    if (!(yield* db.up) || (yield* db.generation) !== generation) return yield* calibrate
+    const extra = yield* extraOverLog
+    const last = (yield* cluster.current).state.lastGtid
+    lag = last === null ? 0 : last.seq - (local?.seq ?? 0)
+    yield* publishReadiness
+    if (extra !== undefined) {
+      diverged = extra
+      yield* q("STOP SLAVE").pipe(Effect.ignore)
+      yield* Effect.logError(`replica diverged from the cluster: ${extra}`)
+      return yield* setRole("diverged")
+    }
+    const rows = yield* q("SHOW SLAVE STATUS")
+    const s = rows[0]
+    const io = String(s?.["Slave_IO_Running"] ?? "No")
+    const sql = String(s?.["Slave_SQL_Running"] ?? "No")
+    const err = [s?.["Last_IO_Error"], s?.["Last_SQL_Error"]].filter((x) => typeof x === "string" && x.length > 0).join("; ")
+    replicationError = err.length > 0 ? err : null
+    if (sql !== "Yes" || io === "No") {
+      yield* Effect.logWarning(`replica thread not running (io ${io}, sql ${sql}${err ? `: ${err}` : ""}): starting it`)
+      yield* q("START SLAVE").pipe(Effect.ignore)
+    }
+  })
+
+  /** RW closes now: the forward listener refuses and drops its relays, local routing is withdrawn. */
+  const fenceRw = Effect.gen(function*() {
+    yield* proxy.refuseRw(true)
+    const closed = yield* proxy.closeAllRw
+    yield* options.onServingChange
+    if (closed > 0) yield* Effect.logInfo(`fenced: closed ${closed} forwarded RW connections`)
+  })
+
+  const promote = Effect.gen(function*() {
+    yield* barrier
+    const caughtUp = Effect.gen(function*() {
+      const pos = yield* readLocal
+      const last = (yield* cluster.current).state.lastGtid
+      if (!gtidEquals(pos.gtid, last)) {
+        return yield* new NodeDatabaseError({ step: "catch-up", message: `at ${pos.gtid && formatGtid(pos.gtid)}, log at ${last && formatGtid(last)}` })
+      }
+      return last
+    })
+    const startAfter = yield* caughtUp.pipe(Effect.retry(Schedule.spaced("20 millis")))
+    const snapshot = yield* cluster.current
+    if (snapshot.state.master !== nodeId) return yield* new NodeDatabaseError({ step: "promote", message: "lease moved on" })
+    const epoch = snapshot.state.epoch
+    yield* q("STOP SLAVE")
+    yield* q(`SET GLOBAL server_id = ${MASTER_SERVER_ID_BASE + epoch}`)
+    yield* q("SET GLOBAL rpl_semi_sync_master_enabled = ON")
+    const sync = BinlogSync.run({
+      capture: {
+        host: db.host,
+        port: db.port,
+        user: options.replication.user,
+        password: options.replication.password,
+        serverId: captureServerId(nodeId)
+      },
+      node: nodeId,
+      epoch,
+      startAfter
+    })
+    const fiber = yield* Effect.forkChild(sync)
+    yield* q("SET GLOBAL read_only = OFF")
+    yield* proxy.refuseRw(false)
+    yield* setRole("master")
+    yield* options.onServingChange
+    yield* Effect.logInfo(`serving as master, epoch ${epoch}, from ${startAfter === null ? "the start" : formatGtid(startAfter)}`)
+    yield* Fiber.join(fiber)
+  }).pipe(Effect.provideContext(services))
+
+  const stopMaster = Effect.gen(function*() {
+    const scope = masterScope
+    masterScope = undefined
+    masterFiber = undefined
+    if (scope !== undefined) yield* Scope.close(scope, Exit.void)
+  })
+
+  const stepDown = (why: string) =>
+    Effect.gen(function*() {
+      yield* Effect.logWarning(`stepping down: ${why}`)
+      yield* setRole("stepping-down")
+      yield* fenceRw
+      yield* stopMaster
+      // read_only before anything else reaches the database; a hung server is restarted.
+      const fenced = yield* q("SET GLOBAL read_only = ON").pipe(Effect.timeout("2 seconds"), Effect.result)
+      if (fenced._tag === "Failure" && options.managed) {
+        yield* Effect.logWarning("read_only did not take: restarting mariadbd")
+        yield* db.restart.pipe(Effect.ignore)
+      }
+      yield* calibrate
+    })
+
+  const tick = Effect.gen(function*() {
+    const isMaster = yield* lease.isMaster
+    switch (role) {
+      case "starting":
+        return yield* calibrate
+      case "replica":
+        if (isMaster) {
+          yield* setRole("promoting")
+          const scope = yield* Scope.make()
+          masterScope = scope
+          masterFiber = yield* promote.pipe(
+            Effect.tapCause((cause) => Effect.logWarning("master role ended", cause)),
+            Effect.forkIn(scope)
+          )
+          return
+        }
+        return yield* monitorReplica
+      case "promoting":
+      case "master": {
+        const fiberDone = masterFiber === undefined || masterFiber.pollUnsafe() !== undefined
+        if (!isMaster) return yield* stepDown("the lease is no longer held")
+        if (fiberDone) return yield* stepDown("the commit pipeline stopped")
+        if (!(yield* db.up)) return yield* stepDown("mariadbd is down")
+        if ((yield* db.generation) !== generation) return yield* stepDown("mariadbd restarted")
+        // For status only: the master's own position, now and then.
+        if (++masterTicks % 20 === 0) local = (yield* readLocal).gtid
+        return
+      }
+      case "calibrating":
+      case "stepping-down":
+        return
+      case "diverged":
+        return
+    }
+  })
+
+  yield* tick.pipe(
+    Effect.catchCause((cause) =>
+      Effect.gen(function*() {
+        yield* Effect.logWarning(`database step failed in role ${role}`, cause)
+        up = (yield* q("SELECT 1").pipe(Effect.timeout("1 second"), Effect.result))._tag === "Success"
+        // Anything that failed half-way is redone from a clean comparison.
+        if (role === "master" || role === "promoting") yield* stepDown("database step failed").pipe(Effect.ignore)
+        else if (role !== "diverged") yield* setRole("starting")
+      })
+    ),
+    Effect.repeat(Schedule.spaced(`${tickMs} millis`)),
+    Effect.forkScoped
+  )
+
+  // The lease's own step-down is acted on at once, not at the next tick.
+  const events = yield* lease.events
+  yield* events.pipe(
+    Stream.runForEach((e) => e._tag === "SteppedDown" && (role === "master" || role === "promoting") ? fenceRw : Effect.void),
+    Effect.forkScoped
+  )
+
+  yield* Effect.addFinalizer(() => stopMaster)
+
+  return NodeDatabase.of({
+      status: Effect.sync(() => ({
+        role,
+        localGtid: local === null ? null : formatGtid(local),
+        lag,
+        up,
+        diverged,
+        replicationError
+      })),
+      roles,
+      serving: Effect.map(lease.isMaster, (m) => m && role === "master")
+    })
+})
+
+export const layer = (options: NodeDatabaseOptions) => Layer.effect(NodeDatabase, make(options))

@@ -1,0 +1,61 @@
+import { describe, expect, it } from "@effect/vitest"
+import { applyEntry, type ClusterEntry, initialClusterState } from "../src/domain/cluster.js"
+import { decide, defaultLeaseConfig, initialLeaseView, onApplied, onProposed, onState } from "../src/domain/lease.js"
+import { localPosition } from "../src/services/NodeDatabase.js"
+import { splitEvents } from "../src/services/ChosenBinlog.js"
+
+const lease = (node: number, basedOnVersion: number): ClusterEntry => ({ _tag: "MasterLease", node, basedOnVersion, leaseMs: 2000, proposalId: 7 })
+
+describe("Resign: a master gives its lease up early", () => {
+  it("is accepted only from the current master at the current version; the next master gets a new epoch", () => {
+    let [s] = applyEntry(initialClusterState([1, 2, 3]), lease(1, 0))
+    expect([s.master, s.masterVersion, s.epoch]).toEqual([1, 1, 1])
+    // Stale version or another node: rejected, nothing changes.
+    expect(applyEntry(s, { _tag: "Resign", node: 1, basedOnVersion: 0 })[1]._tag).toBe("Rejected")
+    expect(applyEntry(s, { _tag: "Resign", node: 2, basedOnVersion: 1 })[1]).toMatchObject({ _tag: "Rejected", reason: { _tag: "NotMaster" } })
+    const [resigned, outcome] = applyEntry(s, { _tag: "Resign", node: 1, basedOnVersion: 1 })
+    expect(outcome._tag).toBe("Accepted")
+    expect([resigned.master, resigned.masterVersion, resigned.epoch]).toEqual([null, 2, 1])
+    // Even the same node comes back under a new epoch: its old Binlog entries are stale.
+    ;[s] = applyEntry(resigned, lease(1, 2))
+    expect([s.master, s.epoch]).toEqual([1, 2])
+  })
+
+  it("the holder resigns when not ready; others may run at once after it", () => {
+    const c = defaultLeaseConfig(1, 2000)
+    let [state] = applyEntry(initialClusterState([1, 2, 3]), lease(1, 0))
+    let v = onProposed(initialLeaseView(initialClusterState([1, 2, 3]), 0), 0, 7, 0)
+    v = onState(c, v, state, 5)
+    v = onApplied(c, v, lease(1, 0), { _tag: "Accepted" }, 5)
+    expect(decide(c, v, 100, true, 0)._tag).toBe("None")
+    expect(decide(c, v, 100, false, 0)).toEqual({ _tag: "Resign", basedOnVersion: 1 })
+    // Another node learns the resignation: no master, it need not wait the lease out.
+    const c2 = defaultLeaseConfig(2, 2000)
+    let v2 = onState(c2, initialLeaseView(initialClusterState([1, 2, 3]), 0), state, 10)
+    expect(decide(c2, v2, 200, true, 0)._tag).toBe("None")
+    ;[state] = applyEntry(state, { _tag: "Resign", node: 1, basedOnVersion: 1 })
+    v2 = onState(c2, v2, state, 210)
+    expect(decide(c2, v2, 211, true, 0)).toEqual({ _tag: "Propose", basedOnVersion: 2 })
+  })
+})
+
+describe("node database helpers", () => {
+  it("reads the cluster's domain out of gtid_binlog_pos and flags other domains", () => {
+    expect(localPosition("", 0)).toEqual({ gtid: null, foreign: [] })
+    expect(localPosition("0-1000003-42", 0)).toEqual({ gtid: { domain: 0, server: 1000003, seq: 42 }, foreign: [] })
+    expect(localPosition("0-1-5,7-2-3", 0)).toEqual({ gtid: { domain: 0, server: 1, seq: 5 }, foreign: ["7-2-3"] })
+  })
+
+  it("splits a transaction's events by their header lengths and stops at a truncated one", () => {
+    const event = (length: number, fill: number) => {
+      const b = new Uint8Array(length).fill(fill)
+      new DataView(b.buffer).setUint32(9, length, true)
+      return b
+    }
+    const a = event(25, 1)
+    const b = event(40, 2)
+    const joined = new Uint8Array([...a, ...b])
+    expect(splitEvents(joined).map((e) => e.length)).toEqual([25, 40])
+    expect(splitEvents(joined.subarray(0, 50)).map((e) => e.length)).toEqual([25])
+  })
+})
