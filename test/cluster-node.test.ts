@@ -153,8 +153,11 @@ describe("the whole node: managed MariaDB, Paxos-replicated commits, proxy", () 
         const ids = yield* idsOn(n, TABLE)
         expect([...ids].sort((a, b) => a - b)).toEqual([1, 2])
       }
-      // A diverged node never runs for master and its RO port does not serve from it.
+      // A diverged node's RO port does not serve from its own database.
       const s = yield* statusOf(replica)
       if (!("error" in s)) expect(s.proxy?.routes.ro.startsWith("local")).toBe(false)
+      const ro = yield* connect(replica.roPort!)
+      const [row] = yield* run<{ n: number }>(ro, `SELECT COUNT(*) AS n FROM ${TABLE} WHERE id = 999`)
+      expect(Number(row!.n)).toBe(0)
     }), 120_000)
 })

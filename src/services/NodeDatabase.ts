@@ -213,6 +213,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       diverged = extra
       yield* q("STOP SLAVE").pipe(Effect.ignore)
       yield* Effect.logError(`this node's database has diverged from the cluster and will not serve: ${extra}`)
+      yield* proxy.refuseRo(true)
       return yield* setRole("diverged")
     }
     yield* startReplica
@@ -230,6 +231,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       diverged = extra
       yield* q("STOP SLAVE").pipe(Effect.ignore)
       yield* Effect.logError(`replica diverged from the cluster: ${extra}`)
+      yield* proxy.refuseRo(true)
       return yield* setRole("diverged")
     }
     const rows = yield* q("SHOW SLAVE STATUS")
@@ -262,7 +264,8 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       }
       return last
     })
-    const startAfter = yield* caughtUp.pipe(Effect.retry(Schedule.spaced("20 millis")))
+    // Bounded: a replica that cannot catch up gives the lease back (step-down resigns it).
+    const startAfter = yield* caughtUp.pipe(Effect.retry(Schedule.spaced("20 millis")), Effect.timeout("15 seconds"))
     const snapshot = yield* cluster.current
     if (snapshot.state.master !== nodeId) return yield* new NodeDatabaseError({ step: "promote", message: "lease moved on" })
     const epoch = snapshot.state.epoch
@@ -336,8 +339,13 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
         if (fiberDone) return yield* stepDown("the commit pipeline stopped")
         if (!(yield* db.up)) return yield* stepDown("mariadbd is down")
         if ((yield* db.generation) !== generation) return yield* stepDown("mariadbd restarted")
-        // For status only: the master's own position, now and then.
-        if (++masterTicks % 20 === 0) local = (yield* readLocal).gtid
+        // Now and then: the master's own position (status), and a health probe: a hung
+        // mariadbd must not keep the lease (renewal itself never asks MariaDB).
+        if (++masterTicks % 20 === 0) {
+          const probe = yield* readLocal.pipe(Effect.timeout("3 seconds"), Effect.result)
+          if (probe._tag === "Failure") return yield* stepDown(`mariadbd does not answer: ${probe.failure.message}`)
+          local = probe.success.gtid
+        }
         return
       }
       case "calibrating":

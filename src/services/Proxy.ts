@@ -81,6 +81,8 @@ export interface ProxyShape {
   readonly stats: Effect.Effect<ProxyStats>
   /** Forward RW listener: refuse (true) or accept (false) new RW relays. */
   readonly refuseRw: (refuse: boolean) => Effect.Effect<void>
+  /** Forward RO listener: refuse (true) or accept (false) new RO relays (a diverged database serves no one). */
+  readonly refuseRo: (refuse: boolean) => Effect.Effect<void>
   /** Forward RW listener: closes every RW relay it holds; returns how many. */
   readonly closeAllRw: Effect.Effect<number>
 }
@@ -380,6 +382,7 @@ export const make = (
     const maxConnections = options.maxConnections ?? 1000
     const members = new Set((options.members ?? []).map(PP.unmapIPv4))
     let refusingRw = options.refuseRwInitially ?? false
+    let refusingRo = false
     const upstreamCounts = new Map<string, number>()
     const states = new Map<ListenerName, ListenerState>()
     const stateOf = (name: ListenerName): ListenerState => {
@@ -512,9 +515,11 @@ export const make = (
             yield* Effect.logWarning(new ProxyForwardPeerError({ listener: state.name, remote: conn.remote, reason: "PROXY header without an address" }).message)
             return
           }
-          if (role === "rw" && refusingRw) {
+          if ((role === "rw" && refusingRw) || (role === "ro" && refusingRo)) {
             state.refused++
-            const reason = "this node is not the master: it refuses read-write connections"
+            const reason = role === "rw"
+              ? "this node is not the master: it refuses read-write connections"
+              : "this node's database cannot serve reads (diverged from the cluster)"
             yield* Effect.logInfo(new ProxyRefused({ listener: state.name, remote: conn.remote, reason }).message)
             conn.refuse(ERR_CANNOT_CONNECT, "HY000", reason)
             return
@@ -585,6 +590,10 @@ export const make = (
       refuseRw: (refuse) =>
         Effect.sync(() => {
           refusingRw = refuse
+        }),
+      refuseRo: (refuse) =>
+        Effect.sync(() => {
+          refusingRo = refuse
         }),
       closeAllRw: Effect.sync(() => {
         if (forwardRwState === undefined) return 0
