@@ -172,7 +172,11 @@ export const runDatabaseNode = (config: NodeConfig) =>
       replication,
       onServingChange: refreshRoutes
     }).pipe(Effect.provideService(Proxy.Proxy, proxy))
-    yield* refreshRoutes.pipe(Effect.repeat(Schedule.spaced("100 millis")), Effect.forkScoped)
+    yield* refreshRoutes.pipe(
+      Effect.catchCause((cause) => Effect.logError("routing refresh failed", cause)),
+      Effect.repeat(Schedule.spaced("100 millis")),
+      Effect.forkScoped
+    )
 
     const status = Effect.gen(function*() {
       const [stats, routes] = [yield* proxy.stats, yield* routing.current]

@@ -66,7 +66,7 @@ export interface NodeDatabaseOptions {
   readonly managed: boolean
   readonly binlogServer: { readonly host: string; readonly port: number }
   readonly replication: { readonly user: string; readonly password: string }
-  /** Called when RW routing must be recomputed now (fence or open). */
+  /** Called when routing must be recomputed now (fence, open, any role change). */
   readonly onServingChange: Effect.Effect<void>
   readonly tickMs?: number
 }
@@ -121,7 +121,13 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       if (next === role) return Effect.void
       const prev = role
       role = next
-      return Effect.all([SubscriptionRef.set(roles, next), publishReadiness, Effect.logInfo(`database role: ${prev} -> ${next}`)])
+      // Routing follows at once (e.g. a diverged node stops serving its RO port now).
+      return Effect.all([
+        SubscriptionRef.set(roles, next),
+        publishReadiness,
+        Effect.logInfo(`database role: ${prev} -> ${next}`),
+        options.onServingChange
+      ])
     })
 
   const q = (sql: string) =>
@@ -186,6 +192,16 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     (rows) => Number(rows[0]?.["Value"] ?? 0)
   )
 
+  /** Serves no one from now on (status, routing and the forward RO port say so at once). */
+  const markDiverged = (why: string) =>
+    Effect.gen(function*() {
+      yield* proxy.refuseRo(true)
+      yield* setRole("diverged")
+      diverged = why
+      yield* Effect.logError(`this node's database has diverged from the cluster and will not serve: ${why}`)
+      yield* q("STOP SLAVE").pipe(Effect.ignore)
+    })
+
   /** Compare with the log after a barrier; restart mariadbd once to truncate; else diverged. */
   const calibrate = Effect.gen(function*() {
     // Unknown until the replica reports again: nobody may take a stale 0 for caught up.
@@ -209,13 +225,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       yield* barrier
       extra = yield* extraOverLog
     }
-    if (extra !== undefined) {
-      diverged = extra
-      yield* q("STOP SLAVE").pipe(Effect.ignore)
-      yield* Effect.logError(`this node's database has diverged from the cluster and will not serve: ${extra}`)
-      yield* proxy.refuseRo(true)
-      return yield* setRole("diverged")
-    }
+    if (extra !== undefined) return yield* markDiverged(extra)
     yield* startReplica
     yield* setRole("replica")
   })
@@ -227,13 +237,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     const last = (yield* cluster.current).state.lastGtid
     lag = last === null ? 0 : last.seq - (local?.seq ?? 0)
     yield* publishReadiness
-    if (extra !== undefined) {
-      diverged = extra
-      yield* q("STOP SLAVE").pipe(Effect.ignore)
-      yield* Effect.logError(`replica diverged from the cluster: ${extra}`)
-      yield* proxy.refuseRo(true)
-      return yield* setRole("diverged")
-    }
+    if (extra !== undefined) return yield* markDiverged(extra)
     const rows = yield* q("SHOW SLAVE STATUS")
     const s = rows[0]
     const io = String(s?.["Slave_IO_Running"] ?? "No")
