@@ -6,8 +6,9 @@
  * AND accepted by the state machine. A rejected entry is never ACKed: the pipeline fails
  * and the master steps down.
  */
-import { Data, Effect, Queue, Schedule, Stream } from "effect"
-import type { BinlogTxn, RejectReason } from "../domain/cluster.js"
+import { Data, Effect, Exit, Fiber, Queue, Stream } from "effect"
+import type { BinlogTxn, Outcome, RejectReason } from "../domain/cluster.js"
+import type { ProposeError } from "../domain/errors.js"
 import { formatGtid, type Gtid } from "../domain/gtid.js"
 import * as BinlogCapture from "./BinlogCapture.js"
 import { ClusterState } from "./ClusterState.js"
@@ -30,6 +31,8 @@ export interface BinlogSyncOptions {
   /** Bounds on one entry; default 512 transactions, 4 MiB (one transaction may exceed it). */
   readonly maxBatchTxns?: number
   readonly maxBatchBytes?: number
+  /** Binlog entries in flight at once; default 4. */
+  readonly pipelineDepth?: number
   /** Called after each ACK with the last acknowledged GTID. */
   readonly onAcked?: (gtid: Gtid, count: number) => Effect.Effect<void>
 }
@@ -57,32 +60,84 @@ export const run = (options: BinlogSyncOptions) =>
     const queue = yield* Queue.bounded<BinlogCapture.CapturedTxn>(4 * maxTxns)
     const reader = capture.transactions.pipe(Stream.runForEach((t) => Queue.offer(queue, t)))
 
+    const depth = options.pipelineDepth ?? 4
+    /** The last GTID ACKed: every entry before it was accepted. */
     let prev = options.startAfter
-    /** Taken from the queue, not yet proposed (what did not fit the last entry), in order. */
+    /** First GTID of the entry last proposed again after a failure. */
+    let retried: string | undefined
+    /** Captured, not yet in a proposal, in binlog order. */
     const pending: Array<{ readonly txn: BinlogCapture.CapturedTxn; readonly events: Uint8Array }> = []
-    const proposer = Effect.gen(function*() {
-      const more = yield* Queue.takeBetween(queue, pending.length === 0 ? 1 : 0, maxTxns - pending.length)
-      for (const txn of more) pending.push({ txn, events: concat(txn.events) })
-      let n = 0
-      let bytes = 0
-      while (n < pending.length && (n === 0 || bytes + pending[n]!.events.length <= maxBytes)) bytes += pending[n++]!.events.length
-      const source = pending.splice(0, n)
-      const batch: Array<BinlogTxn> = source.map((p) => ({ gtid: p.txn.gtid, events: p.events }))
-      const entry = { _tag: "Binlog" as const, node: options.node, epoch: options.epoch, prevGtid: prev, txns: batch }
-      // A timeout leaves the outcome unknown: the same entry again is recognised as already
-      // accepted if the first one was chosen, so retrying can never apply it twice.
-      const outcome = yield* cluster.propose(entry).pipe(
-        // No majority or no answer yet: the commit waits (held by MariaDB) until there is one.
-        Effect.retry(Schedule.spaced("50 millis"))
-      )
-      if (outcome._tag === "Rejected") {
-        return yield* new BinlogSyncRejected({ first: formatGtid(batch[0]!.gtid), reason: outcome.reason })
+    /** Proposals in flight, in binlog order; each one's prevGtid is the previous one's last GTID. */
+    const inflight: Array<{
+      readonly source: ReadonlyArray<{ readonly txn: BinlogCapture.CapturedTxn; readonly events: Uint8Array }>
+      readonly first: string
+      readonly fiber: Fiber.Fiber<Outcome, ProposeError>
+    }> = []
+    const take = (min: number) =>
+      Effect.map(Queue.takeBetween(queue, min, maxTxns), (more) => {
+        for (const txn of more) pending.push({ txn, events: concat(txn.events) })
+      })
+
+    /** Starts proposals while there is captured data and room in the pipeline. */
+    const fill = Effect.gen(function*() {
+      while (inflight.length < depth && pending.length > 0) {
+        let n = 0
+        let bytes = 0
+        while (n < pending.length && n < maxTxns && (n === 0 || bytes + pending[n]!.events.length <= maxBytes)) {
+          bytes += pending[n++]!.events.length
+        }
+        const source = pending.splice(0, n)
+        const before = inflight.length > 0 ? inflight[inflight.length - 1]!.source : undefined
+        const prevGtid = before !== undefined ? before[before.length - 1]!.txn.gtid : prev
+        const txns: Array<BinlogTxn> = source.map((p) => ({ gtid: p.txn.gtid, events: p.events }))
+        const fiber = yield* Effect.forkChild(
+          cluster.propose({ _tag: "Binlog", node: options.node, epoch: options.epoch, prevGtid, txns })
+        )
+        inflight.push({ source, first: formatGtid(txns[0]!.gtid), fiber })
       }
-      const last = source[source.length - 1]!.txn
-      yield* capture.ack(last.file, last.endPos)
-      prev = last.gtid
-      if (options.onAcked !== undefined) yield* options.onAcked(last.gtid, source.length)
-    }).pipe(Effect.forever)
+    })
+
+    const step = Effect.gen(function*() {
+      if (inflight.length === 0) {
+        if (pending.length === 0) yield* take(1)
+        return yield* fill
+      }
+      // Whichever comes first: the oldest proposal's outcome, or more transactions to propose.
+      const head = inflight[0]!
+      const done = yield* Effect.raceFirst(
+        Effect.map(Fiber.await(head.fiber), (exit) => ({ exit })),
+        inflight.length < depth ? Effect.as(take(1), undefined) : Effect.never
+      )
+      if (done === undefined) return yield* fill
+      inflight.shift()
+      if (Exit.isSuccess(done.exit) && done.exit.value._tag !== "Rejected") {
+        const last = head.source[head.source.length - 1]!.txn
+        yield* capture.ack(last.file, last.endPos)
+        prev = last.gtid
+        if (options.onAcked !== undefined) yield* options.onAcked(last.gtid, head.source.length)
+        return yield* fill
+      }
+      if (Exit.isSuccess(done.exit) && done.exit.value._tag === "Rejected") {
+        const reason = done.exit.value.reason
+        // A GTID mismatch can come from our own pipeline (entries reaching the log out of
+        // order): retried once from here. Anything else, or the same again, is the cluster's
+        // answer: never ACKed, and this master steps down.
+        if ((reason._tag !== "GtidMismatch" && reason._tag !== "GtidGap") || retried === head.first) {
+          yield* Effect.forEach(inflight, (p) => Fiber.interrupt(p.fiber), { discard: true })
+          return yield* new BinlogSyncRejected({ first: head.first, reason })
+        }
+      }
+      retried = head.first
+      // No answer (timeout, no majority): let the rest settle, then propose all of it again
+      // in order. A retry of an entry that was chosen after all is recognised as already
+      // accepted, so nothing is applied twice and nothing unaccepted is ACKed.
+      yield* Effect.forEach(inflight, (p) => Fiber.await(p.fiber), { discard: true })
+      pending.unshift(...head.source, ...inflight.flatMap((p) => p.source))
+      inflight.length = 0
+      yield* Effect.sleep("50 millis")
+      yield* fill
+    })
+    const proposer = step.pipe(Effect.forever)
 
     return yield* Effect.raceFirst(reader.pipe(Effect.andThen(Effect.never)), proposer)
   }).pipe(Effect.scoped)

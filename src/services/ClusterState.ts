@@ -67,7 +67,9 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     Effect.try({
       try: () => {
         mkdirSync(options.dir, { recursive: true })
-        return open({ path: options.dir, encoding: "msgpack", compression: false })
+        // No fsync: everything here is derived from the Paxos log and replayed from it after a
+        // crash (writes stay ordered, so a lost tail loses snapshot and transactions together).
+        return open({ path: options.dir, encoding: "msgpack", compression: false, noSync: true })
       },
       catch: (cause) => new ClusterStateError({ operation: "open", cause })
     }),

@@ -20,6 +20,8 @@ export class LocalClusterError extends Data.TaggedError("LocalClusterError")<{
 
 export interface LocalNode {
   readonly nodeId: number
+  /** The address its ports listen on (and its outgoing peer connections come from). */
+  readonly host: string
   readonly peerPort: number
   readonly adminPort: number
   /** With a database: the proxy's client ports and the node's own MariaDB. */
@@ -47,7 +49,8 @@ export interface LocalCluster {
 export interface LocalClusterOptions {
   readonly nodes: number
   readonly clusterId?: string
-  readonly host?: string
+  /** One address for all nodes (default 127.0.0.1), or "per-node": 127.0.0.11, .12, ... (for partitions). */
+  readonly host?: string | "per-node"
   /** Keep the directory after the scope closes (e.g. to inspect a failure). */
   readonly keepDir?: boolean
   readonly paxos?: NodeConfig["paxos"]
@@ -87,7 +90,7 @@ export const killOrphanMariaDb = (node: LocalNode): Effect.Effect<void> =>
   node.mariadb === undefined ? Effect.void : killStaleServer(node.mariadb.pidFile, join(dirname(node.mariadb.pidFile), "my.cnf"))
 
 export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
-  const host = options.host ?? "127.0.0.1"
+  const hostOf = (nodeId: number) => options.host === "per-node" ? `127.0.0.${10 + nodeId}` : options.host ?? "127.0.0.1"
   const clusterId = options.clusterId ?? "local"
   const mainJs = yield* Effect.try({
     try: findMainJs,
@@ -104,6 +107,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
   const members: Array<NodeConfig["members"][number]> = []
   const databases = new Map<number, { readonly port: number; readonly binlogServerPort: number }>()
   for (let i = 0; i < options.nodes; i++) {
+    const host = hostOf(i + 1)
     const base = { nodeId: i + 1, host, port: yield* freePort(host), adminPort: yield* freePort(host) }
     if (!withDb) {
       members.push(base)
@@ -191,6 +195,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
 
     return {
       nodeId,
+      host: member.host,
       peerPort,
       adminPort,
       rwPort: member.rwPort,

@@ -146,6 +146,8 @@ export class ProxyRelayClosed extends Data.TaggedError("ProxyRelayClosed")<{
   }
 }
 
+const isWildcard = (host: string) => host === "0.0.0.0" || host === "::" || host === ""
+
 const describe = (u: unknown): string => (u instanceof Error ? u.message : String(u))
 
 /** MySQL's client error "Can't connect to MySQL server" and "Too many connections". */
@@ -289,10 +291,11 @@ const connect = (
   host: string,
   port: number,
   label: string,
-  timeout: Duration.Input
+  timeout: Duration.Input,
+  localAddress: string | undefined
 ): Effect.Effect<net.Socket, ProxyUpstreamError> =>
   Effect.callback<net.Socket, ProxyUpstreamError>((resume) => {
-    const socket = net.connect({ host, port, noDelay: true })
+    const socket = net.connect({ host, port, noDelay: true, ...(localAddress !== undefined ? { localAddress } : {}) })
     // Never an unhandled 'error' between connect and the relay's own handlers.
     socket.on("error", () => {})
     socket.pause()
@@ -443,10 +446,11 @@ export const make = (
       host: string,
       port: number,
       label: string,
-      first: Effect.Effect<ReadonlyArray<Uint8Array>, PP.ProxyHeaderError>
+      first: Effect.Effect<ReadonlyArray<Uint8Array>, PP.ProxyHeaderError>,
+      localAddress?: string
     ): Effect.Effect<void> =>
       Effect.gen(function*() {
-        const up = yield* Effect.result(connect(host, port, label, connectTimeout))
+        const up = yield* Effect.result(connect(host, port, label, connectTimeout, localAddress))
         if (Result.isFailure(up)) {
           state.refused++
           yield* Effect.logWarning(`proxy ${state.name}: ${up.failure.message} (client ${conn.remote})`, up.failure)
@@ -485,7 +489,9 @@ export const make = (
             return
           }
           const label = describeTarget(target)
-          yield* connectAndRelay(state, conn, target.host, target.port, label, headerBytes(conn.source, conn.destination))
+          // To another member from this node's own address: its forward port accepts members only.
+          yield* connectAndRelay(state, conn, target.host, target.port, label, headerBytes(conn.source, conn.destination),
+            target.kind === "forward" && !isWildcard(options.host) ? options.host : undefined)
         }))
 
     // --- forward listeners --------------------------------------------------

@@ -426,15 +426,18 @@ const acquireConnection = (conn: Connection): Effect.Effect<Connection, never, S
   Effect.acquireRelease(Effect.succeed(conn), (c) =>
     Effect.sync(() => c.close(new TransportClosed({ remote: c.remote }))))
 
+const isWildcard = (host: string) => host === "0.0.0.0" || host === "::" || host === ""
+
 /** Dials host:port; the connection is destroyed when the scope closes. */
 const dial = (
   host: string,
   port: number,
-  maxBufferedBytes: number
+  maxBufferedBytes: number,
+  localAddress?: string
 ): Effect.Effect<Connection, TransportConnectError, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.callback<Connection, TransportConnectError>((resume) => {
-      const socket = net.connect({ host, port })
+      const socket = net.connect({ host, port, ...(localAddress !== undefined ? { localAddress } : {}) })
       const onError = (cause: Error) => {
         socket.destroy()
         resume(Effect.fail(new TransportConnectError({ host, port, cause })))
@@ -689,6 +692,7 @@ export const make = <M>(
 
     // --- outbound links ----------------------------------------------------
     const hello: Hello = { _tag: "Hello", clusterId: options.clusterId, nodeId: options.nodeId, role: "peer" }
+    const sourceAddress = isWildcard(options.listen.host) ? undefined : options.listen.host
 
     const runLink = (link: Link): Effect.Effect<never> => {
       const { host, port, nodeId } = link.peer
@@ -696,7 +700,8 @@ export const make = <M>(
       // Succeeds (with the close reason) only once it had been established.
       const session = Effect.scoped(
         Effect.gen(function*() {
-          const conn = yield* dial(host, port, maxBuffered)
+          // From our own listen address: peers (and partition rules) see which node this is.
+          const conn = yield* dial(host, port, maxBuffered, sourceAddress)
           yield* dialerHandshake(conn, hello, maxFrameBytes, handshakeTimeout, nodeId)
           // The peer never writes on our outbound connection after HelloOk.
           conn.setReceiver(() => handshakeError(conn.remote, "UnexpectedFrame", "frame on an outbound peer link"))

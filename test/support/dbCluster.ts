@@ -15,9 +15,9 @@ type Status = NodeStatus | { readonly error: string }
 const ok = (s: Status): s is NodeStatus => !("error" in s)
 
 export const statuses = (c: LocalCluster.LocalCluster) =>
-  Effect.forEach(c.nodes, (n) => fetchStatus(`127.0.0.1:${n.adminPort}`, 1_000), { concurrency: "unbounded" })
+  Effect.forEach(c.nodes, (n) => fetchStatus(`${n.host}:${n.adminPort}`, 1_000), { concurrency: "unbounded" })
 
-export const statusOf = (n: LocalCluster.LocalNode) => fetchStatus(`127.0.0.1:${n.adminPort}`, 1_000)
+export const statusOf = (n: LocalCluster.LocalNode) => fetchStatus(`${n.host}:${n.adminPort}`, 1_000)
 
 /** The node whose database serves as master now (undefined: none). */
 export const servingMaster = (c: LocalCluster.LocalCluster) =>
@@ -62,12 +62,15 @@ export const adminQuery = <R = Record<string, unknown>>(n: LocalCluster.LocalNod
   })
 
 /** A client connection through a proxy port, closed with the scope. */
-export const connect = (port: number, options: { readonly localAddress?: string; readonly user?: string; readonly password?: string } = {}) =>
+export const connect = (
+  port: number,
+  options: { readonly host?: string; readonly localAddress?: string; readonly user?: string; readonly password?: string } = {}
+) =>
   Effect.acquireRelease(
     Effect.tryPromise({
       try: () =>
         mysql.createConnection({
-          host: "127.0.0.1",
+          host: options.host ?? "127.0.0.1",
           port,
           user: options.user ?? APP_USER,
           password: options.password ?? APP_PASSWORD,
@@ -116,7 +119,7 @@ export interface Writer {
  * Inserts rows (id, id) into `table` through `port` one at a time, reconnecting after
  * errors, until the scope closes. Bounded: at most `maxWrites`.
  */
-export const startWriter = (port: number, table: string, maxWrites = 100_000) =>
+export const startWriter = (port: number, table: string, maxWrites = 100_000, host = "127.0.0.1") =>
   Effect.acquireRelease(
     Effect.sync(() => {
       const state = { acked: [] as Array<number>, indeterminate: [] as Array<number>, ackedAt: [] as Array<number>, stop: false }
@@ -125,7 +128,7 @@ export const startWriter = (port: number, table: string, maxWrites = 100_000) =>
         while (!state.stop && id < maxWrites) {
           let conn: mysql.Connection | undefined
           try {
-            conn = await mysql.createConnection({ host: "127.0.0.1", port, user: APP_USER, password: APP_PASSWORD, connectTimeout: 2_000 })
+            conn = await mysql.createConnection({ host, port, user: APP_USER, password: APP_PASSWORD, connectTimeout: 2_000 })
             while (!state.stop && id < maxWrites) {
               const k = ++id
               try {
