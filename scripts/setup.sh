@@ -68,6 +68,13 @@ else
   fi
 fi
 
+# 1c. iptables: the fault suite's network partitions (rules between the nodes' loopback addresses).
+if have iptables; then
+  log "iptables: present"
+else
+  apt_install iptables
+fi
+
 # 2. Node.js and npm (npm scripts then use Node 24 from the 'node' npm package).
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
   log "node $(node --version), npm $(npm --version): present"

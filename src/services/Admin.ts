@@ -32,6 +32,14 @@ export const serve = <A>(options: {
         res.writeHead(code, { "content-type": "application/json" })
         res.end(JSON.stringify(body))
       }
+      // Nothing here takes a body: one announced (maybe never sent) closes the connection.
+      const length = req.headers["content-length"]
+      if ((length !== undefined && length !== "0") || req.headers["transfer-encoding"] !== undefined) {
+        logBad(new AdminBadRequest({ remote: `${req.socket.remoteAddress}:${req.socket.remotePort}`, cause: "a request body" }))
+        res.writeHead(400, { "content-type": "application/json", connection: "close" })
+        res.end(JSON.stringify({ error: "requests take no body" }), () => req.socket.destroy())
+        return
+      }
       if (req.method !== "GET") return reply(405, { error: "method not allowed" })
       if (path !== "/status") return reply(404, { error: "not found", paths: ["/status"] })
       run(options.status).then((s) => reply(200, s), (e) => reply(500, { error: String(e) }))

@@ -27,7 +27,15 @@ export interface LocalNode {
   /** With a database: the proxy's client ports and the node's own MariaDB. */
   readonly rwPort?: number | undefined
   readonly roPort?: number | undefined
-  readonly mariadb?: { readonly port: number; readonly socket: string; readonly pidFile: string } | undefined
+  readonly mariadb?: {
+    readonly port: number
+    readonly socket: string
+    readonly pidFile: string
+    /** The agent's binlog server (loopback), which its MariaDB replicates from. */
+    readonly binlogServerPort: number
+  } | undefined
+  readonly forwardRwPort?: number | undefined
+  readonly forwardRoPort?: number | undefined
   readonly dir: string
   readonly configPath: string
   /** The running process's pid, or undefined while it is down. */
@@ -72,15 +80,31 @@ const findMainJs = (): string => {
   }
 }
 
-export const freePort = (host = "127.0.0.1"): Effect.Effect<number, LocalClusterError> =>
-  Effect.callback<number, LocalClusterError>((resume) => {
+/** Handed out by this process already: never twice. */
+const handedOut = new Set<number>()
+
+const bindable = (host: string, port: number): Effect.Effect<boolean> =>
+  Effect.callback<boolean>((resume) => {
     const server = createServer()
-    server.once("error", (e) => resume(Effect.fail(new LocalClusterError({ message: `no free port: ${e.message}` }))))
-    server.listen(0, host, () => {
-      const address = server.address()
-      const port = typeof address === "object" && address !== null ? address.port : 0
-      server.close(() => resume(Effect.succeed(port)))
-    })
+    server.once("error", () => resume(Effect.succeed(false)))
+    server.listen(port, host, () => server.close(() => resume(Effect.succeed(true))))
+  })
+
+/**
+ * A port free on `host` now, below the kernel's ephemeral range (32768 and up on Linux):
+ * there no outgoing connection can take it between now and when a node binds it.
+ */
+export const freePort = (host = "127.0.0.1"): Effect.Effect<number, LocalClusterError> =>
+  Effect.gen(function*() {
+    for (let attempt = 0; attempt < 200; attempt++) {
+      const port = 20_000 + Math.floor(Math.random() * 12_000)
+      if (handedOut.has(port)) continue
+      if (yield* bindable(host, port)) {
+        handedOut.add(port)
+        return port
+      }
+    }
+    return yield* new LocalClusterError({ message: `no free port on ${host} in 20000-31999` })
   })
 
 const READY_TIMEOUT_MS = 60_000
@@ -202,7 +226,14 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       roPort: member.roPort,
       mariadb: database === undefined
         ? undefined
-        : { port: database.port, socket: join(mariadbDir, "mysqld.sock"), pidFile: join(mariadbDir, "mysqld.pid") },
+        : {
+          port: database.port,
+          socket: join(mariadbDir, "mysqld.sock"),
+          pidFile: join(mariadbDir, "mysqld.pid"),
+          binlogServerPort: database.binlogServerPort
+        },
+      forwardRwPort: member.forwardRwPort,
+      forwardRoPort: member.forwardRoPort,
       dir: nodeDir,
       configPath,
       pid: () => child?.pid,

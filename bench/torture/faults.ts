@@ -1,0 +1,135 @@
+/**
+ * Faults for the torture suite, on a LocalCluster: SIGKILL of a mariadbd or an agent,
+ * SIGSTOP of the master's processes beyond the lease, network partitions as iptables DROP
+ * rules between the nodes' own loopback addresses, and a restart of every node at once.
+ * Every fault has a heal; iptables rules are tagged and only ours are ever removed.
+ */
+import { execFileSync } from "node:child_process"
+import { readFileSync } from "node:fs"
+import { Effect } from "effect"
+import type * as LocalCluster from "../../src/services/LocalCluster.js"
+
+export const FAULTS = ["none", "kill", "pause", "partition", "restart-all", "mixed"] as const
+export type Fault = (typeof FAULTS)[number]
+
+const TAG = `phxmaria-torture-${process.pid}`
+
+type Rule = readonly [source: string, destination: string]
+const added: Array<Rule> = []
+
+const iptables = (op: "-I" | "-D", [s, d]: Rule) =>
+  execFileSync("iptables", ["-w", op, "INPUT", "-s", s, "-d", d, "-m", "comment", "--comment", TAG, "-j", "DROP"], { stdio: "pipe" })
+
+/** Whether partitions can be made here (iptables present and usable by us). */
+export const iptablesUsable = (): string | undefined => {
+  try {
+    execFileSync("iptables", ["-w", "-L", "INPUT", "-n"], { stdio: "pipe" })
+    return undefined
+  } catch (e) {
+    return `iptables cannot be used here: ${e instanceof Error ? e.message.split("\n")[0] : String(e)}`
+  }
+}
+
+/** Removes every rule this process added (also from the exit hook). */
+export const removeRules = () => {
+  while (added.length > 0) {
+    const rule = added.pop()!
+    try {
+      iptables("-D", rule)
+    } catch {
+      // already gone
+    }
+  }
+}
+process.on("exit", removeRules)
+
+/** Drops traffic between every node of `a` and every node of `b`, both ways. */
+const cut = (a: ReadonlyArray<LocalCluster.LocalNode>, b: ReadonlyArray<LocalCluster.LocalNode>) => {
+  for (const x of a) {
+    for (const y of b) {
+      for (const rule of [[x.host, y.host], [y.host, x.host]] as const) {
+        iptables("-I", rule)
+        added.push(rule)
+      }
+    }
+  }
+}
+
+const mariadbPid = (n: LocalCluster.LocalNode): number | undefined => {
+  try {
+    return Number(readFileSync(n.mariadb!.pidFile, "utf8").trim())
+  } catch {
+    return undefined
+  }
+}
+
+const signal = (pid: number | undefined, sig: NodeJS.Signals) => {
+  if (pid === undefined) return
+  try {
+    process.kill(pid, sig)
+  } catch {
+    // already gone
+  }
+}
+
+export interface Injected {
+  readonly description: string
+  /** Undoes the fault (restart what was killed, continue what was stopped, drop rules). */
+  readonly heal: Effect.Effect<void, unknown>
+}
+
+const pick = <A>(xs: ReadonlyArray<A>, random: () => number): A => xs[Math.floor(random() * xs.length)]!
+
+/** Injects one fault of `kind` ("mixed": any of them) on the cluster, given who is master now. */
+export const inject = (
+  kind: Exclude<Fault, "none">,
+  cluster: LocalCluster.LocalCluster,
+  master: LocalCluster.LocalNode | undefined,
+  random: () => number
+): Effect.Effect<Injected, unknown> =>
+  Effect.gen(function*() {
+    const nodes = cluster.nodes
+    const concrete = kind === "mixed" ? pick(["kill", "pause", "partition", "restart-all"] as const, random) : kind
+    const target = master !== undefined && random() < 0.7 ? master : pick(nodes, random)
+    switch (concrete) {
+      case "kill": {
+        if (random() < 0.5) {
+          signal(mariadbPid(target), "SIGKILL")
+          // The agent restarts its own mariadbd.
+          return { description: `SIGKILL mariadbd of node ${target.nodeId}`, heal: Effect.void }
+        }
+        yield* target.kill("SIGKILL")
+        return { description: `SIGKILL agent of node ${target.nodeId}`, heal: target.pid() === undefined ? target.start : Effect.void }
+      }
+      case "pause": {
+        const pids = [target.pid(), mariadbPid(target)]
+        for (const p of pids) signal(p, "SIGSTOP")
+        return {
+          description: `SIGSTOP agent and mariadbd of node ${target.nodeId}`,
+          heal: Effect.sync(() => {
+            for (const p of pids) signal(p, "SIGCONT")
+          })
+        }
+      }
+      case "partition": {
+        const others = nodes.filter((n) => n !== target)
+        if (random() < 0.5 || nodes.length < 5) {
+          cut([target], others)
+          return { description: `isolate node ${target.nodeId}`, heal: Effect.sync(removeRules) }
+        }
+        // A ring on 5 nodes: each node sees only its neighbours.
+        for (let i = 0; i < nodes.length; i++) {
+          const far = nodes.filter((_, j) => Math.abs(i - j) > 1 && Math.abs(i - j) < nodes.length - 1 && j > i)
+          cut([nodes[i]!], far)
+        }
+        return { description: "ring partition", heal: Effect.sync(removeRules) }
+      }
+      case "restart-all": {
+        yield* Effect.forEach(nodes, (n) => n.kill("SIGKILL"), { concurrency: "unbounded", discard: true })
+        return {
+          description: "SIGKILL every agent, then start them all",
+          heal: Effect.forEach(nodes, (n) => n.start, { concurrency: "unbounded", discard: true })
+        }
+      }
+    }
+  })
