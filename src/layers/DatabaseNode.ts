@@ -40,7 +40,9 @@ export const managedServerConfig = (port: number): Record<string, string | numbe
   max_binlog_size: "64M",
   max_allowed_packet: "64M",
   slave_max_allowed_packet: "1073741824",
-  max_connections: 1000
+  // Above the proxy's four listeners at their default bound (4 x 1000), with room for the
+  // agent's own logins: a full proxy never locks the capture client out.
+  max_connections: 4200
 })
 
 /** The replication password of this node (local to it: its capture client and its binlog server). */

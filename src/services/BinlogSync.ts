@@ -33,8 +33,6 @@ export interface BinlogSyncOptions {
   readonly maxBatchBytes?: number
   /** Binlog entries in flight at once; default 4. */
   readonly pipelineDepth?: number
-  /** Called after each ACK with the last acknowledged GTID. */
-  readonly onAcked?: (gtid: Gtid, count: number) => Effect.Effect<void>
 }
 
 const concat = (parts: ReadonlyArray<Uint8Array>): Uint8Array => {
@@ -65,6 +63,8 @@ export const run = (options: BinlogSyncOptions) =>
     let prev = options.startAfter
     /** First GTID of the entry last proposed again after a failure. */
     let retried: string | undefined
+    /** Entries to propose again, unchanged, before anything new (after a failure). */
+    const again: Array<ReadonlyArray<{ readonly txn: BinlogCapture.CapturedTxn; readonly events: Uint8Array }>> = []
     /** Captured, not yet in a proposal, in binlog order. */
     const pending: Array<{ readonly txn: BinlogCapture.CapturedTxn; readonly events: Uint8Array }> = []
     /** Proposals in flight, in binlog order; each one's prevGtid is the previous one's last GTID. */
@@ -80,13 +80,18 @@ export const run = (options: BinlogSyncOptions) =>
 
     /** Starts proposals while there is captured data and room in the pipeline. */
     const fill = Effect.gen(function*() {
-      while (inflight.length < depth && pending.length > 0) {
-        let n = 0
-        let bytes = 0
-        while (n < pending.length && n < maxTxns && (n === 0 || bytes + pending[n]!.events.length <= maxBytes)) {
-          bytes += pending[n++]!.events.length
+      while (inflight.length < depth && (again.length > 0 || pending.length > 0)) {
+        let source: ReadonlyArray<{ readonly txn: BinlogCapture.CapturedTxn; readonly events: Uint8Array }>
+        if (again.length > 0) {
+          source = again.shift()!
+        } else {
+          let n = 0
+          let bytes = 0
+          while (n < pending.length && n < maxTxns && (n === 0 || bytes + pending[n]!.events.length <= maxBytes)) {
+            bytes += pending[n++]!.events.length
+          }
+          source = pending.splice(0, n)
         }
-        const source = pending.splice(0, n)
         const before = inflight.length > 0 ? inflight[inflight.length - 1]!.source : undefined
         const prevGtid = before !== undefined ? before[before.length - 1]!.txn.gtid : prev
         const txns: Array<BinlogTxn> = source.map((p) => ({ gtid: p.txn.gtid, events: p.events }))
@@ -99,7 +104,7 @@ export const run = (options: BinlogSyncOptions) =>
 
     const step = Effect.gen(function*() {
       if (inflight.length === 0) {
-        if (pending.length === 0) yield* take(1)
+        if (pending.length === 0 && again.length === 0) yield* take(1)
         return yield* fill
       }
       // Whichever comes first: the oldest proposal's outcome, or more transactions to propose.
@@ -114,7 +119,6 @@ export const run = (options: BinlogSyncOptions) =>
         const last = head.source[head.source.length - 1]!.txn
         yield* capture.ack(last.file, last.endPos)
         prev = last.gtid
-        if (options.onAcked !== undefined) yield* options.onAcked(last.gtid, head.source.length)
         return yield* fill
       }
       if (Exit.isSuccess(done.exit) && done.exit.value._tag === "Rejected") {
@@ -132,7 +136,9 @@ export const run = (options: BinlogSyncOptions) =>
       // in order. A retry of an entry that was chosen after all is recognised as already
       // accepted, so nothing is applied twice and nothing unaccepted is ACKed.
       yield* Effect.forEach(inflight, (p) => Fiber.await(p.fiber), { discard: true })
-      pending.unshift(...head.source, ...inflight.flatMap((p) => p.source))
+      // The same entries as before: one that was chosen after all is then recognised as
+      // already accepted (a merged entry would straddle lastGtid and be rejected).
+      again.push(head.source, ...inflight.map((p) => p.source))
       inflight.length = 0
       yield* Effect.sleep("50 millis")
       yield* fill

@@ -120,7 +120,14 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
               for (const t of entry.txns) {
                 // Readable from `pending` until LMDB has committed the put.
                 pending.set(t.gtid.seq, t)
-                void txns.put(t.gtid.seq, t).then(() => pending.delete(t.gtid.seq), () => undefined)
+                void txns.put(t.gtid.seq, t).then(
+                  () => pending.delete(t.gtid.seq),
+                  // A gap here would look like divergence after a restart: stop loudly instead.
+                  (e) => {
+                    console.error(`phxmaria: cannot store transaction ${t.gtid.seq}: ${String(e)}`)
+                    process.exit(70)
+                  }
+                )
               }
             }
             state = next
@@ -141,7 +148,8 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
       )
     )
   })
-  yield* Effect.forkScoped(applier)
+  // The node cannot serve without applying the log: a dead applier is logged, never silent.
+  yield* Effect.forkScoped(applier.pipe(Effect.tapCause((cause) => Effect.logError("the cluster state stopped applying the log", cause))))
 
   const propose = (entry: ClusterEntry): Effect.Effect<Outcome, ProposeError> =>
     Effect.gen(function*() {

@@ -111,7 +111,7 @@ const READY_TIMEOUT_MS = 60_000
 
 /** SIGKILLs the node's mariadbd if it outlived its agent (the agent was SIGKILLed). */
 export const killOrphanMariaDb = (node: LocalNode): Effect.Effect<void> =>
-  node.mariadb === undefined ? Effect.void : killStaleServer(node.mariadb.pidFile, join(dirname(node.mariadb.pidFile), "my.cnf"))
+  node.mariadb === undefined ? Effect.void : killStaleServer(join(dirname(node.mariadb.pidFile), "my.cnf"))
 
 export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
   const hostOf = (nodeId: number) => options.host === "per-node" ? `127.0.0.${10 + nodeId}` : options.host ?? "127.0.0.1"

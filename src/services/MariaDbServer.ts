@@ -585,30 +585,39 @@ const poolQuery = (pool: mysql.Pool, timeout: Duration.Input) =>
 // ---------------------------------------------------------------------------
 
 /**
- * SIGKILLs a mariadbd left running from `pidFile` (its agent was SIGKILLed and could not
- * stop it) and waits until it is gone; only a process whose command line names
- * `configFile`, so a reused pid is never touched. Killing, not adopting: its un-ACKed
- * commits must be truncated by a crash restart.
+ * SIGKILLs every mariadbd running on `configFile` and waits until they are gone: one left
+ * by an agent that was SIGKILLed (even before it wrote its pid file). Only processes whose
+ * command line names `configFile`, so nothing else is touched. Killing, not adopting: its
+ * un-ACKed commits must be truncated by a crash restart.
  */
-export const killStaleServer = (pidFile: string, configFile: string): Effect.Effect<void> =>
+export const killStaleServer = (configFile: string): Effect.Effect<void> =>
   Effect.gen(function*() {
-    let pid: number
-    let cmdline: string
+    const stale: Array<number> = []
+    let entries: Array<string> = []
     try {
-      pid = Number(fs.readFileSync(pidFile, "utf8").trim())
-      cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8")
+      entries = fs.readdirSync("/proc").filter((e) => /^\d+$/.test(e))
     } catch {
       return
     }
-    if (!Number.isInteger(pid) || pid <= 1 || !cmdline.includes("mariadbd") || !cmdline.includes(configFile)) return
-    const alive = () => fs.existsSync(`/proc/${pid}`) && !/^State:\s+Z/m.test(readProcStatus(pid))
-    yield* Effect.logWarning(`killing mariadbd pid ${pid} left running on ${configFile}`)
-    try {
-      process.kill(pid, "SIGKILL")
-    } catch {
-      return
+    for (const e of entries) {
+      try {
+        const cmdline = fs.readFileSync(`/proc/${e}/cmdline`, "utf8")
+        if (cmdline.includes("mariadbd") && cmdline.includes(configFile)) stale.push(Number(e))
+      } catch {
+        // gone meanwhile
+      }
     }
-    yield* Effect.sync(alive).pipe(
+    if (stale.length === 0) return
+    const alive = (pid: number) => fs.existsSync(`/proc/${pid}`) && !/^State:\s+Z/m.test(readProcStatus(pid))
+    yield* Effect.logWarning(`killing mariadbd pid ${stale.join(", ")} left running on ${configFile}`)
+    for (const pid of stale) {
+      try {
+        process.kill(pid, "SIGKILL")
+      } catch {
+        // already gone
+      }
+    }
+    yield* Effect.sync(() => stale.some(alive)).pipe(
       Effect.repeat({ schedule: Schedule.spaced("20 millis"), until: (a) => !a }),
       Effect.timeoutOption(EXIT_TIMEOUT)
     )
@@ -663,7 +672,8 @@ export const makeManaged = (options: ManagedOptions): Effect.Effect<ManagedMaria
           if (proc !== undefined && proc.exit === undefined && proc.answered) return
           const logOffset = fileSize(l.errorLog)
           if (proc === undefined || proc.exit !== undefined) {
-            if (proc === undefined) yield* killStaleServer(l.pidFile, l.configFile)
+            // Our own child has exited (or there is none yet): any server on this config is stale.
+            yield* killStaleServer(l.configFile)
             yield* prepareDir(l)
             yield* writeConfig(l, port, serverId, extra)
             yield* installIfNeeded(installDbBin, l)

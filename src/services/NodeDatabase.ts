@@ -186,6 +186,16 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     generation = yield* db.generation
   })
 
+  /** Ends every client session (not the agent's own logins, not replication threads). */
+  const killClientSessions = Effect.gen(function*() {
+    const rows = yield* q(
+      "SELECT ID AS id FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() " +
+        `AND USER NOT IN ('system user', 'event_scheduler', ${sqlString(options.replication.user)}, ${sqlString(db.user)}) ` +
+        "AND COMMAND NOT IN ('Binlog Dump', 'Daemon')"
+    )
+    for (const r of rows) yield* q(`KILL CONNECTION ${Number(r["id"])}`).pipe(Effect.ignore)
+  })
+
   /** Commits waiting for a semi-sync ACK on this server. */
   const waitingCommits = Effect.map(
     q("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'"),
@@ -289,6 +299,9 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       startAfter
     })
     const fiber = yield* Effect.forkChild(sync)
+    // Sessions opened while this was a replica keep its server_id, under which a replica
+    // would later skip their transactions: none of them may write here.
+    yield* killClientSessions
     yield* q("SET GLOBAL read_only = OFF")
     yield* proxy.refuseRw(false)
     yield* setRole("master")
@@ -302,6 +315,9 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     masterScope = undefined
     masterFiber = undefined
     if (scope !== undefined) yield* Scope.close(scope, Exit.void)
+    // An interrupted promotion may have opened RW between the first fence and here.
+    yield* proxy.refuseRw(true)
+    yield* proxy.closeAllRw
   })
 
   const stepDown = (why: string) =>
@@ -367,7 +383,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
         up = (yield* q("SELECT 1").pipe(Effect.timeout("1 second"), Effect.result))._tag === "Success"
         // Anything that failed half-way is redone from a clean comparison.
         if (role === "master" || role === "promoting") yield* stepDown("database step failed").pipe(Effect.ignore)
-        else if (role !== "diverged") yield* setRole("starting")
+        if (role !== "diverged" && role !== "replica") yield* setRole("starting")
       })
     ),
     Effect.repeat(Schedule.spaced(`${tickMs} millis`)),
