@@ -59,3 +59,14 @@ describe("node database helpers", () => {
     expect(splitEvents(joined.subarray(0, 50)).map((e) => e.length)).toEqual([25])
   })
 })
+
+describe("lease length from the master record", () => {
+  it("a node configured with a shorter lease still waits out the holder's longer one", () => {
+    const short = defaultLeaseConfig(2, 1_000)
+    const [state] = applyEntry(initialClusterState([1, 2, 3]), { _tag: "MasterLease", node: 1, basedOnVersion: 0, leaseMs: 5_000, proposalId: 1 })
+    const v = onState(short, initialLeaseView(initialClusterState([1, 2, 3]), 0), state, 100)
+    expect(decide(short, v, 1_200, true, 0)._tag).toBe("None")
+    expect(decide(short, v, 5_050, true, 0)._tag).toBe("None")
+    expect(decide(short, v, 5_101, true, 0)).toEqual({ _tag: "Propose", basedOnVersion: 1 })
+  })
+})

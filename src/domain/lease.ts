@@ -39,6 +39,8 @@ export interface LeaseView {
   readonly proposing: { readonly basedOnVersion: number; readonly sentAt: number; readonly proposalId: number } | undefined
   /** Earliest time of the next renewal proposal. */
   readonly nextRenewAt: number
+  /** The lease length in that master record: a holder configured longer than us is waited out in full. */
+  readonly recordLeaseMs: number
 }
 
 /** A node starting with `state` from disk counts any lease in it as just learned. */
@@ -48,16 +50,21 @@ export const initialLeaseView = (state: ClusterStateData, now: number): LeaseVie
   learnedAt: now,
   heldFrom: undefined,
   proposing: undefined,
-  nextRenewAt: now
+  nextRenewAt: now,
+  recordLeaseMs: state.leaseMs
 })
 
 /** Whether this node holds the lease now, in its own count. */
 export const holdsLease = (c: LeaseConfig, v: LeaseView, now: number): boolean =>
   v.master === c.nodeId && v.heldFrom !== undefined && now < v.heldFrom + c.leaseMs - c.marginMs
 
-/** When the current lease lapses in this node's view (no master: already). */
+/**
+ * When the current lease lapses in this node's view (no master: already). The longer of our
+ * own lease and the one in the record counts, so nodes with different settings (a rolling
+ * config change) never cut a holder's lease short.
+ */
 export const lapsesAt = (c: LeaseConfig, v: LeaseView): number =>
-  v.master === null ? -Infinity : v.learnedAt + c.leaseMs
+  v.master === null ? -Infinity : v.learnedAt + Math.max(c.leaseMs, v.recordLeaseMs)
 
 /** Lease time the holder has left, in its own count (0 when it does not hold it). */
 export const remainingMs = (c: LeaseConfig, v: LeaseView, now: number): number =>
@@ -71,6 +78,7 @@ export const onState = (c: LeaseConfig, v: LeaseView, state: ClusterStateData, n
     master: state.master,
     masterVersion: state.masterVersion,
     learnedAt: now,
+    recordLeaseMs: state.leaseMs,
     // Another node's lease ends ours at once; our own renewal keeps heldFrom until its outcome.
     heldFrom: state.master === c.nodeId ? v.heldFrom : undefined
   }
