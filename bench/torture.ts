@@ -16,8 +16,7 @@ import { join } from "node:path"
 import mysql from "mysql2/promise"
 import type { Op } from "../src/domain/history.js"
 import * as LocalCluster from "../src/services/LocalCluster.js"
-import { fetchStatus } from "../src/services/StatusClient.js"
-import { adminQuery } from "../test/support/dbCluster.js"
+import { adminQuery, servingMaster, statuses } from "../test/support/dbCluster.js"
 import { type Fault, FAULTS, inject, type Injected, iptablesUsable, removeRules } from "./torture/faults.js"
 import { now, PASSWORD, USER, type WorkloadName, WORKLOADS, workloads } from "./torture/workloads.js"
 
@@ -45,15 +44,6 @@ const prng = (seed: number) => () => {
   t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
   return ((t ^ (t >>> 14)) >>> 0) / 4294967296
 }
-
-const statuses = (c: LocalCluster.LocalCluster) =>
-  Effect.forEach(c.nodes, (n) => fetchStatus(`${n.host}:${n.adminPort}`, 1_000), { concurrency: "unbounded" })
-
-const servingMaster = (c: LocalCluster.LocalCluster) =>
-  Effect.map(statuses(c), (ss) => {
-    const masters = ss.filter((s) => !("error" in s) && s.database?.role === "master")
-    return masters.length === 1 && !("error" in masters[0]!) ? c.nodes[masters[0]!.nodeId - 1] : undefined
-  })
 
 /** Every node up, one master serving, every replica caught up. */
 const recovered = (c: LocalCluster.LocalCluster) =>

@@ -157,6 +157,10 @@ describe("the whole node: managed MariaDB, Paxos-replicated commits, proxy", () 
       const s = yield* statusOf(replica)
       if (!("error" in s) && s.proxy?.routes.ro.startsWith("local")) console.error(replica.output().split("\n").filter((l) => /ERROR|routes|role/.test(l)).join("\n"))
       if (!("error" in s)) expect([s.database?.role, s.proxy?.routes.ro]).not.toEqual([s.database?.role, expect.stringMatching(/^local/)])
+      // Nor does any other node send its RO clients there.
+      const divergedRo = `forward ${replica.host}:${replica.forwardRoPort}`
+      yield* LocalCluster.waitFor("the other nodes to stop routing RO to the diverged node", Effect.map(statuses(c), (ss) =>
+        ss.every((x) => "error" in x || x.nodeId === replica.nodeId || x.proxy?.routes.ro !== divergedRo)), 10_000)
       const ro = yield* connect(replica.roPort!)
       const [row] = yield* run<{ n: number }>(ro, `SELECT COUNT(*) AS n FROM ${TABLE} WHERE id = 999`)
       expect(Number(row!.n)).toBe(0)

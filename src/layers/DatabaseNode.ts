@@ -17,6 +17,7 @@ import * as MariaDbServer from "../services/MariaDbServer.js"
 import { MasterLease } from "../services/MasterLease.js"
 import * as NodeDatabase from "../services/NodeDatabase.js"
 import { PaxosLog } from "../services/PaxosLog.js"
+import { fetchStatus } from "../services/StatusClient.js"
 import * as Proxy from "../services/Proxy.js"
 import * as Routing from "../services/Routing.js"
 import type { NodeConfig } from "./NodeConfig.js"
@@ -139,12 +140,28 @@ export const runDatabaseNode = (config: NodeConfig) =>
     const log = yield* PaxosLog
     let database: NodeDatabase.NodeDatabaseShape | undefined
 
+    /**
+     * Peers whose database serves reads (a replica, not diverged, not calibrating), from
+     * their own /status every second: RO is never sent to a node that would refuse it.
+     */
+    let peersServingReads = new Set<number>()
+    const peers = config.members.filter((m) => m.nodeId !== config.nodeId)
+    yield* Effect.forEach(peers, (m) => fetchStatus(`${m.host}:${m.adminPort}`, 500), { concurrency: "unbounded" }).pipe(
+      Effect.map((ss) => {
+        peersServingReads = new Set(ss.flatMap((st, i) =>
+          !("error" in st) && st.database?.role === "replica" && st.database.diverged === null ? [peers[i]!.nodeId] : []
+        ))
+      }),
+      Effect.repeat(Schedule.spaced("1 second")),
+      Effect.forkScoped
+    )
+
     /** Routes from what this node knows now (DESIGN.md section 7). */
     const refreshRoutes = Effect.gen(function*() {
       if (database === undefined) return
       const [l, paxos, serving, dbStatus] = [yield* lease.status, yield* log.status, yield* database.serving, yield* database.status]
       const master = serving ? config.nodeId : l.master === config.nodeId ? null : l.master
-      const readable = new Set<number>(paxos.reachable)
+      const readable = new Set<number>(paxos.reachable.filter((id) => peersServingReads.has(id)))
       if (dbStatus.role === "replica") readable.add(config.nodeId)
       else readable.delete(config.nodeId)
       const routes = routesFor({
