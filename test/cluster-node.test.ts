@@ -65,7 +65,10 @@ describe("the whole node: managed MariaDB, Paxos-replicated commits, proxy", () 
         expect(Number(row!.n)).toBe(id)
       }
       yield* expectConsistent(c, Array.from({ length: id }, (_, i) => i + 1))
-      // The RO port of a replica serves its own data; of the master, a replica's.
+      // The RO port of a replica serves its own data; of the master, a replica's (once the
+      // master has seen its peers serve reads).
+      yield* LocalCluster.waitFor("RO routes to replicas", Effect.map(statuses(c), (ss) =>
+        ss.every((x) => !("error" in x) && (x.database?.role === "master") !== (x.proxy?.routes.ro.startsWith("local") ?? false))), 10_000)
       for (const n of c.nodes) {
         const ro = yield* connect(n.roPort!)
         const [row] = yield* run<{ n: number; server: number }>(ro, `SELECT COUNT(*) AS n, @@server_id AS server FROM ${TABLE}`)

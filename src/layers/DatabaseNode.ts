@@ -142,7 +142,7 @@ export const runDatabaseNode = (config: NodeConfig) =>
 
     /**
      * Peers whose database serves reads (a replica, not diverged, not calibrating), from
-     * their own /status every second: RO is never sent to a node that would refuse it.
+     * their own /status twice a second: RO is never sent to a node that would refuse it.
      */
     let peersServingReads = new Set<number>()
     const peers = config.members.filter((m) => m.nodeId !== config.nodeId)
@@ -152,7 +152,7 @@ export const runDatabaseNode = (config: NodeConfig) =>
           !("error" in st) && st.database?.role === "replica" && st.database.diverged === null ? [peers[i]!.nodeId] : []
         ))
       }),
-      Effect.repeat(Schedule.spaced("1 second")),
+      Effect.repeat(Schedule.spaced("500 millis")),
       Effect.forkScoped
     )
 
