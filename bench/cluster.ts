@@ -8,40 +8,19 @@
  *  "vsAlone":N,"clusterP95Ms":N,"agentRssMb":N}. Env: BENCH_SECONDS (default 20).
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Data, Effect } from "effect"
-import { execFile } from "node:child_process"
+import { Effect } from "effect"
 import { readFileSync } from "node:fs"
 import * as LocalCluster from "../src/services/LocalCluster.js"
 import { APP_PASSWORD, APP_USER, connect, createAppUser, run as sql, waitForMaster } from "../test/support/dbCluster.js"
 import { MariaDbInstance, type MariaDbInstanceInfo } from "../test/support/MariaDbInstance.js"
 import { createReplicationUser, replicaConfig, semiSyncMasterConfig, startReplication, waitForReplica } from "../test/support/replication.js"
+import { sysbench as runSysbench } from "./support/sysbench.js"
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 20)
 
-class BenchError extends Data.TaggedError("BenchError")<{ readonly message: string }> {}
-
-const run = (cmd: string, args: ReadonlyArray<string>) =>
-  Effect.callback<string, BenchError>((resume) => {
-    execFile(cmd, [...args], { maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) =>
-      resume(error === null ? Effect.succeed(stdout) : Effect.fail(new BenchError({ message: `${cmd} failed: ${stderr || error.message}` }))))
-  })
-
 // Every target gets the same user, so the sysbench command lines differ only in the port.
 const sysbench = (port: number, threads: number, extra: ReadonlyArray<string>) =>
-  run("sysbench", [
-    "oltp_write_only",
-    "--db-driver=mysql",
-    "--mysql-host=127.0.0.1",
-    `--mysql-port=${port}`,
-    `--mysql-user=${APP_USER}`,
-    `--mysql-password=${APP_PASSWORD}`,
-    "--mysql-db=sbtest",
-    "--mysql-ssl=off",
-    "--tables=4",
-    "--table-size=10000",
-    `--threads=${threads}`,
-    ...extra
-  ])
+  runSysbench({ test: "oltp_write_only", port, user: APP_USER, password: APP_PASSWORD, threads, extra })
 
 /** Prepares the tables, then one timed run: transactions per second and p95 latency (ms). */
 const measure = (name: string, port: number) =>

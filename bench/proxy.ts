@@ -7,8 +7,8 @@
  *  "vsHaproxy":N,"proxyP99Ms":N,"singleConnAddedUs":N}. Env: BENCH_SECONDS (default 20).
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Data, Effect } from "effect"
-import { execFile, spawn } from "node:child_process"
+import { Effect } from "effect"
+import { spawn } from "node:child_process"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -16,35 +16,15 @@ import { freePort } from "../src/services/LocalCluster.js"
 import * as Proxy from "../src/services/Proxy.js"
 import * as Routing from "../src/services/Routing.js"
 import { MariaDbInstance } from "../test/support/MariaDbInstance.js"
+import { sysbench as runSysbench } from "./support/sysbench.js"
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 20)
 const CONNECTIONS = 64
 const USER = "sbtest"
 const PASSWORD = "sbtest-pw"
 
-class BenchError extends Data.TaggedError("BenchError")<{ readonly message: string }> {}
-
-const run = (cmd: string, args: ReadonlyArray<string>) =>
-  Effect.callback<string, BenchError>((resume) => {
-    execFile(cmd, [...args], { maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) =>
-      resume(error === null ? Effect.succeed(stdout) : Effect.fail(new BenchError({ message: `${cmd} failed: ${stderr || error.message}` }))))
-  })
-
 const sysbench = (port: number, threads: number, extra: ReadonlyArray<string>) =>
-  run("sysbench", [
-    "oltp_point_select",
-    "--db-driver=mysql",
-    "--mysql-host=127.0.0.1",
-    `--mysql-port=${port}`,
-    `--mysql-user=${USER}`,
-    `--mysql-password=${PASSWORD}`,
-    "--mysql-db=sbtest",
-    "--mysql-ssl=off",
-    "--tables=4",
-    "--table-size=10000",
-    `--threads=${threads}`,
-    ...extra
-  ])
+  runSysbench({ test: "oltp_point_select", port, user: USER, password: PASSWORD, threads, extra })
 
 /** QPS and the reported latency percentile (ms) of one sysbench run. */
 const measure = (port: number, threads: number, percentile: number) =>

@@ -9,6 +9,7 @@
 import { Data, Effect, Exit, Fiber, Queue, Stream } from "effect"
 import type { BinlogTxn, Outcome, RejectReason } from "../domain/cluster.js"
 import type { ProposeError } from "../domain/errors.js"
+import { concatBytes } from "../domain/mysql/packet.js"
 import { formatGtid, type Gtid } from "../domain/gtid.js"
 import * as BinlogCapture from "./BinlogCapture.js"
 import { ClusterState } from "./ClusterState.js"
@@ -35,17 +36,6 @@ export interface BinlogSyncOptions {
   readonly pipelineDepth?: number
 }
 
-const concat = (parts: ReadonlyArray<Uint8Array>): Uint8Array => {
-  let size = 0
-  for (const p of parts) size += p.length
-  const out = new Uint8Array(size)
-  let at = 0
-  for (const p of parts) {
-    out.set(p, at)
-    at += p.length
-  }
-  return out
-}
 
 /** Runs until interrupted (step-down) or until the cluster rejects an entry, or capture fails for good. */
 export const run = (options: BinlogSyncOptions) =>
@@ -75,7 +65,7 @@ export const run = (options: BinlogSyncOptions) =>
     }> = []
     const take = (min: number) =>
       Effect.map(Queue.takeBetween(queue, min, maxTxns), (more) => {
-        for (const txn of more) pending.push({ txn, events: concat(txn.events) })
+        for (const txn of more) pending.push({ txn, events: concatBytes(txn.events) })
       })
 
     /** Starts proposals while there is captured data and room in the pipeline. */

@@ -376,7 +376,7 @@ export const encodePacketSequence = (
     framed.push(f.bytes)
     total += f.bytes.length
   }
-  return { bytes: concat(framed, total), nextSequenceId: seq }
+  return { bytes: concatBytes(framed, total), nextSequenceId: seq }
 }
 
 export interface PacketDecoderOptions {
@@ -434,7 +434,7 @@ export class PacketDecoder {
       this.parts.push(body)
       this.partsLength += length
       if (length === MAX_PACKET_PAYLOAD) continue
-      out.push({ sequenceId: this.firstSeq, nextSequenceId: (seq + 1) & 0xff, payload: concat(this.parts, this.partsLength) })
+      out.push({ sequenceId: this.firstSeq, nextSequenceId: (seq + 1) & 0xff, payload: concatBytes(this.parts, this.partsLength) })
       this.parts = []
       this.partsLength = 0
       this.firstSeq = -1
@@ -491,7 +491,8 @@ export class PacketDecoder {
   }
 }
 
-const concat = (parts: ReadonlyArray<Uint8Array>, length: number): Uint8Array => {
+/** The parts as one array (the part itself when there is one); `length` is their total, if known. */
+export const concatBytes = (parts: ReadonlyArray<Uint8Array>, length = parts.reduce((n, p) => n + p.length, 0)): Uint8Array => {
   if (parts.length === 1) return parts[0]!
   const out = new Uint8Array(length)
   let o = 0
