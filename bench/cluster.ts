@@ -1,38 +1,63 @@
 /**
  * Cluster benchmark: sysbench oltp_write_only (4 tables x 10000 rows, 8 threads) against
  * (a) one lone mariadbd, (b) native lossless semi-sync (a master waiting AFTER_SYNC for
- * one ACK of two replicas) and (c) a 3-node cluster through the master node's RW port.
+ * one ACK of two replicas) and (c) a 3-node cluster through the master node's RW port;
+ * before that, on each, one connection doing autocommit single-row INSERTs (commit latency).
  * The three run one after another, each torn down before the next (a 2-core machine).
  * Prints one JSON line:
  * {"bench":"cluster","aloneTps":N,"semisyncTps":N,"clusterTps":N,"vsSemisync":N,
- *  "vsAlone":N,"clusterP95Ms":N,"agentRssMb":N}. Env: BENCH_SECONDS (default 20).
+ *  "vsAlone":N,"clusterP95Ms":N,"agentRssMb":N,"aloneCommitP50Ms":N,"semisyncCommitP50Ms":N,
+ *  "clusterCommitP50Ms":N,"idleCpuPct":N,"agentCpuUsPerTxn":N,"mariadbDurability":S}
+ * idleCpuPct: the busiest agent's CPU (percent of one core) over 10 s idle after setup;
+ * agentCpuUsPerTxn: the busiest agent's CPU microseconds per transaction of the 8-thread run;
+ * agentRssMb: the master agent's RSS after the run; mariadbDurability: the cluster's MariaDB
+ * sync_binlog / innodb_flush_log_at_trx_commit ("full" when both are 1).
+ * Env: BENCH_SECONDS (sysbench run, default 20), BENCH_COMMIT_SECONDS (default 10),
+ * BENCH_IDLE_SECONDS (default 10), BENCH_ONLY=cluster (skip the two baselines),
+ * BENCH_AGENT_NODE_ARGS (extra node arguments for the agents, e.g. "--cpu-prof --cpu-prof-dir=DIR").
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
-import { readFileSync } from "node:fs"
 import * as LocalCluster from "../src/services/LocalCluster.js"
-import { APP_PASSWORD, APP_USER, connect, createAppUser, run as sql, waitForMaster } from "../test/support/dbCluster.js"
+import { adminQuery, APP_PASSWORD, APP_USER, connect, createAppUser, run as sql, statusOf, waitForMaster } from "../test/support/dbCluster.js"
 import { MariaDbInstance, type MariaDbInstanceInfo } from "../test/support/MariaDbInstance.js"
 import { createReplicationUser, replicaConfig, semiSyncMasterConfig, startReplication, waitForReplica } from "../test/support/replication.js"
+import { commitProbe } from "./support/commitProbe.js"
+import { cpuSampler, rssMb } from "./support/proc.js"
 import { sysbench as runSysbench } from "./support/sysbench.js"
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 20)
+const commitSeconds = Number(process.env.BENCH_COMMIT_SECONDS ?? 10)
+const idleSeconds = Number(process.env.BENCH_IDLE_SECONDS ?? 10)
+const only = process.env.BENCH_ONLY
 
 // Every target gets the same user, so the sysbench command lines differ only in the port.
 const sysbench = (port: number, threads: number, extra: ReadonlyArray<string>) =>
   runSysbench({ test: "oltp_write_only", port, user: APP_USER, password: APP_PASSWORD, threads, extra })
 
-/** Prepares the tables, then one timed run: transactions per second and p95 latency (ms). */
-const measure = (name: string, port: number) =>
+/**
+ * Commit latency first (one connection), then the tables and one timed sysbench run:
+ * transactions per second, p95 latency (ms), and what `during` measured over the run.
+ */
+const measure = <A>(name: string, port: number, during: () => () => A, report: Effect.Effect<void> = Effect.void) =>
   Effect.gen(function*() {
+    const probe = yield* commitProbe({ port, user: APP_USER, password: APP_PASSWORD, seconds: commitSeconds })
+    process.stderr.write(`${name}: one connection, ${probe.commits} commits, p50 ${probe.p50Ms.toFixed(2)} ms, p99 ${probe.p99Ms.toFixed(2)} ms\n`)
+    yield* report
     yield* sysbench(port, 4, ["prepare"])
+    const stop = during()
     const out = yield* sysbench(port, 8, [`--time=${seconds}`, "--percentile=95", "--report-interval=0", "run"])
+    const measured = stop()
+    yield* report
     const tps = Number(/transactions:\s+\d+\s+\(([\d.]+) per sec/.exec(out)?.[1] ?? NaN)
+    const txns = Number(/transactions:\s+(\d+)/.exec(out)?.[1] ?? NaN)
     const p95 = Number(/95th percentile:\s+([\d.]+)/.exec(out)?.[1] ?? NaN)
     const errors = /ignored errors:\s+(\d+)/.exec(out)?.[1] ?? "?"
     process.stderr.write(`${name}: ${tps} tps, p95 ${p95} ms, ignored errors ${errors}\n`)
-    return { tps, p95 }
+    return { tps, txns, p95, commitP50Ms: probe.p50Ms, measured }
   })
+
+const nothing = () => () => undefined
 
 /** The sysbench user and database on a plain mariadbd (over its socket, as root). */
 const setupSbtest = (db: MariaDbInstanceInfo) =>
@@ -45,7 +70,7 @@ const setupSbtest = (db: MariaDbInstanceInfo) =>
 const alone = Effect.gen(function*() {
   const db = yield* MariaDbInstance.make({ serverId: 1 })
   yield* setupSbtest(db)
-  return yield* measure("alone", db.port)
+  return yield* measure("alone", db.port, nothing)
 })
 
 const semisync = Effect.gen(function*() {
@@ -64,26 +89,51 @@ const semisync = Effect.gen(function*() {
     30_000
   )
   yield* setupSbtest(master)
-  return yield* measure("semisync", master.port)
+  return yield* measure("semisync", master.port, nothing)
 })
 
 const cluster = Effect.gen(function*() {
-  const c = yield* LocalCluster.make({ nodes: 3, database: true })
+  const nodeArgs = process.env.BENCH_AGENT_NODE_ARGS?.split(" ").filter((a) => a !== "")
+  const c = yield* LocalCluster.make({ nodes: 3, database: true, ...(nodeArgs !== undefined ? { nodeArgs } : {}) })
   const master = yield* waitForMaster(c, "a first master")
   yield* createAppUser(master)
   // Everything sysbench sees goes through the RW port, the database too.
   yield* Effect.scoped(Effect.flatMap(connect(master.rwPort!), (conn) => sql(conn, "CREATE DATABASE sbtest")))
-  const r = yield* measure("cluster", master.rwPort!)
-  const vmRss = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${master.pid()}/status`, "utf8"))?.[1]
+  const agents = c.nodes.map((n) => n.pid()!)
+  const idle = cpuSampler(agents)
+  yield* Effect.sleep(`${idleSeconds} seconds`)
+  const idleCpu = idle()
+  process.stderr.write(`cluster: idle agents' CPU ${idleCpu.pct.map((p) => `${p.toFixed(2)}%`).join(", ")}\n`)
+  const [durability] = yield* adminQuery<{ sb: unknown; fl: unknown }>(master, "SELECT @@sync_binlog AS sb, @@innodb_flush_log_at_trx_commit AS fl")
+  // Where the master's commits spent their time (cumulative), from its /status.
+  const report = Effect.flatMap(statusOf(master), (s) =>
+    Effect.sync(() => {
+      if ("error" in s || s.commitPath === undefined) return
+      const stages = Object.entries(s.commitPath.stages).map(([k, v]) => `${k} p50 ${v.p50Ms} p99 ${v.p99Ms}`).join(", ")
+      process.stderr.write(`cluster: commit path (ms): ${stages}; ${s.commitPath.txnsPerEntry} txns/entry\n`)
+    }))
+  const r = yield* measure("cluster", master.rwPort!, () => cpuSampler(agents), report)
+  const rss = rssMb(master.pid()!)
+  process.stderr.write(`cluster: agents' CPU during the run ${r.measured.pct.map((p) => `${p.toFixed(1)}%`).join(", ")}\n`)
   // The run must not have moved the master: the figure would not be one steady cluster's.
   const after = yield* waitForMaster(c, "the master after the run")
   if (after.nodeId !== master.nodeId) process.stderr.write(`warning: master moved from node ${master.nodeId} to ${after.nodeId} during the run\n`)
-  return { ...r, rssMb: Number(vmRss) / 1024 }
+  const sb = Number(durability?.sb)
+  const fl = Number(durability?.fl)
+  return {
+    ...r,
+    rssMb: rss,
+    idleCpuPct: Math.max(...idleCpu.pct),
+    agentCpuUsPerTxn: Math.max(...r.measured.usedUs) / r.txns,
+    mariadbDurability: sb === 1 && fl === 1 ? "full" : `relaxed(sync_binlog=${sb},innodb_flush_log_at_trx_commit=${fl})`
+  }
 })
 
+const skipped = { tps: NaN, txns: NaN, p95: NaN, commitP50Ms: NaN, measured: undefined }
+
 const program = Effect.gen(function*() {
-  const a = yield* Effect.scoped(alone)
-  const s = yield* Effect.scoped(semisync)
+  const a = only === "cluster" ? skipped : yield* Effect.scoped(alone)
+  const s = only === "cluster" ? skipped : yield* Effect.scoped(semisync)
   const c = yield* Effect.scoped(cluster)
   const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d
   console.log(JSON.stringify({
@@ -94,7 +144,13 @@ const program = Effect.gen(function*() {
     vsSemisync: round(c.tps / s.tps, 3),
     vsAlone: round(c.tps / a.tps, 3),
     clusterP95Ms: c.p95,
-    agentRssMb: round(c.rssMb, 1)
+    agentRssMb: round(c.rssMb, 1),
+    aloneCommitP50Ms: round(a.commitP50Ms),
+    semisyncCommitP50Ms: round(s.commitP50Ms),
+    clusterCommitP50Ms: round(c.commitP50Ms),
+    idleCpuPct: round(c.idleCpuPct),
+    agentCpuUsPerTxn: Math.round(c.agentCpuUsPerTxn),
+    mariadbDurability: c.mariadbDurability
   }))
 })
 

@@ -30,7 +30,12 @@ const node = Command.make("node", { config: configFlag }, ({ config }) =>
       const log = yield* PaxosLog
       const database = cfg.mariadb === undefined ? undefined : yield* runDatabaseNode(cfg)
       const status = yield* nodeStatus(cfg, database?.status)
-      const admin = yield* Admin.serve({ host: self.host, port: self.adminPort, status })
+      const admin = yield* Admin.serve({
+        host: self.host,
+        port: self.adminPort,
+        status,
+        ...(database === undefined ? {} : { replica: database.replicaHealth })
+      })
       // One line on stdout that tools (tests, bench, demo) wait for.
       yield* Console.log(JSON.stringify({
         event: "ready",

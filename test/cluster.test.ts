@@ -1,6 +1,9 @@
 import { describe, expect, it } from "@effect/vitest"
+import { Result, Schema } from "effect"
+import { Packr } from "msgpackr"
 import {
   applyEntry,
+  ClusterEntry as ClusterEntrySchema,
   applyValue,
   type BinlogTxn,
   type ClusterEntry,
@@ -124,6 +127,68 @@ describe("cluster state machine", () => {
     }
     return out
   }
+
+  it("decodes Binlog entries by hand exactly as the schema does, also mangled ones (seeded)", () => {
+    const packr = new Packr({ useRecords: false, moreTypes: false, structuredClone: false, mapsAsObjects: true })
+    const bySchema = Schema.decodeUnknownResult(ClusterEntrySchema)
+    const rng = new Rng(7)
+    const pick = <A>(xs: ReadonlyArray<A>): A => xs[rng.int(0, xs.length - 1)]!
+    const odd = [null, -1, 1.5, 2 ** 33, "1", true, {}, [], new Uint8Array(2), undefined]
+    let mangled = 0
+    for (let i = 0; i < 3000; i++) {
+      const base: Record<string, unknown> = {
+        _tag: "Binlog",
+        node: rng.int(0, 5),
+        epoch: rng.int(0, 9),
+        prevGtid: rng.next() < 0.2 ? null : { domain: 0, server: rng.int(1, 9), seq: rng.int(1, 99) },
+        txns: Array.from({ length: rng.int(1, 3) }, (_, k) => ({ gtid: { domain: 0, server: 1, seq: k + 1 }, events: new Uint8Array(rng.int(0, 8)) }))
+      }
+      if (rng.next() < 0.6) {
+        mangled++
+        const t = (base.txns as Array<Record<string, unknown>>)[0]!
+        const where = rng.int(0, 7)
+        if (where === 0) base.node = pick(odd)
+        else if (where === 1) base.epoch = pick(odd)
+        else if (where === 2) base.prevGtid = pick([...odd, { domain: 0, server: 1, seq: 0 }, { domain: -1, server: 1, seq: 1 }])
+        else if (where === 3) base.txns = pick([...odd, []])
+        else if (where === 4) t.events = pick(odd)
+        else if (where === 5) t.gtid = pick([...odd, { domain: 0, server: 2 ** 32, seq: 1 }])
+        else if (where === 6) delete base.epoch
+        else base._tag = pick(["Binlog ", "Noop", 1])
+      }
+      const bytes = packr.pack(base)
+      const expected = bySchema(packr.unpack(bytes))
+      const got = decodeEntry(bytes)
+      if (Result.isSuccess(expected)) expect(bytesAsText(got)).toEqual(bytesAsText(expected.success))
+      else expect(got._tag).toBe("Malformed")
+    }
+    expect(mangled).toBeGreaterThan(1000)
+  })
+
+  it("digests captured transactions by their events' headers and checksums, other bytes by every byte", () => {
+    // Two binlog events of 23 and 25 bytes: length at offset 9 (LE), CRC32 in the last 4 bytes.
+    const event = (length: number, fill: number) => {
+      const e = new Uint8Array(length).fill(fill)
+      new DataView(e.buffer).setUint32(9, length, true)
+      return e
+    }
+    const events = new Uint8Array([...event(23, 1), ...event(25, 2)])
+    const t = { gtid: { domain: 0, server: 1, seq: 1 }, events }
+    const same = txnDigest(t)
+    expect(txnDigest({ ...t, events: Uint8Array.from(events) })).toBe(same)
+    // A different checksum (last 4 bytes of an event) or header changes it; so does the server.
+    for (const at of [0, 4, 19 + 3, 23 + 24]) {
+      const changed = Uint8Array.from(events)
+      changed[at] = changed[at]! ^ 0xff
+      expect(txnDigest({ ...t, events: changed })).not.toBe(same)
+    }
+    expect(txnDigest({ ...t, gtid: { ...t.gtid, server: 2 } })).not.toBe(same)
+    // Bytes that are not whole events: every byte counts.
+    const raw = new Uint8Array(Buffer.from("not binlog events at all"))
+    const changedRaw = Uint8Array.from(raw)
+    changedRaw[20] = 0
+    expect(txnDigest({ ...t, events: raw })).not.toBe(txnDigest({ ...t, events: changedRaw }))
+  })
 
   it("holds its invariants over random entry sequences (seeded)", () => {
     const failures: Array<string> = []

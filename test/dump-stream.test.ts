@@ -2,6 +2,8 @@ import { describe, expect, it } from "@effect/vitest"
 import { Result } from "effect"
 import { DumpStream } from "../src/domain/binlog/dumpStream.js"
 import { buildEvent, EventFlag, EventType, parseEvent } from "../src/domain/binlog/event.js"
+import { encodePackets } from "../src/domain/mysql/packet.js"
+import { buildBinlogEventPacket } from "../src/domain/mysql/protocol.js"
 
 const parse = (b: Uint8Array) => {
   const r = parseEvent(b, { checksum: true })
@@ -46,6 +48,29 @@ describe("dump stream (virtual binlog file)", () => {
     })
     expect(stream.logPos).toBe(end)
     expect(parse(stream.heartbeat()).header).toMatchObject({ type: EventType.Heartbeat, logPos: end })
+  })
+
+  it("frames a transaction as packets in one buffer, byte for byte what framing each placed event gives", () => {
+    const events = [1, 2, 3].map((i) =>
+      buildEvent({ type: EventType.Query, body: new Uint8Array(30 * i).fill(i), serverId: 1, logPos: 99_999, timestamp: 5 }))
+    const a = new DumpStream({ fileName: "phx-bin.000001", serverId: 99 })
+    const b = new DumpStream({ fileName: "phx-bin.000001", serverId: 99 })
+    Result.getOrThrow(a.opening(fde, []))
+    Result.getOrThrow(b.opening(fde, []))
+    let seq = 254 // wraps past 255
+    const expected: Array<Uint8Array> = []
+    for (const e of Result.getOrThrow(a.transaction(events))) {
+      const framed = encodePackets(seq, buildBinlogEventPacket(e))
+      seq = framed.nextSequenceId
+      expected.push(framed.bytes)
+    }
+    const got = Result.getOrThrow(b.transactionPackets(events, 254))!
+    expect(Buffer.from(got.bytes).equals(Buffer.concat(expected))).toBe(true)
+    expect(got.nextSequenceId).toBe(seq)
+    expect(b.logPos).toBe(a.logPos)
+    const bad = Uint8Array.from(events[0]!)
+    bad[25]! ^= 0xff
+    expect(Result.isFailure(b.transactionPackets([bad], 0))).toBe(true)
   })
 
   it("refuses a corrupted event instead of giving it a fresh checksum", () => {

@@ -33,7 +33,7 @@ describe("MasterLease service", () => {
             return yield* MasterLease.make(defaultLeaseConfig(nodeId, LEASE_MS)).pipe(
               Effect.provideService(PaxosLog.PaxosLog, log),
               Effect.provideService(ClusterState.ClusterState, state),
-              Effect.provideService(MasterLease.Readiness, MasterLease.Readiness.of({ check: Effect.succeed({ ready: true, lag: 0 }) }))
+              Effect.provideService(MasterLease.Readiness, MasterLease.Readiness.of({ check: Effect.succeed({ ready: true, lag: 0 }), changes: Effect.never }))
             )
           }).pipe(Scope.provide(scope))
           const events = yield* lease.events

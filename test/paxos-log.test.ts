@@ -61,6 +61,8 @@ describe("PaxosLog service", () => {
       { _tag: "Accepted", ballot, instance: 5 },
       { _tag: "Commit", ballot, instances: [1, 2, 3] },
       { _tag: "Commit", ballot, instances: [] },
+      { _tag: "Status", chosenUpTo: 1, maxChosen: 0, leader: null },
+      { _tag: "Status", chosenUpTo: 0, maxChosen: -1, leader: ballot },
       { _tag: "ClientPropose", id: 9, value: bytes("v") },
       { _tag: "ClientChosen", id: 9, instance: 4, index: 0 }
     ]
@@ -75,6 +77,10 @@ describe("PaxosLog service", () => {
       { _tag: "Commit", ballot, instances: {} },
       { _tag: "ClientPropose", id: 1, value: [1, 2] },
       { _tag: "ClientChosen", id: 1, instance: 4 },
+      { _tag: "Status", chosenUpTo: -1, maxChosen: 0, leader: null },
+      { _tag: "Status", chosenUpTo: 1, maxChosen: 0.5, leader: null },
+      { _tag: "Status", chosenUpTo: 1, maxChosen: 0, leader: { round: 1 } },
+      { _tag: "Status", chosenUpTo: 1, maxChosen: 0 },
       { _tag: "Nope" },
       [1, 2],
       null,
@@ -95,8 +101,8 @@ describe("PaxosLog service", () => {
       expect(Result.isFailure(decodeSchema(raw))).toBe(true)
     }
     // Messages the fast path leaves alone still decode (through the schema).
-    const status = wire({ _tag: "Status", chosenUpTo: 1, maxChosen: 0, leader: null })
-    expect(decode(status)).toBeUndefined()
-    expect(Result.isSuccess(decodeSchema(status))).toBe(true)
+    const request = wire({ _tag: "CatchupRequest", from: 1, count: 5 })
+    expect(decode(request)).toBeUndefined()
+    expect(Result.isSuccess(decodeSchema(request))).toBe(true)
   })
 })

@@ -42,7 +42,7 @@ describe("PaxosStorage", () => {
       }))
       const loaded = yield* Effect.scoped(Effect.gen(function*() {
         const s = yield* PaxosStorage.make(dir)
-        return { state: yield* s.load(1), range: yield* s.readChosen(0, 10) }
+        return { state: yield* s.load(1), range: yield* s.readChosen(0, 2) }
       }))
       expect(bytesAsText(loaded.state)).toEqual(bytesAsText({
         promised: { round: 3, node: 2 },
@@ -56,8 +56,27 @@ describe("PaxosStorage", () => {
         chosen: [{ instance: 1, value: value(1, "b", "c") }, { instance: 4, value: value(4) }],
         chosenUpTo: 2
       }))
-      expect(loaded.range.map((e) => e.instance)).toEqual([0, 1, 4])
+      expect(loaded.range.map((e) => e.instance)).toEqual([0, 1])
       expect(Buffer.from(loaded.range[1]!.value.values[1]!).toString()).toBe("c")
+    }))
+
+  it.effect("accepted values below the chosen-prefix hint load as chosen; one stored copy each", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const b = { round: 1, node: 1 }
+      yield* Effect.scoped(Effect.gen(function*() {
+        const s = yield* PaxosStorage.make(dir)
+        yield* s.persist([0, 1, 2].map((i) => ({ _tag: "Accepted" as const, instance: i, ballot: b, value: value(i, `v${i}`) })))
+        // Instances 0..2 learned chosen (nothing written for them); the hint rides on the next write.
+        yield* s.persist([{ _tag: "Accepted", instance: 3, ballot: b, value: value(3, "v3") }], 3)
+      }))
+      const state = yield* Effect.scoped(Effect.flatMap(PaxosStorage.make(dir), (s) => s.load(2)))
+      expect(state.chosenUpTo).toBe(3)
+      expect(state.chosen.map((c) => c.instance)).toEqual([1, 2])
+      expect(state.accepted.map((a) => a.instance)).toEqual([3])
+      // A byte bound keeps only the newest value of the window.
+      const small = yield* Effect.scoped(Effect.flatMap(PaxosStorage.make(dir), (s) => s.load(10, 1)))
+      expect(small.chosen.map((c) => c.instance)).toEqual([2])
     }))
 
   it.effect("an empty directory loads as the initial state", () =>

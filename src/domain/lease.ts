@@ -133,3 +133,24 @@ export const onProposed = (v: LeaseView, basedOnVersion: number, proposalId: num
   ...v,
   proposing: { basedOnVersion, sentAt: now, proposalId }
 })
+
+/**
+ * The next time `decide` or `holdsLease` can change with nothing else happening (no entry
+ * applied, readiness unchanged; Infinity: none): the caller sleeps until then, and is
+ * woken early by those.
+ */
+export const nextCheckAt = (c: LeaseConfig, v: LeaseView, now: number): number => {
+  let next = Infinity
+  const consider = (t: number) => {
+    if (t > now && t < next) next = t
+  }
+  if (v.proposing !== undefined) consider(v.proposing.sentAt + c.proposeTimeoutMs)
+  if (holdsLease(c, v, now)) {
+    consider(v.nextRenewAt)
+    consider(v.heldFrom! + c.leaseMs - c.marginMs)
+  } else {
+    consider(lapsesAt(c, v))
+    consider(v.nextRenewAt)
+  }
+  return next
+}

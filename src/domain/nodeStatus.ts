@@ -1,6 +1,16 @@
 /** What GET /status returns, and the readable table `status` prints from it. */
 import { Schema } from "effect"
 
+/** A latency histogram's summary (domain/histogram.ts), in milliseconds. */
+const HistogramSummarySchema = Schema.Struct({
+  count: Schema.Number,
+  meanMs: Schema.Number,
+  p50Ms: Schema.Number,
+  p90Ms: Schema.Number,
+  p99Ms: Schema.Number,
+  maxMs: Schema.Number
+})
+
 export const NodeStatus = Schema.Struct({
   clusterId: Schema.String,
   nodeId: Schema.Int,
@@ -8,7 +18,14 @@ export const NodeStatus = Schema.Struct({
   master: Schema.NullOr(Schema.Int),
   epoch: Schema.Int,
   leaseRemainingMs: Schema.Number,
-  paxos: Schema.Struct({ role: Schema.String, chosenUpTo: Schema.Int, lastChosenInstance: Schema.Int }),
+  paxos: Schema.Struct({
+    role: Schema.String,
+    chosenUpTo: Schema.Int,
+    lastChosenInstance: Schema.Int,
+    /** Durable writes, issued to synced, and (as leader) an instance's first Accept to chosen. */
+    writeMs: Schema.optional(HistogramSummarySchema),
+    roundMs: Schema.optional(HistogramSummarySchema)
+  }),
   appliedInstance: Schema.Int,
   lastGtid: Schema.NullOr(Schema.String),
   /** This node's MariaDB (absent on a node without one). */
@@ -19,6 +36,17 @@ export const NodeStatus = Schema.Struct({
     up: Schema.Boolean,
     diverged: Schema.NullOr(Schema.String),
     replicationError: Schema.NullOr(Schema.String)
+  })),
+  /**
+   * Where the master's commits spend their time (every term of this node as master), per
+   * stage: queued, replicated, applied, acked, total. Summaries in milliseconds.
+   */
+  commitPath: Schema.optional(Schema.Struct({
+    entries: Schema.Number,
+    transactions: Schema.Number,
+    bytes: Schema.Number,
+    txnsPerEntry: Schema.Number,
+    stages: Schema.Record(Schema.String, HistogramSummarySchema)
   })),
   /** Proxy connection counts per listener and per upstream. */
   proxy: Schema.optional(Schema.Struct({

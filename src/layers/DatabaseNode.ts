@@ -3,21 +3,23 @@
  * attached), the replication login, the binlog server serving the chosen log, the proxy
  * with routing driven by the lease and the database role, and the role itself.
  */
-import { Effect, Schedule, Stream } from "effect"
+import { Effect, Schedule, Stream, SubscriptionRef } from "effect"
 import { randomBytes } from "node:crypto"
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { describeTarget } from "../services/Routing.js"
+import { CommitPathHistograms } from "../domain/histogram.js"
 import { routesFor } from "../domain/routing.js"
 import * as BinlogCapture from "../services/BinlogCapture.js"
 import * as BinlogServer from "../services/BinlogServer.js"
 import { BinlogSource } from "../services/BinlogSource.js"
 import * as ChosenBinlog from "../services/ChosenBinlog.js"
 import * as MariaDbServer from "../services/MariaDbServer.js"
+import { ClusterState } from "../services/ClusterState.js"
 import { MasterLease } from "../services/MasterLease.js"
 import * as NodeDatabase from "../services/NodeDatabase.js"
 import { PaxosLog } from "../services/PaxosLog.js"
-import { fetchStatus } from "../services/StatusClient.js"
+import { probeReplica } from "../services/StatusClient.js"
 import * as Proxy from "../services/Proxy.js"
 import * as Routing from "../services/Routing.js"
 import type { NodeConfig } from "./NodeConfig.js"
@@ -68,6 +70,9 @@ const ensureReplicationUser = (db: MariaDbServer.MariaDbServerShape, password: s
       yield* db.query(`SET STATEMENT sql_log_bin=0 FOR ALTER USER ${account} IDENTIFIED BY '${password}'`)
       yield* db.query(`SET STATEMENT sql_log_bin=0 FOR GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO ${account}`)
     }), { discard: true })
+
+/** The database role right now. */
+const role = (database: NodeDatabase.NodeDatabaseShape) => SubscriptionRef.getUnsafe(database.roles)
 
 export const runDatabaseNode = (config: NodeConfig) =>
   Effect.gen(function*() {
@@ -142,17 +147,19 @@ export const runDatabaseNode = (config: NodeConfig) =>
 
     /**
      * Peers whose database serves reads (a replica, not diverged, not calibrating), from
-     * their own /status twice a second: RO is never sent to a node that would refuse it.
+     * their own /status once a second, asked only while this node cannot serve RO itself
+     * (a healthy replica reads locally): RO is never sent to a node that would refuse it
+     * (and a forward RO port of a diverged node refuses anyway).
      */
     let peersServingReads = new Set<number>()
     const peers = config.members.filter((m) => m.nodeId !== config.nodeId)
-    yield* Effect.forEach(peers, (m) => fetchStatus(`${m.host}:${m.adminPort}`, 500), { concurrency: "unbounded" }).pipe(
-      Effect.map((ss) => {
-        peersServingReads = new Set(ss.flatMap((st, i) =>
-          !("error" in st) && st.database?.role === "replica" && st.database.diverged === null ? [peers[i]!.nodeId] : []
-        ))
-      }),
-      Effect.repeat(Schedule.spaced("500 millis")),
+    const pollPeers = Effect.forEach(peers, (m) => probeReplica(`${m.host}:${m.adminPort}`, 500), { concurrency: "unbounded" }).pipe(
+      Effect.map((ok) => {
+        peersServingReads = new Set(peers.flatMap((m, i) => (ok[i] ? [m.nodeId] : [])))
+      })
+    )
+    yield* Effect.suspend(() => database === undefined || role(database) !== "replica" ? pollPeers : Effect.void).pipe(
+      Effect.repeat(Schedule.spaced("1 second")),
       Effect.forkScoped
     )
 
@@ -183,7 +190,9 @@ export const runDatabaseNode = (config: NodeConfig) =>
       }
     })
 
+    const commitPath = new CommitPathHistograms()
     database = yield* NodeDatabase.make({
+      commitPath,
       nodeId: config.nodeId,
       db,
       managed,
@@ -191,18 +200,32 @@ export const runDatabaseNode = (config: NodeConfig) =>
       replication,
       onServingChange: refreshRoutes
     }).pipe(Effect.provideService(Proxy.Proxy, proxy))
-    yield* refreshRoutes.pipe(
-      Effect.catchCause((cause) => Effect.logError("routing refresh failed", cause)),
-      Effect.repeat(Schedule.spaced("100 millis")),
+    // Routes follow at once what moves them: a new master record, this node's lease, its
+    // database role (onServingChange); and once a second what is only polled (reachability,
+    // the peers' read status).
+    const refreshLogged = refreshRoutes.pipe(Effect.catchCause((cause) => Effect.logError("routing refresh failed", cause)))
+    yield* refreshLogged.pipe(Effect.repeat(Schedule.spaced("1 second")), Effect.forkScoped)
+    const cluster = yield* ClusterState
+    yield* cluster.changes.pipe(
+      Stream.changesWith((a, b) => a.state.master === b.state.master),
+      Stream.runForEach(() => refreshLogged),
       Effect.forkScoped
     )
+    const leaseEvents = yield* lease.events
+    yield* leaseEvents.pipe(Stream.runForEach(() => refreshLogged), Effect.forkScoped)
 
     const status = Effect.gen(function*() {
       const [stats, routes] = [yield* proxy.stats, yield* routing.current]
       return {
         database: yield* database!.status,
+        commitPath: commitPath.report(),
         proxy: { ...stats, routes: { rw: describeTarget(routes.rw), ro: describeTarget(routes.ro) } }
       }
     })
-    return { db, proxy, database, binlogServer, status }
+    /** GET /replica: a replica whose database serves reads (not diverged, not calibrating). */
+    const replicaHealth = Effect.map(database.status, (d) => ({
+      ok: d.role === "replica" && d.diverged === null && d.up,
+      body: { role: d.role, lag: d.lag, diverged: d.diverged, up: d.up }
+    }))
+    return { db, proxy, database, binlogServer, status, replicaHealth }
   })

@@ -57,7 +57,6 @@ export const LeaseSettings = Schema.Struct({
 export const PaxosTuning = Schema.Struct({
   batchMaxCount: Schema.optional(Schema.Int),
   batchMaxBytes: Schema.optional(Schema.Int),
-  batchMaxWaitMs: Schema.optional(Schema.Number),
   maxInflight: Schema.optional(Schema.Int),
   tickMs: Schema.optional(Schema.Number),
   proposeTimeoutMs: Schema.optional(Schema.Number)

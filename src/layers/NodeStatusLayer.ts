@@ -9,7 +9,7 @@ import type { NodeConfig } from "./NodeConfig.js"
 
 export const nodeStatus = (
   config: NodeConfig,
-  extra: Effect.Effect<Pick<NodeStatus, "database" | "proxy">> = Effect.succeed({})
+  extra: Effect.Effect<Pick<NodeStatus, "database" | "proxy" | "commitPath">> = Effect.succeed({})
 ) =>
   Effect.gen(function*() {
     const log = yield* PaxosLog
@@ -25,7 +25,13 @@ export const nodeStatus = (
         master: snapshot.state.master,
         epoch: snapshot.state.epoch,
         leaseRemainingMs: l.leaseRemainingMs,
-        paxos: { role: paxos.role, chosenUpTo: paxos.chosenUpTo, lastChosenInstance: paxos.chosenUpTo - 1 },
+        paxos: {
+          role: paxos.role,
+          chosenUpTo: paxos.chosenUpTo,
+          lastChosenInstance: paxos.chosenUpTo - 1,
+          writeMs: paxos.writeMs,
+          roundMs: paxos.roundMs
+        },
         appliedInstance: snapshot.appliedUpTo,
         lastGtid: snapshot.state.lastGtid === null ? null : formatGtid(snapshot.state.lastGtid),
         ...(yield* extra),

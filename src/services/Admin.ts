@@ -1,5 +1,5 @@
 /**
- * The admin HTTP listener: GET /status as JSON. Anything else gets 404/405; a malformed
+ * The admin HTTP listener: GET /status as JSON (and GET /replica). Anything else gets 404/405; a malformed
  * request closes that connection (Node's parser rejects it) and is logged.
  */
 import { Data, Effect } from "effect"
@@ -17,11 +17,22 @@ export class AdminBadRequest extends Data.TaggedError("AdminBadRequest")<{
   readonly cause: unknown
 }> {}
 
-/** Serves `status` (evaluated per request) until the scope closes. */
+/** A health answer: 200 when `ok`, else 503, with `body` as JSON. */
+export interface Health {
+  readonly ok: boolean
+  readonly body: unknown
+}
+
+/**
+ * Serves GET /status (evaluated per request) and, when given, GET /replica (200 only on a
+ * replica whose database serves reads: for load balancers and for the peers' RO routing)
+ * until the scope closes.
+ */
 export const serve = <A>(options: {
   readonly host: string
   readonly port: number
   readonly status: Effect.Effect<A>
+  readonly replica?: Effect.Effect<Health>
 }) =>
   Effect.gen(function*() {
     const run = Effect.runPromise
@@ -41,7 +52,10 @@ export const serve = <A>(options: {
         return
       }
       if (req.method !== "GET") return reply(405, { error: "method not allowed" })
-      if (path !== "/status") return reply(404, { error: "not found", paths: ["/status"] })
+      if (path === "/replica" && options.replica !== undefined) {
+        return void run(options.replica).then((h) => reply(h.ok ? 200 : 503, h.body), (e) => reply(500, { error: String(e) }))
+      }
+      if (path !== "/status") return reply(404, { error: "not found", paths: options.replica === undefined ? ["/status"] : ["/status", "/replica"] })
       run(options.status).then((s) => reply(200, s), (e) => reply(500, { error: String(e) }))
     })
     server.on("clientError", (cause, socket) => {

@@ -397,7 +397,7 @@ export const make = (options: CaptureOptions): Effect.Effect<BinlogCaptureShape,
               current = wire
               if (semiSync && highestAck !== undefined) sendAck(wire, highestAck)
             }
-            const r = state.push(payload)
+            const r = state.push(payload, performance.now())
             if (Result.isFailure(r)) return yield* protocolError(address, r.failure.message)
             for (const o of r.success) {
               if (o._tag === "FormatDescription") {

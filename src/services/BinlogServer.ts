@@ -78,7 +78,7 @@ const LOGIN_TIMEOUT: Duration.Input = "10 seconds"
 /** Grace for a final ERR to reach the client before the socket is destroyed. */
 const ERR_LINGER: Duration.Input = "2 seconds"
 /** Transactions read ahead of the socket; the socket's own buffer is the rest of the bound. */
-const READ_AHEAD_TXNS = 64
+const READ_AHEAD_TXNS = 16
 /** Commands received ahead of the command loop before the socket is paused. */
 const MAX_INBOX = 8
 
@@ -491,6 +491,14 @@ export const make = (
             const txn = yield* next
             if (Option.isNone(txn)) {
               yield* sendEvents([dump.heartbeat()])
+              continue
+            }
+            // One write per transaction (each event copied once, into its packet).
+            const packets = dump.transactionPackets(txn.value.events, seq)
+            if (Result.isFailure(packets)) return yield* refuse(`cannot serve a transaction: ${packets.failure.message}`)
+            if (packets.success !== undefined) {
+              seq = packets.success.nextSequenceId
+              yield* conn.send(packets.success.bytes)
               continue
             }
             const events = dump.transaction(txn.value.events)

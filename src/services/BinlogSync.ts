@@ -11,8 +11,9 @@ import type { BinlogTxn, Outcome, RejectReason } from "../domain/cluster.js"
 import type { ProposeError } from "../domain/errors.js"
 import { concatBytes } from "../domain/mysql/packet.js"
 import { formatGtid, type Gtid } from "../domain/gtid.js"
+import type { CommitPathHistograms } from "../domain/histogram.js"
 import * as BinlogCapture from "./BinlogCapture.js"
-import { ClusterState } from "./ClusterState.js"
+import { ClusterState, type ProposeTiming } from "./ClusterState.js"
 
 export class BinlogSyncRejected extends Data.TaggedError("BinlogSyncRejected")<{
   readonly first: string
@@ -34,6 +35,8 @@ export interface BinlogSyncOptions {
   readonly maxBatchBytes?: number
   /** Binlog entries in flight at once; default 4. */
   readonly pipelineDepth?: number
+  /** Where each committed transaction's stage timings go. */
+  readonly commitPath?: CommitPathHistograms
 }
 
 
@@ -62,6 +65,8 @@ export const run = (options: BinlogSyncOptions) =>
       readonly source: ReadonlyArray<{ readonly txn: BinlogCapture.CapturedTxn; readonly events: Uint8Array }>
       readonly first: string
       readonly fiber: Fiber.Fiber<Outcome, ProposeError>
+      readonly proposedAt: number
+      readonly timing: ProposeTiming
     }> = []
     const take = (min: number) =>
       Effect.map(Queue.takeBetween(queue, min, maxTxns), (more) => {
@@ -85,10 +90,12 @@ export const run = (options: BinlogSyncOptions) =>
         const before = inflight.length > 0 ? inflight[inflight.length - 1]!.source : undefined
         const prevGtid = before !== undefined ? before[before.length - 1]!.txn.gtid : prev
         const txns: Array<BinlogTxn> = source.map((p) => ({ gtid: p.txn.gtid, events: p.events }))
+        const timing: ProposeTiming = { chosenAt: 0, appliedAt: 0 }
+        const proposedAt = performance.now()
         const fiber = yield* Effect.forkChild(
-          cluster.propose({ _tag: "Binlog", node: options.node, epoch: options.epoch, prevGtid, txns })
+          cluster.propose({ _tag: "Binlog", node: options.node, epoch: options.epoch, prevGtid, txns }, timing)
         )
-        inflight.push({ source, first: formatGtid(txns[0]!.gtid), fiber })
+        inflight.push({ source, first: formatGtid(txns[0]!.gtid), fiber, proposedAt, timing })
       }
     })
 
@@ -108,6 +115,11 @@ export const run = (options: BinlogSyncOptions) =>
       if (Exit.isSuccess(done.exit) && done.exit.value._tag !== "Rejected") {
         const last = head.source[head.source.length - 1]!.txn
         yield* capture.ack(last.file, last.endPos)
+        options.commitPath?.recordEntry(
+          head.source.map((p) => p.txn.capturedAt),
+          { proposed: head.proposedAt, chosen: head.timing.chosenAt, applied: head.timing.appliedAt, acked: performance.now() },
+          head.source.reduce((n, p) => n + p.events.length, 0)
+        )
         prev = last.gtid
         return yield* fill
       }

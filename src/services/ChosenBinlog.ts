@@ -1,16 +1,18 @@
 /**
  * The chosen log's binlog transactions as a {@link BinlogSource}: what this node's binlog
  * server streams to its own MariaDB replica. Only chosen AND accepted transactions are
- * here (a replica never sees a commit that could still be lost), read from the cluster
- * state's store, then live as they are applied.
+ * here (a replica never sees a commit that could still be lost), read through the cluster
+ * state's index from the Paxos log.
  */
-import { Effect, Layer, Stream } from "effect"
+import { Effect, Layer, Queue, Stream } from "effect"
 import type { BinlogTxn } from "../domain/cluster.js"
 import { formatGtid, type Gtid } from "../domain/gtid.js"
 import { BinlogSource, type SourceTxn, UnknownPosition } from "./BinlogSource.js"
 import { ClusterState } from "./ClusterState.js"
 
+/** Transactions read from the log at a time, and about how many bytes. */
 const PAGE = 256
+const PAGE_BYTES = 4 * 1024 * 1024
 
 /** A transaction's concatenated events, split by each header's event length (offset 9). */
 export const splitEvents = (bytes: Uint8Array): ReadonlyArray<Uint8Array> => {
@@ -51,29 +53,42 @@ export const make = (formatDescription: Effect.Effect<Uint8Array>) =>
     const cluster = yield* ClusterState
     const services = yield* Effect.context<ClusterState>()
 
+    /** Waits until the log has accepted transactions up to `seq`. */
+    const appliedThrough = (seq: number) =>
+      cluster.changes.pipe(
+        Stream.filter((s) => (s.state.lastGtid?.seq ?? 0) >= seq),
+        Stream.runHead,
+        Effect.asVoid
+      )
+
+    /**
+     * Pulled page by page from the log (memory for recent entries, storage for older ones):
+     * a replica that falls behind reads the log at its own pace, and nothing queues up for
+     * it in memory beyond a small read-ahead.
+     */
     const after = (position: Gtid | null) =>
       Effect.gen(function*() {
         yield* checkPosition(position)
-        let next = position === null ? 1 : position.seq + 1
-        const history: Stream.Stream<BinlogTxn> = Stream.unwrap(
-          // Suspended: each page reads from where the previous one ended.
-          Effect.map(Effect.suspend(() => cluster.transactionsFrom(next, PAGE)), (page) => {
-            if (page.length === 0) return Stream.empty
-            next = page[page.length - 1]!.gtid.seq + 1
-            return Stream.concat(Stream.fromIterable(page), history)
-          })
-        )
-        return Stream.unwrap(Effect.gen(function*() {
-          // Subscribed before the history is read, so nothing applied in between is missed.
-          const live = yield* cluster.applied
-          const liveTxns = live.pipe(
-            Stream.flatMap((a) =>
-              a.entry?._tag === "Binlog" && a.outcome._tag === "Accepted" ? Stream.fromIterable(a.entry.txns) : Stream.empty
-            ),
-            Stream.filter((t) => t.gtid.seq >= next)
-          )
-          return Stream.concat(history, liveTxns).pipe(Stream.map(toSource))
-        }))
+        const start = position === null ? 1 : position.seq + 1
+        return Stream.callback<SourceTxn>((out) =>
+          Effect.gen(function*() {
+            let next = start
+            for (;;) {
+              const page = yield* cluster.transactionsFrom(next, PAGE, PAGE_BYTES)
+              if (page.length === 0) {
+                yield* appliedThrough(next)
+                const again = yield* cluster.transactionsFrom(next, 1)
+                // Accepted but not readable (never expected): do not spin.
+                if (again.length === 0) {
+                  yield* Effect.logWarning(`chosen binlog: transaction ${next} is accepted but cannot be read yet`)
+                  yield* Effect.sleep("100 millis")
+                }
+                continue
+              }
+              for (const t of page) yield* Queue.offer(out, toSource(t))
+              next = page[page.length - 1]!.gtid.seq + 1
+            }
+          }), { bufferSize: 8, strategy: "suspend" })
       }).pipe(Effect.provideContext(services))
 
     return BinlogSource.of({ after, formatDescription })

@@ -47,16 +47,29 @@ export interface ClusterStateShape {
   readonly applied: Effect.Effect<Stream.Stream<AppliedEntry>, never, import("effect").Scope.Scope>
   /**
    * Chosen and accepted binlog transactions (domain of the log) with seq >= fromSeq, in
-   * order, at most `limit`: every one applied so far is included (it waits for their write).
+   * order, contiguous, at most `limit` and about `maxBytes` (at least one), from those
+   * applied so far.
    */
-  readonly transactionsFrom: (fromSeq: number, limit: number) => Effect.Effect<ReadonlyArray<BinlogTxn>>
-  /** Proposes an entry and waits until this node has applied it: its outcome. */
-  readonly propose: (entry: ClusterEntry) => Effect.Effect<Outcome, ProposeError>
+  readonly transactionsFrom: (fromSeq: number, limit: number, maxBytes?: number) => Effect.Effect<ReadonlyArray<BinlogTxn>>
+  /**
+   * Proposes an entry and waits until this node has applied it: its outcome. `timing`, when
+   * given, gets when the log reported the entry chosen and when its outcome was known.
+   */
+  readonly propose: (entry: ClusterEntry, timing?: ProposeTiming) => Effect.Effect<Outcome, ProposeError>
+}
+
+/** Filled in by {@link ClusterStateShape.propose} (monotonic ms). */
+export interface ProposeTiming {
+  chosenAt: number
+  appliedAt: number
 }
 
 export class ClusterState extends Context.Service<ClusterState, ClusterStateShape>()("phxmaria/ClusterState") {}
 
-const SNAPSHOT_EVERY_MS = 200
+const SNAPSHOT_EVERY_MS = 1_000
+
+/** Decoded transactions of the latest entries kept for binlog servers. */
+const RECENT_ENTRY_BYTES = 32 * 1024 * 1024
 
 /** Outcomes of recently applied positions, for proposers whose answer came after the apply. */
 const RECENT_OUTCOMES = 10_000
@@ -68,17 +81,37 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
       try: () => {
         mkdirSync(options.dir, { recursive: true })
         // No fsync: everything here is derived from the Paxos log and replayed from it after a
-        // crash (writes stay ordered, so a lost tail loses snapshot and transactions together).
+        // crash (writes stay ordered, so a lost tail loses snapshot and index together).
         return open({ path: options.dir, encoding: "msgpack", compression: false, noSync: true })
       },
       catch: (cause) => new ClusterStateError({ operation: "open", cause })
     }),
     (e) => Effect.promise(() => e.close())
   )
-  // Accepted transactions by GTID seq: what this node's binlog server serves its replica.
-  const txns = env.openDB<BinlogTxn, number>({ name: "txns", encoding: "msgpack" })
-  /** Accepted transactions whose put is not committed yet (LMDB reads see only committed data). */
-  const pending = new Map<number, BinlogTxn>()
+  /**
+   * Where each accepted Binlog entry sits in the log, by the GTID seq of its first
+   * transaction: [instance, index]. The transactions themselves are read back from the
+   * Paxos log (one stored copy), for a binlog server serving a replica from the past.
+   */
+  const entries = env.openDB<readonly [number, number], number>({ name: "binlog-entries", encoding: "msgpack" })
+  /** Index entries whose put is not committed yet (LMDB reads see only committed data). */
+  const pending = new Map<number, readonly [number, number]>()
+  /**
+   * The transactions of the latest accepted Binlog entries, decoded, by first seq (bounded
+   * by bytes): a binlog server keeping up with the log reads them from here, one lagging
+   * behind reads the log.
+   */
+  const recentEntries = new Map<number, ReadonlyArray<BinlogTxn>>()
+  let recentEntryBytes = 0
+  const remember = (txns: ReadonlyArray<BinlogTxn>) => {
+    recentEntries.set(txns[0]!.gtid.seq, txns)
+    recentEntryBytes += txns.reduce((n, t) => n + t.events.length, 0)
+    while (recentEntryBytes > RECENT_ENTRY_BYTES && recentEntries.size > 1) {
+      const [first, old] = recentEntries.entries().next().value!
+      recentEntries.delete(first)
+      recentEntryBytes -= old.reduce((n, t) => n + t.events.length, 0)
+    }
+  }
   const stored = env.get("snapshot") as ClusterSnapshot | undefined
   const ref = yield* SubscriptionRef.make<ClusterSnapshot>(
     stored ?? { state: initialClusterState(options.members), appliedUpTo: 0 }
@@ -117,18 +150,18 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
             // Written before the snapshot that includes it (one LMDB writer, in order), and
             // idempotent when a restart applies it again.
             if (entry?._tag === "Binlog" && outcome._tag === "Accepted") {
-              for (const t of entry.txns) {
-                // Readable from `pending` until LMDB has committed the put.
-                pending.set(t.gtid.seq, t)
-                void txns.put(t.gtid.seq, t).then(
-                  () => pending.delete(t.gtid.seq),
-                  // A gap here would look like divergence after a restart: stop loudly instead.
-                  (e) => {
-                    console.error(`phxmaria: cannot store transaction ${t.gtid.seq}: ${String(e)}`)
-                    process.exit(70)
-                  }
-                )
-              }
+              const first = entry.txns[0]!.gtid.seq
+              remember(entry.txns)
+              // Readable from `pending` until LMDB has committed the put.
+              pending.set(first, [chosen.instance, index])
+              void entries.put(first, [chosen.instance, index]).then(
+                () => pending.delete(first),
+                // A gap here would look like divergence after a restart: stop loudly instead.
+                (e) => {
+                  console.error(`phxmaria: cannot index binlog entry ${first}: ${String(e)}`)
+                  process.exit(70)
+                }
+              )
             }
             state = next
             applied.push({ instance: chosen.instance, index, entry, outcome, state })
@@ -151,9 +184,18 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
   // The node cannot serve without applying the log: a dead applier is logged, never silent.
   yield* Effect.forkScoped(applier.pipe(Effect.tapCause((cause) => Effect.logError("the cluster state stopped applying the log", cause))))
 
-  const propose = (entry: ClusterEntry): Effect.Effect<Outcome, ProposeError> =>
+  const propose = (entry: ClusterEntry, timing?: ProposeTiming): Effect.Effect<Outcome, ProposeError> =>
     Effect.gen(function*() {
       const position = yield* log.propose(encodeEntry(entry))
+      if (timing !== undefined) timing.chosenAt = performance.now()
+      const outcome = yield* outcomeAt(position)
+      if (timing !== undefined) timing.appliedAt = performance.now()
+      return outcome
+    })
+
+  /** The outcome of the entry at a chosen position, once this node has applied it. */
+  const outcomeAt = (position: { readonly instance: number; readonly index: number }): Effect.Effect<Outcome> =>
+    Effect.gen(function*() {
       const key = `${position.instance}/${position.index}`
       const known = recent.get(key)
       if (known !== undefined) return known
@@ -168,21 +210,47 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
       return yield* Deferred.await(d).pipe(Effect.onInterrupt(() => Effect.sync(() => waiters.delete(key))))
     })
 
-  const transactionsFrom = (fromSeq: number, limit: number) =>
-    Effect.sync(() => {
+  /** The accepted Binlog entry whose first transaction has seq <= `seq`, nearest to it. */
+  const entryAtOrBefore = (seq: number): readonly [number, readonly [number, number]] | undefined => {
+    let best: readonly [number, readonly [number, number]] | undefined
+    for (const [first, at] of pending) if (first <= seq && (best === undefined || first > best[0])) best = [first, at]
+    for (const { key, value } of entries.getRange({ start: seq, end: -1, reverse: true, limit: 1 })) {
+      if (best === undefined || key > best[0]) best = [key, value]
+    }
+    return best
+  }
+
+  /** Accepted entries from the one starting at `first` on, in seq order: [first seq, [instance, index]]. */
+  const entriesFrom = (first: number, limit: number): Array<readonly [number, readonly [number, number]]> => {
+    const out = new Map<number, readonly [number, number]>()
+    for (const { key, value } of entries.getRange({ start: first, limit })) out.set(key, value)
+    for (const [k, v] of pending) if (k >= first) out.set(k, v)
+    return [...out].sort((a, b) => a[0] - b[0]).slice(0, limit)
+  }
+
+  const transactionsFrom = (fromSeq: number, limit: number, maxBytes = Infinity) =>
+    Effect.gen(function*() {
       const out: Array<BinlogTxn> = []
+      const start = entryAtOrBefore(fromSeq)
+      if (start === undefined) return out
       let next = fromSeq
-      // Contiguous from fromSeq: committed ones from LMDB, the rest from `pending`.
-      for (const { key, value } of txns.getRange({ start: fromSeq, limit })) {
-        if (key !== next) break
-        out.push(value)
-        next++
-      }
-      while (out.length < limit) {
-        const t = pending.get(next)
-        if (t === undefined) break
-        out.push(t)
-        next++
+      let bytes = 0
+      for (const [first, [instance, index]] of entriesFrom(start[0], Math.max(4, limit))) {
+        let txns = recentEntries.get(first)
+        if (txns === undefined) {
+          const value = yield* log.valueAt(instance)
+          const entry = decodeEntry(value.values[index] ?? new Uint8Array(0))
+          if (entry._tag !== "Binlog") break
+          txns = entry.txns
+        }
+        for (const t of txns) {
+          if (t.gtid.seq < next) continue
+          // Contiguous from fromSeq only, and within the bounds (at least one transaction).
+          if (t.gtid.seq !== next || out.length >= limit || (out.length > 0 && bytes + t.events.length > maxBytes)) return out
+          out.push(t)
+          bytes += t.events.length
+          next++
+        }
       }
       return out
     })

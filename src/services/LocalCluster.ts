@@ -67,6 +67,8 @@ export interface LocalClusterOptions {
   readonly database?: boolean | { readonly extraConfig?: Record<string, string | number | boolean> }
   /** Use this directory (created if missing, never removed) instead of a temp one. */
   readonly dir?: string
+  /** Extra arguments for each node's `node` process (e.g. `--cpu-prof`). */
+  readonly nodeArgs?: ReadonlyArray<string>
 }
 
 const findMainJs = (): string => {
@@ -190,7 +192,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       )
 
     const start = Effect.callback<void, LocalClusterError>((resume) => {
-      const c = spawn(process.execPath, [mainJs, "node", "--config", configPath], { stdio: ["ignore", "pipe", "pipe"] })
+      const c = spawn(process.execPath, [...(options.nodeArgs ?? []), mainJs, "node", "--config", configPath], { stdio: ["ignore", "pipe", "pipe"] })
       child = c
       let ready = false
       let line = ""

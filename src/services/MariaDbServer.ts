@@ -94,6 +94,8 @@ export interface MariaDbServerShape {
   readonly generation: Effect.Effect<number>
   /** The process is running and answered after its start. */
   readonly up: Effect.Effect<boolean>
+  /** Completes when the current process exits (never for an attached server). */
+  readonly exited: Effect.Effect<void>
 }
 
 /** A managed server: its files are known. */
@@ -737,7 +739,8 @@ export const makeManaged = (options: ManagedOptions): Effect.Effect<ManagedMaria
         start,
         restart: Effect.andThen(kill, start),
         generation: Effect.sync(() => state.generation),
-        up: Effect.sync(() => state.current !== undefined && state.current.exit === undefined && state.current.answered)
+        up: Effect.sync(() => state.current !== undefined && state.current.exit === undefined && state.current.answered),
+        exited: Effect.suspend(() => (state.current === undefined ? Effect.never : Effect.asVoid(awaitExit(state.current))))
       }
       return server
     })
@@ -792,7 +795,8 @@ export const attach = (options: AttachOptions): Effect.Effect<MariaDbServerShape
         start: Effect.fail(new MariaDbNotManaged({ operation: "start" })),
         restart: Effect.fail(new MariaDbNotManaged({ operation: "restart" })),
         generation: Effect.succeed(1),
-        up: ping(conn).pipe(Effect.timeoutOption("3 seconds"), Effect.map(Option.isSome), Effect.catch(() => Effect.succeed(false)), withLiveClock)
+        up: ping(conn).pipe(Effect.timeoutOption("3 seconds"), Effect.map(Option.isSome), Effect.catch(() => Effect.succeed(false)), withLiveClock),
+        exited: Effect.never
       }
       return server
     })

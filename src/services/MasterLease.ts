@@ -3,12 +3,13 @@
  * (src/domain/lease.ts) with the monotonic clock and the applied cluster state. Renewal
  * depends only on the Paxos log, never on a query to MariaDB (DESIGN.md section 6).
  */
-import { Context, Effect, Layer, PubSub, Ref, Schedule, Stream } from "effect"
+import { Context, Effect, Layer, PubSub, Queue, Ref, Stream } from "effect"
 import {
   decide,
   holdsLease,
   initialLeaseView,
   type LeaseConfig,
+  nextCheckAt,
   type LeaseView,
   onApplied,
   onOutcome,
@@ -26,10 +27,15 @@ import { PaxosLog } from "./PaxosLog.js"
  */
 export interface ReadinessShape {
   readonly check: Effect.Effect<{ readonly ready: boolean; readonly lag: number }>
+  /** Completes at the next change (one waiter). */
+  readonly changes: Effect.Effect<void>
 }
 export class Readiness extends Context.Service<Readiness, ReadinessShape>()("phxmaria/Readiness") {
   /** Until the MariaDB part provides the real check: always ready. */
-  static readonly alwaysReady = Layer.succeed(Readiness, Readiness.of({ check: Effect.succeed({ ready: true, lag: 0 }) }))
+  static readonly alwaysReady = Layer.succeed(
+    Readiness,
+    Readiness.of({ check: Effect.succeed({ ready: true, lag: 0 }), changes: Effect.never })
+  )
 }
 
 export interface ReadinessValue {
@@ -42,13 +48,19 @@ export class ReadinessCell extends Context.Service<ReadinessCell, { readonly set
   "phxmaria/ReadinessCell"
 ) {}
 
-/** Readiness and the cell that sets it (not ready until told). */
+/** Readiness and the cell that sets it (not ready until told); a change wakes the lease at once. */
 export const readinessCellLayer: Layer.Layer<Readiness | ReadinessCell> = Layer.unwrap(
-  Effect.map(Ref.make<ReadinessValue>({ ready: false, lag: 1_000_000 }), (ref) =>
-    Layer.mergeAll(
-      Layer.succeed(Readiness, Readiness.of({ check: Ref.get(ref) })),
-      Layer.succeed(ReadinessCell, ReadinessCell.of({ set: (r) => Ref.set(ref, r) }))
-    ))
+  Effect.gen(function*() {
+    const ref = yield* Ref.make<ReadinessValue>({ ready: false, lag: 1_000_000 })
+    const changed = yield* Queue.sliding<void>(1)
+    const set = (r: ReadinessValue) =>
+      Effect.flatMap(Ref.getAndSet(ref, r), (old) =>
+        old.ready === r.ready && old.lag === r.lag ? Effect.void : Queue.offer(changed, undefined).pipe(Effect.asVoid))
+    return Layer.mergeAll(
+      Layer.succeed(Readiness, Readiness.of({ check: Ref.get(ref), changes: Queue.take(changed) })),
+      Layer.succeed(ReadinessCell, ReadinessCell.of({ set }))
+    )
+  })
 )
 
 export type LeaseEvent =
@@ -73,6 +85,9 @@ export interface MasterLeaseShape {
 export class MasterLease extends Context.Service<MasterLease, MasterLeaseShape>()("phxmaria/MasterLease") {}
 
 const monotonicMs = () => performance.now()
+/** Bounds on the step loop's sleep. */
+const MIN_PAUSE_MS = 5
+const MAX_PAUSE_MS = 1_000
 
 export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
   const cluster = yield* ClusterState
@@ -93,19 +108,24 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
     return PubSub.publish(events, event)
   })
 
+  /** Wakes the step loop before its timer (an applied entry, a readiness change). */
+  const wake = yield* Queue.sliding<void>(1)
+
   // Applied entries move the view: a new master record, and our own proposal's outcome.
   const applied = yield* cluster.applied
   yield* Effect.forkScoped(
     applied.pipe(Stream.runForEach((a) =>
       Effect.suspend(() => {
         const now = monotonicMs()
+        const before = view
         view = onState(config, view, a.state, now)
         epoch = a.state.epoch
         if (a.entry !== undefined) view = onApplied(config, view, a.entry, a.outcome, now)
-        return observe
+        return view === before ? observe : Effect.andThen(observe, Queue.offer(wake, undefined))
       })
     ))
   )
+  yield* Effect.forkScoped(Effect.forever(Effect.andThen(readiness.changes, Queue.offer(wake, undefined))))
 
   const step = Effect.gen(function*() {
     const now = monotonicMs()
@@ -144,9 +164,14 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
     }
     yield* observe
   })
-  // Checked often relative to the margin, so a step-down is seen well before the lease ends.
-  const every = Math.max(10, Math.min(100, Math.floor(config.marginMs / 4)))
-  yield* Effect.forkScoped(step.pipe(Effect.repeat(Schedule.spaced(`${every} millis`))))
+  // Woken at the next deadline of the lease logic (renewal, step-down, lapse, a proposal
+  // given up), for an applied entry or a readiness change, and at least once a second.
+  const pause = Effect.suspend(() => {
+    const now = monotonicMs()
+    const ms = Math.min(MAX_PAUSE_MS, Math.max(MIN_PAUSE_MS, nextCheckAt(config, view, now) - now))
+    return Effect.timeoutOption(Queue.take(wake), ms)
+  })
+  yield* Effect.forkScoped(Effect.forever(Effect.andThen(step, pause)))
 
   return MasterLease.of({
     isMaster: Effect.sync(() => holdsLease(config, view, monotonicMs())),

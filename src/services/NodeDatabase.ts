@@ -20,8 +20,9 @@
  * replica silently skips events carrying its own server_id (MARIADB.md), so a node never
  * replicates under an id it wrote transactions with.
  */
-import { Context, Data, Effect, Exit, Fiber, Layer, Schedule, Scope, Stream, SubscriptionRef } from "effect"
+import { Context, Data, Effect, Exit, Fiber, Layer, Queue, Schedule, Scope, Stream, SubscriptionRef } from "effect"
 import { formatGtid, type Gtid, gtidEquals, parseGtid } from "../domain/gtid.js"
+import type { CommitPathHistograms } from "../domain/histogram.js"
 import * as BinlogSync from "./BinlogSync.js"
 import { checkPosition } from "./ChosenBinlog.js"
 import { ClusterState } from "./ClusterState.js"
@@ -30,6 +31,13 @@ import { MasterLease, ReadinessCell } from "./MasterLease.js"
 import { Proxy } from "./Proxy.js"
 
 export const MASTER_SERVER_ID_BASE = 1_000_000
+/** How often an idle, caught-up replica is checked for divergence, and its replica threads. */
+const IDLE_REPLICA_CHECK_MS = 1_000
+const IDLE_THREAD_CHECK_MS = 5_000
+/** How often the master asks its own mariadbd for its position (status, and a health probe). */
+const MASTER_PROBE_EVERY_MS = 1_000
+/** The role loop's pace outside the master role (lease events wake it at once). */
+const IDLE_TICK_MS = 500
 export const captureServerId = (nodeId: number) => 3_000_000 + nodeId
 export const binlogServerId = (nodeId: number) => 2_000_000 + nodeId
 
@@ -68,6 +76,8 @@ export interface NodeDatabaseOptions {
   readonly replication: { readonly user: string; readonly password: string }
   /** Called when routing must be recomputed now (fence, open, any role change). */
   readonly onServingChange: Effect.Effect<void>
+  /** Where the master's commit path records its stage timings. */
+  readonly commitPath?: CommitPathHistograms
   readonly tickMs?: number
 }
 
@@ -94,6 +104,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   const services = yield* Effect.context<ClusterState>()
   const { db, nodeId } = options
   const tickMs = options.tickMs ?? 50
+  const idleTickMs = Math.max(tickMs, IDLE_TICK_MS)
 
   const roles = yield* SubscriptionRef.make<DbRole>("starting")
   let role: DbRole = "starting"
@@ -106,7 +117,8 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   let generation = -1
   let masterFiber: Fiber.Fiber<void, unknown> | undefined
   let masterScope: Scope.Closeable | undefined
-  let masterTicks = 0
+  /** When the master last probed its database (monotonic ms). */
+  let probedAt = -Infinity
 
   /** What the lease sees: a replica that applied everything, or the master while it serves. */
   const publishReadiness = Effect.suspend(() =>
@@ -168,7 +180,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     yield* q(
       `CHANGE MASTER TO MASTER_HOST=${sqlString(options.binlogServer.host)}, MASTER_PORT=${options.binlogServer.port}, ` +
         `MASTER_USER=${sqlString(options.replication.user)}, MASTER_PASSWORD=${sqlString(options.replication.password)}, ` +
-        "MASTER_USE_GTID=slave_pos, MASTER_HEARTBEAT_PERIOD=1, MASTER_CONNECT_RETRY=1"
+        "MASTER_USE_GTID=slave_pos, MASTER_HEARTBEAT_PERIOD=5, MASTER_CONNECT_RETRY=1"
     )
     yield* q("START SLAVE")
   })
@@ -240,14 +252,30 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     yield* setRole("replica")
   })
 
-  /** Replica health: position, lag, divergence, replica thread. */
+  /** The log's lastGtid at the last replica check, and when that was (monotonic ms). */
+  let checkedLast: Gtid | null | undefined = undefined
+  let checkedAt = -Infinity
+  let threadsCheckedAt = -Infinity
+
+  /**
+   * Replica health: position, lag, divergence, replica thread. Asked of MariaDB only when
+   * it can have changed (the log moved, lag not yet 0) or once a second while idle: an idle
+   * node stays idle, a catching-up one is watched closely (readiness for election).
+   */
   const monitorReplica = Effect.gen(function*() {
     if (!(yield* db.up) || (yield* db.generation) !== generation) return yield* calibrate
-    const extra = yield* extraOverLog
     const last = (yield* cluster.current).state.lastGtid
+    const now = performance.now()
+    if (lag === 0 && checkedLast !== undefined && gtidEquals(last, checkedLast) && now - checkedAt < IDLE_REPLICA_CHECK_MS) return
+    checkedLast = last
+    checkedAt = now
+    const extra = yield* extraOverLog
     lag = last === null ? 0 : last.seq - (local?.seq ?? 0)
     yield* publishReadiness
     if (extra !== undefined) return yield* markDiverged(extra)
+    // The replica threads: whenever there is something to apply, and now and then while idle.
+    if (lag === 0 && now - threadsCheckedAt < IDLE_THREAD_CHECK_MS) return
+    threadsCheckedAt = now
     const rows = yield* q("SHOW SLAVE STATUS")
     const s = rows[0]
     const io = String(s?.["Slave_IO_Running"] ?? "No")
@@ -292,11 +320,14 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
         port: db.port,
         user: options.replication.user,
         password: options.replication.password,
-        serverId: captureServerId(nodeId)
+        serverId: captureServerId(nodeId),
+        // A broken connection is seen at once; heartbeats only find a silent one.
+        heartbeatMs: 5_000
       },
       node: nodeId,
       epoch,
-      startAfter
+      startAfter,
+      ...(options.commitPath !== undefined ? { commitPath: options.commitPath } : {})
     })
     const fiber = yield* Effect.forkChild(sync)
     // Sessions opened while this was a replica keep its server_id, under which a replica
@@ -361,7 +392,9 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
         if ((yield* db.generation) !== generation) return yield* stepDown("mariadbd restarted")
         // Now and then: the master's own position (status), and a health probe: a hung
         // mariadbd must not keep the lease (renewal itself never asks MariaDB).
-        if (++masterTicks % 20 === 0) {
+        const now = performance.now()
+        if (now - probedAt >= MASTER_PROBE_EVERY_MS) {
+          probedAt = now
           const probe = yield* readLocal.pipe(Effect.timeout("3 seconds"), Effect.result)
           if (probe._tag === "Failure") return yield* stepDown(`mariadbd does not answer: ${probe.failure.message}`)
           local = probe.success.gtid
@@ -376,6 +409,16 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     }
   })
 
+  /** Wakes the role loop before its timer (a lease event). */
+  const wake = yield* Queue.sliding<void>(1)
+  // Driven by lease events and, for the master, by its mariadbd exiting (a dead server must
+  // give the lease up at once); a replica catching up is watched closely (its readiness
+  // decides elections); otherwise an idle pace (a hung server is found by the master's probe).
+  const pause = Effect.suspend(() => {
+    const serving = role === "master" || role === "promoting"
+    const woken = serving ? Effect.raceFirst(Queue.take(wake), db.exited) : Queue.take(wake)
+    return Effect.timeoutOption(woken, role === "replica" && lag !== 0 ? tickMs : idleTickMs)
+  })
   yield* tick.pipe(
     Effect.catchCause((cause) =>
       Effect.gen(function*() {
@@ -386,14 +429,20 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
         if (role !== "diverged" && role !== "replica") yield* setRole("starting")
       })
     ),
-    Effect.repeat(Schedule.spaced(`${tickMs} millis`)),
+    Effect.andThen(pause),
+    Effect.forever,
     Effect.forkScoped
   )
 
-  // The lease's own step-down is acted on at once, not at the next tick.
+  // The lease's own step-down is acted on at once (RW fenced), and the role follows.
   const events = yield* lease.events
   yield* events.pipe(
-    Stream.runForEach((e) => e._tag === "SteppedDown" && (role === "master" || role === "promoting") ? fenceRw : Effect.void),
+    Stream.runForEach((e) =>
+      Effect.andThen(
+        e._tag === "SteppedDown" && (role === "master" || role === "promoting") ? fenceRw : Effect.void,
+        Queue.offer(wake, undefined)
+      )
+    ),
     Effect.forkScoped
   )
 

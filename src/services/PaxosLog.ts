@@ -6,20 +6,20 @@
  * synced LMDB commit, and only then sends messages and completes proposals. Inputs that
  * arrive during the commit form the next group: group commit falls out of the loop.
  */
-import { Context, Effect, Fiber, Layer, PubSub, Queue, Ref, Schedule, Schema, Stream } from "effect"
+import { Context, Effect, Layer, PubSub, Queue, Schema, Stream } from "effect"
 import {
   defaultPaxosConfig,
   type Input,
   type Outputs,
   type PaxosConfig,
   PaxosNode,
-  type PersistRecord,
   type ProposalResult,
   sendsBeforePersist
 } from "../domain/paxos/core.js"
-import { type ChosenEntry, PaxosMessage } from "../domain/paxos/messages.js"
+import { type ChosenEntry, PaxosMessage, type PaxosValue } from "../domain/paxos/messages.js"
 import { NotEnoughNodes, ProposeError, ProposeTimeout, Superseded } from "../domain/errors.js"
-import { PaxosStorage } from "./PaxosStorage.js"
+import { Histogram, type HistogramSummary } from "../domain/histogram.js"
+import { PaxosStorage, StorageError } from "./PaxosStorage.js"
 import * as Transport from "./Transport.js"
 
 /** A client (bench, tests, later the agent's tools) proposes over the peer port. */
@@ -90,6 +90,11 @@ const fastDecode = (u: unknown): NodeMessage | undefined => {
       }
       return { _tag: "Commit", ballot, instances }
     }
+    case "Status": {
+      const leader = u.leader === null ? null : fastBallot(u.leader)
+      if (leader === undefined || !isInstance(u.chosenUpTo) || !isInt(u.maxChosen)) return undefined
+      return { _tag: "Status", chosenUpTo: u.chosenUpTo, maxChosen: u.maxChosen, leader }
+    }
     case "ClientPropose":
       return isInt(u.id) && u.value instanceof Uint8Array ? { _tag: "ClientPropose", id: u.id, value: u.value } : undefined
     case "ClientChosen":
@@ -107,6 +112,7 @@ const fastEncode = (m: NodeMessage): unknown => {
     case "Accept":
     case "Accepted":
     case "Commit":
+    case "Status":
     case "ClientPropose":
     case "ClientChosen":
       return m
@@ -147,6 +153,10 @@ export interface PaxosLogStatus {
   readonly chosenUpTo: number
   readonly pending: number
   readonly reachable: ReadonlyArray<number>
+  /** Durable writes: from issued to synced. */
+  readonly writeMs: HistogramSummary
+  /** As leader: from an instance's first Accept to its value chosen. */
+  readonly roundMs: HistogramSummary
 }
 
 export interface PaxosLogShape {
@@ -154,6 +164,8 @@ export interface PaxosLogShape {
   readonly propose: (value: Uint8Array) => Effect.Effect<Position, ProposeError>
   /** Chosen instances in order from `from` on: history from storage, then live. */
   readonly chosen: (from: number) => Stream.Stream<ChosenEntry>
+  /** The chosen value of one instance (waits until it is chosen here). */
+  readonly valueAt: (instance: number) => Effect.Effect<PaxosValue>
   readonly status: Effect.Effect<PaxosLogStatus>
   /** Take Paxos leadership (the lease holder's proposals then go out without forwarding). */
   readonly lead: Effect.Effect<void>
@@ -163,13 +175,6 @@ export interface PaxosLogShape {
 
 export class PaxosLog extends Context.Service<PaxosLog, PaxosLogShape>()("phxmaria/PaxosLog") {}
 
-/** A client request other than a proposal, answered by the driver. */
-interface ClientInput {
-  readonly _tag: "Client"
-  readonly clientId: number
-  readonly message: ClientMessage
-}
-
 interface Pending {
   readonly deadline: number
   readonly complete: (result: Position | ProposeError) => void
@@ -177,6 +182,14 @@ interface Pending {
 
 const monotonicMs = () => performance.now()
 
+/**
+ * The driver works in callbacks, not fibers: a peer message, a proposal or a tick steps
+ * the core at once, in the socket callback or the caller's call, and its outputs are
+ * carried out there (core.ts says how). Records are written as soon as a step makes them;
+ * LMDB commits everything written in one turn of the event loop together (group commit)
+ * and settles writes in order, so what waits for durability is chained on the last write.
+ * No timer is on this path: the tick only drives retries, timeouts and heartbeats.
+ */
 export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   const storage = yield* PaxosStorage
   const memberIds = options.members.map((m) => m.nodeId)
@@ -185,54 +198,182 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     ...defaultPaxosConfig(options.nodeId, memberIds, Math.floor(Math.random() * 2 ** 31)),
     ...options.tuning
   }
-  const tickMs = options.tickMs ?? 5
+  const tickMs = options.tickMs ?? 25
   const proposeTimeoutMs = options.proposeTimeoutMs ?? 10_000
-  const durable = yield* storage.load(config.memoryWindow).pipe(Effect.orDie)
+  const durable = yield* storage.load(config.memoryWindow, config.memoryWindowBytes).pipe(Effect.orDie)
   const core = new PaxosNode(config, durable, Math.floor(Math.random() * 2 ** 31))
 
-  /** The driver's inputs: the core's, plus client requests that need the driver's fiber. */
-  const inputs = yield* Queue.unbounded<Input | ClientInput>()
   const pending = new Map<number, Pending>()
   let nextRequestId = 1
   const chosenHub = yield* PubSub.unbounded<ChosenEntry>()
-  const chosenUpTo = yield* Ref.make(durable.chosenUpTo)
+  let chosenUpTo = durable.chosenUpTo
+  /** Settles once every write issued so far is synced (LMDB settles writes in order). */
+  let lastWrite: Promise<void> = Promise.resolve()
+  const writeMs = new Histogram()
+  const roundMs = new Histogram()
+  /** When this node (as leader) first sent an Accept for an instance, until it is chosen. */
+  const acceptSentAt = new Map<number, number>()
+  /** Set once a write failed: the node stops taking part (it could vouch for nothing). */
+  let failure: StorageError | undefined
+  let transport: Transport.Transport<NodeMessage> | undefined
+
+  // ---- stepping the core ---------------------------------------------------
+
+  /** Inputs that arrived while a step was being carried out (a completion proposing again). */
+  const inbox: Array<Input> = []
+  let stepping = false
+
+  const step = (input: Input): void => {
+    inbox.push(input)
+    if (stepping) return
+    stepping = true
+    try {
+      while (inbox.length > 0 && failure === undefined) carryOut(core.step(inbox.shift()!, monotonicMs()))
+    } finally {
+      stepping = false
+      inbox.length = 0
+    }
+  }
+
+  const sendNow = (to: number, message: PaxosMessage) => {
+    if (to === options.nodeId) step({ _tag: "Receive", from: to, message })
+    else if (transport !== undefined) Effect.runSync(transport.send(to, message))
+  }
+
+  /** Carries out one step's outputs in the order core.ts requires. */
+  const carryOut = (o: Outputs): void => {
+    // First the write, so nothing a callback below starts can be written before it.
+    const now = monotonicMs()
+    if (o.persist.length > 0) {
+      const write = storage.write(o.persist, core.chosenUpTo)
+      lastWrite = write
+      write.then(() => writeMs.record(monotonicMs() - now), onStorageFailure)
+    }
+    let later: Array<{ readonly to: number; readonly message: PaxosMessage }> | undefined
+    for (const s of o.send) {
+      if (s.message._tag === "Accept" && !acceptSentAt.has(s.message.instance)) acceptSentAt.set(s.message.instance, now)
+      if (sendsBeforePersist(s.message)) sendNow(s.to, s.message)
+      else (later ??= []).push(s)
+    }
+    // Chosen is chosen: a majority holds it durably, whether or not this node's own record
+    // of it is synced yet (a crash loses at most the record; the value is learned again).
+    if (o.chosen.length > 0) {
+      chosenUpTo = o.chosen[o.chosen.length - 1]!.instance + 1
+      for (const e of o.chosen) {
+        const sent = acceptSentAt.get(e.instance)
+        if (sent !== undefined) {
+          roundMs.record(now - sent)
+          acceptSentAt.delete(e.instance)
+        }
+        PubSub.publishUnsafe(chosenHub, e)
+      }
+      // Instances this node sent but another leader settled are not kept.
+      if (acceptSentAt.size > 4096) acceptSentAt.clear()
+    }
+    for (const r of o.results) complete(r)
+    if (later !== undefined || o.readChosen.length > 0) {
+      const sends = later ?? []
+      const reads = o.readChosen
+      lastWrite.then(() => afterDurable(sends, reads), () => undefined)
+    }
+  }
+
+  const afterDurable = (
+    sends: ReadonlyArray<{ readonly to: number; readonly message: PaxosMessage }>,
+    reads: Outputs["readChosen"]
+  ): void => {
+    if (failure !== undefined) return
+    for (const s of sends) sendNow(s.to, s.message)
+    for (const r of reads) {
+      Effect.runFork(storage.readChosen(r.from, r.count).pipe(
+        Effect.flatMap((entries) => transport === undefined ? Effect.void : transport.send(r.to, { _tag: "CatchupReply", entries })),
+        Effect.catch((e) => Effect.logWarning(`paxos: cannot read chosen instances for node ${r.to}`, e))
+      ))
+    }
+  }
+
+  const onStorageFailure = (e: unknown): void => {
+    if (failure !== undefined) return
+    failure = e instanceof StorageError ? e : new StorageError({ operation: "persist", cause: e })
+    Effect.runFork(Effect.logError("paxos: a durable write failed; this node stops taking part in the log", failure))
+    const reason = new ProposeTimeout({ timeoutMs: 0 })
+    for (const p of pending.values()) p.complete(reason)
+    pending.clear()
+  }
+
+  // ---- proposals -------------------------------------------------------------
 
   const register = (complete: Pending["complete"], value: Uint8Array): number => {
     const requestId = nextRequestId++
     pending.set(requestId, { deadline: monotonicMs() + proposeTimeoutMs, complete })
-    Queue.offerUnsafe(inputs, { _tag: "Propose", requestId, value })
+    step({ _tag: "Propose", requestId, value })
     return requestId
   }
 
-  /** Answers for client connections, collected while the driver completes requests. */
-  let clientReplies: Array<{ readonly clientId: number; readonly reply: ClientMessage }> = []
+  const complete = (r: ProposalResult) => {
+    const p = pending.get(r.requestId)
+    if (p === undefined) return
+    pending.delete(r.requestId)
+    p.complete(r._tag === "Chosen" ? { instance: r.instance, index: r.index } : new Superseded({ instance: r.instance }))
+  }
 
-  /**
-   * Peer messages feed the core and client proposals are registered right in the socket
-   * callback (no queue and fiber hop of their own); other client requests go to the driver.
-   */
+  const reachableCount = (): number => {
+    if (transport === undefined) return 1
+    return [...Effect.runSync(transport.reachable).values()].filter(Boolean).length + 1
+  }
+
+  /** Requests past their deadline fail; `pending` is in request order, so stop at the first live one. */
+  const expire = (now: number): void => {
+    let expired: Array<[number, Pending]> | undefined
+    for (const entry of pending) {
+      if (entry[1].deadline > now) break
+      ;(expired ??= []).push(entry)
+    }
+    if (expired === undefined) return
+    const reachable = reachableCount()
+    for (const [requestId, p] of expired) {
+      pending.delete(requestId)
+      step({ _tag: "Cancel", requestId })
+      p.complete(
+        reachable < core.quorum
+          ? new NotEnoughNodes({ reachable, quorum: core.quorum })
+          : new ProposeTimeout({ timeoutMs: proposeTimeoutMs })
+      )
+    }
+  }
+
+  // ---- the network -------------------------------------------------------------
+
+  /** Peer messages and client requests step the core right in the socket callback. */
   const onInbound = (item: Transport.Inbound<NodeMessage>): void => {
     const m = item.message
     if (item._tag === "Peer") {
       if (m._tag.startsWith("Client")) return // a peer never sends client messages
-      Queue.offerUnsafe(inputs, { _tag: "Receive", from: item.from, message: m as PaxosMessage })
-    } else if (m._tag === "ClientPropose") {
-      const clientId = item.clientId
-      const id = m.id
-      register((result) => {
-        clientReplies.push({
-          clientId,
-          reply: !("_tag" in result)
+      step({ _tag: "Receive", from: item.from, message: m as PaxosMessage })
+      return
+    }
+    const clientId = item.clientId
+    const reply = (message: ClientMessage) => {
+      if (transport !== undefined) Effect.runSync(transport.replyToClient(clientId, message))
+    }
+    switch (m._tag) {
+      case "ClientPropose": {
+        const id = m.id
+        register((result) =>
+          reply(!("_tag" in result)
             ? { _tag: "ClientChosen", id, instance: result.instance, index: result.index }
-            : { _tag: "ClientFailed", id, error: result }
-        })
-      }, m.value)
-    } else {
-      Queue.offerUnsafe(inputs, { _tag: "Client", clientId: item.clientId, message: m as ClientMessage })
+            : { _tag: "ClientFailed", id, error: result }), m.value)
+        return
+      }
+      case "ClientStatus":
+        reply({ _tag: "ClientStatusReply", id: m.id, role: core.currentRole, chosenUpTo: core.chosenUpTo })
+        return
+      default:
+        Effect.runFork(Effect.logWarning(`client ${clientId} sent ${m._tag}, which only a node sends`))
     }
   }
 
-  const transport = yield* Transport.make<NodeMessage>({
+  transport = yield* Transport.make<NodeMessage>({
     clusterId: options.clusterId,
     nodeId: options.nodeId,
     listen: options.listen ?? { host: self?.host ?? "127.0.0.1", port: self?.port ?? 0 },
@@ -243,132 +384,26 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     onInbound
   }).pipe(Effect.orDie)
 
-  const reachableCount = Effect.map(transport.reachable, (m) => [...m.values()].filter(Boolean).length + 1)
-
-  const sendClientReplies = Effect.suspend(() => {
-    if (clientReplies.length === 0) return Effect.void
-    const replies = clientReplies
-    clientReplies = []
-    return Effect.forEach(replies, (r) => transport.replyToClient(r.clientId, r.reply), { discard: true })
-  })
-
-  const complete = (r: ProposalResult) => {
-    const p = pending.get(r.requestId)
-    if (p === undefined) return
-    pending.delete(r.requestId)
-    p.complete(r._tag === "Chosen" ? { instance: r.instance, index: r.index } : new Superseded({ instance: r.instance }))
-  }
-
-  /** Requests past their deadline fail; `pending` is in request order, so stop at the first live one. */
-  const expire = Effect.fnUntraced(function*(now: number) {
-    let expired: Array<[number, Pending]> | undefined
-    for (const entry of pending) {
-      if (entry[1].deadline > now) break
-      ;(expired ??= []).push(entry)
-    }
-    if (expired === undefined) return
-    const reachable = yield* reachableCount
-    for (const [requestId, p] of expired) {
-      pending.delete(requestId)
-      Queue.offerUnsafe(inputs, { _tag: "Cancel", requestId })
-      p.complete(
-        reachable < core.quorum
-          ? new NotEnoughNodes({ reachable, quorum: core.quorum })
-          : new ProposeTimeout({ timeoutMs: proposeTimeoutMs })
-      )
-    }
-  })
-
-  /**
-   * The core's outputs, carried out as core.ts asks: what may leave early leaves now; the
-   * rest waits for the step's write, which runs while the driver goes on with later inputs.
-   * The completer takes writes in the order they were issued (LMDB commits in that order).
-   */
-  const completions = yield* Queue.unbounded<{ readonly durable: Fiber.Fiber<void>; readonly outs: Array<Outputs> }>()
-
-  const afterDurable = Effect.fnUntraced(function*(outs: Array<Outputs>) {
-    for (const o of outs) {
-      for (const s of o.send) {
-        if (sendsBeforePersist(s.message)) continue
-        if (s.to === options.nodeId) Queue.offerUnsafe(inputs, { _tag: "Receive", from: s.to, message: s.message })
-        else yield* transport.send(s.to, s.message)
-      }
-      for (const r of o.readChosen) {
-        const entries = yield* storage.readChosen(r.from, r.count).pipe(Effect.orDie)
-        yield* transport.send(r.to, { _tag: "CatchupReply", entries })
-      }
-      if (o.chosen.length > 0) {
-        yield* Ref.set(chosenUpTo, o.chosen[o.chosen.length - 1]!.instance + 1)
-        yield* PubSub.publishAll(chosenHub, o.chosen)
-      }
-    }
-  })
-
-  const completer = Effect.gen(function*() {
-    for (;;) {
-      const c = yield* Queue.take(completions)
-      yield* Fiber.join(c.durable)
-      yield* afterDurable(c.outs)
-    }
-  })
-
-  const driver = Effect.gen(function*() {
-    for (;;) {
-      const batch = yield* Queue.takeAll(inputs)
-      const now = monotonicMs()
-      const records: Array<PersistRecord> = []
-      const outs: Array<Outputs> = []
-      let ticked = false
-      for (const input of batch) {
-        if (input._tag === "Client") {
-          yield* onClientRequest(input)
-          continue
-        }
-        if (input._tag === "Tick") {
-          if (ticked) continue
-          ticked = true
-        }
-        const o = core.step(input, now)
-        for (const r of o.persist) records.push(r)
-        outs.push(o)
-        for (const s of o.send) if (sendsBeforePersist(s.message)) yield* transport.send(s.to, s.message)
-        for (const r of o.results) complete(r)
-      }
-      yield* sendClientReplies
-      // Started at once: the puts join this turn's LMDB commit instead of waiting a scheduler turn.
-      const durable = yield* Effect.forkChild(storage.persist(records).pipe(Effect.orDie), { startImmediately: true })
-      Queue.offerUnsafe(completions, { durable, outs })
-      if (ticked) {
-        yield* expire(now)
-        yield* sendClientReplies
-      }
-    }
-  })
-
-  const onClientRequest = (input: ClientInput): Effect.Effect<void> => {
-    const m = input.message
-    return m._tag === "ClientStatus"
-      ? transport.replyToClient(input.clientId, {
-        _tag: "ClientStatusReply",
-        id: m.id,
-        role: core.currentRole,
-        chosenUpTo: core.chosenUpTo
-      })
-      : Effect.logWarning(`client ${input.clientId} sent ${m._tag}, which only a node sends`)
-  }
-
-  yield* Effect.forkScoped(driver)
-  yield* Effect.forkScoped(completer)
+  // Retries, timeouts and heartbeats only: every tickMs while something waits on a timer,
+  // at the heartbeat interval while the log is quiet (an idle node stays idle).
+  const quietTickMs = Math.max(tickMs, config.statusIntervalMs)
   yield* Effect.forkScoped(
-    Effect.sync(() => Queue.offerUnsafe(inputs, { _tag: "Tick" })).pipe(Effect.repeat(Schedule.spaced(`${tickMs} millis`)))
+    Effect.suspend(() => Effect.sleep(core.quiet && pending.size === 0 ? quietTickMs : tickMs)).pipe(
+      Effect.andThen(Effect.sync(() => {
+        step({ _tag: "Tick" })
+        expire(monotonicMs())
+      })),
+      Effect.forever
+    )
   )
 
   const propose = (value: Uint8Array): Effect.Effect<Position, ProposeError> =>
     Effect.callback<Position, ProposeError>((resume) => {
+      if (failure !== undefined) return resume(Effect.fail(new ProposeTimeout({ timeoutMs: 0 })))
       const requestId = register((r) => resume("_tag" in r ? Effect.fail(r) : Effect.succeed(r)), value)
       // Interrupted caller: forget the request and take it out of the queue if not yet placed.
       return Effect.sync(() => {
-        if (pending.delete(requestId)) Queue.offerUnsafe(inputs, { _tag: "Cancel", requestId })
+        if (pending.delete(requestId)) step({ _tag: "Cancel", requestId })
       })
     })
 
@@ -378,11 +413,17 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
         // Subscribe first, then read history: nothing published in between is missed.
         const sub = yield* PubSub.subscribe(chosenHub)
         let next = from
-        for (;;) {
-          const upTo = yield* Ref.get(chosenUpTo)
-          if (next >= upTo) break
-          const page = yield* storage.readChosen(next, Math.min(256, upTo - next)).pipe(Effect.orDie)
-          if (page[0]?.instance !== next) return yield* Effect.die(new Error(`chosen log has no instance ${next} below ${upTo}`))
+        while (next < chosenUpTo) {
+          // Recent instances from the core's memory (their records may not be synced yet).
+          const inMemory = core.chosenValue(next)
+          if (inMemory !== undefined) {
+            Queue.offerUnsafe(out, { instance: next++, value: inMemory })
+            continue
+          }
+          // Only what every write issued so far made durable is read back.
+          yield* Effect.promise(() => lastWrite.catch(() => undefined))
+          const page = yield* storage.readChosen(next, Math.min(256, chosenUpTo - next)).pipe(Effect.orDie)
+          if (page[0]?.instance !== next) return yield* Effect.die(new Error(`chosen log has no instance ${next} below ${chosenUpTo}`))
           for (const e of page) {
             if (e.instance !== next) break
             Queue.offerUnsafe(out, e)
@@ -398,22 +439,36 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       })
     )
 
+  const valueAt = (instance: number): Effect.Effect<PaxosValue> =>
+    Effect.gen(function*() {
+      if (instance >= chosenUpTo) {
+        const e = yield* Stream.runHead(chosen(instance))
+        if (e._tag === "Some") return e.value.value
+      }
+      const inMemory = core.chosenValue(instance)
+      if (inMemory !== undefined) return inMemory
+      yield* Effect.promise(() => lastWrite.catch(() => undefined))
+      const [e] = yield* storage.readChosen(instance, 1).pipe(Effect.orDie)
+      if (e?.instance !== instance) return yield* Effect.die(new Error(`chosen log has no instance ${instance} below ${chosenUpTo}`))
+      return e.value
+    })
+
   const status = Effect.gen(function*() {
-    const reachable = yield* transport.reachable
+    const reachable = transport === undefined ? new Map<number, boolean>() : yield* transport.reachable
     return {
       nodeId: options.nodeId,
       role: core.currentRole,
       chosenUpTo: core.chosenUpTo,
       pending: pending.size,
-      reachable: [...reachable].filter(([, ok]) => ok).map(([id]) => id)
+      reachable: [...reachable].filter(([, ok]) => ok).map(([id]) => id),
+      writeMs: writeMs.summary(),
+      roundMs: roundMs.summary()
     } satisfies PaxosLogStatus
   })
 
-  const lead = Effect.sync(() => {
-    Queue.offerUnsafe(inputs, { _tag: "Lead" })
-  })
+  const lead = Effect.sync(() => step({ _tag: "Lead" }))
 
-  return PaxosLog.of({ propose, chosen, status, lead, address: transport.address })
+  return PaxosLog.of({ propose, chosen, valueAt, status, lead, address: transport.address })
 })
 
 export const layer = (options: PaxosLogOptions): Layer.Layer<PaxosLog, never, PaxosStorage> =>

@@ -4,7 +4,7 @@
  * delays and partitions, nodes crash and restart. At every event the checker counts the
  * nodes that believe they hold the lease; two at once is a failure.
  */
-import { applyRecords, type Outputs, PaxosNode } from "../../src/domain/paxos/core.js"
+import { applyRecords, emptyDurableImage, type Outputs, PaxosNode } from "../../src/domain/paxos/core.js"
 import type { PaxosMessage } from "../../src/domain/paxos/messages.js"
 import {
   applyEntry,
@@ -26,9 +26,8 @@ import {
   onProposed,
   onState
 } from "../../src/domain/lease.js"
-import { type Durable, durableStateOf, simPaxosConfig } from "./paxosSim.js"
+import { type Durable, durableStateOf, simPaxosConfig, storedValue } from "./paxosSim.js"
 import { EventQueue, Rng } from "./sim.js"
-import { ZeroBallot } from "../../src/domain/paxos/messages.js"
 
 export type LeaseScenario = "loss" | "crash-master" | "isolate-master" | "chaos"
 
@@ -122,7 +121,7 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
     offset: rng.int(0, 100_000),
     core: null,
     incarnation: 0,
-    durable: { promised: ZeroBallot, proposerRound: 0, accepted: new Map(), chosen: new Map() },
+    durable: emptyDurableImage(),
     cluster: initialClusterState(members),
     lease: initialLeaseView(initialClusterState(members), 0),
     requestSeq: 0,
@@ -138,7 +137,7 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
     // The state machine resumes from the durable log (the service persists it; same result).
     let cluster = initialClusterState(members)
     for (let i = 0; i < durable.chosenUpTo; i++) {
-      for (const v of n.durable.chosen.get(i)!.values) {
+      for (const v of storedValue(n.durable, i)!.values) {
         const entry = decodeEntry(v)
         if (entry._tag !== "Malformed") cluster = applyEntry(cluster, entry as ClusterEntry)[0]
       }
@@ -161,7 +160,7 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
 
   const handle = (n: SimNode, out: Outputs) => {
     // Writes are durable at once here, so every message may go now (own ones loop back).
-    applyRecords(n.durable, out.persist)
+    applyRecords(n.durable, out.persist, n.core!.chosenUpTo)
     for (const s of out.send) send(n.id, s.to, s.message)
     // Apply chosen entries in order; our own MasterLease is recognised by its proposal id.
     for (const c of out.chosen) {
@@ -180,7 +179,7 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
     for (const rc of out.readChosen) {
       const entries = []
       for (let i = rc.from; i < rc.from + rc.count; i++) {
-        const v = n.durable.chosen.get(i)
+        const v = storedValue(n.durable, i)
         if (v !== undefined) entries.push({ instance: i, value: v })
       }
       send(n.id, rc.to, { _tag: "CatchupReply", entries })

@@ -5,14 +5,16 @@
  */
 import {
   applyRecords,
-  type DurableState,
+  type DurableImage,
+  durableStateOf,
+  emptyDurableImage,
   type Outputs,
   type PaxosConfig,
   PaxosNode,
   sendsBeforePersist
 } from "../../src/domain/paxos/core.js"
 import { EventQueue, Rng } from "./sim.js"
-import { type Ballot, type PaxosMessage, type PaxosValue, valueEquals, ZeroBallot } from "../../src/domain/paxos/messages.js"
+import { type PaxosMessage, type PaxosValue, valueEquals } from "../../src/domain/paxos/messages.js"
 
 export interface SimOptions {
   readonly seed: number
@@ -67,12 +69,8 @@ type Event =
   /** The node's disk finished its writes up to `write`. */
   | { readonly kind: "flush"; readonly node: number; readonly incarnation: number; readonly write: number }
 
-export interface Durable {
-  promised: Ballot
-  proposerRound: number
-  accepted: Map<number, { ballot: Ballot; value: PaxosValue }>
-  chosen: Map<number, PaxosValue>
-}
+export type Durable = DurableImage
+export { durableStateOf }
 
 interface SimNode {
   readonly id: number
@@ -83,7 +81,7 @@ interface SimNode {
   nextDelivery: number
   readonly requests: Map<number, string>
   /** Writes issued but not yet durable, in order, with what waits for them. */
-  writes: Array<{ readonly index: number; readonly out: Outputs }>
+  writes: Array<{ readonly index: number; readonly out: Outputs; readonly chosenUpTo: number }>
   writeIndex: number
 }
 
@@ -92,7 +90,6 @@ export const simPaxosConfig = (nodeId: number, members: ReadonlyArray<number>, s
   members,
   batchMaxCount: 3,
   batchMaxBytes: 64,
-  batchMaxWaitMs: 4,
   maxInflight: 3,
   prepareRetryMs: 60,
   acceptRetransmitMs: 40,
@@ -103,20 +100,12 @@ export const simPaxosConfig = (nodeId: number, members: ReadonlyArray<number>, s
   catchupBatch: 4,
   catchupRetryMs: 40,
   memoryWindow: 8,
+  memoryWindowBytes: 200,
   seed
 })
 
-export const durableStateOf = (d: Durable, window: number): DurableState => {
-  let chosenUpTo = 0
-  while (d.chosen.has(chosenUpTo)) chosenUpTo++
-  return {
-    promised: d.promised,
-    proposerRound: d.proposerRound,
-    accepted: [...d.accepted].filter(([i]) => i >= chosenUpTo).map(([instance, a]) => ({ instance, ...a })),
-    chosen: [...d.chosen].filter(([i]) => i >= chosenUpTo - window).map(([instance, value]) => ({ instance, value })),
-    chosenUpTo
-  }
-}
+/** The chosen value at `instance` in a durable image, for a node that knows it is chosen. */
+export const storedValue = (d: Durable, instance: number): PaxosValue | undefined => d.log.get(instance)?.value
 
 const text = (b: Uint8Array): string => Buffer.from(b).toString("utf8")
 
@@ -157,7 +146,7 @@ export const runSimulation = (options: SimOptions): SimResult => {
         id,
         core: null,
         incarnation: 0,
-        durable: { promised: ZeroBallot, proposerRound: 0, accepted: new Map(), chosen: new Map() },
+        durable: emptyDurableImage(),
         nextDelivery: 0,
         requests: new Map(),
         writes: [],
@@ -186,12 +175,14 @@ export const runSimulation = (options: SimOptions): SimResult => {
   const handle = (n: SimNode, out: Outputs) => {
     // 1. what may go before the records are durable: early messages and results
     for (const s of out.send) if (sendsBeforePersist(s.message)) send(n.id, s.to, s.message)
-    for (const r of out.persist) {
-      if (r._tag !== "Chosen") continue
-      const g = globalChosen.get(r.instance)
-      if (g === undefined) globalChosen.set(r.instance, r.value)
-      else if (!valueEquals(g, r.value)) fail(`agreement: instance ${r.instance} chosen with two values (node ${n.id})`)
-      for (const v of r.value.values) if (!proposed.has(text(v))) fail(`validity: instance ${r.instance} holds unproposed ${text(v)}`)
+    // Chosen values are delivered at once (a majority holds them), in order.
+    for (const c of out.chosen) {
+      if (c.instance !== n.nextDelivery) fail(`order: node ${n.id} delivered ${c.instance}, expected ${n.nextDelivery}`)
+      n.nextDelivery = c.instance + 1
+      const g = globalChosen.get(c.instance)
+      if (g === undefined) globalChosen.set(c.instance, c.value)
+      else if (!valueEquals(g, c.value)) fail(`agreement: instance ${c.instance} chosen with two values (node ${n.id})`)
+      for (const v of c.value.values) if (!proposed.has(text(v))) fail(`validity: instance ${c.instance} holds unproposed ${text(v)}`)
     }
     for (const r of out.results) {
       const v = n.requests.get(r.requestId)
@@ -201,9 +192,11 @@ export const runSimulation = (options: SimOptions): SimResult => {
       }
       n.requests.delete(r.requestId)
       if (r._tag === "Chosen") {
+        // Checked against the delivered log when this node (or another) delivers the
+        // instance; a result may come before delivery (instances beyond a gap).
         const g = globalChosen.get(r.instance)
         const got = g?.values[r.index]
-        if (got === undefined || text(got) !== v) fail(`confirmed ${v} at ${r.instance}/${r.index} but the log holds ${got && text(got)}`)
+        if (g !== undefined && (got === undefined || text(got) !== v)) fail(`confirmed ${v} at ${r.instance}/${r.index} but the log holds ${got && text(got)}`)
         confirmed.set(v, { instance: r.instance, index: r.index })
       } else if (v.startsWith(finalPrefix) && !finalConfirmed()) {
         proposeFinal() // superseded: definitively not chosen, so the client tries again
@@ -216,24 +209,20 @@ export const runSimulation = (options: SimOptions): SimResult => {
     }
     // 2. the write: durable later, in order; what depends on it waits
     const index = ++n.writeIndex
-    n.writes.push({ index, out })
+    n.writes.push({ index, out, chosenUpTo: n.core!.chosenUpTo })
     queue.push(now + rng.int(0, options.diskDelayMs), { kind: "flush", node: n.id, incarnation: n.incarnation, write: index })
   }
 
   /** Writes up to `upTo` are durable: apply them and release what waited for them, in order. */
   const flush = (n: SimNode, upTo: number) => {
     while (n.writes.length > 0 && n.writes[0]!.index <= upTo && n.core !== null) {
-      const { out } = n.writes.shift()!
-      applyRecords(n.durable, out.persist)
-      for (const c of out.chosen) {
-        if (c.instance !== n.nextDelivery) fail(`order: node ${n.id} delivered ${c.instance}, expected ${n.nextDelivery}`)
-        n.nextDelivery = c.instance + 1
-      }
+      const { out, chosenUpTo } = n.writes.shift()!
+      applyRecords(n.durable, out.persist, chosenUpTo)
       for (const rc of out.readChosen) {
         messages.readChosen = (messages.readChosen ?? 0) + 1
         const entries = []
         for (let i = rc.from; i < rc.from + rc.count; i++) {
-          const v = n.durable.chosen.get(i)
+          const v = storedValue(n.durable, i)
           if (v !== undefined) entries.push({ instance: i, value: v })
         }
         send(n.id, rc.to, { _tag: "CatchupReply", entries })
@@ -347,6 +336,7 @@ export const runSimulation = (options: SimOptions): SimResult => {
     if (!finalConfirmed()) return false
     let max = -1
     for (const i of globalChosen.keys()) if (i > max) max = i
+    for (const at of confirmed.values()) if (at.instance > max) max = at.instance
     for (const n of nodes.values()) if (n.core === null || n.core.chosenUpTo <= max) return false
     return true
   }
@@ -361,8 +351,10 @@ export const runSimulation = (options: SimOptions): SimResult => {
     for (const n of nodes.values()) flush(n, Infinity)
   }
   for (const [v, at] of confirmed) {
+    const got = globalChosen.get(at.instance)?.values[at.index]
+    if (got === undefined || text(got) !== v) fail(`confirmed ${v} at ${at.instance}/${at.index} but the log holds ${got && text(got)}`)
     for (const n of nodes.values()) {
-      const got = n.durable.chosen.get(at.instance)?.values[at.index]
+      const got = storedValue(n.durable, at.instance)?.values[at.index]
       if (got === undefined || text(got) !== v) fail(`durability: node ${n.id} lacks confirmed ${v} at ${at.instance}/${at.index}`)
     }
   }

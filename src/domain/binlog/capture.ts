@@ -17,6 +17,8 @@ export interface CapturedTxn {
   readonly endPos: number
   /** The master holds a commit until this transaction is ACKed (semi-sync). */
   readonly needAck: boolean
+  /** When its last event arrived (the caller's monotonic clock, ms): for commit-path timings. */
+  readonly capturedAt: number
 }
 
 export class DumpPacketError extends Data.TaggedError("DumpPacketError")<{ readonly message: string }> {}
@@ -39,8 +41,11 @@ export class CaptureState {
     return this.file
   }
 
-  /** One event packet's payload: 0x00, then (semi-sync) 0xEF and the need-ack byte, then the event. */
-  push(payload: Uint8Array): Result.Result<ReadonlyArray<CaptureOutput>, DumpPacketError | AssemblerError> {
+  /**
+   * One event packet's payload: 0x00, then (semi-sync) 0xEF and the need-ack byte, then the
+   * event. `now` (monotonic ms) stamps the transactions it completes.
+   */
+  push(payload: Uint8Array, now = 0): Result.Result<ReadonlyArray<CaptureOutput>, DumpPacketError | AssemblerError> {
     if (payload.length < 1 || payload[0] !== 0x00) {
       return Result.fail(new DumpPacketError({ message: `event packet starts with ${payload[0]}, not 0x00` }))
     }
@@ -71,7 +76,7 @@ export class CaptureState {
       if (o._tag !== "Transaction") continue
       out.push({
         _tag: "Txn",
-        txn: { gtid: o.gtid, events: o.events, file: this.file, endPos: o.endLogPos, needAck: this.needAck }
+        txn: { gtid: o.gtid, events: o.events, file: this.file, endPos: o.endLogPos, needAck: this.needAck, capturedAt: now }
       })
       this.needAck = false
     }

@@ -16,12 +16,16 @@ import {
   parseEvent,
   recomputeChecksum,
   serializeEvent,
+  setLogPosInPlace,
   withLogPos
 } from "./event.js"
 
 /** Offset of create_timestamp in a Format_description body (after binlog_version and server_version). */
 const FDE_CREATE_TIMESTAMP = 52
 const BINLOG_START = 4
+/** MySQL packets: a 4-byte header, payloads below 2^24 - 1 bytes fit in one. */
+const PACKET_HEADER = 4
+const MAX_PACKET_PAYLOAD = 0xffffff
 
 export class DumpStream {
   /** End offset of the last event sent, in the virtual file. */
@@ -80,6 +84,41 @@ export class DumpStream {
     }
     this.position = position
     return Result.succeed(out)
+  }
+
+  /**
+   * The same, framed as replication packets (0x00 and the event, sequence ids from `seq`)
+   * in one buffer: each event is copied once, straight into its packet. Events too large
+   * for one packet are left to {@link transaction} (undefined).
+   */
+  transactionPackets(
+    events: ReadonlyArray<Uint8Array>,
+    seq: number
+  ): Result.Result<{ readonly bytes: Uint8Array; readonly nextSequenceId: number } | undefined, BinlogEventError | BinlogChecksumError> {
+    let total = 0
+    for (const e of events) {
+      if (e.length + 1 >= MAX_PACKET_PAYLOAD) return Result.succeed(undefined)
+      total += PACKET_HEADER + 1 + e.length
+    }
+    const out = new Uint8Array(total)
+    let at = 0
+    let position = this.position
+    for (const e of events) {
+      const payload = e.length + 1
+      out[at] = payload & 0xff
+      out[at + 1] = (payload >>> 8) & 0xff
+      out[at + 2] = (payload >>> 16) & 0xff
+      out[at + 3] = seq
+      seq = (seq + 1) & 0xff
+      out[at + 4] = 0x00
+      out.set(e, at + 5)
+      position += e.length
+      const placed = setLogPosInPlace(out.subarray(at + 5, at + 5 + e.length), position)
+      if (Result.isFailure(placed)) return Result.fail(placed.failure)
+      at += PACKET_HEADER + payload
+    }
+    this.position = position
+    return Result.succeed({ bytes: out, nextSequenceId: seq })
   }
 
   /** Sent while idle: log_pos is the end of the last event sent. */

@@ -302,17 +302,30 @@ export const withLogPos = (
   logPos: number,
   options: { readonly checksum?: boolean } = {}
 ): Result.Result<Uint8Array, BinlogEventError | BinlogChecksumError> => {
-  if (!isU32(logPos)) return fail("out-of-range", `log_pos ${logPos} is not a u32`)
-  const parsed = parseEvent(eventBytes, { checksum: options.checksum ?? true })
-  if (Result.isFailure(parsed)) return Result.fail(parsed.failure)
   const out = Uint8Array.from(eventBytes)
-  const v = view(out)
+  const r = setLogPosInPlace(out, logPos, options)
+  return Result.isFailure(r) ? Result.fail(r.failure) : Result.succeed(out)
+}
+
+/**
+ * {@link withLogPos} on the bytes themselves (a copy the caller made, e.g. inside a
+ * packet buffer): the checksum is verified first, so corruption is never re-sealed.
+ */
+export const setLogPosInPlace = (
+  bytes: Uint8Array,
+  logPos: number,
+  options: { readonly checksum?: boolean } = {}
+): Result.Result<void, BinlogEventError | BinlogChecksumError> => {
+  if (!isU32(logPos)) return fail("out-of-range", `log_pos ${logPos} is not a u32`)
+  const parsed = parseEvent(bytes, { checksum: options.checksum ?? true })
+  if (Result.isFailure(parsed)) return Result.fail(parsed.failure)
+  const v = view(bytes)
   v.setUint32(13, logPos, true)
   if (parsed.success.checksum !== null) {
-    const end = out.length - CHECKSUM_LENGTH
-    v.setUint32(end, checksumOver(out.subarray(0, end)), true)
+    const end = bytes.length - CHECKSUM_LENGTH
+    v.setUint32(end, checksumOver(bytes.subarray(0, end)), true)
   }
-  return Result.succeed(out)
+  return Result.succeed(undefined)
 }
 
 // ---------------------------------------------------------------------------

@@ -36,12 +36,14 @@ export const sendsBeforePersist = (m: PaxosMessage): boolean =>
 export interface PaxosConfig {
   readonly nodeId: number
   readonly members: ReadonlyArray<number>
-  /** Batching: a batch closes at this many values, ... */
+  /**
+   * Batching (group commit): a value goes into an instance at once while fewer than
+   * maxInflight are in phase 2; beyond that, values wait and whatever waited goes out as
+   * one batch as soon as an instance is chosen, at most this many values ...
+   */
   readonly batchMaxCount: number
-  /** ... at this many bytes, ... */
+  /** ... and this many bytes (a single larger value goes alone). */
   readonly batchMaxBytes: number
-  /** ... or once its oldest value waited this long while earlier instances were in flight. */
-  readonly batchMaxWaitMs: number
   /** Instances a leader keeps in phase 2 at once (pipelining). */
   readonly maxInflight: number
   readonly prepareRetryMs: number
@@ -53,8 +55,12 @@ export interface PaxosConfig {
   readonly backoffMaxMs: number
   readonly catchupBatch: number
   readonly catchupRetryMs: number
-  /** Chosen values kept in memory below the chosen prefix; older ones are served from storage. */
+  /**
+   * Chosen values kept in memory below the chosen prefix, at most this many and this many
+   * bytes (the newest always); older ones are served from storage.
+   */
   readonly memoryWindow: number
+  readonly memoryWindowBytes: number
   readonly seed: number
 }
 
@@ -63,21 +69,27 @@ export const defaultPaxosConfig = (nodeId: number, members: ReadonlyArray<number
   members,
   batchMaxCount: 1024,
   batchMaxBytes: 1 << 20,
-  batchMaxWaitMs: 2,
   maxInflight: 4,
   prepareRetryMs: 200,
   acceptRetransmitMs: 200,
-  statusIntervalMs: 100,
+  statusIntervalMs: 500,
   leaderTimeoutMs: 1_000,
   backoffMinMs: 20,
   backoffMaxMs: 200,
   catchupBatch: 256,
   catchupRetryMs: 200,
   memoryWindow: 4096,
+  memoryWindowBytes: 64 * 1024 * 1024,
   seed
 })
 
-/** Records the driver must make durable before acting on the step's other outputs. */
+/**
+ * Records the driver must make durable before acting on the step's other outputs. The log
+ * keeps one value per instance: an Accepted record, or a Chosen one (a value learned
+ * without accepting it here, or other than the one accepted). A value learned chosen that
+ * is the one accepted here writes nothing: the driver records how far the chosen prefix
+ * reaches with its next write (a hint: a crash may lose it, and the node learns again).
+ */
 export type PersistRecord =
   | { readonly _tag: "Promised"; readonly ballot: Ballot }
   | { readonly _tag: "ProposerRound"; readonly round: number }
@@ -176,6 +188,9 @@ export class PaxosNode {
   private readonly accepted = new Map<number, { ballot: Ballot; value: PaxosValue }>()
   // Learner
   private readonly chosen = new Map<number, PaxosValue>()
+  /** The oldest chosen instance below the prefix still in memory, and the bytes held from it up to the prefix. */
+  private windowStart: number
+  private windowBytes = 0
   private chosenUpToValue: number
   private maxChosen: number
   private readonly peerChosenUpTo = new Map<number, number>()
@@ -225,10 +240,16 @@ export class PaxosNode {
     for (const a of durable.accepted) {
       if (a.instance >= durable.chosenUpTo) this.accepted.set(a.instance, { ballot: a.ballot, value: a.value })
     }
+    this.windowStart = durable.chosenUpTo
     for (const c of durable.chosen) {
       this.chosen.set(c.instance, c.value)
       this.maxChosen = Math.max(this.maxChosen, c.instance)
+      if (c.instance < durable.chosenUpTo) {
+        this.windowStart = Math.min(this.windowStart, c.instance)
+        this.windowBytes += valueBytes(c.value)
+      }
     }
+    this.trimWindow()
   }
 
   // ---- read-only views ----
@@ -252,6 +273,17 @@ export class PaxosNode {
     let n = this.queue.length
     for (const p of this.placed.values()) n += p.origins.length
     return n + this.forwarded.size
+  }
+  /**
+   * Nothing waits on a timer here: no phase 1 or 2 in flight, nothing queued, placed or
+   * forwarded, no peer known to be ahead. Ticks are then needed only for heartbeats.
+   */
+  get quiet(): boolean {
+    if (this.role === "preparing" || this.inflight.size > 0 || this.queue.length > 0 || this.placed.size > 0 || this.forwarded.size > 0) {
+      return false
+    }
+    for (const p of this.peers) if ((this.peerChosenUpTo.get(p) ?? 0) > this.chosenUpToValue) return false
+    return true
   }
   chosenValue(instance: number): PaxosValue | undefined {
     return this.chosen.get(instance)
@@ -590,8 +622,7 @@ export class PaxosNode {
 
   private onCatchupRequest(from: number, m: MessageOf<"CatchupRequest">): void {
     const count = Math.max(1, Math.min(m.count, this.config.catchupBatch))
-    const windowStart = this.chosenUpToValue - this.config.memoryWindow
-    if (m.from < windowStart) {
+    if (m.from < this.windowStart) {
       this.out.readChosen.push({ to: from, from: m.from, count })
       return
     }
@@ -619,7 +650,8 @@ export class PaxosNode {
     if (instance < this.chosenUpToValue || this.chosen.has(instance)) return
     this.chosen.set(instance, value)
     if (instance > this.maxChosen) this.maxChosen = instance
-    this.out.persist.push({ _tag: "Chosen", instance, value })
+    // The value accepted here (the same object) is on its way to disk already.
+    if (this.accepted.get(instance)?.value !== value) this.out.persist.push({ _tag: "Chosen", instance, value })
     this.inflight.delete(instance)
     const p = this.placed.get(instance)
     if (p !== undefined) {
@@ -639,13 +671,32 @@ export class PaxosNode {
       })
       for (const [key, r] of remote) this.sendTo(Number(key.split("/")[0]), r)
     }
+    let advanced = false
     while (this.chosen.has(this.chosenUpToValue)) {
       const i = this.chosenUpToValue
-      this.out.chosen.push({ instance: i, value: this.chosen.get(i)! })
+      const v = this.chosen.get(i)!
+      this.out.chosen.push({ instance: i, value: v })
       this.accepted.delete(i)
       this.chosenUpToValue++
-      const old = i - this.config.memoryWindow
-      if (old >= 0) this.chosen.delete(old)
+      this.windowBytes += valueBytes(v)
+      advanced = true
+    }
+    if (advanced) this.trimWindow()
+  }
+
+  /** Forgets the oldest chosen values below the prefix beyond the window's count and bytes (the newest stays). */
+  private trimWindow(): void {
+    const c = this.config
+    while (
+      this.windowStart < this.chosenUpToValue - 1 &&
+      (this.chosenUpToValue - this.windowStart > c.memoryWindow || this.windowBytes > c.memoryWindowBytes)
+    ) {
+      const v = this.chosen.get(this.windowStart)
+      if (v !== undefined) {
+        this.windowBytes -= valueBytes(v)
+        this.chosen.delete(this.windowStart)
+      }
+      this.windowStart++
     }
   }
 
@@ -663,9 +714,6 @@ export class PaxosNode {
 
   private flushQueue(): void {
     while (this.role === "leader" && this.queue.length > 0 && this.inflight.size < this.config.maxInflight) {
-      const full = this.queue.length >= this.config.batchMaxCount || this.queuedBytes >= this.config.batchMaxBytes
-      const waited = this.now - this.queue[0]!.at >= this.config.batchMaxWaitMs
-      if (this.inflight.size > 0 && !full && !waited) return
       let n = 0
       let bytes = 0
       while (n < this.queue.length && n < this.config.batchMaxCount) {
@@ -741,16 +789,21 @@ export class PaxosNode {
   }
 }
 
-/** Rebuild the in-memory durable image from a list of records (simulation, tests). */
-export const applyRecords = (
-  state: {
-    promised: Ballot
-    proposerRound: number
-    accepted: Map<number, { ballot: Ballot; value: PaxosValue }>
-    chosen: Map<number, PaxosValue>
-  },
-  records: ReadonlyArray<PersistRecord>
-): void => {
+/**
+ * The durable image a driver keeps, as data (simulation, tests): one value per instance
+ * (ballot null: learned chosen), and the chosen-prefix hint of the last write.
+ */
+export interface DurableImage {
+  promised: Ballot
+  proposerRound: number
+  readonly log: Map<number, { ballot: Ballot | null; value: PaxosValue }>
+  chosenUpTo: number
+}
+
+export const emptyDurableImage = (): DurableImage => ({ promised: ZeroBallot, proposerRound: 0, log: new Map(), chosenUpTo: 0 })
+
+/** Applies one write (its records and the chosen-prefix hint it carries) to a durable image. */
+export const applyRecords = (state: DurableImage, records: ReadonlyArray<PersistRecord>, chosenUpTo: number): void => {
   for (const r of records) {
     switch (r._tag) {
       case "Promised":
@@ -760,13 +813,33 @@ export const applyRecords = (
         if (r.round > state.proposerRound) state.proposerRound = r.round
         break
       case "Accepted":
-        state.accepted.set(r.instance, { ballot: r.ballot, value: r.value })
+        state.log.set(r.instance, { ballot: r.ballot, value: r.value })
         break
       case "Chosen":
-        state.chosen.set(r.instance, r.value)
+        state.log.set(r.instance, { ballot: null, value: r.value })
         break
     }
   }
+  if (records.length > 0 && chosenUpTo > state.chosenUpTo) state.chosenUpTo = chosenUpTo
+}
+
+/**
+ * What a node restarts from, given its durable image: every instance below the hint is
+ * chosen (its value is the one stored), and so is every one stored with ballot null; the
+ * rest are accepted. `window` chosen values below the prefix are kept.
+ */
+export const durableStateOf = (d: DurableImage, window: number): DurableState => {
+  let chosenUpTo = d.chosenUpTo
+  while (d.log.get(chosenUpTo)?.ballot === null) chosenUpTo++
+  const accepted: Array<DurableState["accepted"][number]> = []
+  const chosen: Array<ChosenEntry> = []
+  for (const [instance, e] of [...d.log].sort((a, b) => a[0] - b[0])) {
+    if (instance < chosenUpTo) {
+      if (instance >= chosenUpTo - window) chosen.push({ instance, value: e.value })
+    } else if (e.ballot === null) chosen.push({ instance, value: e.value })
+    else accepted.push({ instance, ballot: e.ballot, value: e.value })
+  }
+  return { promised: d.promised, proposerRound: d.proposerRound, accepted, chosen, chosenUpTo }
 }
 
 export { valueBytes }
