@@ -64,6 +64,10 @@ const program = Effect.gen(function*() {
   const n = yield* Ref.get(count)
   const sorted = latencies.slice(0, Math.min(n, latencies.length)).sort()
   process.stderr.write(`bench: ${n} values in ${elapsed.toFixed(2)} s, ${yield* Ref.get(errors)} errors, ${after.chosenUpTo - before.chosenUpTo} instances\n`)
+  for (const node of cluster.nodes) {
+    const st = yield* fetchStatus(`127.0.0.1:${node.adminPort}`, 1_000)
+    if (!("error" in st)) process.stderr.write(`node ${node.nodeId} (${st.paxos.role}): write ${JSON.stringify(st.paxos.writeMs)} round ${JSON.stringify(st.paxos.roundMs)}\n`)
+  }
   console.log(JSON.stringify({
     bench: "paxos",
     nodes,

@@ -155,6 +155,8 @@ const LOW_WATER = 1024
 interface Wire {
   readonly socket: net.Socket
   readonly read: Effect.Effect<Packet, CaptureConnectionError>
+  /** Every packet waiting (at least one): one wake-up per socket read while streaming. */
+  readonly readAll: Effect.Effect<ReadonlyArray<Packet>, CaptureConnectionError>
   readonly write: (sequenceId: number, payload: Uint8Array) => void
   /** The server's connection id (from the handshake), for diagnostics. */
   connectionId: number
@@ -206,9 +208,14 @@ const openWire = (
       if (socket.isPaused() && Queue.sizeUnsafe(packets) < LOW_WATER) socket.resume()
       return p
     })
+    const readAll = Effect.map(Queue.takeBetween(packets, 1, HIGH_WATER), (ps) => {
+      if (socket.isPaused() && Queue.sizeUnsafe(packets) < LOW_WATER) socket.resume()
+      return ps
+    })
     return {
       socket,
       read,
+      readAll,
       write: (sequenceId, payload) => {
         if (!socket.destroyed) socket.write(encodePackets(sequenceId, payload).bytes)
       },
@@ -378,41 +385,42 @@ export const make = (options: CaptureOptions): Effect.Effect<BinlogCaptureShape,
         let state: CaptureState | undefined
         const streamed: Effect.Effect<never, CaptureError> = Effect.gen(function*() {
           while (true) {
-            const { payload } = yield* wire.read
-            if (payload[0] === 0xff) {
-              const e = errFrom(payload)
-              return yield* (e.code === ER_MASTER_FATAL_ERROR_READING_BINLOG
-                ? new CapturePositionError({ address, after: connectState(last), code: e.code, detail: e.message })
-                : new CaptureServerError({ address, stage: "dump", code: e.code, sqlState: e.sqlState, detail: e.message }))
-            }
-            if (classifyResponse(payload) === "eof") {
-              return yield* new CaptureConnectionError({ address, reason: "closed", detail: "the dump ended (EOF)" })
-            }
-            // The first packet is the artificial Rotate (timestamp 0): a semi-sync header shows
-            // as 0xEF right after the 0x00.
-            if (state === undefined) {
-              const semiSync = payload.length > 1 && payload[1] === 0xef
-              state = new CaptureState(semiSync)
-              // The dump has started (the master listens for ACKs from now on).
-              current = wire
-              if (semiSync && highestAck !== undefined) sendAck(wire, highestAck)
-            }
-            const r = state.push(payload, performance.now())
-            if (Result.isFailure(r)) return yield* protocolError(address, r.failure.message)
-            for (const o of r.success) {
-              if (o._tag === "FormatDescription") {
-                yield* Deferred.succeed(fde, o.bytes)
-                continue
+            for (const { payload } of yield* wire.readAll) {
+              if (payload[0] === 0xff) {
+                const e = errFrom(payload)
+                return yield* (e.code === ER_MASTER_FATAL_ERROR_READING_BINLOG
+                  ? new CapturePositionError({ address, after: connectState(last), code: e.code, detail: e.message })
+                  : new CaptureServerError({ address, stage: "dump", code: e.code, sqlState: e.sqlState, detail: e.message }))
               }
-              const txn = o.txn
-              const prev = last.get(txn.gtid.domain)
-              if (prev !== undefined && txn.gtid.seq <= prev.seq) {
-                // Already handed out (never expected with a GTID connect state).
-                yield* Effect.logWarning(`binlog capture: skipping ${formatGtid(txn.gtid)}, already handed out ${formatGtid(prev)}`)
-                continue
+              if (classifyResponse(payload) === "eof") {
+                return yield* new CaptureConnectionError({ address, reason: "closed", detail: "the dump ended (EOF)" })
               }
-              yield* Queue.offer(out, txn)
-              last.set(txn.gtid.domain, txn.gtid)
+              // The first packet is the artificial Rotate (timestamp 0): a semi-sync header shows
+              // as 0xEF right after the 0x00.
+              if (state === undefined) {
+                const semiSync = payload.length > 1 && payload[1] === 0xef
+                state = new CaptureState(semiSync)
+                // The dump has started (the master listens for ACKs from now on).
+                current = wire
+                if (semiSync && highestAck !== undefined) sendAck(wire, highestAck)
+              }
+              const r = state.push(payload, performance.now())
+              if (Result.isFailure(r)) return yield* protocolError(address, r.failure.message)
+              for (const o of r.success) {
+                if (o._tag === "FormatDescription") {
+                  yield* Deferred.succeed(fde, o.bytes)
+                  continue
+                }
+                const txn = o.txn
+                const prev = last.get(txn.gtid.domain)
+                if (prev !== undefined && txn.gtid.seq <= prev.seq) {
+                  // Already handed out (never expected with a GTID connect state).
+                  yield* Effect.logWarning(`binlog capture: skipping ${formatGtid(txn.gtid)}, already handed out ${formatGtid(prev)}`)
+                  continue
+                }
+                yield* Queue.offer(out, txn)
+                last.set(txn.gtid.domain, txn.gtid)
+              }
             }
           }
         })

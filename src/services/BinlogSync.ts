@@ -49,7 +49,7 @@ export const run = (options: BinlogSyncOptions) =>
     const maxBytes = options.maxBatchBytes ?? 4 * 1024 * 1024
     // Bounded: a slow log slows the reader, and MariaDB holds the commits meanwhile.
     const queue = yield* Queue.bounded<BinlogCapture.CapturedTxn>(4 * maxTxns)
-    const reader = capture.transactions.pipe(Stream.runForEach((t) => Queue.offer(queue, t)))
+    const reader = capture.transactions.pipe(Stream.runForEachArray((ts) => Queue.offerAll(queue, ts)))
 
     const depth = options.pipelineDepth ?? 4
     /** The last GTID ACKed: every entry before it was accepted. */

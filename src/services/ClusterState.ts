@@ -17,6 +17,7 @@ import {
   type Outcome
 } from "../domain/cluster.js"
 import type { ProposeError } from "../domain/errors.js"
+import type { ChosenEntry } from "../domain/paxos/messages.js"
 import { PaxosLog } from "./PaxosLog.js"
 
 export class ClusterStateError extends Data.TaggedError("ClusterStateError")<{
@@ -134,55 +135,60 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     }
   }
 
-  const applier = Effect.gen(function*() {
-    const start = (yield* SubscriptionRef.get(ref)).appliedUpTo
-    yield* log.chosen(start).pipe(
-      Stream.runForEach((chosen) =>
-        Effect.gen(function*() {
-          let { state } = yield* SubscriptionRef.get(ref)
-          const applied: Array<AppliedEntry> = []
-          chosen.value.values.forEach((bytes, index) => {
-            const decoded = decodeEntry(bytes)
-            const entry = decoded._tag === "Malformed" ? undefined : (decoded as ClusterEntry)
-            const [next, outcome]: readonly [ClusterStateData, Outcome] = entry === undefined
-              ? [state, { _tag: "Rejected", reason: decoded as Extract<typeof decoded, { _tag: "Malformed" }> }]
-              : applyEntry(state, entry)
-            // Written before the snapshot that includes it (one LMDB writer, in order), and
-            // idempotent when a restart applies it again.
-            if (entry?._tag === "Binlog" && outcome._tag === "Accepted") {
-              const first = entry.txns[0]!.gtid.seq
-              remember(entry.txns)
-              // Readable from `pending` until LMDB has committed the put.
-              pending.set(first, [chosen.instance, index])
-              void entries.put(first, [chosen.instance, index]).then(
-                () => pending.delete(first),
-                // A gap here would look like divergence after a restart: stop loudly instead.
-                (e) => {
-                  console.error(`phxmaria: cannot index binlog entry ${first}: ${String(e)}`)
-                  process.exit(70)
-                }
-              )
-            }
-            state = next
-            applied.push({ instance: chosen.instance, index, entry, outcome, state })
-          })
-          const snapshot: ClusterSnapshot = { state, appliedUpTo: chosen.instance + 1 }
-          yield* SubscriptionRef.set(ref, snapshot)
-          // Written at most every SNAPSHOT_EVERY_MS (and at close), never awaited: after a
-          // crash the log replays what the last write missed, and apply is deterministic.
-          const now = performance.now()
-          if (now - lastWrite >= SNAPSHOT_EVERY_MS) {
-            lastWrite = now
-            env.put("snapshot", snapshot)
+  /**
+   * Applies one chosen instance, synchronously as the log learns it (PaxosLog.follow): the
+   * outcome is known by the time the proposer hears its entry was chosen.
+   */
+  const apply = (chosen: ChosenEntry): void => {
+    try {
+      applyChosen(chosen)
+    } catch (e) {
+      // The node cannot serve without applying the log: never silent, never half-applied.
+      console.error(`phxmaria: the cluster state cannot apply instance ${chosen.instance}: ${e instanceof Error ? e.stack : String(e)}`)
+      process.exit(70)
+    }
+  }
+  const applyChosen = (chosen: ChosenEntry): void => {
+    let { state } = SubscriptionRef.getUnsafe(ref)
+    const applied: Array<AppliedEntry> = []
+    chosen.value.values.forEach((bytes, index) => {
+      const decoded = decodeEntry(bytes)
+      const entry = decoded._tag === "Malformed" ? undefined : (decoded as ClusterEntry)
+      const [next, outcome]: readonly [ClusterStateData, Outcome] = entry === undefined
+        ? [state, { _tag: "Rejected", reason: decoded as Extract<typeof decoded, { _tag: "Malformed" }> }]
+        : applyEntry(state, entry)
+      // Written before the snapshot that includes it (one LMDB writer, in order), and
+      // idempotent when a restart applies it again.
+      if (entry?._tag === "Binlog" && outcome._tag === "Accepted") {
+        const first = entry.txns[0]!.gtid.seq
+        remember(entry.txns)
+        // Readable from `pending` until LMDB has committed the put.
+        pending.set(first, [chosen.instance, index])
+        void entries.put(first, [chosen.instance, index]).then(
+          () => pending.delete(first),
+          // A gap here would look like divergence after a restart: stop loudly instead.
+          (e) => {
+            console.error(`phxmaria: cannot index binlog entry ${first}: ${String(e)}`)
+            process.exit(70)
           }
-          for (const a of applied) settle(`${a.instance}/${a.index}`, a.outcome)
-          yield* PubSub.publishAll(hub, applied)
-        })
-      )
-    )
-  })
-  // The node cannot serve without applying the log: a dead applier is logged, never silent.
-  yield* Effect.forkScoped(applier.pipe(Effect.tapCause((cause) => Effect.logError("the cluster state stopped applying the log", cause))))
+        )
+      }
+      state = next
+      applied.push({ instance: chosen.instance, index, entry, outcome, state })
+    })
+    const snapshot: ClusterSnapshot = { state, appliedUpTo: chosen.instance + 1 }
+    Effect.runSync(SubscriptionRef.set(ref, snapshot))
+    // Written at most every SNAPSHOT_EVERY_MS (and at close), never awaited: after a
+    // crash the log replays what the last write missed, and apply is deterministic.
+    const now = performance.now()
+    if (now - lastWrite >= SNAPSHOT_EVERY_MS) {
+      lastWrite = now
+      env.put("snapshot", snapshot)
+    }
+    for (const a of applied) settle(`${a.instance}/${a.index}`, a.outcome)
+    for (const a of applied) PubSub.publishUnsafe(hub, a)
+  }
+  yield* log.follow(SubscriptionRef.getUnsafe(ref).appliedUpTo, apply)
 
   const propose = (entry: ClusterEntry, timing?: ProposeTiming): Effect.Effect<Outcome, ProposeError> =>
     Effect.gen(function*() {

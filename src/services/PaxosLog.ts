@@ -6,7 +6,7 @@
  * synced LMDB commit, and only then sends messages and completes proposals. Inputs that
  * arrive during the commit form the next group: group commit falls out of the loop.
  */
-import { Context, Effect, Layer, PubSub, Queue, Schema, Stream } from "effect"
+import { Context, Effect, Layer, PubSub, Queue, Schema, Scope, Stream } from "effect"
 import {
   defaultPaxosConfig,
   type Input,
@@ -166,6 +166,12 @@ export interface PaxosLogShape {
   readonly chosen: (from: number) => Stream.Stream<ChosenEntry>
   /** The chosen value of one instance (waits until it is chosen here). */
   readonly valueAt: (instance: number) => Effect.Effect<PaxosValue>
+  /**
+   * Calls `listener` with every chosen instance from `from` on, in order: first history,
+   * then each new one synchronously as the log learns it (no queue, no fiber hop), until
+   * the scope closes. The listener must not block or throw.
+   */
+  readonly follow: (from: number, listener: (entry: ChosenEntry) => void) => Effect.Effect<void, never, Scope.Scope>
   readonly status: Effect.Effect<PaxosLogStatus>
   /** Take Paxos leadership (the lease holder's proposals then go out without forwarding). */
   readonly lead: Effect.Effect<void>
@@ -207,6 +213,8 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   let nextRequestId = 1
   const chosenHub = yield* PubSub.unbounded<ChosenEntry>()
   let chosenUpTo = durable.chosenUpTo
+  /** Followers called synchronously with each chosen instance (see `follow`). */
+  const followers = new Set<(entry: ChosenEntry) => void>()
   /** Settles once every write issued so far is synced (LMDB settles writes in order). */
   let lastWrite: Promise<void> = Promise.resolve()
   const writeMs = new Histogram()
@@ -265,6 +273,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
           roundMs.record(now - sent)
           acceptSentAt.delete(e.instance)
         }
+        for (const f of followers) f(e)
         PubSub.publishUnsafe(chosenHub, e)
       }
       // Instances this node sent but another leader settled are not kept.
@@ -285,7 +294,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     if (failure !== undefined) return
     for (const s of sends) sendNow(s.to, s.message)
     for (const r of reads) {
-      Effect.runFork(storage.readChosen(r.from, r.count).pipe(
+      Effect.runFork(storage.readChosen(r.from, r.count, r.maxBytes).pipe(
         Effect.flatMap((entries) => transport === undefined ? Effect.void : transport.send(r.to, { _tag: "CatchupReply", entries })),
         Effect.catch((e) => Effect.logWarning(`paxos: cannot read chosen instances for node ${r.to}`, e))
       ))
@@ -439,6 +448,35 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       })
     )
 
+  const follow = (from: number, listener: (entry: ChosenEntry) => void): Effect.Effect<void, never, Scope.Scope> =>
+    Effect.gen(function*() {
+      let next = from
+      for (;;) {
+        // Caught up: joining the live followers in the same synchronous step as the last
+        // check, so no instance learned in between is missed.
+        const joined = yield* Effect.sync(() => {
+          if (next < chosenUpTo) return false
+          followers.add(listener)
+          return true
+        })
+        if (joined) break
+        const inMemory = core.chosenValue(next)
+        if (inMemory !== undefined) {
+          listener({ instance: next++, value: inMemory })
+          continue
+        }
+        yield* Effect.promise(() => lastWrite.catch(() => undefined))
+        const page = yield* storage.readChosen(next, Math.min(64, chosenUpTo - next)).pipe(Effect.orDie)
+        if (page[0]?.instance !== next) return yield* Effect.die(new Error(`chosen log has no instance ${next} below ${chosenUpTo}`))
+        for (const e of page) {
+          if (e.instance !== next) break
+          listener(e)
+          next++
+        }
+      }
+      yield* Effect.addFinalizer(() => Effect.sync(() => followers.delete(listener)))
+    })
+
   const valueAt = (instance: number): Effect.Effect<PaxosValue> =>
     Effect.gen(function*() {
       if (instance >= chosenUpTo) {
@@ -468,7 +506,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
 
   const lead = Effect.sync(() => step({ _tag: "Lead" }))
 
-  return PaxosLog.of({ propose, chosen, valueAt, status, lead, address: transport.address })
+  return PaxosLog.of({ propose, chosen, valueAt, follow, status, lead, address: transport.address })
 })
 
 export const layer = (options: PaxosLogOptions): Layer.Layer<PaxosLog, never, PaxosStorage> =>

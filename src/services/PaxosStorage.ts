@@ -1,22 +1,36 @@
 /**
- * Durable Paxos state on LMDB: the acceptor's promise, the proposer's last round, and the
- * log, one value per instance (what this node accepted, or learned chosen). A value is
- * stored once: learning that the accepted value was chosen writes nothing but the chosen
- * prefix, a hint that travels with the next write (core.ts, PersistRecord). Writes resolve
- * only after their commit is synced, so the driver can send what depends on them.
+ * Durable Paxos state: the acceptor's promise, the proposer's last round, and the log, one
+ * value per instance (what this node accepted, or learned chosen).
+ *
+ * The bytes live once, in a write-ahead log of checksummed frames (domain/paxos/walFrame.ts)
+ * in segment files that are zero-filled before use: a write is one `pwrite` on a file
+ * opened O_DSYNC, covering blocks that already exist, so it costs one device flush and no
+ * file-system journal commit (LMDB's own commit costs two flushes, and a third when its
+ * file grows: measured here 0.37 ms against 1.9 ms with three nodes sharing a disk).
+ * Everything written in one turn of the event loop, and whatever arrives while a write is
+ * in flight, goes out as one write (group commit); writes settle in order.
+ *
+ * An LMDB index (no fsync of its own) maps instances to frames and keeps the acceptor
+ * state, with the log position it covers; at start the log is replayed into it from
+ * there. The index survives a process crash (the OS holds its pages) but not an OS crash,
+ * so after a reboot it is rebuilt from the log (the boot id tells). Learning that the
+ * accepted value was chosen writes nothing but the chosen-prefix hint with the next write
+ * (core.ts, PersistRecord).
  */
 import { Context, Data, Effect, Layer } from "effect"
 import { open, type Database, type RootDatabase } from "lmdb"
-import { mkdirSync } from "node:fs"
-import { type DurableState, type PersistRecord, valueBytes } from "../domain/paxos/core.js"
+import * as fs from "node:fs"
+import { join } from "node:path"
+import { type DurableState, type PersistRecord } from "../domain/paxos/core.js"
 import { type Ballot, type ChosenEntry, type PaxosValue, ZeroBallot } from "../domain/paxos/messages.js"
+import { encodeWalFrame, readWalFrame, scanWalFrames, WAL_FRAME_HEADER } from "../domain/paxos/walFrame.js"
 
 export class StorageError extends Data.TaggedError("StorageError")<{
   readonly operation: string
   readonly cause: unknown
 }> {
   override get message(): string {
-    return `storage ${this.operation} failed: ${String(this.cause)}`
+    return `storage ${this.operation} failed: ${this.cause instanceof Error ? this.cause.message : String(this.cause)}`
   }
 }
 
@@ -27,21 +41,29 @@ export interface PaxosStorageShape {
    */
   readonly load: (memoryWindow: number, memoryWindowBytes?: number) => Effect.Effect<DurableState, StorageError>
   /**
-   * Starts writing now (joining this turn's LMDB commit); the promise settles once the
-   * commit is synced, in call order, and rejects with a {@link StorageError}. `chosenUpTo`
-   * is the chosen prefix known now, kept as a hint with the write.
+   * Starts writing (group commit with whatever else is written meanwhile); the promise
+   * settles once the records are on disk, in call order, and rejects with a
+   * {@link StorageError}. `chosenUpTo` is the chosen prefix known now, kept as a hint.
    */
   readonly write: (records: ReadonlyArray<PersistRecord>, chosenUpTo: number) => Promise<void>
   /** The same as an Effect. */
   readonly persist: (records: ReadonlyArray<PersistRecord>, chosenUpTo?: number) => Effect.Effect<void, StorageError>
   /**
-   * The stored values of [from, from + count), in order. Only for instances the caller
-   * knows are chosen (below its chosen prefix), after the writes that made them so settled.
+   * The stored values of [from, from + count), in order, at most about `maxBytes` (at
+   * least one). Only for instances the caller knows are chosen (below its chosen prefix),
+   * after the writes that made them so settled.
    */
-  readonly readChosen: (from: number, count: number) => Effect.Effect<ReadonlyArray<ChosenEntry>, StorageError>
+  readonly readChosen: (from: number, count: number, maxBytes?: number) => Effect.Effect<ReadonlyArray<ChosenEntry>, StorageError>
 }
 
 export class PaxosStorage extends Context.Service<PaxosStorage, PaxosStorageShape>()("phxmaria/PaxosStorage") {}
+
+export interface PaxosStorageOptions {
+  /** Size of a log segment file; default 64 MiB (a larger write gets a segment of its own). */
+  readonly segmentBytes?: number
+  /** The machine's boot id; default /proc/sys/kernel/random/boot_id (tests pretend a reboot). */
+  readonly bootId?: string
+}
 
 interface Meta {
   readonly promised: Ballot
@@ -50,111 +72,378 @@ interface Meta {
   readonly chosenUpTo: number
 }
 
-/** One instance: the ballot it was accepted at, or null for a value learned chosen. */
-interface LogEntry {
-  readonly ballot: Ballot | null
-  readonly value: PaxosValue
+/** Where the index has caught up to in the log. */
+interface IndexMeta extends Meta {
+  readonly segment: number
+  readonly offset: number
+  /** The boot the index was last written in: after a reboot it may be torn. */
+  readonly bootId: string
+}
+
+/** One instance in the index: its frame, and the ballot it was accepted at (null: learned chosen). */
+type Location = readonly [segment: number, offset: number, length: number, ballot: Ballot | null]
+
+/** What a frame holds: a record, or the chosen-prefix hint. */
+type WalEntry = PersistRecord | { readonly _tag: "ChosenUpTo"; readonly upTo: number }
+
+const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+const REPLAY_CHUNK_BYTES = 4 * 1024 * 1024
+
+/** The payload length a frame header announces plus its header (0: the end), undefined if cut short. */
+const readWalFrameLength = (bytes: Uint8Array): number | undefined => {
+  if (bytes.length < WAL_FRAME_HEADER) return undefined
+  const length = new DataView(bytes.buffer, bytes.byteOffset, 4).getUint32(0, true)
+  return length === 0 ? 0 : length + WAL_FRAME_HEADER
+}
+const ZEROS = Buffer.alloc(1024 * 1024)
+
+const segmentName = (n: number) => `${String(n).padStart(8, "0")}.wal`
+
+const readBootId = (): string => {
+  try {
+    return fs.readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim()
+  } catch {
+    return "unknown"
+  }
 }
 
 const attempt = <A>(operation: string, f: () => A | Promise<A>): Effect.Effect<A, StorageError> =>
-  Effect.tryPromise({ try: async () => f(), catch: (cause) => new StorageError({ operation, cause }) })
+  Effect.tryPromise({ try: async () => f(), catch: (cause) => cause instanceof StorageError ? cause : new StorageError({ operation, cause }) })
 
-/** Opens (creating if needed) the LMDB environment in `dir`; closed with the scope. */
-export const make = Effect.fnUntraced(function*(dir: string) {
-  const env: RootDatabase = yield* Effect.acquireRelease(
-    attempt("open", () => {
-      mkdirSync(dir, { recursive: true })
-      // overlappingSync off: a write's promise resolves only once its commit is fsynced.
-      // (Measured here: overlapping syncs made commit-to-durable latency worse, not better.)
-      return open({ path: dir, overlappingSync: false, encoding: "msgpack", compression: false })
-    }),
-    (e) => Effect.promise(() => e.close())
-  )
-  const meta: Database<Meta, string> = env.openDB("meta", { encoding: "msgpack" })
-  const log: Database<LogEntry, number> = env.openDB("log", { encoding: "msgpack" })
+/** Zero-fills a new segment file of `bytes`, makes it and its directory entry durable. */
+const createSegment = async (dir: string, n: number, bytes: number): Promise<void> => {
+  const path = join(dir, segmentName(n))
+  const tmp = `${path}.tmp`
+  const fh = await fs.promises.open(tmp, "w", 0o600)
+  try {
+    for (let at = 0; at < bytes; at += ZEROS.length) await fh.write(ZEROS, 0, Math.min(ZEROS.length, bytes - at), at)
+    await fh.datasync()
+  } finally {
+    await fh.close()
+  }
+  await fs.promises.rename(tmp, path)
+  const d = await fs.promises.open(dir, "r")
+  try {
+    await d.sync()
+  } finally {
+    await d.close()
+  }
+}
 
-  // Kept in memory: writes may overlap, so a read-modify-write of the stored copy could
-  // merge with a value that is not committed yet.
-  const stored = meta.get("acceptor")
-  let currentMeta: Meta = { promised: ZeroBallot, proposerRound: 0, chosenUpTo: 0, ...stored }
+/** Opens (creating if needed) the storage in `dir`; closed with the scope. */
+export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStorageOptions = {}) {
+  const segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT_BYTES
+  const walDir = join(dir, "wal")
+  const indexDir = join(dir, "index")
+  const bootId = options.bootId ?? readBootId()
+  yield* attempt("open", () => fs.mkdirSync(walDir, { recursive: true, mode: 0o700 }))
 
-  /** Puts made in one turn of the event loop commit as one LMDB transaction. */
-  const put = (records: ReadonlyArray<PersistRecord>, chosenUpTo: number): Promise<unknown> => {
-    let metaChanged = false
-    let last: Promise<boolean> | undefined
-    for (const r of records) {
-      switch (r._tag) {
-        case "Promised":
-          currentMeta = { ...currentMeta, promised: r.ballot }
-          metaChanged = true
-          break
-        case "ProposerRound":
-          currentMeta = { ...currentMeta, proposerRound: r.round }
-          metaChanged = true
-          break
-        case "Accepted":
-          last = log.put(r.instance, { ballot: r.ballot, value: r.value })
-          break
-        case "Chosen":
-          last = log.put(r.instance, { ballot: null, value: r.value })
-          break
+  const openIndex = () => open({ path: indexDir, encoding: "msgpack", compression: false, noSync: true })
+  const env: RootDatabase = yield* attempt("open", async () => {
+    const e = openIndex()
+    const m = e.openDB("meta", { encoding: "msgpack" }).get("index") as IndexMeta | undefined
+    if (m === undefined || m.bootId === bootId) return e
+    // Written before a reboot: its pages may be torn. Rebuilt from the log.
+    await e.close()
+    fs.rmSync(indexDir, { recursive: true, force: true })
+    return openIndex()
+  })
+  yield* Effect.addFinalizer(() => Effect.promise(() => env.close()))
+  const metaDb: Database<IndexMeta, string> = env.openDB("meta", { encoding: "msgpack" })
+  const logDb: Database<Location, number> = env.openDB("log", { encoding: "msgpack" })
+
+  // ---- segments -----------------------------------------------------------
+
+  const fds = new Map<number, number>()
+  yield* Effect.addFinalizer(() => Effect.sync(() => {
+    for (const fd of fds.values()) fs.closeSync(fd)
+    fds.clear()
+  }))
+  /** Writes go through a descriptor opened O_DSYNC: a write returns once it is on disk. */
+  const fdOf = (n: number): number => {
+    let fd = fds.get(n)
+    if (fd === undefined) {
+      fd = fs.openSync(join(walDir, segmentName(n)), fs.constants.O_RDWR | fs.constants.O_DSYNC)
+      fds.set(n, fd)
+    }
+    return fd
+  }
+  const segments = (): Array<number> =>
+    fs.readdirSync(walDir).flatMap((f) => (/^\d{8}\.wal$/.test(f) ? [Number(f.slice(0, 8))] : [])).sort((a, b) => a - b)
+  const sizes = new Map<number, number>()
+  const sizeOf = (n: number) => {
+    let size = sizes.get(n)
+    if (size === undefined) {
+      size = fs.fstatSync(fdOf(n)).size
+      sizes.set(n, size)
+    }
+    return size
+  }
+  const readBytes = (n: number, offset: number, length: number): Uint8Array => {
+    const buf = Buffer.allocUnsafe(length)
+    let done = 0
+    while (done < length) {
+      const r = fs.readSync(fdOf(n), buf, done, length - done, offset + done)
+      if (r === 0) break
+      done += r
+    }
+    return buf.subarray(0, done)
+  }
+
+  // ---- replay into the index ------------------------------------------------
+
+  let meta: IndexMeta = metaDb.get("index") ?? {
+    promised: ZeroBallot,
+    proposerRound: 0,
+    chosenUpTo: 0,
+    segment: 0,
+    offset: 0,
+    bootId
+  }
+
+  /** Applies frames to the index (one LMDB transaction), with the position they end at. */
+  const index = (placed: ReadonlyArray<{ readonly entry: WalEntry; readonly location: Location }>, segment: number, offset: number) => {
+    let m: IndexMeta = { ...meta, segment, offset, bootId }
+    env.transactionSync(() => {
+      for (const { entry, location } of placed) {
+        switch (entry._tag) {
+          case "Promised":
+            if (entry.ballot.round > m.promised.round || (entry.ballot.round === m.promised.round && entry.ballot.node > m.promised.node)) {
+              m = { ...m, promised: entry.ballot }
+            }
+            break
+          case "ProposerRound":
+            if (entry.round > m.proposerRound) m = { ...m, proposerRound: entry.round }
+            break
+          case "ChosenUpTo":
+            if (entry.upTo > m.chosenUpTo) m = { ...m, chosenUpTo: entry.upTo }
+            break
+          case "Accepted":
+            logDb.putSync(entry.instance, [location[0], location[1], location[2], entry.ballot])
+            break
+          case "Chosen":
+            logDb.putSync(entry.instance, [location[0], location[1], location[2], null])
+            break
+        }
+      }
+      metaDb.putSync("index", m)
+    })
+    meta = m
+  }
+
+  /**
+   * Indexes a segment's frames from `from` on, reading it in chunks; returns where its log
+   * ends (`from` when there is nothing there).
+   */
+  const replaySegment = (n: number, from: number): number => {
+    const size = sizeOf(n)
+    const indexFrames = (frames: ReadonlyArray<{ readonly offset: number; readonly length: number; readonly value: unknown }>, base: number, end: number) =>
+      index(frames.map((f) => ({ entry: f.value as WalEntry, location: [n, base + f.offset, f.length, null] as const })), n, end)
+    let at = from
+    while (at < size) {
+      const chunk = readBytes(n, at, Math.min(REPLAY_CHUNK_BYTES, size - at))
+      const { frames, end } = scanWalFrames(chunk)
+      if (frames.length > 0) {
+        indexFrames(frames, at, at + end)
+        at += end
+        if (end === chunk.length) continue
+        // Stopped inside the chunk: a frame running past it is read next; else the log ends.
+        const next = readWalFrameLength(chunk.subarray(end))
+        if (next === undefined || (next > 0 && end + next > chunk.length)) continue
+        return at
+      }
+      // Nothing whole at the start of the chunk: one frame larger than it, or the end.
+      const length = readWalFrameLength(chunk)
+      if (length === undefined || length === 0 || length <= chunk.length || at + length > size) return at
+      const big = readWalFrame(readBytes(n, at, length), 0)
+      if (big === undefined) return at
+      indexFrames([big], at, at + length)
+      at += length
+    }
+    return at
+  }
+
+  /** Where the next write goes. */
+  let tail = yield* attempt("replay", () => {
+    let at = { segment: meta.segment, offset: meta.offset }
+    for (const n of segments()) {
+      if (n < meta.segment) continue
+      const from = n === meta.segment ? meta.offset : 0
+      const end = replaySegment(n, from)
+      if (end === from && n !== meta.segment) continue
+      at = { segment: n, offset: end }
+    }
+    if (at.segment === 0) at = { segment: 1, offset: 0 }
+    return at
+  })
+  if (!fs.existsSync(join(walDir, segmentName(tail.segment)))) {
+    yield* attempt("create segment", () => createSegment(walDir, tail.segment, segmentBytes))
+    sizes.set(tail.segment, segmentBytes)
+  }
+
+  // ---- writing --------------------------------------------------------------
+
+  interface Batch {
+    readonly frames: ReadonlyArray<{ readonly entry: WalEntry; readonly bytes: Uint8Array }>
+    readonly resolve: () => void
+    readonly reject: (e: StorageError) => void
+  }
+  let queued: Array<Batch> = []
+  let writing = false
+  let failed: StorageError | undefined
+  /** The next segment, zero-filled ahead of need. */
+  let spare: { readonly segment: number; readonly bytes: number; readonly ready: Promise<void> } | undefined
+
+  const prepareSpare = (after: number, atLeast: number) => {
+    const segment = after + 1
+    const bytes = Math.max(segmentBytes, atLeast)
+    const ready = createSegment(walDir, segment, bytes).then(() => void sizes.set(segment, bytes))
+    ready.catch(() => undefined)
+    spare = { segment, bytes, ready }
+    return spare
+  }
+
+  const flushQueued = async (): Promise<void> => {
+    while (queued.length > 0 && failed === undefined) {
+      const batches = queued
+      queued = []
+      const frames = batches.flatMap((b) => b.frames)
+      const total = frames.reduce((n, f) => n + f.bytes.length, 0)
+      try {
+        if (tail.offset + total > sizeOf(tail.segment)) {
+          // Does not fit: the next segment (one of its own for a larger write; a spare too
+          // small is left empty, and replay skips empty segments).
+          let next = spare
+          if (next === undefined || total > next.bytes) {
+            if (next !== undefined) await next.ready.catch(() => undefined)
+            next = prepareSpare(Math.max(tail.segment, next?.segment ?? 0), total)
+          }
+          spare = undefined
+          await next.ready
+          tail = { segment: next.segment, offset: 0 }
+        }
+        const buf = Buffer.allocUnsafe(total)
+        const placed: Array<{ readonly entry: WalEntry; readonly location: Location }> = []
+        let at = 0
+        for (const f of frames) {
+          buf.set(f.bytes, at)
+          placed.push({ entry: f.entry, location: [tail.segment, tail.offset + at, f.bytes.length, null] })
+          at += f.bytes.length
+        }
+        const fd = fdOf(tail.segment)
+        const offset = tail.offset
+        await new Promise<void>((resolve, reject) =>
+          fs.write(fd, buf, 0, total, offset, (e) => (e === null ? resolve() : reject(e)))
+        )
+        tail = { segment: tail.segment, offset: offset + total }
+        index(placed, tail.segment, tail.offset)
+        if (spare === undefined && tail.offset > sizeOf(tail.segment) / 2) prepareSpare(tail.segment, 0)
+        for (const b of batches) b.resolve()
+      } catch (cause) {
+        failed = new StorageError({ operation: "persist", cause })
+        for (const b of [...batches, ...queued]) b.reject(failed)
+        queued = []
       }
     }
-    if (chosenUpTo > currentMeta.chosenUpTo && (metaChanged || last !== undefined)) {
-      currentMeta = { ...currentMeta, chosenUpTo }
-      metaChanged = true
-    }
-    if (metaChanged) last = meta.put("acceptor", currentMeta)
-    return last ?? Promise.resolve()
   }
+
+  /** The last chosen-prefix hint written. */
+  let hinted = meta.chosenUpTo
 
   const write = (records: ReadonlyArray<PersistRecord>, chosenUpTo: number): Promise<void> => {
+    if (failed !== undefined) return Promise.reject(failed)
+    if (records.length === 0) return Promise.resolve()
+    let frames: Array<{ readonly entry: WalEntry; readonly bytes: Uint8Array }>
     try {
-      return put(records, chosenUpTo).then(
-        () => undefined,
-        (cause) => Promise.reject(new StorageError({ operation: "persist", cause }))
-      )
+      frames = records.map((r) => ({ entry: r, bytes: encodeWalFrame(r) }))
+      if (chosenUpTo > hinted) {
+        hinted = chosenUpTo
+        const hint: WalEntry = { _tag: "ChosenUpTo", upTo: chosenUpTo }
+        frames.push({ entry: hint, bytes: encodeWalFrame(hint) })
+      }
     } catch (cause) {
-      return Promise.reject(new StorageError({ operation: "persist", cause }))
+      return Promise.reject(new StorageError({ operation: "encode", cause }))
     }
+    return new Promise<void>((resolve, reject) => {
+      queued.push({ frames, resolve, reject })
+      startWriting()
+    })
   }
 
-  const persist = (records: ReadonlyArray<PersistRecord>, chosenUpTo = 0) =>
-    records.length === 0 ? Effect.void : attempt("persist", () => put(records, chosenUpTo))
+  /**
+   * One writer at a time; it starts after this turn of the event loop, so everything
+   * written in the turn goes together, and takes what queued up meanwhile when it is done.
+   */
+  const startWriting = () => {
+    if (writing || queued.length === 0) return
+    writing = true
+    setImmediate(() => {
+      flushQueued().finally(() => {
+        writing = false
+        startWriting()
+      })
+    })
+  }
+
+  const persist = (records: ReadonlyArray<PersistRecord>, chosenUpTo = 0) => attempt("persist", () => write(records, chosenUpTo))
+
+  // ---- reading --------------------------------------------------------------
+
+  /** The record stored at a location (checked: the index must point at this instance's frame). */
+  const valueAt = (instance: number, loc: Location): PaxosValue => {
+    const frame = readWalFrame(readBytes(loc[0], loc[1], loc[2]), 0)
+    const entry = frame?.value as WalEntry | undefined
+    if (entry === undefined || (entry._tag !== "Accepted" && entry._tag !== "Chosen") || entry.instance !== instance) {
+      throw new StorageError({
+        operation: "read",
+        cause: `the index points instance ${instance} at a frame that does not hold it (segment ${loc[0]}, offset ${loc[1]}); remove ${indexDir} to rebuild it from the log`
+      })
+    }
+    return entry.value
+  }
 
   const load = (memoryWindow: number, memoryWindowBytes = Infinity) =>
     attempt("load", (): DurableState => {
-      const m = currentMeta
       // Below the hint everything is chosen; past it, values learned chosen extend the prefix.
-      let chosenUpTo = m.chosenUpTo
-      for (const { key, value } of log.getRange({ start: chosenUpTo })) {
-        if (key !== chosenUpTo || value.ballot !== null) break
+      let chosenUpTo = meta.chosenUpTo
+      for (const { key, value } of logDb.getRange({ start: chosenUpTo })) {
+        if (key !== chosenUpTo || value[3] !== null) break
         chosenUpTo++
       }
       let windowStart = chosenUpTo
       let bytes = 0
-      for (const { key, value } of log.getRange({ start: chosenUpTo - 1, end: -1, reverse: true, limit: memoryWindow })) {
-        bytes += valueBytes(value.value)
+      for (const { key, value } of logDb.getRange({ start: chosenUpTo - 1, end: -1, reverse: true, limit: memoryWindow })) {
+        bytes += value[2]
         if (windowStart < chosenUpTo && bytes > memoryWindowBytes) break
         windowStart = key
       }
       const chosen: Array<ChosenEntry> = []
       const accepted: Array<DurableState["accepted"][number]> = []
-      for (const { key, value } of log.getRange({ start: windowStart })) {
-        if (key < chosenUpTo || value.ballot === null) chosen.push({ instance: key, value: value.value })
-        else accepted.push({ instance: key, ballot: value.ballot, value: value.value })
+      for (const { key, value } of logDb.getRange({ start: windowStart })) {
+        const v = valueAt(key, value)
+        if (key < chosenUpTo || value[3] === null) chosen.push({ instance: key, value: v })
+        else accepted.push({ instance: key, ballot: value[3], value: v })
       }
-      return { promised: m.promised, proposerRound: m.proposerRound, accepted, chosen, chosenUpTo }
+      return { promised: meta.promised, proposerRound: meta.proposerRound, accepted, chosen, chosenUpTo }
     })
 
-  const readChosen = (from: number, count: number) =>
+  const readChosen = (from: number, count: number, maxBytes = Infinity) =>
     attempt("readChosen", () => {
       const out: Array<ChosenEntry> = []
-      for (const { key, value } of log.getRange({ start: from, end: from + count })) out.push({ instance: key, value: value.value })
+      let bytes = 0
+      for (const { key, value } of logDb.getRange({ start: from, end: from + count })) {
+        if (out.length > 0 && bytes + value[2] > maxBytes) break
+        bytes += value[2]
+        out.push({ instance: key, value: valueAt(key, value) })
+      }
       return out
     })
 
   return PaxosStorage.of({ load, write, persist, readChosen })
 })
 
-export const layer = (dir: string): Layer.Layer<PaxosStorage, StorageError> => Layer.effect(PaxosStorage, make(dir))
+/** Bytes a frame adds to a record (for callers that bound replies by frame size). */
+export const FRAME_OVERHEAD = WAL_FRAME_HEADER
+
+export const layer = (dir: string, options?: PaxosStorageOptions): Layer.Layer<PaxosStorage, StorageError> =>
+  Layer.effect(PaxosStorage, make(dir, options))

@@ -98,6 +98,7 @@ export const simPaxosConfig = (nodeId: number, members: ReadonlyArray<number>, s
   backoffMinMs: 10,
   backoffMaxMs: 80,
   catchupBatch: 4,
+  catchupMaxBytes: 40,
   catchupRetryMs: 40,
   memoryWindow: 8,
   memoryWindowBytes: 200,
@@ -221,9 +222,14 @@ export const runSimulation = (options: SimOptions): SimResult => {
       for (const rc of out.readChosen) {
         messages.readChosen = (messages.readChosen ?? 0) + 1
         const entries = []
+        let bytes = 0
         for (let i = rc.from; i < rc.from + rc.count; i++) {
           const v = storedValue(n.durable, i)
-          if (v !== undefined) entries.push({ instance: i, value: v })
+          if (v === undefined) continue
+          const size = v.values.reduce((k, x) => k + x.byteLength, 0)
+          if (entries.length > 0 && bytes + size > rc.maxBytes) break
+          bytes += size
+          entries.push({ instance: i, value: v })
         }
         send(n.id, rc.to, { _tag: "CatchupReply", entries })
       }

@@ -54,6 +54,8 @@ export interface PaxosConfig {
   readonly backoffMinMs: number
   readonly backoffMaxMs: number
   readonly catchupBatch: number
+  /** Bytes of values in one catch-up reply, about (at least one value): a reply never outgrows a frame. */
+  readonly catchupMaxBytes: number
   readonly catchupRetryMs: number
   /**
    * Chosen values kept in memory below the chosen prefix, at most this many and this many
@@ -77,6 +79,7 @@ export const defaultPaxosConfig = (nodeId: number, members: ReadonlyArray<number
   backoffMinMs: 20,
   backoffMaxMs: 200,
   catchupBatch: 256,
+  catchupMaxBytes: 4 * 1024 * 1024,
   catchupRetryMs: 200,
   memoryWindow: 4096,
   memoryWindowBytes: 64 * 1024 * 1024,
@@ -135,7 +138,7 @@ export interface Outputs {
   chosen: Array<ChosenEntry>
   results: Array<ProposalResult>
   /** Catch-up requests below the memory window: the driver answers them from storage. */
-  readChosen: Array<{ readonly to: number; readonly from: number; readonly count: number }>
+  readChosen: Array<{ readonly to: number; readonly from: number; readonly count: number; readonly maxBytes: number }>
 }
 
 const emptyOutputs = (): Outputs => ({ persist: [], send: [], chosen: [], results: [], readChosen: [] })
@@ -623,13 +626,18 @@ export class PaxosNode {
   private onCatchupRequest(from: number, m: MessageOf<"CatchupRequest">): void {
     const count = Math.max(1, Math.min(m.count, this.config.catchupBatch))
     if (m.from < this.windowStart) {
-      this.out.readChosen.push({ to: from, from: m.from, count })
+      this.out.readChosen.push({ to: from, from: m.from, count, maxBytes: this.config.catchupMaxBytes })
       return
     }
     const entries: Array<ChosenEntry> = []
+    let bytes = 0
     for (let i = m.from; i < m.from + count && i <= this.maxChosen; i++) {
       const v = this.chosen.get(i)
-      if (v !== undefined) entries.push({ instance: i, value: v })
+      if (v === undefined) continue
+      const size = valueBytes(v)
+      if (entries.length > 0 && bytes + size > this.config.catchupMaxBytes) break
+      bytes += size
+      entries.push({ instance: i, value: v })
     }
     this.sendTo(from, { _tag: "CatchupReply", entries })
   }
@@ -656,7 +664,7 @@ export class PaxosNode {
     const p = this.placed.get(instance)
     if (p !== undefined) {
       this.placed.delete(instance)
-      const ours = valueEquals(p.value, value)
+      const ours = p.value === value || valueEquals(p.value, value)
       const remote = new Map<string, MessageOf<"ForwardResult">>()
       p.origins.forEach((o, i) => {
         const index = ours ? i : null
