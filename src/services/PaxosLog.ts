@@ -6,7 +6,7 @@
  * synced LMDB commit, and only then sends messages and completes proposals. Inputs that
  * arrive during the commit form the next group: group commit falls out of the loop.
  */
-import { Context, Effect, Layer, PubSub, Queue, Schema, Scope, Stream } from "effect"
+import { Context, Effect, Layer, Queue, Schema, Scope, Stream } from "effect"
 import {
   defaultPaxosConfig,
   type Input,
@@ -211,7 +211,6 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
 
   const pending = new Map<number, Pending>()
   let nextRequestId = 1
-  const chosenHub = yield* PubSub.unbounded<ChosenEntry>()
   let chosenUpTo = durable.chosenUpTo
   /** Followers called synchronously with each chosen instance (see `follow`). */
   const followers = new Set<(entry: ChosenEntry) => void>()
@@ -274,7 +273,6 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
           acceptSentAt.delete(e.instance)
         }
         for (const f of followers) f(e)
-        PubSub.publishUnsafe(chosenHub, e)
       }
       // Instances this node sent but another leader settled are not kept.
       if (acceptSentAt.size > 4096) acceptSentAt.clear()
@@ -418,34 +416,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
 
   const chosen = (from: number): Stream.Stream<ChosenEntry> =>
     Stream.callback<ChosenEntry>((out) =>
-      Effect.gen(function*() {
-        // Subscribe first, then read history: nothing published in between is missed.
-        const sub = yield* PubSub.subscribe(chosenHub)
-        let next = from
-        while (next < chosenUpTo) {
-          // Recent instances from the core's memory (their records may not be synced yet).
-          const inMemory = core.chosenValue(next)
-          if (inMemory !== undefined) {
-            Queue.offerUnsafe(out, { instance: next++, value: inMemory })
-            continue
-          }
-          // Only what every write issued so far made durable is read back.
-          yield* Effect.promise(() => lastWrite.catch(() => undefined))
-          const page = yield* storage.readChosen(next, Math.min(256, chosenUpTo - next)).pipe(Effect.orDie)
-          if (page[0]?.instance !== next) return yield* Effect.die(new Error(`chosen log has no instance ${next} below ${chosenUpTo}`))
-          for (const e of page) {
-            if (e.instance !== next) break
-            Queue.offerUnsafe(out, e)
-            next++
-          }
-        }
-        for (;;) {
-          const e = yield* PubSub.take(sub)
-          if (e.instance < next) continue
-          Queue.offerUnsafe(out, e)
-          next = e.instance + 1
-        }
-      })
+      Effect.andThen(follow(from, (e) => void Queue.offerUnsafe(out, e)), Effect.never)
     )
 
   const follow = (from: number, listener: (entry: ChosenEntry) => void): Effect.Effect<void, never, Scope.Scope> =>
