@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, Stream } from "effect"
+import { Effect, Fiber, Option, Stream } from "effect"
 import { join } from "node:path"
 import type { Outcome } from "../src/domain/cluster.js"
 import * as ClusterState from "../src/services/ClusterState.js"
@@ -29,8 +29,7 @@ describe("ClusterState service", () => {
 
       // Every node applies the same entries to the same state.
       const target = (yield* s1.current).appliedUpTo
-      const caughtUp = (s: ClusterState.ClusterStateShape) =>
-        s.changes.pipe(Stream.filter((c) => c.appliedUpTo >= target), Stream.take(1), Stream.runHead)
+      const caughtUp = (s: ClusterState.ClusterStateShape) => Effect.andThen(s.awaitApplied(target), Effect.map(s.current, Option.some))
       const snapshots = [yield* caughtUp(s1), yield* caughtUp(s2), yield* Effect.scoped(Effect.flatMap(open(3), caughtUp))]
       for (const snap of snapshots) {
         expect(snap._tag).toBe("Some")

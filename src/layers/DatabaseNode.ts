@@ -206,7 +206,7 @@ export const runDatabaseNode = (config: NodeConfig) =>
     const refreshLogged = refreshRoutes.pipe(Effect.catchCause((cause) => Effect.logError("routing refresh failed", cause)))
     yield* refreshLogged.pipe(Effect.repeat(Schedule.spaced("1 second")), Effect.forkScoped)
     const cluster = yield* ClusterState
-    yield* cluster.changes.pipe(
+    yield* cluster.masterChanges.pipe(
       Stream.changesWith((a, b) => a.state.master === b.state.master),
       Stream.runForEach(() => refreshLogged),
       Effect.forkScoped

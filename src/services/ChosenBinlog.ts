@@ -53,14 +53,6 @@ export const make = (formatDescription: Effect.Effect<Uint8Array>) =>
     const cluster = yield* ClusterState
     const services = yield* Effect.context<ClusterState>()
 
-    /** Waits until the log has accepted transactions up to `seq`. */
-    const appliedThrough = (seq: number) =>
-      cluster.changes.pipe(
-        Stream.filter((s) => (s.state.lastGtid?.seq ?? 0) >= seq),
-        Stream.runHead,
-        Effect.asVoid
-      )
-
     /**
      * Pulled page by page from the log (memory for recent entries, storage for older ones):
      * a replica that falls behind reads the log at its own pace, and nothing queues up for
@@ -76,7 +68,7 @@ export const make = (formatDescription: Effect.Effect<Uint8Array>) =>
             for (;;) {
               const page = yield* cluster.transactionsFrom(next, PAGE, PAGE_BYTES)
               if (page.length === 0) {
-                yield* appliedThrough(next)
+                yield* cluster.awaitSeq(next)
                 const again = yield* cluster.transactionsFrom(next, 1)
                 // Accepted but not readable (never expected): do not spin.
                 if (again.length === 0) {

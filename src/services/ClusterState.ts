@@ -43,8 +43,20 @@ export interface AppliedEntry {
 
 export interface ClusterStateShape {
   readonly current: Effect.Effect<ClusterSnapshot>
-  readonly changes: Stream.Stream<ClusterSnapshot>
-  /** Entries as they are applied from now on (subscribe before proposing to see yours). */
+  /**
+   * The snapshot whenever the master record changes (master, its version, epoch, lease
+   * length, members), current first. Binlog entries do not count: they are too many to
+   * wake anyone for; use {@link awaitApplied} / {@link awaitSeq} to wait on progress.
+   */
+  readonly masterChanges: Stream.Stream<ClusterSnapshot>
+  /** Completes once every instance below `upTo` is applied. */
+  readonly awaitApplied: (upTo: number) => Effect.Effect<void>
+  /** Completes once the log has accepted the transaction with GTID seq `seq`. */
+  readonly awaitSeq: (seq: number) => Effect.Effect<void>
+  /**
+   * Entries other than accepted Binlog ones (master records, resignations, barriers,
+   * rejections) as they are applied from now on (subscribe before proposing to see yours).
+   */
   readonly applied: Effect.Effect<Stream.Stream<AppliedEntry>, never, import("effect").Scope.Scope>
   /**
    * Chosen and accepted binlog transactions (domain of the log) with seq >= fromSeq, in
@@ -114,14 +126,35 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     }
   }
   const stored = env.get("snapshot") as ClusterSnapshot | undefined
-  const ref = yield* SubscriptionRef.make<ClusterSnapshot>(
-    stored ?? { state: initialClusterState(options.members), appliedUpTo: 0 }
-  )
+  let current: ClusterSnapshot = stored ?? { state: initialClusterState(options.members), appliedUpTo: 0 }
+  /** Set only when the master record changes. */
+  const masterRef = yield* SubscriptionRef.make<ClusterSnapshot>(current)
   const hub = yield* PubSub.unbounded<AppliedEntry>()
   let lastWrite = -Infinity
-  yield* Effect.addFinalizer(() =>
-    Effect.flatMap(SubscriptionRef.get(ref), (snapshot) => Effect.promise(() => env.put("snapshot", snapshot)))
-  )
+  yield* Effect.addFinalizer(() => Effect.promise(() => env.put("snapshot", current)))
+
+  /**
+   * Entries proposed here, by their encoded bytes: when this node leads, the chosen value
+   * holds those very bytes, and applying them needs no decoding.
+   */
+  const proposedHere = new WeakMap<Uint8Array, ClusterEntry>()
+
+  /** Fibers waiting for progress, each with what it waits for. */
+  let progressWaiters: Array<{ readonly done: (s: ClusterSnapshot) => boolean; readonly deferred: Deferred.Deferred<void> }> = []
+  const awaitProgress = (done: (s: ClusterSnapshot) => boolean): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      if (done(current)) return Effect.void
+      const deferred = Deferred.makeUnsafe<void>()
+      const w = { done, deferred }
+      progressWaiters.push(w)
+      return Deferred.await(deferred).pipe(
+        Effect.onInterrupt(() => Effect.sync(() => {
+          progressWaiters = progressWaiters.filter((x) => x !== w)
+        }))
+      )
+    })
+  const awaitApplied = (upTo: number) => awaitProgress((s) => s.appliedUpTo >= upTo)
+  const awaitSeq = (seq: number) => awaitProgress((s) => (s.state.lastGtid?.seq ?? 0) >= seq)
   const waiters = new Map<string, Deferred.Deferred<Outcome>>()
   const recent = new Map<string, Outcome>()
 
@@ -149,10 +182,11 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     }
   }
   const applyChosen = (chosen: ChosenEntry): void => {
-    let { state } = SubscriptionRef.getUnsafe(ref)
+    const before = current.state
+    let state = before
     const applied: Array<AppliedEntry> = []
     chosen.value.values.forEach((bytes, index) => {
-      const decoded = decodeEntry(bytes)
+      const decoded = proposedHere.get(bytes) ?? decodeEntry(bytes)
       const entry = decoded._tag === "Malformed" ? undefined : (decoded as ClusterEntry)
       const [next, outcome]: readonly [ClusterStateData, Outcome] = entry === undefined
         ? [state, { _tag: "Rejected", reason: decoded as Extract<typeof decoded, { _tag: "Malformed" }> }]
@@ -177,7 +211,18 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
       applied.push({ instance: chosen.instance, index, entry, outcome, state })
     })
     const snapshot: ClusterSnapshot = { state, appliedUpTo: chosen.instance + 1 }
-    Effect.runSync(SubscriptionRef.set(ref, snapshot))
+    current = snapshot
+    if (
+      state.master !== before.master || state.masterVersion !== before.masterVersion || state.epoch !== before.epoch ||
+      state.leaseMs !== before.leaseMs || state.members !== before.members
+    ) Effect.runSync(SubscriptionRef.set(masterRef, snapshot))
+    if (progressWaiters.length > 0) {
+      const ready = progressWaiters.filter((w) => w.done(snapshot))
+      if (ready.length > 0) {
+        progressWaiters = progressWaiters.filter((w) => !w.done(snapshot))
+        for (const w of ready) Deferred.doneUnsafe(w.deferred, Effect.void)
+      }
+    }
     // Written at most every SNAPSHOT_EVERY_MS (and at close), never awaited: after a
     // crash the log replays what the last write missed, and apply is deterministic.
     const now = performance.now()
@@ -186,13 +231,17 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
       env.put("snapshot", snapshot)
     }
     for (const a of applied) settle(`${a.instance}/${a.index}`, a.outcome)
-    for (const a of applied) PubSub.publishUnsafe(hub, a)
+    for (const a of applied) {
+      if (a.entry?._tag !== "Binlog" || a.outcome._tag !== "Accepted") PubSub.publishUnsafe(hub, a)
+    }
   }
-  yield* log.follow(SubscriptionRef.getUnsafe(ref).appliedUpTo, apply)
+  yield* log.follow(current.appliedUpTo, apply)
 
   const propose = (entry: ClusterEntry, timing?: ProposeTiming): Effect.Effect<Outcome, ProposeError> =>
     Effect.gen(function*() {
-      const position = yield* log.propose(encodeEntry(entry))
+      const bytes = encodeEntry(entry)
+      proposedHere.set(bytes, entry)
+      const position = yield* log.propose(bytes)
       if (timing !== undefined) timing.chosenAt = performance.now()
       const outcome = yield* outcomeAt(position)
       if (timing !== undefined) timing.appliedAt = performance.now()
@@ -234,8 +283,26 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     return [...out].sort((a, b) => a[0] - b[0]).slice(0, limit)
   }
 
+  /** Whole recent entries from the one starting at `fromSeq` (a binlog server keeping up). */
+  const recentFrom = (fromSeq: number, limit: number, maxBytes: number): Array<BinlogTxn> | undefined => {
+    let txns = recentEntries.get(fromSeq)
+    if (txns === undefined) return undefined
+    const out: Array<BinlogTxn> = []
+    let bytes = 0
+    while (txns !== undefined) {
+      const size = txns.reduce((n, t) => n + t.events.length, 0)
+      if (out.length > 0 && (bytes + size > maxBytes || out.length + txns.length > limit)) break
+      out.push(...txns)
+      bytes += size
+      txns = recentEntries.get(txns[txns.length - 1]!.gtid.seq + 1)
+    }
+    return out
+  }
+
   const transactionsFrom = (fromSeq: number, limit: number, maxBytes = Infinity) =>
     Effect.gen(function*() {
+      const recent = recentFrom(fromSeq, limit, maxBytes)
+      if (recent !== undefined) return recent
       const out: Array<BinlogTxn> = []
       const start = entryAtOrBefore(fromSeq)
       if (start === undefined) return out
@@ -262,9 +329,11 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     })
 
   return ClusterState.of({
-    current: SubscriptionRef.get(ref),
+    current: Effect.sync(() => current),
     transactionsFrom,
-    changes: SubscriptionRef.changes(ref),
+    masterChanges: SubscriptionRef.changes(masterRef),
+    awaitApplied,
+    awaitSeq,
     applied: Effect.map(PubSub.subscribe(hub), Stream.fromSubscription),
     propose
   })

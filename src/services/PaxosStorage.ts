@@ -350,8 +350,20 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
   /** The last chosen-prefix hint written. */
   let hinted = meta.chosenUpTo
 
+  // Closing waits for the write in flight and the segment being prepared; later writes fail.
+  let closing = false
+  let idle: (() => void) | undefined
+  yield* Effect.addFinalizer(() =>
+    Effect.promise(async () => {
+      closing = true
+      if (writing) await new Promise<void>((resolve) => (idle = resolve))
+      await spare?.ready.catch(() => undefined)
+    })
+  )
+
   const write = (records: ReadonlyArray<PersistRecord>, chosenUpTo: number): Promise<void> => {
     if (failed !== undefined) return Promise.reject(failed)
+    if (closing) return Promise.reject(new StorageError({ operation: "persist", cause: "the storage is closed" }))
     if (records.length === 0) return Promise.resolve()
     let frames: Array<{ readonly entry: WalEntry; readonly bytes: Uint8Array }>
     try {
@@ -380,6 +392,12 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
     setImmediate(() => {
       flushQueued().finally(() => {
         writing = false
+        if (closing) {
+          for (const b of queued) b.reject(new StorageError({ operation: "persist", cause: "the storage is closed" }))
+          queued = []
+          idle?.()
+          return
+        }
         startWriting()
       })
     })

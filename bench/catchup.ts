@@ -1,0 +1,119 @@
+/**
+ * Catch-up benchmark: 3 nodes; 4 connections commit 1 MiB rows through the master's RW
+ * port; one replica's agent is paused (SIGSTOP) for 30 s, then resumed while the load
+ * goes on. Prints one JSON line:
+ * {"bench":"catchup","pausedS":30,"lagBytesAtResume":N,"catchupMs":N,"writeTpsDuring":N,
+ *  "writeTpsBefore":N,"masterAdminMaxMs":N}
+ * lagBytesAtResume: bytes of the transactions committed while the agent was paused (what
+ * it is behind by); catchupMs: from the resume until that node's database is within one
+ * round of the load (lag <= the number of writers); writeTpsBefore: commits per second
+ * before the pause; writeTpsDuring: from the resume until caught up; masterAdminMaxMs: the
+ * slowest answer of the master's /status, polled every 100 ms through the whole run.
+ * Env: BENCH_PAUSE_SECONDS (30), BENCH_BEFORE_SECONDS (15), BENCH_ROW_BYTES (1 MiB),
+ * BENCH_WRITERS (4), BENCH_CATCHUP_TIMEOUT_SECONDS (120).
+ */
+import { NodeRuntime } from "@effect/platform-node"
+import { Effect } from "effect"
+import { randomBytes } from "node:crypto"
+import mysql from "mysql2/promise"
+import * as LocalCluster from "../src/services/LocalCluster.js"
+import { APP_PASSWORD, APP_USER, connect, createAppUser, run as sql, statusOf, waitForMaster } from "../test/support/dbCluster.js"
+
+const pauseSeconds = Number(process.env.BENCH_PAUSE_SECONDS ?? 30)
+const beforeSeconds = Number(process.env.BENCH_BEFORE_SECONDS ?? 15)
+const rowBytes = Number(process.env.BENCH_ROW_BYTES ?? 1024 * 1024)
+const writers = Number(process.env.BENCH_WRITERS ?? 4)
+const catchupTimeoutMs = Number(process.env.BENCH_CATCHUP_TIMEOUT_SECONDS ?? 120) * 1000
+
+/** Writers committing one row each at a time until stopped (bounded by time and count). */
+const startLoad = (port: number) => {
+  const acks: Array<number> = []
+  const state = { stop: false, errors: 0 }
+  const deadline = performance.now() + catchupTimeoutMs + (beforeSeconds + pauseSeconds + 60) * 1000
+  const loops = Array.from({ length: writers }, async () => {
+    const row = randomBytes(rowBytes)
+    let conn: mysql.Connection | undefined
+    for (let n = 0; !state.stop && performance.now() < deadline && n < 1_000_000; n++) {
+      try {
+        conn ??= await mysql.createConnection({ host: "127.0.0.1", port, user: APP_USER, password: APP_PASSWORD, database: "bench" })
+        await conn.query("INSERT INTO t (b) VALUES (?)", [row])
+        acks.push(performance.now())
+      } catch {
+        state.errors++
+        conn?.destroy()
+        conn = undefined
+        await new Promise((r) => setTimeout(r, 50))
+      }
+    }
+    conn?.destroy()
+  })
+  return {
+    acks,
+    state,
+    stop: Effect.promise(() => {
+      state.stop = true
+      return Promise.all(loops)
+    })
+  }
+}
+
+const countBetween = (xs: ReadonlyArray<number>, from: number, to: number) => xs.filter((t) => t >= from && t < to).length
+
+const program = Effect.gen(function*() {
+  const c = yield* LocalCluster.make({ nodes: 3, database: true })
+  const master = yield* waitForMaster(c, "a first master")
+  yield* createAppUser(master)
+  yield* Effect.scoped(Effect.flatMap(connect(master.rwPort!), (conn) =>
+    Effect.andThen(sql(conn, "CREATE DATABASE bench"), sql(conn, "CREATE TABLE bench.t (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB NOT NULL)"))))
+  const replica = c.nodes.find((n) => n.nodeId !== master.nodeId)!
+
+  // The master's /status, polled through the whole run: its slowest answer.
+  let adminMaxMs = 0
+  let polling = true
+  const poller = (async () => {
+    while (polling) {
+      const t0 = performance.now()
+      await Effect.runPromise(statusOf(master))
+      adminMaxMs = Math.max(adminMaxMs, performance.now() - t0)
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  })()
+
+  const capturedBytes = Effect.map(statusOf(master), (s) => ("error" in s ? NaN : s.commitPath?.bytes ?? NaN))
+  const load = startLoad(master.rwPort!)
+  const loadStart = performance.now()
+  yield* Effect.sleep(`${beforeSeconds} seconds`)
+  const pausedAt = performance.now()
+  const bytesAtPause = yield* capturedBytes
+  process.kill(replica.pid()!, "SIGSTOP")
+  process.stderr.write(`catchup: node ${replica.nodeId}'s agent paused; master is node ${master.nodeId}\n`)
+  yield* Effect.sleep(`${pauseSeconds} seconds`)
+  const lagBytes = (yield* capturedBytes) - bytesAtPause
+  process.kill(replica.pid()!, "SIGCONT")
+  const resumedAt = performance.now()
+  process.stderr.write(`catchup: resumed, ${(lagBytes / 2 ** 20).toFixed(0)} MiB behind\n`)
+  yield* LocalCluster.waitFor(
+    "the resumed node's database to catch up",
+    Effect.map(statusOf(replica), (s) => !("error" in s) && s.database?.lag !== null && s.database?.lag !== undefined && s.database.lag <= writers),
+    catchupTimeoutMs
+  ).pipe(Effect.tapError(() => Effect.sync(() => process.stderr.write(`catchup: not caught up within ${catchupTimeoutMs} ms\n`))))
+  const caughtUpAt = performance.now()
+  yield* load.stop
+  polling = false
+  yield* Effect.promise(() => poller)
+  const round = (x: number) => Math.round(x * 100) / 100
+  const tpsBefore = countBetween(load.acks, loadStart, pausedAt) / ((pausedAt - loadStart) / 1000)
+  const tpsDuring = countBetween(load.acks, resumedAt, caughtUpAt) / Math.max(0.001, (caughtUpAt - resumedAt) / 1000)
+  process.stderr.write(`catchup: ${load.acks.length} commits, ${load.state.errors} errors; during the pause ${(countBetween(load.acks, pausedAt, resumedAt) / pauseSeconds).toFixed(1)} per second\n`)
+  console.log(JSON.stringify({
+    bench: "catchup",
+    pausedS: pauseSeconds,
+    lagBytesAtResume: lagBytes,
+    catchupMs: Math.round(caughtUpAt - resumedAt),
+    writeTpsDuring: round(tpsDuring),
+    writeTpsBefore: round(tpsBefore),
+    masterAdminMaxMs: Math.round(adminMaxMs)
+  }))
+})
+
+NodeRuntime.runMain(Effect.scoped(program))
