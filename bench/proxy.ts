@@ -4,7 +4,8 @@
  * in alternation, at 64 connections and at 1 connection (latency). Both relays send a
  * PROXY v1 header. Prints one JSON line:
  * {"bench":"proxy","connections":64,"directQps":N,"haproxyQps":N,"proxyQps":N,"ratio":N,
- *  "vsHaproxy":N,"proxyP99Ms":N,"singleConnAddedUs":N}. Env: BENCH_SECONDS (default 20).
+ *  "vsHaproxy":N,"proxyP99Ms":N,"singleConnAddedUs":N,"vsHaproxy1":N} (vsHaproxy1: the same ratio
+ * at 1 connection). Env: BENCH_SECONDS (default 20).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
@@ -86,9 +87,11 @@ const program = Effect.gen(function*() {
     process.stderr.write(`${name} @${CONNECTIONS}: ${r.qps} qps, p99 ${r.lat} ms\n`)
   }
   const single: Record<string, number> = {}
+  const singleQps: Record<string, number> = {}
   for (const [name, port] of [["direct", db.port], ["haproxy", haproxyPort], ["proxy", proxyPort]] as const) {
     const r = yield* measure(port, 1, 50)
     single[name] = r.lat
+    singleQps[name] = r.qps
     process.stderr.write(`${name} @1: ${r.qps} qps, median ${r.lat} ms\n`)
   }
   const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d
@@ -102,7 +105,8 @@ const program = Effect.gen(function*() {
     ratio: round(proxyQps / directQps, 3),
     vsHaproxy: round(proxyQps / haproxyQps, 3),
     proxyP99Ms: at64.proxyP99[0]!,
-    singleConnAddedUs: Math.round((single.proxy! - single.direct!) * 1000)
+    singleConnAddedUs: Math.round((single.proxy! - single.direct!) * 1000),
+    vsHaproxy1: round(singleQps.proxy! / singleQps.haproxy!, 3)
   }))
 })
 
