@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { applyEntry, type ClusterEntry, initialClusterState } from "../src/domain/cluster.js"
-import { decide, defaultLeaseConfig, initialLeaseView, onApplied, onProposed, onState } from "../src/domain/lease.js"
+import { decide, defaultLeaseConfig, holdsLease, initialLeaseView, onApplied, onProposed, onState, RESIGN_PROPOSAL_ID } from "../src/domain/lease.js"
 import { localPosition } from "../src/services/NodeDatabase.js"
 import { splitEvents } from "../src/services/ChosenBinlog.js"
 
@@ -29,6 +29,13 @@ describe("Resign: a master gives its lease up early", () => {
     v = onApplied(c, v, lease(1, 0), { _tag: "Accepted" }, 5)
     expect(decide(c, v, 100, true, 0)._tag).toBe("None")
     expect(decide(c, v, 100, false, 0)).toEqual({ _tag: "Resign", basedOnVersion: 1 })
+    // Proposing the resignation ends holding at once (the next master may be elected before
+    // this node applies it); with no outcome in time it is sent again.
+    expect(holdsLease(c, v, 100)).toBe(true)
+    const resigning = onProposed(v, 1, RESIGN_PROPOSAL_ID, 100)
+    expect(holdsLease(c, resigning, 101)).toBe(false)
+    expect(decide(c, resigning, 101, false, 0)._tag).toBe("None")
+    expect(decide(c, resigning, 100 + c.proposeTimeoutMs, true, 0)).toEqual({ _tag: "Resign", basedOnVersion: 1 })
     // Another node learns the resignation: no master, it need not wait the lease out.
     const c2 = defaultLeaseConfig(2, 2000)
     let v2 = onState(c2, initialLeaseView(initialClusterState([1, 2, 3]), 0), state, 10)

@@ -54,9 +54,20 @@ export const initialLeaseView = (state: ClusterStateData, now: number): LeaseVie
   recordLeaseMs: state.leaseMs
 })
 
-/** Whether this node holds the lease now, in its own count. */
-export const holdsLease = (c: LeaseConfig, v: LeaseView, now: number): boolean =>
+/** The proposal id a Resign is marked with while in flight (see `onProposed`). */
+export const RESIGN_PROPOSAL_ID = -1
+
+/** Whether this node's lease still runs in its own count (held, not yet over). */
+const leaseRuns = (c: LeaseConfig, v: LeaseView, now: number): boolean =>
   v.master === c.nodeId && v.heldFrom !== undefined && now < v.heldFrom + c.leaseMs - c.marginMs
+
+/**
+ * Whether this node holds the lease now, in its own count: its lease runs and it has not
+ * given it up. A node stops holding the moment it proposes Resign (it has fenced itself
+ * first): once chosen, another node may take over at once, before this one applies it.
+ */
+export const holdsLease = (c: LeaseConfig, v: LeaseView, now: number): boolean =>
+  leaseRuns(c, v, now) && v.proposing?.proposalId !== RESIGN_PROPOSAL_ID
 
 /**
  * When the current lease lapses in this node's view (no master: already). The longer of our
@@ -118,8 +129,9 @@ export const decide = (c: LeaseConfig, v: LeaseView, now: number, ready: boolean
   // A proposal that is taking too long is abandoned: if it is chosen after all, we do not
   // count it as ours (safe: we only under-count), and its stale version makes ours lose.
   if (v.proposing !== undefined && now - v.proposing.sentAt < c.proposeTimeoutMs) return { _tag: "None" }
-  if (holdsLease(c, v, now)) {
-    if (!ready) return { _tag: "Resign", basedOnVersion: v.masterVersion }
+  if (leaseRuns(c, v, now)) {
+    // Not ready: resign (again, if the last resignation got no outcome in time).
+    if (!ready || v.proposing?.proposalId === RESIGN_PROPOSAL_ID) return { _tag: "Resign", basedOnVersion: v.masterVersion }
     return now >= v.nextRenewAt ? { _tag: "Propose", basedOnVersion: v.masterVersion } : { _tag: "None" }
   }
   // A master that restarted (no heldFrom) waits like everyone else.

@@ -7,6 +7,7 @@ import { Context, Effect, Layer, PubSub, Queue, Ref, Stream } from "effect"
 import {
   decide,
   holdsLease,
+  RESIGN_PROPOSAL_ID,
   initialLeaseView,
   type LeaseConfig,
   nextCheckAt,
@@ -155,7 +156,7 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
     }
     if (action._tag === "Resign") {
       // Marked as in flight so it is sent once per proposeTimeout, not on every step.
-      view = onProposed(view, action.basedOnVersion, -1, now)
+      view = onProposed(view, action.basedOnVersion, RESIGN_PROPOSAL_ID, now)
       yield* cluster.propose({ _tag: "Resign", node: config.nodeId, basedOnVersion: action.basedOnVersion }).pipe(
         Effect.tap((outcome) => Effect.logInfo(`resigned the master lease: ${outcome._tag}`)),
         Effect.catch(() => Effect.void),

@@ -18,6 +18,7 @@ import {
 import {
   decide,
   holdsLease,
+  RESIGN_PROPOSAL_ID,
   initialLeaseView,
   type LeaseConfig,
   type LeaseView,
@@ -193,7 +194,7 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
     if (holdsLease(c, n.lease, t) && !n.core!.isLeader) handle(n, n.core!.step({ _tag: "Lead" }, now))
     const action = decide(c, n.lease, t, now >= n.unreadyUntil, 0)
     if (action._tag === "Resign") {
-      n.lease = onProposed(n.lease, action.basedOnVersion, -1, t)
+      n.lease = onProposed(n.lease, action.basedOnVersion, RESIGN_PROPOSAL_ID, t)
       const value = encodeEntry({ _tag: "Resign", node: n.id, basedOnVersion: action.basedOnVersion })
       handle(n, n.core!.step({ _tag: "Propose", requestId: ++n.requestSeq, value }, now))
     }

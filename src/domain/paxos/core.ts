@@ -503,8 +503,15 @@ export class PaxosNode {
     }
     this.promise(m.ballot)
     if (from !== this.config.nodeId) this.noteLeader(m.ballot)
-    // Below the chosen prefix only the chosen value can be proposed: no need to keep it in memory.
-    if (m.instance >= this.chosenUpToValue) this.accepted.set(m.instance, { ballot: m.ballot, value: m.value })
+    if (m.instance < this.chosenUpToValue || this.chosen.has(m.instance)) {
+      // Known chosen: the log keeps the chosen value (one value per instance), never an
+      // Accept of a stale leader. Only the chosen value itself is acknowledged (a leader
+      // settling the instance again); nothing else could reach a majority anyway.
+      const v = this.chosen.get(m.instance)
+      if (v !== undefined && valueEquals(v, m.value)) this.sendTo(from, { _tag: "Accepted", ballot: m.ballot, instance: m.instance })
+      return
+    }
+    this.accepted.set(m.instance, { ballot: m.ballot, value: m.value })
     this.out.persist.push({ _tag: "Accepted", instance: m.instance, ballot: m.ballot, value: m.value })
     this.sendTo(from, { _tag: "Accepted", ballot: m.ballot, instance: m.instance })
   }
@@ -626,7 +633,13 @@ export class PaxosNode {
   private onCatchupRequest(from: number, m: MessageOf<"CatchupRequest">): void {
     const count = Math.max(1, Math.min(m.count, this.config.catchupBatch))
     if (m.from < this.windowStart) {
-      this.out.readChosen.push({ to: from, from: m.from, count, maxBytes: this.config.catchupMaxBytes })
+      // Storage holds one value per instance, chosen or only accepted: read below the prefix only.
+      this.out.readChosen.push({
+        to: from,
+        from: m.from,
+        count: Math.min(count, this.chosenUpToValue - m.from),
+        maxBytes: this.config.catchupMaxBytes
+      })
       return
     }
     const entries: Array<ChosenEntry> = []
