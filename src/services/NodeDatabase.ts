@@ -38,6 +38,8 @@ const IDLE_THREAD_CHECK_MS = 5_000
 const MASTER_PROBE_EVERY_MS = 1_000
 /** The role loop's pace outside the master role (lease events wake it at once). */
 const IDLE_TICK_MS = 500
+/** A replica's pace while the log moves under load (see `catchingUpTickMs`). */
+const BUSY_REPLICA_TICK_MS = 200
 export const captureServerId = (nodeId: number) => 3_000_000 + nodeId
 export const binlogServerId = (nodeId: number) => 2_000_000 + nodeId
 
@@ -414,10 +416,15 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   // Driven by lease events and, for the master, by its mariadbd exiting (a dead server must
   // give the lease up at once); a replica catching up is watched closely (its readiness
   // decides elections); otherwise an idle pace (a hung server is found by the master's probe).
-  const pause = Effect.suspend(() => {
+  const pause = Effect.gen(function*() {
     const serving = role === "master" || role === "promoting"
     const woken = serving ? Effect.raceFirst(Queue.take(wake), db.exited) : Queue.take(wake)
-    return Effect.timeoutOption(woken, role === "replica" && lag !== 0 ? tickMs : idleTickMs)
+    // A replica behind the log: while the log keeps moving (a master is committing) it is
+    // checked at a moderate pace; once the log stands still (the master may be gone)
+    // closely, so that it reports itself ready for election as soon as it has caught up.
+    const last = (yield* cluster.current).state.lastGtid
+    const ms = role !== "replica" || lag === 0 ? idleTickMs : gtidEquals(last, checkedLast ?? null) ? tickMs : BUSY_REPLICA_TICK_MS
+    yield* Effect.timeoutOption(woken, ms)
   })
   yield* tick.pipe(
     Effect.catchCause((cause) =>
