@@ -5,7 +5,7 @@
  */
 import { Data, Effect, Schedule } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
@@ -85,6 +85,42 @@ const findMainJs = (): string => {
 /** Handed out by this process already: never twice. */
 const handedOut = new Set<number>()
 
+/**
+ * Ports handed out by other processes on this machine (parallel test workers, benches)
+ * are reserved by a file naming the owner's pid: a port is free to take when no file
+ * exists or its owner is gone. Binding alone cannot tell, between the check and the node's
+ * own bind, that another process picked the same port.
+ */
+const reservations = join(tmpdir(), "phxmaria-ports")
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM"
+  }
+}
+const reserve = (port: number): boolean => {
+  const file = join(reservations, String(port))
+  try {
+    mkdirSync(reservations, { recursive: true })
+    writeFileSync(file, String(process.pid), { flag: "wx" })
+    return true
+  } catch {
+    try {
+      const owner = Number(readFileSync(file, "utf8"))
+      if (owner === process.pid || (Number.isInteger(owner) && owner > 0 && alive(owner))) return false
+      // The owner is gone: take it over (a race with another taker is settled by the rename).
+      const mine = `${file}.${process.pid}`
+      writeFileSync(mine, String(process.pid))
+      renameSync(mine, file)
+      return Number(readFileSync(file, "utf8")) === process.pid
+    } catch {
+      return false
+    }
+  }
+}
+
 const bindable = (host: string, port: number): Effect.Effect<boolean> =>
   Effect.callback<boolean>((resume) => {
     const server = createServer()
@@ -100,7 +136,7 @@ export const freePort = (host = "127.0.0.1"): Effect.Effect<number, LocalCluster
   Effect.gen(function*() {
     for (let attempt = 0; attempt < 200; attempt++) {
       const port = 20_000 + Math.floor(Math.random() * 12_000)
-      if (handedOut.has(port)) continue
+      if (handedOut.has(port) || !reserve(port)) continue
       if (yield* bindable(host, port)) {
         handedOut.add(port)
         return port

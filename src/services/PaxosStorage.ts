@@ -201,35 +201,55 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
     bootId
   }
 
-  /** Applies frames to the index (one LMDB transaction), with the position they end at. */
+  /**
+   * Index entries not yet committed to LMDB (reads see only committed data). Puts made in
+   * one turn of the event loop commit together, off the main thread; the position written
+   * with them is where a replay after a crash starts, so nothing can be missed.
+   */
+  const unindexed = new Map<number, Location>()
+  const locationOf = (instance: number): Location | undefined => unindexed.get(instance) ?? logDb.get(instance)
+
+  /** Applies frames to the index, with the log position they end at. */
   const index = (placed: ReadonlyArray<{ readonly entry: WalEntry; readonly location: Location }>, segment: number, offset: number) => {
     let m: IndexMeta = { ...meta, segment, offset, bootId }
-    env.transactionSync(() => {
-      for (const { entry, location } of placed) {
-        switch (entry._tag) {
-          case "Promised":
-            if (entry.ballot.round > m.promised.round || (entry.ballot.round === m.promised.round && entry.ballot.node > m.promised.node)) {
-              m = { ...m, promised: entry.ballot }
-            }
-            break
-          case "ProposerRound":
-            if (entry.round > m.proposerRound) m = { ...m, proposerRound: entry.round }
-            break
-          case "ChosenUpTo":
-            if (entry.upTo > m.chosenUpTo) m = { ...m, chosenUpTo: entry.upTo }
-            break
-          case "Accepted":
-            logDb.putSync(entry.instance, [location[0], location[1], location[2], entry.ballot])
-            break
-          case "Chosen":
-            logDb.putSync(entry.instance, [location[0], location[1], location[2], null])
-            break
-        }
+    const puts: Array<readonly [number, Location]> = []
+    for (const { entry, location } of placed) {
+      switch (entry._tag) {
+        case "Promised":
+          if (entry.ballot.round > m.promised.round || (entry.ballot.round === m.promised.round && entry.ballot.node > m.promised.node)) {
+            m = { ...m, promised: entry.ballot }
+          }
+          break
+        case "ProposerRound":
+          if (entry.round > m.proposerRound) m = { ...m, proposerRound: entry.round }
+          break
+        case "ChosenUpTo":
+          if (entry.upTo > m.chosenUpTo) m = { ...m, chosenUpTo: entry.upTo }
+          break
+        case "Accepted":
+          puts.push([entry.instance, [location[0], location[1], location[2], entry.ballot]])
+          break
+        case "Chosen":
+          puts.push([entry.instance, [location[0], location[1], location[2], null]])
+          break
       }
-      metaDb.putSync("index", m)
-    })
+    }
     meta = m
+    for (const [instance, loc] of puts) {
+      unindexed.set(instance, loc)
+      void logDb.put(instance, loc).then(() => {
+        if (unindexed.get(instance) === loc) unindexed.delete(instance)
+      }, onIndexFailure)
+    }
+    lastIndexWrite = metaDb.put("index", m).then(() => undefined, onIndexFailure)
   }
+  let lastIndexWrite: Promise<void> = Promise.resolve()
+  /** The index is a cache of the log: a failed write only costs a rebuild, but is said. */
+  const onIndexFailure = (cause: unknown) => {
+    Effect.runFork(Effect.logError(`paxos storage: cannot update the index in ${indexDir} (it is rebuilt from the log at the next start)`, cause))
+  }
+  /** The index's own writes settle before it closes. */
+  yield* Effect.addFinalizer(() => Effect.promise(() => metaDb.put("index", meta).then(() => undefined, () => undefined)))
 
   /**
    * Indexes a segment's frames from `from` on, reading it in chunks; returns where its log
@@ -276,6 +296,8 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
     if (at.segment === 0) at = { segment: 1, offset: 0 }
     return at
   })
+  // What the replay indexed is committed before anything reads the index.
+  yield* Effect.promise(() => lastIndexWrite)
   if (!fs.existsSync(join(walDir, segmentName(tail.segment)))) {
     yield* attempt("create segment", () => createSegment(walDir, tail.segment, segmentBytes))
     sizes.set(tail.segment, segmentBytes)
@@ -449,10 +471,12 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
     attempt("readChosen", () => {
       const out: Array<ChosenEntry> = []
       let bytes = 0
-      for (const { key, value } of logDb.getRange({ start: from, end: from + count })) {
-        if (out.length > 0 && bytes + value[2] > maxBytes) break
-        bytes += value[2]
-        out.push({ instance: key, value: valueAt(key, value) })
+      for (let i = from; i < from + count; i++) {
+        const loc = locationOf(i)
+        if (loc === undefined) continue
+        if (out.length > 0 && bytes + loc[2] > maxBytes) break
+        bytes += loc[2]
+        out.push({ instance: i, value: valueAt(i, loc) })
       }
       return out
     })
