@@ -20,7 +20,7 @@ import { Cause, Context, Data, Duration, Effect, Layer, Option, Queue, Result, S
 import type * as Scope from "effect/Scope"
 import { DumpStream } from "../domain/binlog/dumpStream.js"
 import { type Gtid, parseGtid } from "../domain/gtid.js"
-import { encodePackets, encodePacketSequence, type Packet, PacketDecoder } from "../domain/mysql/packet.js"
+import { concatBytes, encodePackets, encodePacketSequence, type Packet, PacketDecoder } from "../domain/mysql/packet.js"
 import {
   buildBinlogEventPacket,
   buildErr,
@@ -482,30 +482,35 @@ export const make = (
 
         // Bounded read-ahead: the source waits while the socket is slow.
         const queue = yield* Stream.toQueue(txns, { capacity: READ_AHEAD_TXNS })
-        const next: Effect.Effect<Option.Option<SourceTxn>, BinlogServerConnectionError> = Queue.take(queue).pipe(
+        // Whatever is ready (at least one transaction), or nothing within a heartbeat period.
+        const next: Effect.Effect<Option.Option<ReadonlyArray<SourceTxn>>, BinlogServerConnectionError> = Queue.takeBetween(queue, 1, READ_AHEAD_TXNS).pipe(
           Effect.timeoutOption(Duration.millis(periodMs)),
           Effect.catch((_: Cause.Done) => Effect.fail(new BinlogServerDumpError({ remote, reason: "the binlog source ended" })))
         )
         const loop = Effect.gen(function*() {
           while (true) {
-            const txn = yield* next
-            if (Option.isNone(txn)) {
+            const ready = yield* next
+            if (Option.isNone(ready)) {
               yield* sendEvents([dump.heartbeat()])
               continue
             }
-            // One write per transaction (each event copied once, into its packet).
-            const packets = dump.transactionPackets(txn.value.events, seq)
-            if (Result.isFailure(packets)) return yield* refuse(`cannot serve a transaction: ${packets.failure.message}`)
-            if (packets.success !== undefined) {
-              seq = packets.success.nextSequenceId
-              yield* conn.send(packets.success.bytes)
-              continue
+            // One write for everything ready (each event copied once, into its packet).
+            const framed: Array<Uint8Array> = []
+            for (const txn of ready.value) {
+              const packets = dump.transactionPackets(txn.events, seq)
+              if (Result.isFailure(packets)) return yield* refuse(`cannot serve a transaction: ${packets.failure.message}`)
+              if (packets.success !== undefined) {
+                seq = packets.success.nextSequenceId
+                framed.push(packets.success.bytes)
+                continue
+              }
+              // Events too large for one packet: what was framed goes first, then these.
+              if (framed.length > 0) yield* conn.send(concatBytes(framed.splice(0)))
+              const events = dump.transaction(txn.events)
+              if (Result.isFailure(events)) return yield* refuse(`cannot serve a transaction: ${events.failure.message}`)
+              yield* sendEvents(events.success)
             }
-            const events = dump.transaction(txn.value.events)
-            if (Result.isFailure(events)) {
-              return yield* refuse(`cannot serve a transaction: ${events.failure.message}`)
-            }
-            yield* sendEvents(events.success)
+            if (framed.length > 0) yield* conn.send(framed.length === 1 ? framed[0]! : concatBytes(framed))
           }
         })
         // The replica going away ends the stream at once, also while idle.

@@ -77,7 +77,7 @@ export const make = (formatDescription: Effect.Effect<Uint8Array>) =>
                 }
                 continue
               }
-              for (const t of page) yield* Queue.offer(out, toSource(t))
+              yield* Queue.offerAll(out, page.map(toSource))
               next = page[page.length - 1]!.gtid.seq + 1
             }
           }), { bufferSize: 8, strategy: "suspend" })
