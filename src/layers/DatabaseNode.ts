@@ -41,6 +41,10 @@ export const managedServerConfig = (port: number): Record<string, string | numbe
   read_only: "ON",
   proxy_protocol_networks: "127.0.0.0/8,localhost",
   max_binlog_size: "64M",
+  // Replicas apply the chosen log in parallel (in commit order), committing in groups: a
+  // replica behind the log catches up faster than the master writes.
+  slave_parallel_threads: 4,
+  slave_parallel_mode: "optimistic",
   max_allowed_packet: "64M",
   slave_max_allowed_packet: "1073741824",
   // Above the proxy's four listeners at their default bound (4 x 1000), with room for the
