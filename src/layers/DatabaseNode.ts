@@ -147,6 +147,7 @@ export const runDatabaseNode = (config: NodeConfig) =>
 
     const lease = yield* MasterLease
     const log = yield* PaxosLog
+    const cluster = yield* ClusterState
     let database: NodeDatabase.NodeDatabaseShape | undefined
 
     /**
@@ -170,8 +171,10 @@ export const runDatabaseNode = (config: NodeConfig) =>
     /** Routes from what this node knows now (DESIGN.md section 7). */
     const refreshRoutes = Effect.gen(function*() {
       if (database === undefined) return
-      const [l, paxos, serving, dbStatus] = [yield* lease.status, yield* log.status, yield* database.serving, yield* database.status]
-      const master = serving ? config.nodeId : l.master === config.nodeId ? null : l.master
+      const [snapshot, paxos, serving, dbStatus] = [yield* cluster.current, yield* log.status, yield* database.serving, yield* database.status]
+      // The master record as applied (the lease's view of it may trail by a fiber hop).
+      const recorded = snapshot.state.master
+      const master = serving ? config.nodeId : recorded === config.nodeId ? null : recorded
       const readable = new Set<number>(paxos.reachable.filter((id) => peersServingReads.has(id)))
       if (dbStatus.role === "replica") readable.add(config.nodeId)
       else readable.delete(config.nodeId)
@@ -209,7 +212,6 @@ export const runDatabaseNode = (config: NodeConfig) =>
     // the peers' read status).
     const refreshLogged = refreshRoutes.pipe(Effect.catchCause((cause) => Effect.logError("routing refresh failed", cause)))
     yield* refreshLogged.pipe(Effect.repeat(Schedule.spaced("1 second")), Effect.forkScoped)
-    const cluster = yield* ClusterState
     yield* cluster.masterChanges.pipe(
       Stream.changesWith((a, b) => a.state.master === b.state.master),
       Stream.runForEach(() => refreshLogged),
