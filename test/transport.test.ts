@@ -197,11 +197,17 @@ describe("frame", () => {
     expect(normalize(decodeChunks([stream]))).toEqual(expected)
   })
 
-  it("returns frames inside one chunk without copying", () => {
-    const decoder = new FrameDecoder()
-    const { frames: out } = decoder.push(stream)
-    expect(out.length).toBe(payloads.length)
-    expect(out[0]!.buffer).toBe(stream.buffer)
+  it("returns a frame that fills its chunk without copying, and copies a small one out of a big chunk", () => {
+    const big = encodeFrame({ blob: new Uint8Array(4096) })
+    const small = encodeFrame({ n: 1 })
+    const alone = new FrameDecoder().push(big).frames
+    expect(alone[0]!.buffer).toBe(big.buffer)
+    // a small frame kept from a big chunk must not keep the chunk alive
+    const chunk = Buffer.concat([small, big])
+    const { frames: out } = new FrameDecoder().push(chunk)
+    expect(out.length).toBe(2)
+    expect(out[0]!.buffer).not.toBe(chunk.buffer)
+    expect(out[1]!.buffer).toBe(chunk.buffer)
   })
 
   it("rejects an oversized length prefix before buffering it", () => {

@@ -125,8 +125,9 @@ const noFrames: ReadonlyArray<Uint8Array> = []
  * Incremental frame splitter over arbitrary chunks.
  *
  * Chunks are kept as a list and only the bytes of a frame that spans chunks
- * are copied (once); a frame inside one chunk is returned as a zero-copy
- * subarray of it. So the total work is linear in the input, however it is
+ * are copied (once); a frame that fills most of its chunk is returned as a
+ * zero-copy subarray of it, a smaller one as a copy (so that it does not keep
+ * the chunk alive). So the total work is linear in the input, however it is
  * chunked. A length prefix above `maxFrameBytes` is reported before any of
  * that frame's payload is buffered, and the decoder then stays failed.
  */
@@ -214,7 +215,9 @@ export class FrameDecoder {
     if (first!.length - this.offset >= n) {
       const view = first!.subarray(this.offset, this.offset + n)
       this.advance(n)
-      return view
+      // A frame much smaller than its chunk is copied: whatever is kept from it (a value in
+      // a log window) would otherwise keep the whole chunk alive.
+      return n * 2 < first!.length ? Uint8Array.prototype.slice.call(view) : view
     }
     const out = Buffer.allocUnsafe(n)
     let written = 0

@@ -7,6 +7,12 @@ import { MasterLease } from "../services/MasterLease.js"
 import { PaxosLog } from "../services/PaxosLog.js"
 import type { NodeConfig } from "./NodeConfig.js"
 
+const mb = (bytes: number) => Math.round(bytes / 1024 / 102.4) / 10
+const memory = () => {
+  const m = process.memoryUsage()
+  return { rssMb: mb(m.rss), heapUsedMb: mb(m.heapUsed), externalMb: mb(m.external + m.arrayBuffers) }
+}
+
 export const nodeStatus = (
   config: NodeConfig,
   extra: Effect.Effect<Pick<NodeStatus, "database" | "proxy" | "commitPath">> = Effect.succeed({})
@@ -35,6 +41,7 @@ export const nodeStatus = (
         appliedInstance: snapshot.appliedUpTo,
         lastGtid: snapshot.state.lastGtid === null ? null : formatGtid(snapshot.state.lastGtid),
         ...(yield* extra),
+        memory: memory(),
         members: config.members.map((m) => ({ nodeId: m.nodeId, host: m.host, port: m.port, adminPort: m.adminPort, reachable: reachable.has(m.nodeId) }))
       } satisfies NodeStatus
     })
