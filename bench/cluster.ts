@@ -12,6 +12,10 @@
  * agentCpuUsPerTxn: the busiest agent's CPU microseconds per transaction of the 8-thread run;
  * agentRssMb: the master agent's RSS after the run; mariadbDurability: the cluster's MariaDB
  * sync_binlog / innodb_flush_log_at_trx_commit ("full" when both are 1).
+ * Also, to tell a run bound by the machine's CPU: {alone,semisync,cluster}MachineCpuPct, the
+ * busy share of all cores during each 8-thread run (100 = every core busy), and
+ * {semisync,cluster}CpuUsPerTxn, the machine's busy CPU microseconds (every process) per
+ * transaction of that run.
  * Env: BENCH_SECONDS (sysbench run, default 20), BENCH_COMMIT_SECONDS (default 10),
  * BENCH_IDLE_SECONDS (default 10), BENCH_ONLY=cluster (skip the two baselines),
  * BENCH_AGENT_NODE_ARGS (extra node arguments for the agents, e.g. "--cpu-prof --cpu-prof-dir=DIR").
@@ -23,7 +27,7 @@ import { adminQuery, APP_PASSWORD, APP_USER, connect, createAppUser, run as sql,
 import { MariaDbInstance, type MariaDbInstanceInfo } from "../test/support/MariaDbInstance.js"
 import { createReplicationUser, replicaConfig, semiSyncMasterConfig, startReplication, waitForReplica } from "../test/support/replication.js"
 import { commitProbe } from "./support/commitProbe.js"
-import { cpuSampler, rssMb } from "./support/proc.js"
+import { cpuSampler, machineCpuSampler, rssMb } from "./support/proc.js"
 import { sysbench as runSysbench } from "./support/sysbench.js"
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 20)
@@ -46,15 +50,20 @@ const measure = <A>(name: string, port: number, during: () => () => A, report: E
     yield* report
     yield* sysbench(port, 4, ["prepare"])
     const stop = during()
+    const machine = machineCpuSampler()
     const out = yield* sysbench(port, 8, [`--time=${seconds}`, "--percentile=95", "--report-interval=0", "run"])
+    const machineCpu = machine()
     const measured = stop()
     yield* report
     const tps = Number(/transactions:\s+\d+\s+\(([\d.]+) per sec/.exec(out)?.[1] ?? NaN)
     const txns = Number(/transactions:\s+(\d+)/.exec(out)?.[1] ?? NaN)
     const p95 = Number(/95th percentile:\s+([\d.]+)/.exec(out)?.[1] ?? NaN)
     const errors = /ignored errors:\s+(\d+)/.exec(out)?.[1] ?? "?"
-    process.stderr.write(`${name}: ${tps} tps, p95 ${p95} ms, ignored errors ${errors}\n`)
-    return { tps, txns, p95, commitP50Ms: probe.p50Ms, measured }
+    const cpuUsPerTxn = machineCpu.busyUs / txns
+    process.stderr.write(
+      `${name}: ${tps} tps, p95 ${p95} ms, ignored errors ${errors}; machine CPU ${machineCpu.pct.toFixed(1)}% busy, ${cpuUsPerTxn.toFixed(0)} us per txn\n`
+    )
+    return { tps, txns, p95, commitP50Ms: probe.p50Ms, measured, machineCpuPct: machineCpu.pct, cpuUsPerTxn }
   })
 
 const nothing = () => () => undefined
@@ -114,6 +123,8 @@ const cluster = Effect.gen(function*() {
     }))
   const r = yield* measure("cluster", master.rwPort!, () => cpuSampler(agents), report)
   const rss = rssMb(master.pid()!)
+  const memory = yield* Effect.map(statusOf(master), (s) => ("error" in s ? undefined : s.memory))
+  process.stderr.write(`cluster: master agent's memory after the run (MB) ${JSON.stringify(memory)}\n`)
   process.stderr.write(`cluster: agents' CPU during the run ${r.measured.pct.map((p) => `${p.toFixed(1)}%`).join(", ")}\n`)
   // The run must not have moved the master: the figure would not be one steady cluster's.
   const after = yield* waitForMaster(c, "the master after the run")
@@ -129,7 +140,7 @@ const cluster = Effect.gen(function*() {
   }
 })
 
-const skipped = { tps: NaN, txns: NaN, p95: NaN, commitP50Ms: NaN, measured: undefined }
+const skipped = { tps: NaN, txns: NaN, p95: NaN, commitP50Ms: NaN, measured: undefined, machineCpuPct: NaN, cpuUsPerTxn: NaN }
 
 const program = Effect.gen(function*() {
   const a = only === "cluster" ? skipped : yield* Effect.scoped(alone)
@@ -150,7 +161,12 @@ const program = Effect.gen(function*() {
     clusterCommitP50Ms: round(c.commitP50Ms),
     idleCpuPct: round(c.idleCpuPct),
     agentCpuUsPerTxn: Math.round(c.agentCpuUsPerTxn),
-    mariadbDurability: c.mariadbDurability
+    mariadbDurability: c.mariadbDurability,
+    aloneMachineCpuPct: round(a.machineCpuPct, 1),
+    semisyncMachineCpuPct: round(s.machineCpuPct, 1),
+    clusterMachineCpuPct: round(c.machineCpuPct, 1),
+    semisyncCpuUsPerTxn: Math.round(s.cpuUsPerTxn),
+    clusterCpuUsPerTxn: Math.round(c.cpuUsPerTxn)
   }))
 })
 

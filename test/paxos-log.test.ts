@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, Result, Schema, Stream } from "effect"
+import { Effect, Fiber, Result, Schedule, Schema, Stream } from "effect"
 import { decodePayload, encodeFrame } from "../src/domain/frame.js"
 import * as PaxosLog from "../src/services/PaxosLog.js"
 import { startLogs } from "./support/inProcessLogs.js"
@@ -39,6 +39,22 @@ describe("PaxosLog service", () => {
       const status = yield* n1.status
       expect(status.role).toBe("leader")
       expect(status.chosenUpTo).toBeGreaterThan(at.instance)
+    }))
+
+  it.live("flags a node advertises reach its peers on the heartbeat, and go stale when it stops", () =>
+    Effect.gen(function*() {
+      const { logs } = yield* startLogs([1, 2, 3], 3)
+      yield* logs.get(1)!.advertise(5)
+      yield* logs.get(3)!.advertise(2)
+      const seen = (id: number) => logs.get(id)!.advertised(2_000)
+      // Heartbeats go out every 500 ms: bounded wait for both to arrive at node 2.
+      const flags = yield* seen(2).pipe(
+        Effect.repeat({ until: (m) => m.get(1) === 5 && m.get(3) === 2, schedule: Schedule.spaced("50 millis") }),
+        Effect.timeout("5 seconds")
+      )
+      expect(flags.has(2)).toBe(false)
+      // A heartbeat older than the age asked for does not count.
+      expect((yield* logs.get(2)!.advertised(-1)).size).toBe(0)
     }))
 
   it.live("a node cut off from the majority fails proposals with NotEnoughNodes", () =>

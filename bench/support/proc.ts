@@ -26,3 +26,25 @@ export const cpuSampler = (pids: ReadonlyArray<number>) => {
     return { wallUs, usedUs: used, pct: used.map((u) => (100 * u) / wallUs) }
   }
 }
+
+/** The whole machine's CPU time so far (all cores), busy and total, in microseconds, from /proc/stat. */
+const machineMicros = () => {
+  const cpu = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number)
+  // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+  const total = cpu.slice(0, 8).reduce((a, b) => a + b, 0)
+  const idle = cpu[3]! + cpu[4]!
+  return { busyUs: ((total - idle) / ticksPerSecond) * 1e6, totalUs: (total / ticksPerSecond) * 1e6 }
+}
+
+/**
+ * The machine's CPU over a stretch of time: busy microseconds (all processes) and the
+ * busy share of all cores in percent (100 = every core busy), to tell a run bound by CPU.
+ */
+export const machineCpuSampler = () => {
+  const before = machineMicros()
+  return () => {
+    const after = machineMicros()
+    const busyUs = after.busyUs - before.busyUs
+    return { busyUs, pct: (100 * busyUs) / (after.totalUs - before.totalUs) }
+  }
+}

@@ -48,8 +48,8 @@ export const NodeStatus = Schema.Struct({
     txnsPerEntry: Schema.Number,
     stages: Schema.Record(Schema.String, HistogramSummarySchema)
   })),
-  /** This agent's process memory (MB): resident, V8 heap in use, and memory outside the heap (buffers). */
-  memory: Schema.optional(Schema.Struct({ rssMb: Schema.Number, heapUsedMb: Schema.Number, externalMb: Schema.Number })),
+  /** This agent's process memory (MB): resident, the V8 heap (reserved and in use), and memory outside it (buffers). */
+  memory: Schema.optional(Schema.Struct({ rssMb: Schema.Number, heapTotalMb: Schema.Number, heapUsedMb: Schema.Number, externalMb: Schema.Number })),
   /** Proxy connection counts per listener and per upstream. */
   proxy: Schema.optional(Schema.Struct({
     listeners: Schema.Record(Schema.String, Schema.Struct({

@@ -3,7 +3,7 @@
  * attached), the replication login, the binlog server serving the chosen log, the proxy
  * with routing driven by the lease and the database role, and the role itself.
  */
-import { Effect, Schedule, Stream, SubscriptionRef } from "effect"
+import { Effect, Schedule, Stream } from "effect"
 import { randomBytes } from "node:crypto"
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
@@ -19,7 +19,6 @@ import { ClusterState } from "../services/ClusterState.js"
 import { MasterLease } from "../services/MasterLease.js"
 import * as NodeDatabase from "../services/NodeDatabase.js"
 import { PaxosLog } from "../services/PaxosLog.js"
-import { probeReplica } from "../services/StatusClient.js"
 import * as Proxy from "../services/Proxy.js"
 import * as Routing from "../services/Routing.js"
 import type { NodeConfig } from "./NodeConfig.js"
@@ -74,9 +73,6 @@ const ensureReplicationUser = (db: MariaDbServer.MariaDbServerShape, password: s
       yield* db.query(`SET STATEMENT sql_log_bin=0 FOR ALTER USER ${account} IDENTIFIED BY '${password}'`)
       yield* db.query(`SET STATEMENT sql_log_bin=0 FOR GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO ${account}`)
     }), { discard: true })
-
-/** The database role right now. */
-const role = (database: NodeDatabase.NodeDatabaseShape) => SubscriptionRef.getUnsafe(database.roles)
 
 export const runDatabaseNode = (config: NodeConfig) =>
   Effect.gen(function*() {
@@ -151,22 +147,19 @@ export const runDatabaseNode = (config: NodeConfig) =>
     let database: NodeDatabase.NodeDatabaseShape | undefined
 
     /**
-     * Peers whose database serves reads (a replica, not diverged, not calibrating), from
-     * their own /status once a second, asked only while this node cannot serve RO itself
-     * (a healthy replica reads locally): RO is never sent to a node that would refuse it
-     * (and a forward RO port of a diverged node refuses anyway).
+     * Peers whose database serves reads (a replica, not diverged, not calibrating), from the
+     * flag each advertises on its Paxos heartbeat (every 500 ms; older than 2 s counts as
+     * not serving): RO is never sent to a node that would refuse it (and a forward RO port of
+     * a diverged node refuses anyway). No request per peer: an idle cluster stays idle.
      */
-    let peersServingReads = new Set<number>()
-    const peers = config.members.filter((m) => m.nodeId !== config.nodeId)
-    const pollPeers = Effect.forEach(peers, (m) => probeReplica(`${m.host}:${m.adminPort}`, 500), { concurrency: "unbounded" }).pipe(
-      Effect.map((ok) => {
-        peersServingReads = new Set(peers.flatMap((m, i) => (ok[i] ? [m.nodeId] : [])))
-      })
-    )
-    yield* Effect.suspend(() => database === undefined || role(database) !== "replica" ? pollPeers : Effect.void).pipe(
-      Effect.repeat(Schedule.spaced("1 second")),
-      Effect.forkScoped
-    )
+    const SERVES_READS = 1
+    const HEARTBEAT_MAX_AGE_MS = 2_000
+    const servesReads = (d: NodeDatabase.DatabaseStatus) => d.role === "replica" && d.diverged === null && d.up
+    yield* Effect.suspend(() =>
+      database === undefined ? Effect.void : Effect.flatMap(database.status, (d) => log.advertise(servesReads(d) ? SERVES_READS : 0))
+    ).pipe(Effect.repeat(Schedule.spaced("500 millis")), Effect.forkScoped)
+    const peersServingReads = Effect.map(log.advertised(HEARTBEAT_MAX_AGE_MS), (flags) =>
+      new Set([...flags].filter(([, f]) => (f & SERVES_READS) !== 0).map(([id]) => id)))
 
     /** Routes from what this node knows now (DESIGN.md section 7). */
     const refreshRoutes = Effect.gen(function*() {
@@ -175,7 +168,8 @@ export const runDatabaseNode = (config: NodeConfig) =>
       // The master record as applied (the lease's view of it may trail by a fiber hop).
       const recorded = snapshot.state.master
       const master = serving ? config.nodeId : recorded === config.nodeId ? null : recorded
-      const readable = new Set<number>(paxos.reachable.filter((id) => peersServingReads.has(id)))
+      const servingReads = yield* peersServingReads
+      const readable = new Set<number>(paxos.reachable.filter((id) => servingReads.has(id)))
       if (dbStatus.role === "replica") readable.add(config.nodeId)
       else readable.delete(config.nodeId)
       const routes = routesFor({
@@ -230,7 +224,7 @@ export const runDatabaseNode = (config: NodeConfig) =>
     })
     /** GET /replica: a replica whose database serves reads (not diverged, not calibrating). */
     const replicaHealth = Effect.map(database.status, (d) => ({
-      ok: d.role === "replica" && d.diverged === null && d.up,
+      ok: servesReads(d),
       body: { role: d.role, lag: d.lag, diverged: d.diverged, up: d.up }
     }))
     return { db, proxy, database, binlogServer, status, replicaHealth }

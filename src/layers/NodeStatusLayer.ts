@@ -10,7 +10,8 @@ import type { NodeConfig } from "./NodeConfig.js"
 const mb = (bytes: number) => Math.round(bytes / 1024 / 102.4) / 10
 const memory = () => {
   const m = process.memoryUsage()
-  return { rssMb: mb(m.rss), heapUsedMb: mb(m.heapUsed), externalMb: mb(m.external + m.arrayBuffers) }
+  // `external` includes the ArrayBuffers (Node's Buffers among them).
+  return { rssMb: mb(m.rss), heapTotalMb: mb(m.heapTotal), heapUsedMb: mb(m.heapUsed), externalMb: mb(m.external) }
 }
 
 export const nodeStatus = (

@@ -82,7 +82,7 @@ export class ClusterState extends Context.Service<ClusterState, ClusterStateShap
 const SNAPSHOT_EVERY_MS = 1_000
 
 /** Decoded transactions of the latest entries kept for binlog servers. */
-const RECENT_ENTRY_BYTES = 16 * 1024 * 1024
+const RECENT_ENTRY_BYTES = 4 * 1024 * 1024
 
 /** Outcomes of recently applied positions, for proposers whose answer came after the apply. */
 const RECENT_OUTCOMES = 10_000

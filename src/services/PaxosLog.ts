@@ -93,6 +93,10 @@ const fastDecode = (u: unknown): NodeMessage | undefined => {
     case "Status": {
       const leader = u.leader === null ? null : fastBallot(u.leader)
       if (leader === undefined || !isInstance(u.chosenUpTo) || !isInt(u.maxChosen)) return undefined
+      if (u.flags !== undefined) {
+        if (!isInt(u.flags)) return undefined
+        return { _tag: "Status", chosenUpTo: u.chosenUpTo, maxChosen: u.maxChosen, leader, flags: u.flags }
+      }
       return { _tag: "Status", chosenUpTo: u.chosenUpTo, maxChosen: u.maxChosen, leader }
     }
     case "ClientPropose":
@@ -177,6 +181,14 @@ export interface PaxosLogShape {
   readonly lead: Effect.Effect<void>
   /** The address the peer/client listener is bound to. */
   readonly address: { readonly host: string; readonly port: number }
+  /**
+   * Flags this node advertises to its peers on every Paxos heartbeat (Status, every
+   * statusIntervalMs): a few bits of the node's own state for peers to route by, with no
+   * extra connection or request.
+   */
+  readonly advertise: (flags: number) => Effect.Effect<void>
+  /** Each peer's advertised flags, from its latest heartbeat no older than `maxAgeMs`. */
+  readonly advertised: (maxAgeMs: number) => Effect.Effect<ReadonlyMap<number, number>>
 }
 
 export class PaxosLog extends Context.Service<PaxosLog, PaxosLogShape>()("phxmaria/PaxosLog") {}
@@ -242,9 +254,15 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     }
   }
 
+  /** What this node advertises on its heartbeats, and the peers' latest: flags and when heard. */
+  let advertisedFlags = 0
+  const peerFlags = new Map<number, { readonly flags: number; readonly at: number }>()
+
   const sendNow = (to: number, message: PaxosMessage) => {
     if (to === options.nodeId) step({ _tag: "Receive", from: to, message })
-    else if (transport !== undefined) Effect.runSync(transport.send(to, message))
+    else if (transport !== undefined) {
+      Effect.runSync(transport.send(to, message._tag === "Status" ? { ...message, flags: advertisedFlags } : message))
+    }
   }
 
   /** Carries out one step's outputs in the order core.ts requires. */
@@ -356,6 +374,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     const m = item.message
     if (item._tag === "Peer") {
       if (m._tag.startsWith("Client")) return // a peer never sends client messages
+      if (m._tag === "Status" && m.flags !== undefined) peerFlags.set(item.from, { flags: m.flags, at: monotonicMs() })
       step({ _tag: "Receive", from: item.from, message: m as PaxosMessage })
       return
     }
@@ -477,7 +496,18 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
 
   const lead = Effect.sync(() => step({ _tag: "Lead" }))
 
-  return PaxosLog.of({ propose, chosen, valueAt, follow, status, lead, address: transport.address })
+  const advertise = (flags: number) => Effect.sync(() => {
+    advertisedFlags = flags
+  })
+  const advertised = (maxAgeMs: number) =>
+    Effect.sync(() => {
+      const now = monotonicMs()
+      const out = new Map<number, number>()
+      for (const [id, p] of peerFlags) if (now - p.at <= maxAgeMs) out.set(id, p.flags)
+      return out
+    })
+
+  return PaxosLog.of({ propose, chosen, valueAt, follow, status, lead, address: transport.address, advertise, advertised })
 })
 
 export const layer = (options: PaxosLogOptions): Layer.Layer<PaxosLog, never, PaxosStorage> =>

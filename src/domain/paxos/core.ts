@@ -81,8 +81,8 @@ export const defaultPaxosConfig = (nodeId: number, members: ReadonlyArray<number
   catchupBatch: 256,
   catchupMaxBytes: 4 * 1024 * 1024,
   catchupRetryMs: 200,
-  memoryWindow: 1024,
-  memoryWindowBytes: 16 * 1024 * 1024,
+  memoryWindow: 256,
+  memoryWindowBytes: 4 * 1024 * 1024,
   seed
 })
 

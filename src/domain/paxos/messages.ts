@@ -46,8 +46,17 @@ export const PaxosMessage = Schema.Union([
   Schema.TaggedStruct("Nack", { ballot: Ballot, promised: Ballot }),
   /** These instances were chosen with the value accepted at `ballot`. */
   Schema.TaggedStruct("Commit", { ballot: Ballot, instances: Schema.Array(Instance) }),
-  /** Periodic: lets peers see how far this node has learned (drives catch-up). */
-  Schema.TaggedStruct("Status", { chosenUpTo: Instance, maxChosen: Schema.Int, leader: Schema.NullOr(Ballot) }),
+  /**
+   * Periodic: lets peers see how far this node has learned (drives catch-up). `flags` is
+   * not Paxos: what the node above the log advertises to its peers on this heartbeat
+   * (PaxosLog.advertise); the core neither sets nor reads it.
+   */
+  Schema.TaggedStruct("Status", {
+    chosenUpTo: Instance,
+    maxChosen: Schema.Int,
+    leader: Schema.NullOr(Ballot),
+    flags: Schema.optional(Schema.Int)
+  }),
   Schema.TaggedStruct("CatchupRequest", { from: Instance, count: Schema.Int }),
   /** A non-leader hands proposals to the leader; (origin, incarnation) tells restarts apart. */
   Schema.TaggedStruct("Forward", {
