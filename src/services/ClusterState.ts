@@ -84,6 +84,9 @@ const SNAPSHOT_EVERY_MS = 1_000
 /** Decoded transactions of the latest entries kept for binlog servers. */
 const RECENT_ENTRY_BYTES = 4 * 1024 * 1024
 
+/** Index entries put before the next snapshot at the latest once this many wait. */
+const INDEX_FLUSH_ENTRIES = 1024
+
 /** Outcomes of recently applied positions, for proposers whose answer came after the apply. */
 const RECENT_OUTCOMES = 10_000
 
@@ -107,8 +110,29 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
    * Paxos log (one stored copy), for a binlog server serving a replica from the past.
    */
   const entries = env.openDB<readonly [number, number], number>({ name: "binlog-entries", encoding: "msgpack" })
-  /** Index entries whose put is not committed yet (LMDB reads see only committed data). */
+  /**
+   * Index entries whose put is not committed yet (LMDB reads see only committed data).
+   * They are put together with the snapshot (or once INDEX_FLUSH_ENTRIES wait), before it in
+   * the same transaction: an index put costs no LMDB commit of its own.
+   */
   const pending = new Map<number, readonly [number, number]>()
+  let unflushed: Array<readonly [number, readonly [number, number]]> = []
+  const flushIndex = () => {
+    const puts = unflushed
+    unflushed = []
+    for (const [first, at] of puts) {
+      void entries.put(first, at).then(
+        () => {
+          if (pending.get(first) === at) pending.delete(first)
+        },
+        // A gap here would look like divergence after a restart: stop loudly instead.
+        (e) => {
+          console.error(`phxmaria: cannot index binlog entry ${first}: ${String(e)}`)
+          process.exit(70)
+        }
+      )
+    }
+  }
   /**
    * The transactions of the latest accepted Binlog entries, decoded, by first seq (bounded
    * by bytes): a binlog server keeping up with the log reads them from here, one lagging
@@ -131,7 +155,10 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
   const masterRef = yield* SubscriptionRef.make<ClusterSnapshot>(current)
   const hub = yield* PubSub.unbounded<AppliedEntry>()
   let lastWrite = -Infinity
-  yield* Effect.addFinalizer(() => Effect.promise(() => env.put("snapshot", current)))
+  yield* Effect.addFinalizer(() => Effect.promise(() => {
+    flushIndex()
+    return env.put("snapshot", current)
+  }))
 
   /**
    * Entries proposed here, by their encoded bytes: when this node leads, the chosen value
@@ -197,15 +224,9 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
         const first = entry.txns[0]!.gtid.seq
         remember(entry.txns)
         // Readable from `pending` until LMDB has committed the put.
-        pending.set(first, [chosen.instance, index])
-        void entries.put(first, [chosen.instance, index]).then(
-          () => pending.delete(first),
-          // A gap here would look like divergence after a restart: stop loudly instead.
-          (e) => {
-            console.error(`phxmaria: cannot index binlog entry ${first}: ${String(e)}`)
-            process.exit(70)
-          }
-        )
+        const at = [chosen.instance, index] as const
+        pending.set(first, at)
+        unflushed.push([first, at])
       }
       state = next
       applied.push({ instance: chosen.instance, index, entry, outcome, state })
@@ -228,8 +249,9 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     const now = performance.now()
     if (now - lastWrite >= SNAPSHOT_EVERY_MS) {
       lastWrite = now
+      flushIndex()
       env.put("snapshot", snapshot)
-    }
+    } else if (unflushed.length >= INDEX_FLUSH_ENTRIES) flushIndex()
     for (const a of applied) settle(`${a.instance}/${a.index}`, a.outcome)
     for (const a of applied) {
       if (a.entry?._tag !== "Binlog" || a.outcome._tag !== "Accepted") PubSub.publishUnsafe(hub, a)

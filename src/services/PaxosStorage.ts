@@ -97,6 +97,10 @@ const readWalFrameLength = (bytes: Uint8Array): number | undefined => {
 }
 const ZEROS = Buffer.alloc(1024 * 1024)
 
+/** How long index updates wait to be put together, and how many may wait. */
+const INDEX_FLUSH_MS = 200
+const INDEX_FLUSH_ENTRIES = 1024
+
 const segmentName = (n: number) => `${String(n).padStart(8, "0")}.wal`
 
 const readBootId = (): string => {
@@ -202,12 +206,32 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
   }
 
   /**
-   * Index entries not yet committed to LMDB (reads see only committed data). Puts made in
-   * one turn of the event loop commit together, off the main thread; the position written
-   * with them is where a replay after a crash starts, so nothing can be missed.
+   * Index entries not yet committed to LMDB (reads see only committed data). They are put
+   * every INDEX_FLUSH_MS (or once INDEX_FLUSH_ENTRIES wait), all in one LMDB transaction
+   * off the main thread with the log position they reflect, which is where a replay after
+   * a crash starts: so nothing can be missed, and a write costs no index work of its own.
    */
   const unindexed = new Map<number, Location>()
   const locationOf = (instance: number): Location | undefined => unindexed.get(instance) ?? logDb.get(instance)
+  let lastIndexWrite: Promise<void> = Promise.resolve()
+  /** Entries and meta changed since the last flush. */
+  let unflushed: Array<readonly [number, Location]> = []
+  let metaDirty = false
+  let flushTimer: ReturnType<typeof setTimeout> | undefined
+  const flushIndex = (): Promise<void> => {
+    if (flushTimer !== undefined) clearTimeout(flushTimer)
+    flushTimer = undefined
+    if (unflushed.length === 0 && !metaDirty) return lastIndexWrite
+    const puts = unflushed
+    unflushed = []
+    metaDirty = false
+    for (const [instance, loc] of puts) void logDb.put(instance, loc).catch(onIndexFailure)
+    // Same event-loop turn: one LMDB transaction with the puts above.
+    lastIndexWrite = metaDb.put("index", meta).then(() => {
+      for (const [instance, loc] of puts) if (unindexed.get(instance) === loc) unindexed.delete(instance)
+    }, onIndexFailure)
+    return lastIndexWrite
+  }
 
   /** Applies frames to the index, with the log position they end at. */
   const index = (placed: ReadonlyArray<{ readonly entry: WalEntry; readonly location: Location }>, segment: number, offset: number) => {
@@ -235,21 +259,20 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
       }
     }
     meta = m
-    for (const [instance, loc] of puts) {
-      unindexed.set(instance, loc)
-      void logDb.put(instance, loc).then(() => {
-        if (unindexed.get(instance) === loc) unindexed.delete(instance)
-      }, onIndexFailure)
+    metaDirty = true
+    for (const put of puts) {
+      unindexed.set(put[0], put[1])
+      unflushed.push(put)
     }
-    lastIndexWrite = metaDb.put("index", m).then(() => undefined, onIndexFailure)
+    if (unflushed.length >= INDEX_FLUSH_ENTRIES) void flushIndex()
+    else if (flushTimer === undefined) flushTimer = setTimeout(flushIndex, INDEX_FLUSH_MS).unref()
   }
-  let lastIndexWrite: Promise<void> = Promise.resolve()
   /** The index is a cache of the log: a failed write only costs a rebuild, but is said. */
   const onIndexFailure = (cause: unknown) => {
     Effect.runFork(Effect.logError(`paxos storage: cannot update the index in ${indexDir} (it is rebuilt from the log at the next start)`, cause))
   }
   /** The index's own writes settle before it closes. */
-  yield* Effect.addFinalizer(() => Effect.promise(() => metaDb.put("index", meta).then(() => undefined, () => undefined)))
+  yield* Effect.addFinalizer(() => Effect.promise(() => flushIndex().then(() => metaDb.put("index", meta)).then(() => undefined, () => undefined)))
 
   /**
    * Indexes a segment's frames from `from` on, reading it in chunks; returns where its log
@@ -297,7 +320,7 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
     return at
   })
   // What the replay indexed is committed before anything reads the index.
-  yield* Effect.promise(() => lastIndexWrite)
+  yield* Effect.promise(() => flushIndex())
   if (!fs.existsSync(join(walDir, segmentName(tail.segment)))) {
     yield* attempt("create segment", () => createSegment(walDir, tail.segment, segmentBytes))
     sizes.set(tail.segment, segmentBytes)
