@@ -71,6 +71,15 @@ export interface LocalClusterOptions {
   readonly nodeArgs?: ReadonlyArray<string>
 }
 
+/**
+ * V8 settings every agent runs with (README: running a node). A young generation of 2 x 4
+ * MiB instead of V8's 2 x 16 MiB: the agent's garbage is short-lived messages, and the big
+ * default let V8 promote and grow the old space to over 100 MiB under load (measured with
+ * bench:cluster: master agent RSS 240-310 MB with the default, 185 MB with this, same TPS
+ * and CPU per transaction).
+ */
+export const AGENT_NODE_ARGS: ReadonlyArray<string> = ["--max-semi-space-size=4"]
+
 const findMainJs = (): string => {
   let dir = dirname(fileURLToPath(import.meta.url))
   for (;;) {
@@ -228,7 +237,9 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       )
 
     const start = Effect.callback<void, LocalClusterError>((resume) => {
-      const c = spawn(process.execPath, [...(options.nodeArgs ?? []), mainJs, "node", "--config", configPath], { stdio: ["ignore", "pipe", "pipe"] })
+      const c = spawn(process.execPath, [...AGENT_NODE_ARGS, ...(options.nodeArgs ?? []), mainJs, "node", "--config", configPath], {
+        stdio: ["ignore", "pipe", "pipe"]
+      })
       child = c
       let ready = false
       let line = ""
