@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, Stream } from "effect"
+import { Effect, Fiber } from "effect"
 import * as BinlogSource from "../src/services/BinlogSource.js"
 
 const txn = (seq: number) => ({ gtid: { domain: 0, server: 1, seq }, events: [new Uint8Array([seq])] })
@@ -9,8 +9,13 @@ describe("in-memory binlog source", () => {
     Effect.gen(function*() {
       const { source, append } = yield* BinlogSource.makeInMemory(new Uint8Array([0]))
       for (const seq of [5, 6, 7]) yield* append(txn(seq))
-      const seqs = (s: Stream.Stream<BinlogSource.SourceTxn>, n: number) =>
-        Effect.map(Stream.runCollect(Stream.take(s, n)), (ts) => ts.map((t) => t.gtid.seq))
+      // The first n transactions a cursor gives, pulled as a binlog server does.
+      const seqs = (cursor: BinlogSource.BinlogCursor, n: number) =>
+        Effect.gen(function*() {
+          const out: Array<number> = []
+          while (out.length < n) for (const t of yield* cursor.next(1_000)) out.push(t.gtid.seq)
+          return out.slice(0, n)
+        })
 
       expect(yield* seqs(yield* source.after(null), 3)).toEqual([5, 6, 7])
       expect(yield* seqs(yield* source.after({ domain: 0, server: 1, seq: 4 }), 3)).toEqual([5, 6, 7])
@@ -23,5 +28,8 @@ describe("in-memory binlog source", () => {
       expect((yield* refused(2)).reason).toBe("purged")
       expect((yield* refused(7, 3)).reason).toBe("other-domain")
       expect((yield* refused(9)).message).toContain("ahead of the cluster's log")
+      // Nothing new within the wait: an empty answer (the server sends a heartbeat).
+      const idle = yield* source.after({ domain: 0, server: 1, seq: 8 })
+      expect(yield* idle.next(50)).toEqual([])
     }))
 })

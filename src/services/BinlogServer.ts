@@ -16,7 +16,7 @@
  */
 import { randomBytes } from "node:crypto"
 import * as net from "node:net"
-import { Cause, Context, Data, Duration, Effect, Layer, Option, Queue, Result, Stream } from "effect"
+import { Context, Data, Duration, Effect, Layer, Result } from "effect"
 import type * as Scope from "effect/Scope"
 import { DumpStream } from "../domain/binlog/dumpStream.js"
 import { type Gtid, parseGtid } from "../domain/gtid.js"
@@ -37,7 +37,7 @@ import {
   verifyNativePassword
 } from "../domain/mysql/protocol.js"
 import { answerQuery, newReplicaSession, positionFromConnectState, type ReplicaSession } from "../domain/replicaSession.js"
-import { BinlogSource, type SourceTxn } from "./BinlogSource.js"
+import { BinlogSource } from "./BinlogSource.js"
 import * as TcpListener from "./TcpListener.js"
 
 // ---------------------------------------------------------------------------
@@ -77,8 +77,8 @@ const MAX_COMMAND_BYTES = 1024 * 1024
 const LOGIN_TIMEOUT: Duration.Input = "10 seconds"
 /** Grace for a final ERR to reach the client before the socket is destroyed. */
 const ERR_LINGER: Duration.Input = "2 seconds"
-/** Transactions read ahead of the socket; the socket's own buffer is the rest of the bound. */
-const READ_AHEAD_TXNS = 16
+/** Bytes of framed transactions put in one socket write at most. */
+const WRITE_BYTES = 1024 * 1024
 /** Commands received ahead of the command loop before the socket is paused. */
 const MAX_INBOX = 8
 
@@ -458,7 +458,7 @@ export const make = (
           )
         const position = positionFromConnectState(session.connectState)
         if (position !== null && "error" in position) return yield* refuse(position.error)
-        const txns = yield* source.after(position).pipe(Effect.catchTag("UnknownPosition", (e) => refuse(e.message)))
+        const cursor = yield* source.after(position).pipe(Effect.catchTag("UnknownPosition", (e) => refuse(e.message)))
         const fde = yield* source.formatDescription
         const dump = new DumpStream({ fileName, serverId: options.serverId })
         const opening = dump.opening(fde, connectStateGtids(session.connectState))
@@ -480,32 +480,36 @@ export const make = (
           : options.defaultHeartbeatMs ?? DEFAULT_HEARTBEAT_MS
         yield* Effect.logInfo(`binlog server: streaming to ${remote} from ${session.connectState || "the start"}, heartbeat ${periodMs} ms`)
 
-        // Bounded read-ahead: the source waits while the socket is slow.
-        const queue = yield* Stream.toQueue(txns, { capacity: READ_AHEAD_TXNS })
-        // Whatever is ready (at least one transaction), or nothing within a heartbeat period.
-        const next: Effect.Effect<Option.Option<ReadonlyArray<SourceTxn>>, BinlogServerConnectionError> = Queue.takeBetween(queue, 1, READ_AHEAD_TXNS).pipe(
-          Effect.timeoutOption(Duration.millis(periodMs)),
-          Effect.catch((_: Cause.Done) => Effect.fail(new BinlogServerDumpError({ remote, reason: "the binlog source ended" })))
-        )
         const loop = Effect.gen(function*() {
           while (true) {
-            const ready = yield* next
-            if (Option.isNone(ready)) {
+            // Whatever is ready (at least one transaction), or nothing within a heartbeat
+            // period; the next read waits while the socket is slow (send waits for drain).
+            const ready = yield* cursor.next(periodMs)
+            if (ready.length === 0) {
               yield* sendEvents([dump.heartbeat()])
               continue
             }
-            // One write for everything ready (each event copied once, into its packet).
+            // One write for everything ready, up to WRITE_BYTES a write so that a slow
+            // replica's backpressure bounds what is framed (each event copied once).
             const framed: Array<Uint8Array> = []
-            for (const txn of ready.value) {
+            let framedBytes = 0
+            for (const txn of ready) {
               const packets = dump.transactionPackets(txn.events, seq)
               if (Result.isFailure(packets)) return yield* refuse(`cannot serve a transaction: ${packets.failure.message}`)
               if (packets.success !== undefined) {
                 seq = packets.success.nextSequenceId
                 framed.push(packets.success.bytes)
+                framedBytes += packets.success.bytes.length
+                if (framedBytes >= WRITE_BYTES) {
+                  yield* conn.send(framed.length === 1 ? framed[0]! : concatBytes(framed.splice(0)))
+                  framed.length = 0
+                  framedBytes = 0
+                }
                 continue
               }
               // Events too large for one packet: what was framed goes first, then these.
               if (framed.length > 0) yield* conn.send(concatBytes(framed.splice(0)))
+              framedBytes = 0
               const events = dump.transaction(txn.events)
               if (Result.isFailure(events)) return yield* refuse(`cannot serve a transaction: ${events.failure.message}`)
               yield* sendEvents(events.success)

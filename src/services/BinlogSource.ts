@@ -3,7 +3,7 @@
  * store of transactions captured from another server. Transactions come in GTID order,
  * each as its original event bytes (checksums included).
  */
-import { Context, Data, Effect, PubSub, Ref, Stream } from "effect"
+import { Context, Data, Deferred, Duration, Effect } from "effect"
 import { formatGtid, type Gtid } from "../domain/gtid.js"
 
 export interface SourceTxn {
@@ -28,12 +28,24 @@ export class UnknownPosition extends Data.TaggedError("UnknownPosition")<{
   }
 }
 
+/**
+ * A reader of the transactions after a position, pulled by the binlog server at its own
+ * pace: no queue or fiber between the log and the replica's socket.
+ */
+export interface BinlogCursor {
+  /**
+   * The next transactions in GTID order (whatever is ready, at least one), or none when
+   * nothing came within `maxWaitMs` (the server then sends a heartbeat).
+   */
+  readonly next: (maxWaitMs: number) => Effect.Effect<ReadonlyArray<SourceTxn>>
+}
+
 export interface BinlogSourceShape {
   /**
    * Every transaction after `position` (the replica's last applied GTID; null: from the
    * start), first those already there, then new ones as they arrive.
    */
-  readonly after: (position: Gtid | null) => Effect.Effect<Stream.Stream<SourceTxn>, UnknownPosition>
+  readonly after: (position: Gtid | null) => Effect.Effect<BinlogCursor, UnknownPosition>
   /** The Format_description event of the server the transactions came from. */
   readonly formatDescription: Effect.Effect<Uint8Array>
 }
@@ -42,18 +54,23 @@ export class BinlogSource extends Context.Service<BinlogSource, BinlogSourceShap
 
 /** A source held in memory (tests, tools): `append` adds transactions in GTID order. */
 export const makeInMemory = Effect.fnUntraced(function*(formatDescription: Uint8Array) {
-  const txns = yield* Ref.make<ReadonlyArray<SourceTxn>>([])
-  const hub = yield* PubSub.unbounded<SourceTxn>()
+  let txns: ReadonlyArray<SourceTxn> = []
+  /** Completed (and replaced) on every append: what a waiting cursor waits for. */
+  let appended = Deferred.makeUnsafe<void>()
 
   const append = (txn: SourceTxn) =>
-    Effect.flatMap(Ref.update(txns, (all) => [...all, txn]), () => PubSub.publish(hub, txn))
+    Effect.sync(() => {
+      txns = [...txns, txn]
+      const done = appended
+      appended = Deferred.makeUnsafe<void>()
+      Deferred.doneUnsafe(done, Effect.void)
+    })
 
   const after = (position: Gtid | null) =>
     Effect.gen(function*() {
-      const all = yield* Ref.get(txns)
       if (position !== null) {
-        const first = all[0]
-        const last = all[all.length - 1]
+        const first = txns[0]
+        const last = txns[txns.length - 1]
         if (last !== undefined && position.domain !== last.gtid.domain) {
           return yield* new UnknownPosition({ requested: formatGtid(position), reason: "other-domain" })
         }
@@ -64,17 +81,22 @@ export const makeInMemory = Effect.fnUntraced(function*(formatDescription: Uint8
           return yield* new UnknownPosition({ requested: formatGtid(position), reason: "purged" })
         }
       }
-      const fromSeq = position === null ? 0 : position.seq + 1
-      return Stream.unwrap(Effect.gen(function*() {
-        // Subscribe before reading history, so nothing appended in between is missed.
-        const sub = yield* PubSub.subscribe(hub)
-        const history = (yield* Ref.get(txns)).filter((t) => t.gtid.seq >= fromSeq)
-        const next = Math.max(fromSeq, (history[history.length - 1]?.gtid.seq ?? -1) + 1)
-        return Stream.concat(
-          Stream.fromIterable(history),
-          Stream.fromSubscription(sub).pipe(Stream.filter((t) => t.gtid.seq >= next))
-        )
-      }))
+      let nextSeq = position === null ? 0 : position.seq + 1
+      const ready = () => {
+        const out = txns.filter((t) => t.gtid.seq >= nextSeq).slice(0, 256)
+        if (out.length > 0) nextSeq = out[out.length - 1]!.gtid.seq + 1
+        return out
+      }
+      const next = (maxWaitMs: number): Effect.Effect<ReadonlyArray<SourceTxn>> =>
+        Effect.suspend(() => {
+          const now = ready()
+          if (now.length > 0) return Effect.succeed(now)
+          return Deferred.await(appended).pipe(
+            Effect.timeoutOption(Duration.millis(maxWaitMs)),
+            Effect.map(() => ready())
+          )
+        })
+      return { next } satisfies BinlogCursor
     })
 
   const source = BinlogSource.of({ after, formatDescription: Effect.succeed(formatDescription) })

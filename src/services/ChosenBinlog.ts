@@ -4,10 +4,10 @@
  * here (a replica never sees a commit that could still be lost), read through the cluster
  * state's index from the Paxos log.
  */
-import { Effect, Layer, Queue, Stream } from "effect"
+import { Duration, Effect, Layer, Option } from "effect"
 import type { BinlogTxn } from "../domain/cluster.js"
 import { formatGtid, type Gtid } from "../domain/gtid.js"
-import { BinlogSource, type SourceTxn, UnknownPosition } from "./BinlogSource.js"
+import { type BinlogCursor, BinlogSource, type SourceTxn, UnknownPosition } from "./BinlogSource.js"
 import { ClusterState } from "./ClusterState.js"
 
 /** Transactions read from the log at a time, and about how many bytes. */
@@ -56,31 +56,30 @@ export const make = (formatDescription: Effect.Effect<Uint8Array>) =>
     /**
      * Pulled page by page from the log (memory for recent entries, storage for older ones):
      * a replica that falls behind reads the log at its own pace, and nothing queues up for
-     * it in memory beyond a small read-ahead.
+     * it in memory.
      */
     const after = (position: Gtid | null) =>
       Effect.gen(function*() {
         yield* checkPosition(position)
-        const start = position === null ? 1 : position.seq + 1
-        return Stream.callback<SourceTxn>((out) =>
-          Effect.gen(function*() {
-            let next = start
-            for (;;) {
-              const page = yield* cluster.transactionsFrom(next, PAGE, PAGE_BYTES)
-              if (page.length === 0) {
-                yield* cluster.awaitSeq(next)
-                const again = yield* cluster.transactionsFrom(next, 1)
-                // Accepted but not readable (never expected): do not spin.
-                if (again.length === 0) {
-                  yield* Effect.logWarning(`chosen binlog: transaction ${next} is accepted but cannot be read yet`)
-                  yield* Effect.sleep("100 millis")
-                }
-                continue
-              }
-              yield* Queue.offerAll(out, page.map(toSource))
-              next = page[page.length - 1]!.gtid.seq + 1
-            }
-          }), { bufferSize: 8, strategy: "suspend" })
+        let nextSeq = position === null ? 1 : position.seq + 1
+        const page = Effect.map(Effect.suspend(() => cluster.transactionsFrom(nextSeq, PAGE, PAGE_BYTES)), (txns) => {
+          if (txns.length > 0) nextSeq = txns[txns.length - 1]!.gtid.seq + 1
+          return txns.map(toSource)
+        })
+        const next = (maxWaitMs: number): Effect.Effect<ReadonlyArray<SourceTxn>> =>
+          Effect.flatMap(page, (ready) => {
+            if (ready.length > 0) return Effect.succeed(ready)
+            return Effect.suspend(() => cluster.awaitSeq(nextSeq)).pipe(
+              Effect.timeoutOption(Duration.millis(maxWaitMs)),
+              Effect.flatMap((arrived) =>
+                Option.isNone(arrived) ? Effect.succeed([]) : Effect.flatMap(page, (again) =>
+                  again.length > 0 ? Effect.succeed(again) : Effect.logWarning(
+                    `chosen binlog: transaction ${nextSeq} is accepted but cannot be read yet`
+                  ).pipe(Effect.andThen(Effect.sleep("100 millis")), Effect.as([])))
+              )
+            )
+          })
+        return { next } satisfies BinlogCursor
       }).pipe(Effect.provideContext(services))
 
     return BinlogSource.of({ after, formatDescription })
