@@ -6,8 +6,8 @@
  *  "writeTpsBefore":N,"masterAdminMaxMs":N}
  * lagBytesAtResume: bytes of the transactions committed while the agent was paused (what
  * it is behind by); catchupMs: from the resume until that node's database is within one
- * round of the load (lag <= the number of writers); writeTpsBefore: commits per second
- * before the pause; writeTpsDuring: from the resume until caught up; masterAdminMaxMs: the
+ * round of the load (its GTID at most the number of writers behind the master's log
+ * head); writeTpsBefore: commits per second before the pause; writeTpsDuring: from the resume until caught up; masterAdminMaxMs: the
  * slowest answer of the master's /status, polled every 100 ms through the whole run.
  * Env: BENCH_PAUSE_SECONDS (30), BENCH_BEFORE_SECONDS (15), BENCH_ROW_BYTES (1 MiB),
  * BENCH_WRITERS (4), BENCH_CATCHUP_TIMEOUT_SECONDS (120).
@@ -28,7 +28,7 @@ const catchupTimeoutMs = Number(process.env.BENCH_CATCHUP_TIMEOUT_SECONDS ?? 120
 /** Writers committing one row each at a time until stopped (bounded by time and count). */
 const startLoad = (port: number) => {
   const acks: Array<number> = []
-  const state = { stop: false, errors: 0 }
+  const state = { stop: false, errors: 0, messages: new Map<string, number>() }
   const deadline = performance.now() + catchupTimeoutMs + (beforeSeconds + pauseSeconds + 60) * 1000
   const loops = Array.from({ length: writers }, async () => {
     const row = randomBytes(rowBytes)
@@ -38,8 +38,10 @@ const startLoad = (port: number) => {
         conn ??= await mysql.createConnection({ host: "127.0.0.1", port, user: APP_USER, password: APP_PASSWORD, database: "bench" })
         await conn.query("INSERT INTO t (b) VALUES (?)", [row])
         acks.push(performance.now())
-      } catch {
+      } catch (e) {
         state.errors++
+        const message = e instanceof Error ? e.message : String(e)
+        state.messages.set(message, (state.messages.get(message) ?? 0) + 1)
         conn?.destroy()
         conn = undefined
         await new Promise((r) => setTimeout(r, 50))
@@ -92,9 +94,25 @@ const program = Effect.gen(function*() {
   process.kill(replica.pid()!, "SIGCONT")
   const resumedAt = performance.now()
   process.stderr.write(`catchup: resumed, ${(lagBytes / 2 ** 20).toFixed(0)} MiB behind\n`)
+  // Caught up against the log's head as the master sees it: the resumed node's own view of
+  // the log trails until it has learned the instances it missed, so its own lag says little.
+  const seqOf = (gtid: string | null | undefined) => (gtid == null ? NaN : Number(gtid.split("-")[2]))
+  let reportedAt = resumedAt
   yield* LocalCluster.waitFor(
     "the resumed node's database to catch up",
-    Effect.map(statusOf(replica), (s) => !("error" in s) && s.database?.lag !== null && s.database?.lag !== undefined && s.database.lag <= writers),
+    Effect.gen(function*() {
+      const head = yield* statusOf(master)
+      const r = yield* statusOf(replica)
+      if ("error" in head || "error" in r) return false
+      const now = performance.now()
+      if (now - reportedAt >= 5_000) {
+        reportedAt = now
+        process.stderr.write(
+          `catchup: +${((now - resumedAt) / 1000).toFixed(0)} s: log applied ${r.appliedInstance} of ${head.appliedInstance}, database ${r.database?.localGtid} of ${head.lastGtid} (${r.database?.role}${r.database?.replicationError ? `: ${r.database.replicationError}` : ""})\n`
+        )
+      }
+      return seqOf(r.database?.localGtid) >= seqOf(head.lastGtid) - writers
+    }),
     catchupTimeoutMs
   ).pipe(Effect.tapError(() => Effect.sync(() => process.stderr.write(`catchup: not caught up within ${catchupTimeoutMs} ms\n`))))
   const caughtUpAt = performance.now()
@@ -105,6 +123,7 @@ const program = Effect.gen(function*() {
   const tpsBefore = countBetween(load.acks, loadStart, pausedAt) / ((pausedAt - loadStart) / 1000)
   const tpsDuring = countBetween(load.acks, resumedAt, caughtUpAt) / Math.max(0.001, (caughtUpAt - resumedAt) / 1000)
   process.stderr.write(`catchup: ${load.acks.length} commits, ${load.state.errors} errors; during the pause ${(countBetween(load.acks, pausedAt, resumedAt) / pauseSeconds).toFixed(1)} per second\n`)
+  for (const [message, n] of load.state.messages) process.stderr.write(`catchup: ${n} x ${message}\n`)
   console.log(JSON.stringify({
     bench: "catchup",
     pausedS: pauseSeconds,

@@ -455,7 +455,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
           listener({ instance: next++, value: inMemory })
           continue
         }
-        yield* Effect.promise(() => lastWrite.catch(() => undefined))
+        // Storage waits for writes of these instances still in flight.
         const page = yield* storage.readChosen(next, Math.min(64, chosenUpTo - next)).pipe(Effect.orDie)
         if (page[0]?.instance !== next) return yield* Effect.die(new Error(`chosen log has no instance ${next} below ${chosenUpTo}`))
         for (const e of page) {
@@ -475,7 +475,6 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       }
       const inMemory = core.chosenValue(instance)
       if (inMemory !== undefined) return inMemory
-      yield* Effect.promise(() => lastWrite.catch(() => undefined))
       const [e] = yield* storage.readChosen(instance, 1).pipe(Effect.orDie)
       if (e?.instance !== instance) return yield* Effect.die(new Error(`chosen log has no instance ${instance} below ${chosenUpTo}`))
       return e.value

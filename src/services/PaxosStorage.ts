@@ -421,11 +421,24 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
     } catch (cause) {
       return Promise.reject(new StorageError({ operation: "encode", cause }))
     }
-    return new Promise<void>((resolve, reject) => {
+    const written = new Promise<void>((resolve, reject) => {
       queued.push({ frames, resolve, reject })
       startWriting()
     })
+    // A read of these instances waits for this write (and the index it updates) first.
+    const settled = written.catch(() => undefined)
+    for (const r of records) {
+      if (r._tag !== "Accepted" && r._tag !== "Chosen") continue
+      const instance = r.instance
+      inflight.set(instance, settled)
+      void settled.then(() => {
+        if (inflight.get(instance) === settled) inflight.delete(instance)
+      })
+    }
+    return written
   }
+  /** Instances with a value being written, and the write's settlement. */
+  const inflight = new Map<number, Promise<void>>()
 
   /**
    * One writer at a time; it starts after this turn of the event loop, so everything
@@ -490,7 +503,23 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
       return { promised: meta.promised, proposerRound: meta.proposerRound, accepted, chosen, chosenUpTo }
     })
 
+  /**
+   * Reads wait only for writes of the instances they read (whose index entry would still
+   * point at an older frame, or nowhere), not for everything in flight.
+   */
   const readChosen = (from: number, count: number, maxBytes = Infinity) =>
+    Effect.suspend(() => {
+      let waits: Array<Promise<void>> | undefined
+      if (inflight.size > 0) {
+        for (let i = from; i < from + count; i++) {
+          const w = inflight.get(i)
+          if (w !== undefined) (waits ??= []).push(w)
+        }
+      }
+      const read = readIndexed(from, count, maxBytes)
+      return waits === undefined ? read : Effect.andThen(Effect.promise(() => Promise.all(waits)), read)
+    })
+  const readIndexed = (from: number, count: number, maxBytes: number) =>
     attempt("readChosen", () => {
       const out: Array<ChosenEntry> = []
       let bytes = 0
