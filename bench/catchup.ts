@@ -10,11 +10,12 @@
  * head); writeTpsBefore: commits per second before the pause; writeTpsDuring: from the resume until caught up; masterAdminMaxMs: the
  * slowest answer of the master's /status, polled every 100 ms through the whole run.
  * Env: BENCH_PAUSE_SECONDS (30), BENCH_BEFORE_SECONDS (15), BENCH_ROW_BYTES (1 MiB),
- * BENCH_WRITERS (4), BENCH_CATCHUP_TIMEOUT_SECONDS (120).
+ * BENCH_WRITERS (4), BENCH_CATCHUP_TIMEOUT_SECONDS (120), BENCH_LOG_DIR (write each node's log there).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
 import { randomBytes } from "node:crypto"
+import { writeFileSync } from "node:fs"
 import mysql from "mysql2/promise"
 import * as LocalCluster from "../src/services/LocalCluster.js"
 import { APP_PASSWORD, APP_USER, connect, createAppUser, run as sql, statusOf, waitForMaster } from "../test/support/dbCluster.js"
@@ -116,6 +117,9 @@ const program = Effect.gen(function*() {
     catchupTimeoutMs
   ).pipe(Effect.tapError(() => Effect.sync(() => process.stderr.write(`catchup: not caught up within ${catchupTimeoutMs} ms\n`))))
   const caughtUpAt = performance.now()
+  // The nodes' own logs, for reading what happened during the catch-up.
+  const logDir = process.env.BENCH_LOG_DIR
+  if (logDir !== undefined) for (const n of c.nodes) writeFileSync(`${logDir}/node${n.nodeId}.log`, n.output())
   yield* load.stop
   polling = false
   yield* Effect.promise(() => poller)

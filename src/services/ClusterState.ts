@@ -263,7 +263,8 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     Effect.gen(function*() {
       const bytes = encodeEntry(entry)
       proposedHere.set(bytes, entry)
-      const position = yield* log.propose(bytes)
+      // A lease renewal must not wait behind large binlog entries on a slow disk.
+      const position = yield* log.propose(bytes, { urgent: entry._tag === "MasterLease" })
       if (timing !== undefined) timing.chosenAt = performance.now()
       const outcome = yield* outcomeAt(position)
       if (timing !== undefined) timing.appliedAt = performance.now()

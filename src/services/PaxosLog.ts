@@ -164,8 +164,11 @@ export interface PaxosLogStatus {
 }
 
 export interface PaxosLogShape {
-  /** Completes once the value is chosen, with where it sits in the log. */
-  readonly propose: (value: Uint8Array) => Effect.Effect<Position, ProposeError>
+  /**
+   * Completes once the value is chosen, with where it sits in the log. `urgent` (small
+   * control values: lease renewals) goes ahead of queued values (core.ts, Propose).
+   */
+  readonly propose: (value: Uint8Array, options?: { readonly urgent?: boolean }) => Effect.Effect<Position, ProposeError>
   /** Chosen instances in order from `from` on: history from storage, then live. */
   readonly chosen: (from: number) => Stream.Stream<ChosenEntry>
   /** The chosen value of one instance (waits until it is chosen here). */
@@ -328,10 +331,10 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
 
   // ---- proposals -------------------------------------------------------------
 
-  const register = (complete: Pending["complete"], value: Uint8Array): number => {
+  const register = (complete: Pending["complete"], value: Uint8Array, urgent = false): number => {
     const requestId = nextRequestId++
     pending.set(requestId, { deadline: monotonicMs() + proposeTimeoutMs, complete })
-    step({ _tag: "Propose", requestId, value })
+    step({ _tag: "Propose", requestId, value, urgent })
     return requestId
   }
 
@@ -423,10 +426,10 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     )
   )
 
-  const propose = (value: Uint8Array): Effect.Effect<Position, ProposeError> =>
+  const propose = (value: Uint8Array, proposeOptions?: { readonly urgent?: boolean }): Effect.Effect<Position, ProposeError> =>
     Effect.callback<Position, ProposeError>((resume) => {
       if (failure !== undefined) return resume(Effect.fail(new ProposeTimeout({ timeoutMs: 0 })))
-      const requestId = register((r) => resume("_tag" in r ? Effect.fail(r) : Effect.succeed(r)), value)
+      const requestId = register((r) => resume("_tag" in r ? Effect.fail(r) : Effect.succeed(r)), value, proposeOptions?.urgent === true)
       // Interrupted caller: forget the request and take it out of the queue if not yet placed.
       return Effect.sync(() => {
         if (pending.delete(requestId)) step({ _tag: "Cancel", requestId })

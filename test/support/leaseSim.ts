@@ -202,7 +202,8 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
       const proposalId = rng.int(1, 2 ** 31 - 1)
       n.lease = onProposed(n.lease, action.basedOnVersion, proposalId, t)
       const value = encodeEntry({ _tag: "MasterLease", node: n.id, basedOnVersion: action.basedOnVersion, leaseMs: o.leaseMs, proposalId })
-      handle(n, n.core!.step({ _tag: "Propose", requestId: ++n.requestSeq, value }, now))
+      // Urgent, as ClusterState proposes a lease.
+      handle(n, n.core!.step({ _tag: "Propose", requestId: ++n.requestSeq, value, urgent: true }, now))
     }
   }
 

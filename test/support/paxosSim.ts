@@ -267,7 +267,8 @@ export const runSimulation = (options: SimOptions): SimResult => {
     proposed.add(v)
     const requestId = ++requestSeq
     n.requests.set(requestId, v)
-    handle(n, n.core.step({ _tag: "Propose", requestId, value: Buffer.from(v) }, now))
+    // Some urgent (lease renewals in a real node): they jump the queue and the pipeline bound.
+    handle(n, n.core.step({ _tag: "Propose", requestId, value: Buffer.from(v), urgent: rng.int(0, 3) === 0 }, now))
   }
 
   for (const n of nodes.values()) start(n)

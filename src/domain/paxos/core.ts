@@ -120,7 +120,12 @@ export const emptyDurableState: DurableState = {
 }
 
 export type Input =
-  | { readonly _tag: "Propose"; readonly requestId: number; readonly value: Uint8Array }
+  /**
+   * `urgent` (small control values, such as a lease renewal): goes ahead of the queue, on
+   * its own, even with `maxInflight` instances in flight (one more), so that it is never
+   * stuck behind large values on a slow disk.
+   */
+  | { readonly _tag: "Propose"; readonly requestId: number; readonly value: Uint8Array; readonly urgent?: boolean }
   | { readonly _tag: "Cancel"; readonly requestId: number }
   | { readonly _tag: "Receive"; readonly from: number; readonly message: PaxosMessage }
   | { readonly _tag: "Tick" }
@@ -154,6 +159,7 @@ interface Queued {
   readonly origin: Origin
   readonly value: Uint8Array
   readonly at: number
+  readonly urgent: boolean
 }
 
 interface Inflight {
@@ -297,7 +303,7 @@ export class PaxosNode {
     this.out = emptyOutputs()
     switch (input._tag) {
       case "Propose":
-        this.enqueue({ node: this.config.nodeId, incarnation: this.incarnation, requestId: input.requestId }, input.value)
+        this.enqueue({ node: this.config.nodeId, incarnation: this.incarnation, requestId: input.requestId }, input.value, input.urgent === true)
         this.proposeQueued()
         break
       case "Cancel": {
@@ -418,8 +424,12 @@ export class PaxosNode {
     }
   }
 
-  private enqueue(origin: Origin, value: Uint8Array): void {
-    this.queue.push({ origin, value, at: this.now })
+  private enqueue(origin: Origin, value: Uint8Array, urgent = false): void {
+    const q: Queued = { origin, value, at: this.now, urgent }
+    // Urgent ones go after the urgent ones already queued, ahead of the rest.
+    const at = urgent ? this.queue.findIndex((x) => !x.urgent) : -1
+    if (at >= 0) this.queue.splice(at, 0, q)
+    else this.queue.push(q)
     this.queuedBytes += value.byteLength
   }
 
@@ -734,10 +744,14 @@ export class PaxosNode {
   // ---- proposer ----
 
   private flushQueue(): void {
-    while (this.role === "leader" && this.queue.length > 0 && this.inflight.size < this.config.maxInflight) {
+    while (
+      this.role === "leader" && this.queue.length > 0 &&
+      this.inflight.size < this.config.maxInflight + (this.queue[0]!.urgent ? 1 : 0)
+    ) {
+      const urgent = this.queue[0]!.urgent
       let n = 0
       let bytes = 0
-      while (n < this.queue.length && n < this.config.batchMaxCount) {
+      while (n < this.queue.length && n < this.config.batchMaxCount && this.queue[n]!.urgent === urgent) {
         const b = this.queue[n]!.value.byteLength
         if (n > 0 && bytes + b > this.config.batchMaxBytes) break
         bytes += b
