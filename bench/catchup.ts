@@ -18,7 +18,7 @@ import { randomBytes } from "node:crypto"
 import { writeFileSync } from "node:fs"
 import mysql from "mysql2/promise"
 import * as LocalCluster from "../src/services/LocalCluster.js"
-import { APP_PASSWORD, APP_USER, connect, createAppUser, run as sql, statusOf, waitForMaster } from "../test/support/dbCluster.js"
+import { adminQuery, APP_PASSWORD, APP_USER, connect, createAppUser, run as sql, statusOf, waitForMaster } from "../test/support/dbCluster.js"
 
 const pauseSeconds = Number(process.env.BENCH_PAUSE_SECONDS ?? 30)
 const beforeSeconds = Number(process.env.BENCH_BEFORE_SECONDS ?? 15)
@@ -108,6 +108,12 @@ const program = Effect.gen(function*() {
       const now = performance.now()
       if (now - reportedAt >= 5_000) {
         reportedAt = now
+        // What the replica has received (IO thread) against what it has executed.
+        const io = yield* adminQuery<Record<string, unknown>>(replica, "SHOW SLAVE STATUS").pipe(
+          Effect.map((rows) => String(rows[0]?.["Gtid_IO_Pos"] ?? "?")),
+          Effect.orElseSucceed(() => "?")
+        )
+        process.stderr.write(`catchup: received ${io}\n`)
         process.stderr.write(
           `catchup: +${((now - resumedAt) / 1000).toFixed(0)} s: log applied ${r.appliedInstance} of ${head.appliedInstance}, database ${r.database?.localGtid} of ${head.lastGtid} (${r.database?.role}${r.database?.replicationError ? `: ${r.database.replicationError}` : ""})\n`
         )

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { applyEntry, type ClusterEntry, initialClusterState } from "../src/domain/cluster.js"
-import { decide, defaultLeaseConfig, holdsLease, initialLeaseView, onApplied, onProposed, onState, RESIGN_PROPOSAL_ID } from "../src/domain/lease.js"
+import { decide, defaultLeaseConfig, holdsLease, initialLeaseView, onApplied, onProposed, onStalled, onState, RESIGN_PROPOSAL_ID } from "../src/domain/lease.js"
 import { localPosition } from "../src/services/NodeDatabase.js"
 import { splitEvents } from "../src/services/ChosenBinlog.js"
 
@@ -75,5 +75,23 @@ describe("lease length from the master record", () => {
     expect(decide(short, v, 1_200, true, 0)._tag).toBe("None")
     expect(decide(short, v, 5_050, true, 0)._tag).toBe("None")
     expect(decide(short, v, 5_101, true, 0)).toEqual({ _tag: "Propose", basedOnVersion: 1 })
+  })
+})
+
+describe("a node that was stopped", () => {
+  it("waits out another node's lease in full after it resumes, instead of running at once", () => {
+    const c = defaultLeaseConfig(2, 2000)
+    const [state] = applyEntry(initialClusterState([1, 2, 3]), lease(1, 0))
+    const v = onState(c, initialLeaseView(initialClusterState([1, 2, 3]), 0), state, 10)
+    // Resumed 30 s later: by its clock the lease lapsed long ago, but it saw no renewals.
+    const resumed = 30_010
+    expect(decide(c, v, resumed, true, 0)._tag).toBe("Propose")
+    const stalled = onStalled(c, v, resumed)
+    expect(decide(c, stalled, resumed, true, 0)._tag).toBe("None")
+    expect(decide(c, stalled, resumed + 1_999, true, 0)._tag).toBe("None")
+    expect(decide(c, stalled, resumed + 2_000, true, 0)._tag).toBe("Propose")
+    // No master, or this node's own record: nothing to wait out.
+    const none = onState(c, v, applyEntry(state, { _tag: "Resign", node: 1, basedOnVersion: 1 })[0], 20)
+    expect(onStalled(c, none, resumed)).toBe(none)
   })
 })

@@ -81,6 +81,15 @@ export const lapsesAt = (c: LeaseConfig, v: LeaseView): number =>
 export const remainingMs = (c: LeaseConfig, v: LeaseView, now: number): number =>
   holdsLease(c, v, now) ? v.heldFrom! + c.leaseMs - c.marginMs - now : 0
 
+/**
+ * This node was not running for a while (SIGSTOP, a long stall): it saw none of the
+ * renewals made meanwhile, so another node's lease counts as just learned and is waited
+ * out in full before this node runs. Without this, a node resumed after a pause longer
+ * than the lease ran at once and took Paxos leadership from a master that was renewing.
+ */
+export const onStalled = (c: LeaseConfig, v: LeaseView, now: number): LeaseView =>
+  v.master === null || v.master === c.nodeId ? v : { ...v, learnedAt: Math.max(v.learnedAt, now) }
+
 /** The cluster state changed (an entry was applied): track a new master record. */
 export const onState = (c: LeaseConfig, v: LeaseView, state: ClusterStateData, now: number): LeaseView => {
   if (state.masterVersion === v.masterVersion) return v

@@ -11,6 +11,7 @@ import {
   initialLeaseView,
   type LeaseConfig,
   nextCheckAt,
+  onStalled,
   type LeaseView,
   onApplied,
   onOutcome,
@@ -128,8 +129,14 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
   )
   yield* Effect.forkScoped(Effect.forever(Effect.andThen(readiness.changes, Queue.offer(wake, undefined))))
 
+  /** When the loop meant to run next: running much later means this process was stopped. */
+  let expectedAt = monotonicMs()
   const step = Effect.gen(function*() {
     const now = monotonicMs()
+    if (now - expectedAt > config.leaseMs / 2) {
+      yield* Effect.logInfo(`lease: this node did not run for ${Math.round(now - expectedAt)} ms; waiting out the current lease before running`)
+      view = onStalled(config, view, now)
+    }
     if (holdsLease(config, view, now)) {
       const s = yield* log.status
       if (s.role !== "leader") yield* log.lead
@@ -170,6 +177,7 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
   const pause = Effect.suspend(() => {
     const now = monotonicMs()
     const ms = Math.min(MAX_PAUSE_MS, Math.max(MIN_PAUSE_MS, nextCheckAt(config, view, now) - now))
+    expectedAt = now + ms
     return Effect.timeoutOption(Queue.take(wake), ms)
   })
   yield* Effect.forkScoped(Effect.forever(Effect.andThen(step, pause)))

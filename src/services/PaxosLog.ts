@@ -299,19 +299,22 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       if (acceptSentAt.size > 4096) acceptSentAt.clear()
     }
     for (const r of o.results) complete(r)
-    if (later !== undefined || o.readChosen.length > 0) {
-      const sends = later ?? []
-      const reads = o.readChosen
-      lastWrite.then(() => afterDurable(sends, reads), () => undefined)
+    if (later !== undefined) {
+      const sends = later
+      lastWrite.then(() => afterDurable(sends), () => undefined)
     }
+    // Catch-up answers tell chosen values: they need not wait for this node's own writes
+    // (storage waits only for writes of the instances it reads).
+    if (o.readChosen.length > 0) answerFromStorage(o.readChosen)
   }
 
-  const afterDurable = (
-    sends: ReadonlyArray<{ readonly to: number; readonly message: PaxosMessage }>,
-    reads: Outputs["readChosen"]
-  ): void => {
+  const afterDurable = (sends: ReadonlyArray<{ readonly to: number; readonly message: PaxosMessage }>): void => {
     if (failure !== undefined) return
     for (const s of sends) sendNow(s.to, s.message)
+  }
+
+  const answerFromStorage = (reads: Outputs["readChosen"]): void => {
+    if (failure !== undefined) return
     for (const r of reads) {
       Effect.runFork(storage.readChosen(r.from, r.count, r.maxBytes).pipe(
         Effect.flatMap((entries) => transport === undefined ? Effect.void : transport.send(r.to, { _tag: "CatchupReply", entries })),

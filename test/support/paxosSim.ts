@@ -208,10 +208,41 @@ export const runSimulation = (options: SimOptions): SimResult => {
       crash(n)
       return
     }
-    // 2. the write: durable later, in order; what depends on it waits
+    // 2. the write: durable later, in order; what depends on it waits. Catch-up answers go
+    // at once, as the driver sends them, unless a write still pending holds an instance
+    // they read (the driver's storage read waits for it: here, until this write is durable).
+    if (out.readChosen.length > 0) {
+      const pending = new Set<number>()
+      for (const w of [...n.writes.map((x) => x.out), out]) {
+        for (const r of w.persist) if (r._tag === "Accepted" || r._tag === "Chosen") pending.add(r.instance)
+      }
+      const readable = out.readChosen.filter((rc) => ![...pending].some((i) => i >= rc.from && i < rc.from + rc.count))
+      if (readable.length > 0) {
+        answerReads(n, readable)
+        out = { ...out, readChosen: out.readChosen.filter((rc) => !readable.includes(rc)) }
+      }
+    }
     const index = ++n.writeIndex
     n.writes.push({ index, out, chosenUpTo: n.core!.chosenUpTo })
     queue.push(now + rng.int(0, options.diskDelayMs), { kind: "flush", node: n.id, incarnation: n.incarnation, write: index })
+  }
+
+  /** Catch-up answers from what the node holds durably. */
+  const answerReads = (n: SimNode, reads: Outputs["readChosen"]) => {
+    for (const rc of reads) {
+      messages.readChosen = (messages.readChosen ?? 0) + 1
+      const entries = []
+      let bytes = 0
+      for (let i = rc.from; i < rc.from + rc.count; i++) {
+        const v = storedValue(n.durable, i)
+        if (v === undefined) continue
+        const size = v.values.reduce((k, x) => k + x.byteLength, 0)
+        if (entries.length > 0 && bytes + size > rc.maxBytes) break
+        bytes += size
+        entries.push({ instance: i, value: v })
+      }
+      send(n.id, rc.to, { _tag: "CatchupReply", entries })
+    }
   }
 
   /** Writes up to `upTo` are durable: apply them and release what waited for them, in order. */
@@ -219,20 +250,7 @@ export const runSimulation = (options: SimOptions): SimResult => {
     while (n.writes.length > 0 && n.writes[0]!.index <= upTo && n.core !== null) {
       const { out, chosenUpTo } = n.writes.shift()!
       applyRecords(n.durable, out.persist, chosenUpTo)
-      for (const rc of out.readChosen) {
-        messages.readChosen = (messages.readChosen ?? 0) + 1
-        const entries = []
-        let bytes = 0
-        for (let i = rc.from; i < rc.from + rc.count; i++) {
-          const v = storedValue(n.durable, i)
-          if (v === undefined) continue
-          const size = v.values.reduce((k, x) => k + x.byteLength, 0)
-          if (entries.length > 0 && bytes + size > rc.maxBytes) break
-          bytes += size
-          entries.push({ instance: i, value: v })
-        }
-        send(n.id, rc.to, { _tag: "CatchupReply", entries })
-      }
+      answerReads(n, out.readChosen)
       for (const s of out.send) {
         if (sendsBeforePersist(s.message)) continue
         if (n.core === null) return // crashed while handling an earlier loopback

@@ -7,7 +7,9 @@
  *   - every record of `persist` is made durable, in step order (writes may overlap with
  *     later steps, but complete in order);
  *   - once a step's records and all earlier ones are durable: the other messages (those to
- *     this node itself come back to it as inputs), `readChosen` answers, `chosen` deliveries.
+ *     this node itself come back to it as inputs) and `chosen` deliveries;
+ *   - `readChosen` answers at any time: they tell chosen values (a majority holds them), and
+ *     a storage read need only wait for writes of the very instances it reads.
  * A crash may lose any suffix of writes; nothing that vouched for them has left the node.
  */
 import {
