@@ -44,8 +44,8 @@ describe("PaxosLog service", () => {
   it.live("flags a node advertises reach its peers on the heartbeat, and go stale when it stops", () =>
     Effect.gen(function*() {
       const { logs } = yield* startLogs([1, 2, 3], 3)
-      yield* logs.get(1)!.advertise(5)
-      yield* logs.get(3)!.advertise(2)
+      yield* logs.get(1)!.advertise(() => 5)
+      yield* logs.get(3)!.advertise(() => 2)
       const seen = (id: number) => logs.get(id)!.advertised(2_000)
       // Heartbeats go out every 500 ms: bounded wait for both to arrive at node 2.
       const flags = yield* seen(2).pipe(

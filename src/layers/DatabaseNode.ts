@@ -155,9 +155,7 @@ export const runDatabaseNode = (config: NodeConfig) =>
     const SERVES_READS = 1
     const HEARTBEAT_MAX_AGE_MS = 2_000
     const servesReads = (d: NodeDatabase.DatabaseStatus) => d.role === "replica" && d.diverged === null && d.up
-    yield* Effect.suspend(() =>
-      database === undefined ? Effect.void : Effect.flatMap(database.status, (d) => log.advertise(servesReads(d) ? SERVES_READS : 0))
-    ).pipe(Effect.repeat(Schedule.spaced("500 millis")), Effect.forkScoped)
+    yield* log.advertise(() => database !== undefined && servesReads(Effect.runSync(database.status)) ? SERVES_READS : 0)
     const peersServingReads = Effect.map(log.advertised(HEARTBEAT_MAX_AGE_MS), (flags) =>
       new Set([...flags].filter(([, f]) => (f & SERVES_READS) !== 0).map(([id]) => id)))
 

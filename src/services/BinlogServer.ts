@@ -493,6 +493,13 @@ export const make = (
             // replica's backpressure bounds what is framed (each event copied once).
             const framed: Array<Uint8Array> = []
             let framedBytes = 0
+            const sendFramed = Effect.suspend(() => {
+              if (framed.length === 0) return Effect.void
+              const bytes = framed.length === 1 ? framed[0]! : concatBytes(framed)
+              framed.length = 0
+              framedBytes = 0
+              return conn.send(bytes)
+            })
             for (const txn of ready) {
               const packets = dump.transactionPackets(txn.events, seq)
               if (Result.isFailure(packets)) return yield* refuse(`cannot serve a transaction: ${packets.failure.message}`)
@@ -500,21 +507,16 @@ export const make = (
                 seq = packets.success.nextSequenceId
                 framed.push(packets.success.bytes)
                 framedBytes += packets.success.bytes.length
-                if (framedBytes >= WRITE_BYTES) {
-                  yield* conn.send(framed.length === 1 ? framed[0]! : concatBytes(framed.splice(0)))
-                  framed.length = 0
-                  framedBytes = 0
-                }
+                if (framedBytes >= WRITE_BYTES) yield* sendFramed
                 continue
               }
               // Events too large for one packet: what was framed goes first, then these.
-              if (framed.length > 0) yield* conn.send(concatBytes(framed.splice(0)))
-              framedBytes = 0
+              yield* sendFramed
               const events = dump.transaction(txn.events)
               if (Result.isFailure(events)) return yield* refuse(`cannot serve a transaction: ${events.failure.message}`)
               yield* sendEvents(events.success)
             }
-            if (framed.length > 0) yield* conn.send(framed.length === 1 ? framed[0]! : concatBytes(framed))
+            yield* sendFramed
           }
         })
         // The replica going away ends the stream at once, also while idle.

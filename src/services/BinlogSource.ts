@@ -52,6 +52,9 @@ export interface BinlogSourceShape {
 
 export class BinlogSource extends Context.Service<BinlogSource, BinlogSourceShape>()("phxmaria/BinlogSource") {}
 
+/** Transactions an in-memory cursor hands over at a time (as the chosen log's pages). */
+const IN_MEMORY_PAGE = 256
+
 /** A source held in memory (tests, tools): `append` adds transactions in GTID order. */
 export const makeInMemory = Effect.fnUntraced(function*(formatDescription: Uint8Array) {
   let txns: ReadonlyArray<SourceTxn> = []
@@ -83,7 +86,7 @@ export const makeInMemory = Effect.fnUntraced(function*(formatDescription: Uint8
       }
       let nextSeq = position === null ? 0 : position.seq + 1
       const ready = () => {
-        const out = txns.filter((t) => t.gtid.seq >= nextSeq).slice(0, 256)
+        const out = txns.filter((t) => t.gtid.seq >= nextSeq).slice(0, IN_MEMORY_PAGE)
         if (out.length > 0) nextSeq = out[out.length - 1]!.gtid.seq + 1
         return out
       }

@@ -67,17 +67,18 @@ export const make = (formatDescription: Effect.Effect<Uint8Array>) =>
           return txns.map(toSource)
         })
         const next = (maxWaitMs: number): Effect.Effect<ReadonlyArray<SourceTxn>> =>
-          Effect.flatMap(page, (ready) => {
-            if (ready.length > 0) return Effect.succeed(ready)
-            return Effect.suspend(() => cluster.awaitSeq(nextSeq)).pipe(
-              Effect.timeoutOption(Duration.millis(maxWaitMs)),
-              Effect.flatMap((arrived) =>
-                Option.isNone(arrived) ? Effect.succeed([]) : Effect.flatMap(page, (again) =>
-                  again.length > 0 ? Effect.succeed(again) : Effect.logWarning(
-                    `chosen binlog: transaction ${nextSeq} is accepted but cannot be read yet`
-                  ).pipe(Effect.andThen(Effect.sleep("100 millis")), Effect.as([])))
-              )
-            )
+          Effect.gen(function*() {
+            const ready = yield* page
+            if (ready.length > 0) return ready
+            const arrived = yield* Effect.timeoutOption(cluster.awaitSeq(nextSeq), Duration.millis(maxWaitMs))
+            if (Option.isNone(arrived)) return []
+            const again = yield* page
+            // Accepted but not readable (never expected): do not spin.
+            if (again.length === 0) {
+              yield* Effect.logWarning(`chosen binlog: transaction ${nextSeq} is accepted but cannot be read yet`)
+              yield* Effect.sleep("100 millis")
+            }
+            return again
           })
         return { next } satisfies BinlogCursor
       }).pipe(Effect.provideContext(services))

@@ -185,11 +185,12 @@ export interface PaxosLogShape {
   /** The address the peer/client listener is bound to. */
   readonly address: { readonly host: string; readonly port: number }
   /**
-   * Flags this node advertises to its peers on every Paxos heartbeat (Status, every
+   * What this node advertises to its peers on every Paxos heartbeat (Status, every
    * statusIntervalMs): a few bits of the node's own state for peers to route by, with no
-   * extra connection or request.
+   * extra connection or request. `flags` is asked at each heartbeat (it must be cheap and
+   * must not throw).
    */
-  readonly advertise: (flags: number) => Effect.Effect<void>
+  readonly advertise: (flags: () => number) => Effect.Effect<void>
   /** Each peer's advertised flags, from its latest heartbeat no older than `maxAgeMs`. */
   readonly advertised: (maxAgeMs: number) => Effect.Effect<ReadonlyMap<number, number>>
 }
@@ -258,13 +259,13 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   }
 
   /** What this node advertises on its heartbeats, and the peers' latest: flags and when heard. */
-  let advertisedFlags = 0
+  let advertisedFlags = (): number => 0
   const peerFlags = new Map<number, { readonly flags: number; readonly at: number }>()
 
   const sendNow = (to: number, message: PaxosMessage) => {
     if (to === options.nodeId) step({ _tag: "Receive", from: to, message })
     else if (transport !== undefined) {
-      Effect.runSync(transport.send(to, message._tag === "Status" ? { ...message, flags: advertisedFlags } : message))
+      Effect.runSync(transport.send(to, message._tag === "Status" ? { ...message, flags: advertisedFlags() } : message))
     }
   }
 
@@ -501,7 +502,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
 
   const lead = Effect.sync(() => step({ _tag: "Lead" }))
 
-  const advertise = (flags: number) => Effect.sync(() => {
+  const advertise = (flags: () => number) => Effect.sync(() => {
     advertisedFlags = flags
   })
   const advertised = (maxAgeMs: number) =>
