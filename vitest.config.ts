@@ -6,6 +6,7 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 120_000,
     // Integration tests start real mariadbd and node processes: keep the 2-core machine from oversubscribing.
-    maxWorkers: 2
+    maxWorkers: 2,
+    setupFiles: ["test/support/setup.ts"]
   }
 })

@@ -5,15 +5,12 @@ import { Cause, Console, Data, Effect, Exit, Option } from "effect"
 import { Command, Flag } from "effect/cli"
 import { renderStatusTable } from "./domain/nodeStatus.js"
 import { loadNodeConfig } from "./layers/NodeConfig.js"
-import { runDatabaseNode } from "./layers/DatabaseNode.js"
-import { nodeLayer } from "./layers/NodeLayer.js"
-import { nodeStatus } from "./layers/NodeStatusLayer.js"
-import * as Admin from "./services/Admin.js"
+import * as NodeLayer from "./layers/NodeLayer.js"
+import { killChildrenOnExit } from "./services/MariaDbServer.js"
 import { fetchStatus } from "./services/StatusClient.js"
 import * as LocalCluster from "./services/LocalCluster.js"
 import mysql from "mysql2/promise"
 import { userInfo } from "node:os"
-import { PaxosLog } from "./services/PaxosLog.js"
 
 class UsageError extends Data.TaggedError("UsageError")<{ readonly message: string }> {}
 
@@ -25,30 +22,21 @@ const readConfig = (path: string) =>
 const node = Command.make("node", { config: configFlag }, ({ config }) =>
   Effect.gen(function*() {
     const cfg = yield* readConfig(config)
-    const self = cfg.members.find((m) => m.nodeId === cfg.nodeId)!
     yield* Effect.gen(function*() {
-      const log = yield* PaxosLog
-      const database = cfg.mariadb === undefined ? undefined : yield* runDatabaseNode(cfg)
-      const status = yield* nodeStatus(cfg, database?.status)
-      const admin = yield* Admin.serve({
-        host: self.host,
-        port: self.adminPort,
-        status,
-        ...(database === undefined ? {} : { replica: database.replicaHealth })
-      })
+      const running = yield* NodeLayer.RunningNode
+      const { addresses } = running
       // One line on stdout that tools (tests, bench, demo) wait for.
       yield* Console.log(JSON.stringify({
         event: "ready",
         nodeId: cfg.nodeId,
-        peerPort: log.address.port,
-        adminPort: admin.port,
-        ...(database === undefined ? {} : { rwPort: database.proxy.addresses.rw?.port, roPort: database.proxy.addresses.ro?.port })
+        peerPort: addresses.peer.port,
+        adminPort: addresses.admin.port,
+        ...(cfg.mariadb === undefined ? {} : { rwPort: addresses.rw?.port, roPort: addresses.ro?.port })
       }))
-      return yield* Effect.never
+      return yield* running.stopped
     }).pipe(
-      Effect.provide(nodeLayer(cfg)),
-      Effect.scoped,
-      // A node that cannot start says why (port taken, MariaDB failing to start, ...).
+      Effect.provide(NodeLayer.layer(cfg)),
+      // A node that cannot start (port taken, MariaDB failing to start, ...) or cannot go on says why.
       Effect.tapCause((cause) => Cause.hasInterruptsOnly(cause) ? Effect.void : Console.error(`phxmaria node ${cfg.nodeId}: cannot run: ${Cause.pretty(cause)}`))
     )
   })).pipe(Command.withDescription("run one cluster node: its MariaDB, Paxos log, master lease, proxy ports and admin HTTP"))
@@ -146,6 +134,10 @@ const app = Command.make("phxmaria").pipe(
   Command.withDescription("a MySQL-compatible, Paxos-replicated cluster on stock MariaDB"),
   Command.withSubcommands([node, status, demo])
 )
+
+// The CLI owns the process: a mariadbd it started does not outlive it, even on an exit
+// that skips finalizers (an uncaught defect). A library embedding does not get this hook.
+killChildrenOnExit()
 
 Command.run(app, { version: "0.1.0" }).pipe(
   Effect.provide(NodeServices.layer),

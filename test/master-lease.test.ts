@@ -7,6 +7,7 @@ import { freePort } from "../src/services/LocalCluster.js"
 import * as MasterLease from "../src/services/MasterLease.js"
 import * as PaxosLog from "../src/services/PaxosLog.js"
 import * as PaxosStorage from "../src/services/PaxosStorage.js"
+import * as Transport from "../src/services/Transport.js"
 import { tempDir } from "./support/inProcessLogs.js"
 
 const LEASE_MS = 600
@@ -24,8 +25,10 @@ describe("MasterLease service", () => {
           yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
           const lease = yield* Effect.gen(function*() {
             const storage = yield* PaxosStorage.make(join(dir, `p${nodeId}`))
+            // Real TCP here: stopping a node closes its sockets, as a crash would.
             const log = yield* PaxosLog.make({ clusterId: "lease-test", nodeId, members }).pipe(
-              Effect.provideService(PaxosStorage.PaxosStorage, storage)
+              Effect.provideService(PaxosStorage.PaxosStorage, storage),
+              Effect.provide(Transport.tcpLayer)
             )
             const state = yield* ClusterState.make({ dir: join(dir, `s${nodeId}`), members: [1, 2, 3] }).pipe(
               Effect.provideService(PaxosLog.PaxosLog, log)

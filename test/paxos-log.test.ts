@@ -57,6 +57,23 @@ describe("PaxosLog service", () => {
       expect((yield* logs.get(2)!.advertised(-1)).size).toBe(0)
     }))
 
+  it.live("a leader cut off from both peers fails proposals with NotEnoughNodes, and commits again once healed", () =>
+    Effect.gen(function*() {
+      const { logs, network } = yield* startLogs([1, 2, 3], 3, 500)
+      const one = logs.get(1)!
+      yield* one.propose(bytes("before"))
+      network.cut(1, 2)
+      network.cut(1, 3)
+      const error = yield* Effect.flip(one.propose(bytes("cut off")))
+      expect(error._tag).toBe("NotEnoughNodes")
+      network.heal()
+      // Proposals fail fast while the links come back (heartbeats): retried, bounded.
+      const at = yield* one.propose(bytes("healed")).pipe(Effect.retry({ times: 20 }), Effect.timeout("15 seconds"))
+      // Node 3 may not have learned the instance yet: valueAt waits for it (and for it only).
+      const value = yield* logs.get(3)!.valueAt(at.instance)
+      expect(text(value.values[at.index]!)).toBe("healed")
+    }))
+
   it.live("a node cut off from the majority fails proposals with NotEnoughNodes", () =>
     Effect.gen(function*() {
       const { logs } = yield* startLogs([1], 3, 500)

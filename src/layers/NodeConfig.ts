@@ -1,4 +1,4 @@
-/** A node's configuration file (JSON), validated with Schema. */
+/** A node's configuration (a JSON or YAML file, or data from an embedding app), validated with Schema. */
 import { Data, Effect, Schema } from "effect"
 import { readFileSync } from "node:fs"
 import { parse as parseYaml } from "yaml"
@@ -80,44 +80,48 @@ export class ConfigFileError extends Data.TaggedError("ConfigFileError")<{
   readonly message: string
 }> {}
 
-/** Reads and validates a config file; the error names the file and the offending field. */
-export const loadNodeConfig = (path: string): Effect.Effect<NodeConfig, ConfigFileError> =>
+/**
+ * Validates a config given as data (an embedding app's object, a parsed file): the schema,
+ * then the checks across fields. `source` names it in errors (a file path, "config").
+ */
+export const decodeNodeConfig = (input: unknown, source = "config"): Effect.Effect<NodeConfig, ConfigFileError> =>
   Effect.gen(function*() {
-    const text = yield* Effect.try({
-      try: () => readFileSync(path, "utf8"),
-      catch: (e) => new ConfigFileError({ path, message: `cannot read: ${String(e)}` })
-    })
-    // JSON, or YAML for .yaml/.yml files.
-    const parsed = yield* Effect.try({
-      try: (): unknown => /\.ya?ml$/i.test(path) ? parseYaml(text) : JSON.parse(text),
-      catch: (e) => new ConfigFileError({ path, message: `not valid ${/\.ya?ml$/i.test(path) ? "YAML" : "JSON"}: ${e instanceof Error ? e.message : String(e)}` })
-    })
-    const config = yield* Schema.decodeUnknownEffect(NodeConfig)(parsed).pipe(
-      Effect.mapError((e) => new ConfigFileError({ path, message: e.message }))
-    )
+    const invalid = (message: string) => new ConfigFileError({ path: source, message })
+    const config = yield* Schema.decodeUnknownEffect(NodeConfig)(input).pipe(Effect.mapError((e) => invalid(e.message)))
     if (!config.members.some((m) => m.nodeId === config.nodeId)) {
-      return yield* new ConfigFileError({ path, message: `nodeId ${config.nodeId} is not among members` })
+      return yield* invalid(`nodeId ${config.nodeId} is not among members`)
     }
     const ids = config.members.map((m) => m.nodeId)
-    if (new Set(ids).size !== ids.length) {
-      return yield* new ConfigFileError({ path, message: `members: duplicate nodeId in ${ids.join(",")}` })
-    }
+    if (new Set(ids).size !== ids.length) return yield* invalid(`members: duplicate nodeId in ${ids.join(",")}`)
     if (config.mariadb !== undefined) {
       const missing = config.members.flatMap((m) =>
         (["rwPort", "roPort", "forwardRwPort", "forwardRoPort"] as const).filter((k) => m[k] === undefined).map((k) => `members[nodeId=${m.nodeId}].${k}`)
       )
-      if (missing.length > 0) {
-        return yield* new ConfigFileError({ path, message: `with mariadb set, every member needs proxy ports: missing ${missing.join(", ")}` })
-      }
+      if (missing.length > 0) return yield* invalid(`with mariadb set, every member needs proxy ports: missing ${missing.join(", ")}`)
       if (config.mariadb.mode === "attach" && config.mariadb.user === undefined) {
-        return yield* new ConfigFileError({ path, message: "mariadb.mode attach needs mariadb.user (and password or socket)" })
+        return yield* invalid("mariadb.mode attach needs mariadb.user (and password or socket)")
       }
     }
     const lease = leaseConfigOf(config)
     if (lease.marginMs >= lease.leaseMs / 2 || lease.renewEveryMs >= lease.leaseMs - lease.marginMs) {
-      return yield* new ConfigFileError({ path, message: "lease: need marginMs < leaseMs/2 and renewEveryMs < leaseMs - marginMs" })
+      return yield* invalid("lease: need marginMs < leaseMs/2 and renewEveryMs < leaseMs - marginMs")
     }
     return config
+  })
+
+/** Reads and validates a config file (JSON, or YAML for .yaml/.yml); the error names the file and the offending field. */
+export const loadNodeConfig = (path: string): Effect.Effect<NodeConfig, ConfigFileError> =>
+  Effect.gen(function*() {
+    const yaml = /\.ya?ml$/i.test(path)
+    const text = yield* Effect.try({
+      try: () => readFileSync(path, "utf8"),
+      catch: (e) => new ConfigFileError({ path, message: `cannot read: ${String(e)}` })
+    })
+    const parsed = yield* Effect.try({
+      try: (): unknown => yaml ? parseYaml(text) : JSON.parse(text),
+      catch: (e) => new ConfigFileError({ path, message: `not valid ${yaml ? "YAML" : "JSON"}: ${e instanceof Error ? e.message : String(e)}` })
+    })
+    return yield* decodeNodeConfig(parsed, path)
   })
 
 /** The lease settings with defaults filled in (a 2 s lease, renewed every third of it). */

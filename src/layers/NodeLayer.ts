@@ -1,13 +1,19 @@
-/** Wiring: the services a node runs, from its validated config. */
-import { Effect, Layer } from "effect"
+/** Wiring: a whole node, or its parts, as Layers built from a validated config. */
+import { Context, Effect, Layer } from "effect"
 import { join } from "node:path"
+import type { NodeStatus } from "../domain/nodeStatus.js"
+import * as Admin from "../services/Admin.js"
 import * as ClusterState from "../services/ClusterState.js"
 import * as MasterLease from "../services/MasterLease.js"
 import * as PaxosLog from "../services/PaxosLog.js"
 import * as PaxosStorage from "../services/PaxosStorage.js"
+import * as Transport from "../services/Transport.js"
+import { runDatabaseNode } from "./DatabaseNode.js"
 import { leaseConfigOf, type NodeConfig } from "./NodeConfig.js"
+import { nodeStatus } from "./NodeStatusLayer.js"
 
-export const paxosLogLayer = (config: NodeConfig): Layer.Layer<PaxosLog.PaxosLog, PaxosStorage.StorageError> => {
+/** This node's Paxos log on its LMDB store (`dataDir/paxos`), over the PeerNetwork given. */
+export const paxosLogLayer = (config: NodeConfig) => {
   const { tickMs, proposeTimeoutMs, ...tuning } = config.paxos ?? {}
   return PaxosLog.layer({
     clusterId: config.clusterId,
@@ -23,10 +29,9 @@ export const paxosLogLayer = (config: NodeConfig): Layer.Layer<PaxosLog.PaxosLog
  * Paxos log, cluster state and master lease. With a database the lease reads readiness
  * from a cell the database side sets; without one the node is always ready.
  */
-export const nodeLayer = (config: NodeConfig) => {
-  const log = paxosLogLayer(config)
+export const coreLayer = (config: NodeConfig) => {
   const state = ClusterState.layer({ dir: join(config.dataDir, "state"), members: config.members.map((m) => m.nodeId) }).pipe(
-    Layer.provideMerge(log)
+    Layer.provideMerge(paxosLogLayer(config))
   )
   const readiness = config.mariadb === undefined
     ? Layer.merge(MasterLease.Readiness.alwaysReady, Layer.succeed(MasterLease.ReadinessCell, { set: () => Effect.void }))
@@ -36,3 +41,64 @@ export const nodeLayer = (config: NodeConfig) => {
     Layer.provideMerge(readiness)
   )
 }
+
+export interface Address {
+  readonly host: string
+  readonly port: number
+}
+
+export interface RunningNodeShape {
+  readonly nodeId: number
+  /** Where it listens: peers, admin HTTP and (with a database) the RW and RO client ports. */
+  readonly addresses: {
+    readonly peer: Address
+    readonly admin: Address
+    readonly rw?: Address | undefined
+    readonly ro?: Address | undefined
+  }
+  /** What GET /status answers. */
+  readonly status: Effect.Effect<NodeStatus>
+  /** Fails once the node can no longer take part (its state cannot apply the log); never succeeds. */
+  readonly stopped: Effect.Effect<never, ClusterState.ClusterStateError>
+}
+
+/** A running node: everything `node dist/main.js node` runs, until its scope closes. */
+export class RunningNode extends Context.Service<RunningNode, RunningNodeShape>()("phxmaria/RunningNode") {}
+
+const runningNode = (config: NodeConfig) =>
+  Effect.gen(function*() {
+    const self = config.members.find((m) => m.nodeId === config.nodeId)!
+    const log = yield* PaxosLog.PaxosLog
+    const cluster = yield* ClusterState.ClusterState
+    const database = config.mariadb === undefined ? undefined : yield* runDatabaseNode(config)
+    const status = yield* nodeStatus(config, database?.status)
+    const admin = yield* Admin.serve({
+      host: self.host,
+      port: self.adminPort,
+      status,
+      ...(database === undefined ? {} : { replica: database.replicaHealth })
+    })
+    return RunningNode.of({
+      nodeId: config.nodeId,
+      addresses: {
+        peer: log.address,
+        admin: { host: self.host, port: admin.port },
+        rw: database?.proxy.addresses.rw,
+        ro: database?.proxy.addresses.ro
+      },
+      status,
+      stopped: cluster.stopped
+    })
+  })
+
+/**
+ * The whole node from a validated config (see `decodeNodeConfig` / `loadNodeConfig`): its
+ * MariaDB (when configured), Paxos log, cluster state, master lease, proxy ports and admin
+ * HTTP, with the log, state and lease services exposed too. Peers are reached over TCP
+ * unless another PeerNetwork is given.
+ */
+export const layer = (config: NodeConfig, network: Layer.Layer<Transport.PeerNetwork> = Transport.tcpLayer) =>
+  Layer.effect(RunningNode, runningNode(config)).pipe(
+    Layer.provideMerge(coreLayer(config)),
+    Layer.provide(network)
+  )

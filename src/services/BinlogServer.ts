@@ -37,7 +37,7 @@ import {
   verifyNativePassword
 } from "../domain/mysql/protocol.js"
 import { answerQuery, newReplicaSession, positionFromConnectState, type ReplicaSession } from "../domain/replicaSession.js"
-import { BinlogSource } from "./BinlogSource.js"
+import { BinlogSource, type SourceReadError } from "./BinlogSource.js"
 import * as TcpListener from "./TcpListener.js"
 
 // ---------------------------------------------------------------------------
@@ -458,7 +458,13 @@ export const make = (
           )
         const position = positionFromConnectState(session.connectState)
         if (position !== null && "error" in position) return yield* refuse(position.error)
-        const cursor = yield* source.after(position).pipe(Effect.catchTag("UnknownPosition", (e) => refuse(e.message)))
+        // A source that cannot read ends the stream without ERR 1236: the replica reconnects.
+        const unreadable = (e: SourceReadError) =>
+          Effect.fail(new BinlogServerDumpError({ remote, reason: `the binlog source cannot read: ${String(e.cause)}` }))
+        const cursor = yield* source.after(position).pipe(
+          Effect.catchTag("UnknownPosition", (e) => refuse(e.message)),
+          Effect.catchTag("SourceReadError", unreadable)
+        )
         const fde = yield* source.formatDescription
         const dump = new DumpStream({ fileName, serverId: options.serverId })
         const opening = dump.opening(fde, connectStateGtids(session.connectState))
@@ -484,7 +490,7 @@ export const make = (
           while (true) {
             // Whatever is ready (at least one transaction), or nothing within a heartbeat
             // period; the next read waits while the socket is slow (send waits for drain).
-            const ready = yield* cursor.next(periodMs)
+            const ready = yield* cursor.next(periodMs).pipe(Effect.catchTag("SourceReadError", unreadable))
             if (ready.length === 0) {
               yield* sendEvents([dump.heartbeat()])
               continue

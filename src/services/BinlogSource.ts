@@ -28,6 +28,9 @@ export class UnknownPosition extends Data.TaggedError("UnknownPosition")<{
   }
 }
 
+/** The source could not read its transactions (storage failed): the replica's stream ends and it reconnects. */
+export class SourceReadError extends Data.TaggedError("SourceReadError")<{ readonly cause: unknown }> {}
+
 /**
  * A reader of the transactions after a position, pulled by the binlog server at its own
  * pace: no queue or fiber between the log and the replica's socket.
@@ -37,7 +40,7 @@ export interface BinlogCursor {
    * The next transactions in GTID order (whatever is ready, at least one), or none when
    * nothing came within `maxWaitMs` (the server then sends a heartbeat).
    */
-  readonly next: (maxWaitMs: number) => Effect.Effect<ReadonlyArray<SourceTxn>>
+  readonly next: (maxWaitMs: number) => Effect.Effect<ReadonlyArray<SourceTxn>, SourceReadError>
 }
 
 export interface BinlogSourceShape {
@@ -45,7 +48,7 @@ export interface BinlogSourceShape {
    * Every transaction after `position` (the replica's last applied GTID; null: from the
    * start), first those already there, then new ones as they arrive.
    */
-  readonly after: (position: Gtid | null) => Effect.Effect<BinlogCursor, UnknownPosition>
+  readonly after: (position: Gtid | null) => Effect.Effect<BinlogCursor, UnknownPosition | SourceReadError>
   /** The Format_description event of the server the transactions came from. */
   readonly formatDescription: Effect.Effect<Uint8Array>
 }

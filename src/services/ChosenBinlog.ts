@@ -7,7 +7,7 @@
 import { Duration, Effect, Layer, Option } from "effect"
 import type { BinlogTxn } from "../domain/cluster.js"
 import { formatGtid, type Gtid } from "../domain/gtid.js"
-import { type BinlogCursor, BinlogSource, type SourceTxn, UnknownPosition } from "./BinlogSource.js"
+import { type BinlogCursor, BinlogSource, SourceReadError, type SourceTxn, UnknownPosition } from "./BinlogSource.js"
 import { ClusterState } from "./ClusterState.js"
 
 /** Transactions read from the log at a time, and about how many bytes. */
@@ -43,7 +43,7 @@ export const checkPosition = Effect.fnUntraced(function*(position: Gtid | null) 
     return yield* new UnknownPosition({ requested, reason: "other-domain" })
   }
   if (last === null || position.seq > last.seq) return yield* new UnknownPosition({ requested, reason: "ahead" })
-  const [at] = yield* cluster.transactionsFrom(position.seq, 1)
+  const [at] = yield* cluster.transactionsFrom(position.seq, 1).pipe(Effect.mapError((cause) => new SourceReadError({ cause })))
   if (at === undefined || at.gtid.seq !== position.seq) return yield* new UnknownPosition({ requested, reason: "purged" })
   if (at.gtid.server !== position.server) return yield* new UnknownPosition({ requested, reason: "diverged" })
 })
@@ -62,11 +62,14 @@ export const make = (formatDescription: Effect.Effect<Uint8Array>) =>
       Effect.gen(function*() {
         yield* checkPosition(position)
         let nextSeq = position === null ? 1 : position.seq + 1
-        const page = Effect.map(Effect.suspend(() => cluster.transactionsFrom(nextSeq, PAGE, PAGE_BYTES)), (txns) => {
-          if (txns.length > 0) nextSeq = txns[txns.length - 1]!.gtid.seq + 1
-          return txns.map(toSource)
-        })
-        const next = (maxWaitMs: number): Effect.Effect<ReadonlyArray<SourceTxn>> =>
+        const page = Effect.suspend(() => cluster.transactionsFrom(nextSeq, PAGE, PAGE_BYTES)).pipe(
+          Effect.map((txns) => {
+            if (txns.length > 0) nextSeq = txns[txns.length - 1]!.gtid.seq + 1
+            return txns.map(toSource)
+          }),
+          Effect.mapError((cause) => new SourceReadError({ cause }))
+        )
+        const next = (maxWaitMs: number): Effect.Effect<ReadonlyArray<SourceTxn>, SourceReadError> =>
           Effect.gen(function*() {
             const ready = yield* page
             if (ready.length > 0) return ready

@@ -19,6 +19,7 @@ import {
 import type { ProposeError } from "../domain/errors.js"
 import type { ChosenEntry } from "../domain/paxos/messages.js"
 import { PaxosLog } from "./PaxosLog.js"
+import type { StorageError } from "./PaxosStorage.js"
 
 export class ClusterStateError extends Data.TaggedError("ClusterStateError")<{
   readonly operation: string
@@ -63,12 +64,18 @@ export interface ClusterStateShape {
    * order, contiguous, at most `limit` and about `maxBytes` (at least one), from those
    * applied so far.
    */
-  readonly transactionsFrom: (fromSeq: number, limit: number, maxBytes?: number) => Effect.Effect<ReadonlyArray<BinlogTxn>>
+  readonly transactionsFrom: (fromSeq: number, limit: number, maxBytes?: number) => Effect.Effect<ReadonlyArray<BinlogTxn>, StorageError>
   /**
    * Proposes an entry and waits until this node has applied it: its outcome. `timing`, when
    * given, gets when the log reported the entry chosen and when its outcome was known.
    */
   readonly propose: (entry: ClusterEntry, timing?: ProposeTiming) => Effect.Effect<Outcome, ProposeError>
+  /**
+   * Fails once this node can no longer apply the log (an entry that cannot be applied, an
+   * index write that failed); never completes otherwise. The node must stop: it applies
+   * nothing more and its state is no longer current.
+   */
+  readonly stopped: Effect.Effect<never, ClusterStateError>
 }
 
 /** Filled in by {@link ClusterStateShape.propose} (monotonic ms). */
@@ -115,6 +122,13 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
    * They are put together with the snapshot (or once INDEX_FLUSH_ENTRIES wait), before it in
    * the same transaction: an index put costs no LMDB commit of its own.
    */
+  const stopped = { failure: undefined as ClusterStateError | undefined, signal: Deferred.makeUnsafe<never, ClusterStateError>() }
+  const stop = (failure: ClusterStateError): void => {
+    if (stopped.failure !== undefined) return
+    stopped.failure = failure
+    Effect.runFork(Effect.logError("the cluster state has stopped: this node can no longer apply the log", failure))
+    Deferred.doneUnsafe(stopped.signal, Effect.fail(failure))
+  }
   const pending = new Map<number, readonly [number, number]>()
   let unflushed: Array<readonly [number, readonly [number, number]]> = []
   const flushIndex = () => {
@@ -126,10 +140,7 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
           if (pending.get(first) === at) pending.delete(first)
         },
         // A gap here would look like divergence after a restart: stop loudly instead.
-        (e) => {
-          console.error(`phxmaria: cannot index binlog entry ${first}: ${String(e)}`)
-          process.exit(70)
-        }
+        (cause) => stop(new ClusterStateError({ operation: `index binlog entry ${first}`, cause }))
       )
     }
   }
@@ -200,12 +211,12 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
    * outcome is known by the time the proposer hears its entry was chosen.
    */
   const apply = (chosen: ChosenEntry): void => {
+    if (stopped.failure !== undefined) return
     try {
       applyChosen(chosen)
-    } catch (e) {
+    } catch (cause) {
       // The node cannot serve without applying the log: never silent, never half-applied.
-      console.error(`phxmaria: the cluster state cannot apply instance ${chosen.instance}: ${e instanceof Error ? e.stack : String(e)}`)
-      process.exit(70)
+      stop(new ClusterStateError({ operation: `apply instance ${chosen.instance}`, cause }))
     }
   }
   const applyChosen = (chosen: ChosenEntry): void => {
@@ -358,7 +369,8 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     awaitApplied,
     awaitSeq,
     applied: Effect.map(PubSub.subscribe(hub), Stream.fromSubscription),
-    propose
+    propose,
+    stopped: Deferred.await(stopped.signal)
   })
 })
 

@@ -151,7 +151,12 @@ export interface AttachOptions {
 const liveChildren = new Set<ChildProcess>()
 let exitHookInstalled = false
 
-const installExitHook = () => {
+/**
+ * For a program that owns its process (the CLI): SIGKILLs the mariadbd children still
+ * running when the process exits without running finalizers. Installs one process-wide
+ * hook, so the library never calls it itself.
+ */
+export const killChildrenOnExit = (): void => {
   if (exitHookInstalled) return
   exitHookInstalled = true
   process.on("exit", () => {
@@ -401,7 +406,6 @@ const describeExit = (e: ExitInfo) => (e.error !== undefined ? e.error.message :
 /** Spawns mariadbd and hands the process to `register` in the same synchronous step, so none escapes. */
 const spawnProc = (mariadbd: string, l: Layout, register: (proc: Proc) => void): Effect.Effect<Proc, MariaDbStartError> =>
   Effect.suspend(() => {
-    installExitHook()
     const child = spawn(mariadbd, [`--defaults-file=${l.configFile}`], { stdio: "ignore" })
     let proc: Proc | undefined
     let settle!: (e: ExitInfo) => void

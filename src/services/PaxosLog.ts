@@ -170,15 +170,15 @@ export interface PaxosLogShape {
    */
   readonly propose: (value: Uint8Array, options?: { readonly urgent?: boolean }) => Effect.Effect<Position, ProposeError>
   /** Chosen instances in order from `from` on: history from storage, then live. */
-  readonly chosen: (from: number) => Stream.Stream<ChosenEntry>
+  readonly chosen: (from: number) => Stream.Stream<ChosenEntry, StorageError>
   /** The chosen value of one instance (waits until it is chosen here). */
-  readonly valueAt: (instance: number) => Effect.Effect<PaxosValue>
+  readonly valueAt: (instance: number) => Effect.Effect<PaxosValue, StorageError>
   /**
    * Calls `listener` with every chosen instance from `from` on, in order: first history,
    * then each new one synchronously as the log learns it (no queue, no fiber hop), until
    * the scope closes. The listener must not block or throw.
    */
-  readonly follow: (from: number, listener: (entry: ChosenEntry) => void) => Effect.Effect<void, never, Scope.Scope>
+  readonly follow: (from: number, listener: (entry: ChosenEntry) => void) => Effect.Effect<void, StorageError, Scope.Scope>
   readonly status: Effect.Effect<PaxosLogStatus>
   /** Take Paxos leadership (the lease holder's proposals then go out without forwarding). */
   readonly lead: Effect.Effect<void>
@@ -222,7 +222,8 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   }
   const tickMs = options.tickMs ?? 25
   const proposeTimeoutMs = options.proposeTimeoutMs ?? 10_000
-  const durable = yield* storage.load(config.memoryWindow, config.memoryWindowBytes).pipe(Effect.orDie)
+  const network = yield* Transport.PeerNetwork
+  const durable = yield* storage.load(config.memoryWindow, config.memoryWindowBytes)
   const core = new PaxosNode(config, durable, Math.floor(Math.random() * 2 ** 31))
 
   const pending = new Map<number, Pending>()
@@ -406,7 +407,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     }
   }
 
-  transport = yield* Transport.make<NodeMessage>({
+  transport = yield* network.open<NodeMessage>({
     clusterId: options.clusterId,
     nodeId: options.nodeId,
     listen: options.listen ?? { host: self?.host ?? "127.0.0.1", port: self?.port ?? 0 },
@@ -415,7 +416,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     acceptClients: options.acceptClients ?? true,
     fastPath: nodeMessageFastPath,
     onInbound
-  }).pipe(Effect.orDie)
+  })
 
   // Retries, timeouts and heartbeats only: every tickMs while something waits on a timer,
   // at the heartbeat interval while the log is quiet (an idle node stays idle).
@@ -440,20 +441,28 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       })
     })
 
-  const chosen = (from: number): Stream.Stream<ChosenEntry> =>
-    Stream.callback<ChosenEntry>((out) =>
+  const chosen = (from: number): Stream.Stream<ChosenEntry, StorageError> =>
+    Stream.callback<ChosenEntry, StorageError>((out) =>
       Effect.andThen(follow(from, (e) => void Queue.offerUnsafe(out, e)), Effect.never)
     )
 
-  const follow = (from: number, listener: (entry: ChosenEntry) => void): Effect.Effect<void, never, Scope.Scope> =>
+  /** Below chosenUpTo every instance is in memory or in storage: a gap is a broken invariant (a defect). */
+  const missing = (instance: number) => Effect.die(new Error(`chosen log has no instance ${instance} below ${chosenUpTo}`))
+
+  const follow = (from: number, listener: (entry: ChosenEntry) => void): Effect.Effect<void, StorageError, Scope.Scope> =>
     Effect.gen(function*() {
       let next = from
+      // Live entries come from this node's chosenUpTo on: one asked for from further ahead
+      // (valueAt of a future instance) must not see the ones before it.
+      const live = (entry: ChosenEntry) => {
+        if (entry.instance >= from) listener(entry)
+      }
       for (;;) {
         // Caught up: joining the live followers in the same synchronous step as the last
         // check, so no instance learned in between is missed.
         const joined = yield* Effect.sync(() => {
           if (next < chosenUpTo) return false
-          followers.add(listener)
+          followers.add(live)
           return true
         })
         if (joined) break
@@ -463,18 +472,18 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
           continue
         }
         // Storage waits for writes of these instances still in flight.
-        const page = yield* storage.readChosen(next, Math.min(64, chosenUpTo - next)).pipe(Effect.orDie)
-        if (page[0]?.instance !== next) return yield* Effect.die(new Error(`chosen log has no instance ${next} below ${chosenUpTo}`))
+        const page = yield* storage.readChosen(next, Math.min(64, chosenUpTo - next))
+        if (page[0]?.instance !== next) return yield* missing(next)
         for (const e of page) {
           if (e.instance !== next) break
           listener(e)
           next++
         }
       }
-      yield* Effect.addFinalizer(() => Effect.sync(() => followers.delete(listener)))
+      yield* Effect.addFinalizer(() => Effect.sync(() => followers.delete(live)))
     })
 
-  const valueAt = (instance: number): Effect.Effect<PaxosValue> =>
+  const valueAt = (instance: number): Effect.Effect<PaxosValue, StorageError> =>
     Effect.gen(function*() {
       if (instance >= chosenUpTo) {
         const e = yield* Stream.runHead(chosen(instance))
@@ -482,8 +491,8 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       }
       const inMemory = core.chosenValue(instance)
       if (inMemory !== undefined) return inMemory
-      const [e] = yield* storage.readChosen(instance, 1).pipe(Effect.orDie)
-      if (e?.instance !== instance) return yield* Effect.die(new Error(`chosen log has no instance ${instance} below ${chosenUpTo}`))
+      const [e] = yield* storage.readChosen(instance, 1)
+      if (e?.instance !== instance) return yield* missing(instance)
       return e.value
     })
 
@@ -516,5 +525,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   return PaxosLog.of({ propose, chosen, valueAt, follow, status, lead, address: transport.address, advertise, advertised })
 })
 
-export const layer = (options: PaxosLogOptions): Layer.Layer<PaxosLog, never, PaxosStorage> =>
+export const layer = (
+  options: PaxosLogOptions
+): Layer.Layer<PaxosLog, StorageError | Transport.TransportListenError, PaxosStorage | Transport.PeerNetwork> =>
   Layer.effect(PaxosLog, make(options))

@@ -15,7 +15,7 @@
  * with a logged, typed error and nothing else.
  */
 import * as net from "node:net"
-import { Cause, Data, Duration, Effect, Queue, Result, Schedule, Schema, Scope } from "effect"
+import { Cause, Context, Data, Duration, Effect, Layer, Queue, Result, Schedule, Schema, Scope } from "effect"
 import {
   DEFAULT_MAX_FRAME_BYTES,
   decodePayload,
@@ -814,3 +814,17 @@ export const connectClient = <M>(
       isOpen: Effect.sync(() => conn.closed === undefined)
     } satisfies ClientConnection<M>
   }).pipe(Effect.annotateLogs({ component: "transport-client" }))
+
+// ---------------------------------------------------------------------------
+// The peer network as a service: TCP in a node, in memory in tests
+// ---------------------------------------------------------------------------
+
+export interface PeerNetworkShape {
+  /** Opens this node's endpoint: listens for peers (and clients) and dials every peer. */
+  readonly open: <M>(options: TransportOptions<M>) => Effect.Effect<Transport<M>, TransportListenError, Scope.Scope>
+}
+
+/** What PaxosLog sends and receives on; `tcpLayer` in a node, `MemoryNetwork` in tests. */
+export class PeerNetwork extends Context.Service<PeerNetwork, PeerNetworkShape>()("phxmaria/PeerNetwork") {}
+
+export const tcpLayer: Layer.Layer<PeerNetwork> = Layer.succeed(PeerNetwork, PeerNetwork.of({ open: make }))

@@ -6,14 +6,24 @@ import { join } from "node:path"
 import { freePort } from "../../src/services/LocalCluster.js"
 import * as PaxosLog from "../../src/services/PaxosLog.js"
 import * as PaxosStorage from "../../src/services/PaxosStorage.js"
+import * as Transport from "../../src/services/Transport.js"
+import * as MemoryNetwork from "../../src/testing/MemoryNetwork.js"
 
 export const tempDir = Effect.acquireRelease(
   Effect.sync(() => mkdtempSync(join(tmpdir(), "phxmaria-log-"))),
   (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
 )
 
-/** Starts the given members of a `memberCount` cluster; returns their logs by node id and the data dir. */
-export const startLogs = (ids: ReadonlyArray<number>, memberCount: number, proposeTimeoutMs = 10_000) =>
+/**
+ * Starts the given members of a `memberCount` cluster on one in-memory network (or on
+ * `network`, e.g. TCP); returns their logs by node id, the data dir and the network.
+ */
+export const startLogs = (
+  ids: ReadonlyArray<number>,
+  memberCount: number,
+  proposeTimeoutMs = 10_000,
+  network: MemoryNetwork.MemoryNetwork = MemoryNetwork.make()
+) =>
   Effect.gen(function*() {
     const dir = yield* tempDir
     const members = yield* Effect.forEach(Array.from({ length: memberCount }, (_, i) => i + 1), (nodeId) =>
@@ -22,9 +32,10 @@ export const startLogs = (ids: ReadonlyArray<number>, memberCount: number, propo
     for (const nodeId of ids) {
       const storage = yield* PaxosStorage.make(join(dir, `n${nodeId}`))
       const log = yield* PaxosLog.make({ clusterId: "log-test", nodeId, members, proposeTimeoutMs }).pipe(
-        Effect.provideService(PaxosStorage.PaxosStorage, storage)
+        Effect.provideService(PaxosStorage.PaxosStorage, storage),
+        Effect.provideService(Transport.PeerNetwork, network.network)
       )
       logs.set(nodeId, log)
     }
-    return { logs, dir }
+    return { logs, dir, network }
   })
