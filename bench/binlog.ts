@@ -8,9 +8,9 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect, Queue, Ref, Stream } from "effect"
-import * as BinlogCapture from "../src/services/BinlogCapture.js"
-import * as BinlogServer from "../src/services/BinlogServer.js"
-import * as BinlogSource from "../src/services/BinlogSource.js"
+import * as BinlogCapture from "../src/services/binlog/BinlogCapture.js"
+import * as BinlogServer from "../src/services/binlog/BinlogServer.js"
+import * as BinlogSource from "../src/services/binlog/BinlogSource.js"
 import { MariaDbInstance } from "../test/support/MariaDbInstance.js"
 import {
   createReplicationUser,

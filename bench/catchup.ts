@@ -17,7 +17,7 @@ import { Effect } from "effect"
 import { randomBytes } from "node:crypto"
 import { writeFileSync } from "node:fs"
 import mysql from "mysql2/promise"
-import * as LocalCluster from "../src/services/LocalCluster.js"
+import * as LocalCluster from "../src/testing/LocalCluster.js"
 import { adminQuery, APP_PASSWORD, APP_USER, connect, createAppUser, run as sql, statusOf, waitForMaster } from "../test/support/dbCluster.js"
 
 const pauseSeconds = Number(process.env.BENCH_PAUSE_SECONDS ?? 30)

@@ -22,7 +22,7 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
-import * as LocalCluster from "../src/services/LocalCluster.js"
+import * as LocalCluster from "../src/testing/LocalCluster.js"
 import { adminQuery, APP_PASSWORD, APP_USER, connect, createAppUser, run as sql, statusOf, waitForMaster } from "../test/support/dbCluster.js"
 import { MariaDbInstance, type MariaDbInstanceInfo } from "../test/support/MariaDbInstance.js"
 import { createReplicationUser, replicaConfig, semiSyncMasterConfig, startReplication, waitForReplica } from "../test/support/replication.js"

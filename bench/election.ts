@@ -6,9 +6,9 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect, Schedule } from "effect"
-import type { NodeStatus } from "../src/domain/nodeStatus.js"
-import * as LocalCluster from "../src/services/LocalCluster.js"
-import { fetchStatus } from "../src/services/StatusClient.js"
+import type { NodeStatus } from "../src/domain/cluster/nodeStatus.js"
+import * as LocalCluster from "../src/testing/LocalCluster.js"
+import { fetchStatus } from "../src/client/StatusClient.js"
 
 const runs = Number(process.env.BENCH_RUNS ?? 20)
 

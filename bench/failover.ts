@@ -9,7 +9,7 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
-import * as LocalCluster from "../src/services/LocalCluster.js"
+import * as LocalCluster from "../src/testing/LocalCluster.js"
 import { adminQuery, createAppUser, idsOn, mariadbPid, startWriter, waitConverged, waitForMaster, type Writer } from "../test/support/dbCluster.js"
 
 const runs = Number(process.env.FAILOVER_RUNS ?? 10)

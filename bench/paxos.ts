@@ -8,9 +8,9 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect, Ref, Schedule } from "effect"
-import * as LocalCluster from "../src/services/LocalCluster.js"
-import * as PaxosClient from "../src/services/PaxosClient.js"
-import { fetchStatus } from "../src/services/StatusClient.js"
+import * as LocalCluster from "../src/testing/LocalCluster.js"
+import * as PaxosClient from "../src/client/PaxosClient.js"
+import { fetchStatus } from "../src/client/StatusClient.js"
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 10)
 const proposers = Number(process.env.BENCH_PROPOSERS ?? 64)

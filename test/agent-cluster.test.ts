@@ -2,9 +2,9 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { execFile } from "node:child_process"
 import { join } from "node:path"
-import type { NodeStatus } from "../src/domain/nodeStatus.js"
-import * as LocalCluster from "../src/services/LocalCluster.js"
-import { fetchStatus } from "../src/services/StatusClient.js"
+import type { NodeStatus } from "../src/domain/cluster/nodeStatus.js"
+import * as LocalCluster from "../src/testing/LocalCluster.js"
+import { fetchStatus } from "../src/client/StatusClient.js"
 
 const LEASE_MS = 1_500
 

@@ -1,8 +1,8 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber, Schedule, Stream } from "effect"
 import mysql from "mysql2/promise"
-import { formatGtid } from "../src/domain/gtid.js"
-import * as BinlogCapture from "../src/services/BinlogCapture.js"
+import { formatGtid } from "../src/domain/cluster/gtid.js"
+import * as BinlogCapture from "../src/services/binlog/BinlogCapture.js"
 import { MariaDbInstance, type MariaDbInstanceInfo } from "./support/MariaDbInstance.js"
 import { createReplicationUser, gtidBinlogPos, REPL_PASSWORD, REPL_USER, semiSyncMasterConfig } from "./support/replication.js"
 

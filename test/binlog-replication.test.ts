@@ -1,9 +1,9 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber, Queue, Stream } from "effect"
-import { parseGtid } from "../src/domain/gtid.js"
-import * as BinlogCapture from "../src/services/BinlogCapture.js"
-import * as BinlogServer from "../src/services/BinlogServer.js"
-import * as BinlogSource from "../src/services/BinlogSource.js"
+import { parseGtid } from "../src/domain/cluster/gtid.js"
+import * as BinlogCapture from "../src/services/binlog/BinlogCapture.js"
+import * as BinlogServer from "../src/services/binlog/BinlogServer.js"
+import * as BinlogSource from "../src/services/binlog/BinlogSource.js"
 import { MariaDbInstance } from "./support/MariaDbInstance.js"
 import {
   checksums,

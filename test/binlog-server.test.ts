@@ -15,8 +15,8 @@ import {
   parseHandshakeV10,
   scramble
 } from "../src/domain/mysql/protocol.js"
-import * as BinlogServer from "../src/services/BinlogServer.js"
-import * as BinlogSource from "../src/services/BinlogSource.js"
+import * as BinlogServer from "../src/services/binlog/BinlogServer.js"
+import * as BinlogSource from "../src/services/binlog/BinlogSource.js"
 import { MariaDbInstance, type MariaDbInstanceInfo } from "./support/MariaDbInstance.js"
 import {
   checksums,

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
-import * as BinlogSource from "../src/services/BinlogSource.js"
+import * as BinlogSource from "../src/services/binlog/BinlogSource.js"
 
 const txn = (seq: number) => ({ gtid: { domain: 0, server: 1, seq }, events: [new Uint8Array([seq])] })
 

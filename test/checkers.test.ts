@@ -2,7 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { type AppendKey, type AppendOp, checkAppend } from "../src/domain/checkers/append.js"
 import { type BankOp, checkBank } from "../src/domain/checkers/bank.js"
 import { type RegisterOp, type RegisterValue, checkRegister } from "../src/domain/checkers/register.js"
-import type { Op, OpStatus } from "../src/domain/history.js"
+import type { Op, OpStatus } from "../src/domain/checkers/history.js"
 
 /** An op; info ops get completeMs Infinity, as the recorder writes them. */
 const op = <I, O>(process: number, invokeMs: number, completeMs: number, status: OpStatus, input: I, output?: O): Op<I, O> => ({

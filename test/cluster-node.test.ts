@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
-import * as LocalCluster from "../src/services/LocalCluster.js"
+import * as LocalCluster from "../src/testing/LocalCluster.js"
 import {
   adminQuery,
   checksum,

@@ -1,9 +1,9 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber, Option, Stream } from "effect"
 import { join } from "node:path"
-import type { Outcome } from "../src/domain/cluster.js"
-import * as ClusterState from "../src/services/ClusterState.js"
-import { PaxosLog } from "../src/services/PaxosLog.js"
+import type { Outcome } from "../src/domain/cluster/cluster.js"
+import * as ClusterState from "../src/services/cluster/ClusterState.js"
+import { PaxosLog } from "../src/services/paxos/PaxosLog.js"
 import { startLogs } from "./support/inProcessLogs.js"
 
 const reasonOf = (o: Outcome) => (o._tag === "Rejected" ? o.reason._tag : o._tag)

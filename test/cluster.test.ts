@@ -13,8 +13,8 @@ import {
   initialClusterState,
   type Outcome,
   txnDigest
-} from "../src/domain/cluster.js"
-import { formatGtid, type Gtid, gtidEquals, parseGtid } from "../src/domain/gtid.js"
+} from "../src/domain/cluster/cluster.js"
+import { formatGtid, type Gtid, gtidEquals, parseGtid } from "../src/domain/cluster/gtid.js"
 import { bytesAsText } from "./support/bytes.js"
 import { Rng } from "./support/sim.js"
 

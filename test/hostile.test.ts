@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import * as net from "node:net"
-import * as LocalCluster from "../src/services/LocalCluster.js"
+import * as LocalCluster from "../src/testing/LocalCluster.js"
 import { Rng } from "./support/sim.js"
 import { adminQuery, checksum, createAppUser, idsOn, startWriter, statuses, waitConverged, waitForMaster } from "./support/dbCluster.js"
 

@@ -4,7 +4,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Data, Effect, Schedule } from "effect"
-import * as MariaDbServer from "../src/services/MariaDbServer.js"
+import * as MariaDbServer from "../src/services/database/MariaDbServer.js"
 
 class NotYet extends Data.TaggedError("NotYet")<{ readonly what: string }> {}
 

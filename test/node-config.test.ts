@@ -4,7 +4,7 @@ import { execFile } from "node:child_process"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { loadNodeConfig } from "../src/layers/NodeConfig.js"
+import { loadNodeConfig } from "../src/config/NodeConfig.js"
 
 const withFile = (name: string, text: string) =>
   Effect.acquireRelease(

@@ -1,10 +1,10 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber, Ref } from "effect"
 import type { PaxosValue } from "../src/domain/paxos/messages.js"
-import * as LocalCluster from "../src/services/LocalCluster.js"
-import * as PaxosClient from "../src/services/PaxosClient.js"
-import type { Position } from "../src/services/PaxosLog.js"
-import * as PaxosStorage from "../src/services/PaxosStorage.js"
+import * as LocalCluster from "../src/testing/LocalCluster.js"
+import * as PaxosClient from "../src/client/PaxosClient.js"
+import type { Position } from "../src/services/paxos/PaxosLog.js"
+import * as PaxosStorage from "../src/services/paxos/PaxosStorage.js"
 import { join } from "node:path"
 
 /**

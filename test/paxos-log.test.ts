@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber, Result, Schedule, Schema, Stream } from "effect"
-import { decodePayload, encodeFrame } from "../src/domain/frame.js"
-import * as PaxosLog from "../src/services/PaxosLog.js"
+import { decodePayload, encodeFrame } from "../src/domain/wire/frame.js"
+import * as PaxosLog from "../src/services/paxos/PaxosLog.js"
 import { startLogs } from "./support/inProcessLogs.js"
 
 const bytes = (s: string) => new Uint8Array(Buffer.from(s))

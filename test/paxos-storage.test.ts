@@ -6,7 +6,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import type { PersistRecord } from "../src/domain/paxos/core.js"
 import type { PaxosValue } from "../src/domain/paxos/messages.js"
-import * as PaxosStorage from "../src/services/PaxosStorage.js"
+import * as PaxosStorage from "../src/services/paxos/PaxosStorage.js"
 import { bytesAsText } from "./support/bytes.js"
 
 const value = (seq: number, ...texts: Array<string>): PaxosValue => ({

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Result } from "effect"
 import { randomBytes, randomInt } from "node:crypto"
-import * as PP from "../src/domain/proxyProtocol.js"
+import * as PP from "../src/domain/mysql/proxyProtocol.js"
 
 const ok = <A, E>(r: Result.Result<A, E>): A => {
   if (Result.isFailure(r)) throw new Error(`unexpected failure: ${String((r.failure as { message?: string }).message ?? r.failure)}`)

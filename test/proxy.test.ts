@@ -2,8 +2,8 @@ import * as net from "node:net"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Layer, Scope } from "effect"
 import mysql from "mysql2/promise"
-import * as Proxy from "../src/services/Proxy.js"
-import * as Routing from "../src/services/Routing.js"
+import * as Proxy from "../src/services/proxy/Proxy.js"
+import * as Routing from "../src/services/proxy/Routing.js"
 import { MariaDbInstance, type MariaDbInstanceInfo } from "./support/MariaDbInstance.js"
 
 const PROXY_NETS = { proxy_protocol_networks: "127.0.0.0/8,localhost" }

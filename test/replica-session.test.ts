@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { answerQuery, newReplicaSession, positionFromConnectState, type ReplicaSession } from "../src/domain/replicaSession.js"
+import { answerQuery, newReplicaSession, positionFromConnectState, type ReplicaSession } from "../src/domain/mysql/replicaSession.js"
 
 describe("replica session (binlog server answers)", () => {
   it("answers a 10.11 replica's query sequence and records its settings", () => {

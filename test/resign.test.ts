@@ -1,8 +1,8 @@
 import { describe, expect, it } from "@effect/vitest"
-import { applyEntry, type ClusterEntry, initialClusterState } from "../src/domain/cluster.js"
-import { decide, defaultLeaseConfig, holdsLease, initialLeaseView, onApplied, onProposed, onStalled, onState, RESIGN_PROPOSAL_ID } from "../src/domain/lease.js"
-import { localPosition } from "../src/services/NodeDatabase.js"
-import { splitEvents } from "../src/services/ChosenBinlog.js"
+import { applyEntry, type ClusterEntry, initialClusterState } from "../src/domain/cluster/cluster.js"
+import { decide, defaultLeaseConfig, holdsLease, initialLeaseView, onApplied, onProposed, onStalled, onState, RESIGN_PROPOSAL_ID } from "../src/domain/cluster/lease.js"
+import { localPosition } from "../src/services/database/NodeDatabase.js"
+import { splitEvents } from "../src/services/binlog/ChosenBinlog.js"
 
 const lease = (node: number, basedOnVersion: number): ClusterEntry => ({ _tag: "MasterLease", node, basedOnVersion, leaseMs: 2000, proposalId: 7 })
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { routesFor, type RoutingView } from "../src/domain/routing.js"
+import { routesFor, type RoutingView } from "../src/domain/cluster/routing.js"
 
 const view = (self: number, master: number | null, readable: ReadonlyArray<number>, roFallbackToMaster = true): RoutingView => ({
   self,

@@ -7,8 +7,8 @@ import {
   FrameDecoder,
   FrameTooLarge,
   tryEncodeFrame
-} from "../src/domain/frame.js"
-import * as Transport from "../src/services/Transport.js"
+} from "../src/domain/wire/frame.js"
+import * as Transport from "../src/services/paxos/Transport.js"
 
 // ---------------------------------------------------------------------------
 // Test message schema

@@ -7,7 +7,7 @@
 import { execFileSync } from "node:child_process"
 import { readFileSync } from "node:fs"
 import { Effect } from "effect"
-import type * as LocalCluster from "../../src/services/LocalCluster.js"
+import type * as LocalCluster from "../../src/testing/LocalCluster.js"
 
 export const FAULTS = ["none", "kill", "pause", "partition", "restart-all", "mixed"] as const
 export type Fault = (typeof FAULTS)[number]

@@ -9,7 +9,7 @@ import mysql from "mysql2/promise"
 import { type BankOp, checkBank } from "../../src/domain/checkers/bank.js"
 import { type AppendOp, checkAppend } from "../../src/domain/checkers/append.js"
 import { checkRegister, type RegisterOp } from "../../src/domain/checkers/register.js"
-import type { Op } from "../../src/domain/history.js"
+import type { Op } from "../../src/domain/checkers/history.js"
 
 export const WORKLOADS = ["bank", "append", "register"] as const
 export type WorkloadName = (typeof WORKLOADS)[number]

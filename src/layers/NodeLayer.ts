@@ -1,16 +1,16 @@
 /** Wiring: a whole node, or its parts, as Layers built from a validated config. */
 import { Context, Effect, Layer } from "effect"
 import { join } from "node:path"
-import type { NodeStatus } from "../domain/nodeStatus.js"
-import * as Admin from "../services/Admin.js"
-import * as ClusterState from "../services/ClusterState.js"
-import * as MasterLease from "../services/MasterLease.js"
-import * as PaxosLog from "../services/PaxosLog.js"
-import * as PaxosStorage from "../services/PaxosStorage.js"
-import * as Transport from "../services/Transport.js"
+import type { NodeStatus } from "../domain/cluster/nodeStatus.js"
+import * as Admin from "../services/admin/Admin.js"
+import * as ClusterState from "../services/cluster/ClusterState.js"
+import * as MasterLease from "../services/cluster/MasterLease.js"
+import * as PaxosLog from "../services/paxos/PaxosLog.js"
+import * as PaxosStorage from "../services/paxos/PaxosStorage.js"
+import * as Transport from "../services/paxos/Transport.js"
 import { runDatabaseNode } from "./DatabaseNode.js"
-import { leaseConfigOf, type NodeConfig } from "./NodeConfig.js"
-import { nodeStatus } from "./NodeStatusLayer.js"
+import { leaseConfigOf, type NodeConfig } from "../config/NodeConfig.js"
+import { nodeStatus } from "../services/admin/NodeStatus.js"
 
 /** This node's Paxos log on its LMDB store (`dataDir/paxos`), over the PeerNetwork given. */
 export const paxosLogLayer = (config: NodeConfig) => {

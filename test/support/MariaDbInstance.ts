@@ -23,8 +23,8 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { Clock, Effect } from "effect"
 import type * as Scope from "effect/Scope"
-import * as MariaDbServer from "../../src/services/MariaDbServer.js"
-import { MariaDbQueryError, MariaDbStartError, type Row } from "../../src/services/MariaDbServer.js"
+import * as MariaDbServer from "../../src/services/database/MariaDbServer.js"
+import { MariaDbQueryError, MariaDbStartError, type Row } from "../../src/services/database/MariaDbServer.js"
 
 export { MariaDbQueryError, MariaDbStartError, type Row }
 

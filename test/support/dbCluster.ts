@@ -2,9 +2,9 @@
 import { Data, Effect } from "effect"
 import { readFileSync } from "node:fs"
 import mysql from "mysql2/promise"
-import type { NodeStatus } from "../../src/domain/nodeStatus.js"
-import * as LocalCluster from "../../src/services/LocalCluster.js"
-import { fetchStatus } from "../../src/services/StatusClient.js"
+import type { NodeStatus } from "../../src/domain/cluster/nodeStatus.js"
+import * as LocalCluster from "../../src/testing/LocalCluster.js"
+import { fetchStatus } from "../../src/client/StatusClient.js"
 
 export class SqlError extends Data.TaggedError("SqlError")<{ readonly sql: string; readonly message: string }> {}
 

@@ -3,11 +3,11 @@ import { Effect } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { freePort } from "../../src/services/LocalCluster.js"
-import * as PaxosLog from "../../src/services/PaxosLog.js"
-import * as PaxosStorage from "../../src/services/PaxosStorage.js"
-import * as Transport from "../../src/services/Transport.js"
-import * as MemoryNetwork from "../../src/testing/MemoryNetwork.js"
+import { freePort } from "../../src/testing/LocalCluster.js"
+import * as PaxosLog from "../../src/services/paxos/PaxosLog.js"
+import * as PaxosStorage from "../../src/services/paxos/PaxosStorage.js"
+import * as Transport from "../../src/services/paxos/Transport.js"
+import * as MemoryNetwork from "../../src/services/paxos/MemoryNetwork.js"
 
 export const tempDir = Effect.acquireRelease(
   Effect.sync(() => mkdtempSync(join(tmpdir(), "phxmaria-log-"))),

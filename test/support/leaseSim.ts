@@ -14,7 +14,7 @@ import {
   initialClusterState,
   type ClusterEntry,
   type Outcome
-} from "../../src/domain/cluster.js"
+} from "../../src/domain/cluster/cluster.js"
 import {
   decide,
   holdsLease,
@@ -26,7 +26,7 @@ import {
   onOutcome,
   onProposed,
   onState
-} from "../../src/domain/lease.js"
+} from "../../src/domain/cluster/lease.js"
 import { type Durable, durableStateOf, simPaxosConfig, storedValue } from "./paxosSim.js"
 import { EventQueue, Rng } from "./sim.js"
 

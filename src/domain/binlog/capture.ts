@@ -4,7 +4,7 @@
  * Pure: the capture service feeds it packet payloads from the socket.
  */
 import { Data, Result } from "effect"
-import type { Gtid } from "../gtid.js"
+import type { Gtid } from "../cluster/gtid.js"
 import { decodeRotate, EventFlag, EventType, parseEvent } from "./event.js"
 import { type AssemblerError, TransactionAssembler } from "./transaction.js"
 

@@ -4,7 +4,7 @@
  * works"). Original bytes are kept; only log_pos is rewritten and the CRC recomputed.
  */
 import { Result } from "effect"
-import type { Gtid } from "../gtid.js"
+import type { Gtid } from "../cluster/gtid.js"
 import {
   type BinlogChecksumError,
   BinlogEventError,

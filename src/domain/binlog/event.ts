@@ -13,7 +13,7 @@
  * original bytes and never re-encodes them.
  */
 import { Data, Result } from "effect"
-import type { Gtid } from "../gtid.js"
+import type { Gtid } from "../cluster/gtid.js"
 import { crc32 } from "./crc32.js"
 
 export const HEADER_LENGTH = 19

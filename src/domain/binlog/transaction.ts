@@ -11,7 +11,7 @@
  * as separate outputs. Every event keeps its original bytes.
  */
 import { Data, Result } from "effect"
-import type { Gtid } from "../gtid.js"
+import type { Gtid } from "../cluster/gtid.js"
 import {
   type BinlogChecksumError,
   type BinlogEvent,

@@ -5,7 +5,7 @@
  * real-time order is respected: what was acknowledged or observed before an op started is
  * visible to it.
  */
-import { type Op, listIndices, malformed, opLabel, showList } from "../history.js"
+import { type Op, listIndices, malformed, opLabel, showList } from "./history.js"
 
 export type AppendKey = string | number
 

@@ -4,7 +4,7 @@
  * or better keeps every read's total fixed; durability makes the final balances equal to the
  * initial ones plus every acknowledged transfer plus some subset of the indeterminate ones.
  */
-import { type Op, listIndices, malformed, opLabel } from "../history.js"
+import { type Op, listIndices, malformed, opLabel } from "./history.js"
 
 export type BankInput =
   | { readonly type: "transfer"; readonly from: number; readonly to: number; readonly amount: number }

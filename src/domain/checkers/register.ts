@@ -4,7 +4,7 @@
  * configuration seen before cannot lead anywhere new). ok ops take effect between invoke and
  * completion; info ops at any time after invoke or never; fail ops never.
  */
-import { type Op, malformed, opLabel } from "../history.js"
+import { type Op, malformed, opLabel } from "./history.js"
 
 export type RegisterValue = number | string | null
 

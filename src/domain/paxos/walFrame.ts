@@ -6,7 +6,7 @@
  */
 import { Result } from "effect"
 import { crc32 } from "../binlog/crc32.js"
-import { decodePayload, tryEncodeFrame } from "../frame.js"
+import { decodePayload, tryEncodeFrame } from "../wire/frame.js"
 
 export const WAL_FRAME_HEADER = 8
 

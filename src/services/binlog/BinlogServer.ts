@@ -18,9 +18,9 @@ import { randomBytes } from "node:crypto"
 import * as net from "node:net"
 import { Context, Data, Duration, Effect, Layer, Result } from "effect"
 import type * as Scope from "effect/Scope"
-import { DumpStream } from "../domain/binlog/dumpStream.js"
-import { type Gtid, parseGtid } from "../domain/gtid.js"
-import { concatBytes, encodePackets, encodePacketSequence, type Packet, PacketDecoder } from "../domain/mysql/packet.js"
+import { DumpStream } from "../../domain/binlog/dumpStream.js"
+import { type Gtid, parseGtid } from "../../domain/cluster/gtid.js"
+import { concatBytes, encodePackets, encodePacketSequence, type Packet, PacketDecoder } from "../../domain/mysql/packet.js"
 import {
   buildBinlogEventPacket,
   buildErr,
@@ -35,10 +35,10 @@ import {
   parseHandshakeResponse41,
   parseRegisterSlave,
   verifyNativePassword
-} from "../domain/mysql/protocol.js"
-import { answerQuery, newReplicaSession, positionFromConnectState, type ReplicaSession } from "../domain/replicaSession.js"
+} from "../../domain/mysql/protocol.js"
+import { answerQuery, newReplicaSession, positionFromConnectState, type ReplicaSession } from "../../domain/mysql/replicaSession.js"
 import { BinlogSource, type SourceReadError } from "./BinlogSource.js"
-import * as TcpListener from "./TcpListener.js"
+import * as TcpListener from "../net/TcpListener.js"
 
 // ---------------------------------------------------------------------------
 // Public types

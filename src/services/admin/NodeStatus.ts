@@ -1,11 +1,11 @@
 /** Builds this node's /status report from its services. */
 import { Effect } from "effect"
-import type { NodeStatus } from "../domain/nodeStatus.js"
-import { formatGtid } from "../domain/gtid.js"
-import { ClusterState } from "../services/ClusterState.js"
-import { MasterLease } from "../services/MasterLease.js"
-import { PaxosLog } from "../services/PaxosLog.js"
-import type { NodeConfig } from "./NodeConfig.js"
+import type { NodeStatus } from "../../domain/cluster/nodeStatus.js"
+import { formatGtid } from "../../domain/cluster/gtid.js"
+import { ClusterState } from "../cluster/ClusterState.js"
+import { MasterLease } from "../cluster/MasterLease.js"
+import { PaxosLog } from "../paxos/PaxosLog.js"
+import type { NodeConfig } from "../../config/NodeConfig.js"
 
 const mb = (bytes: number) => Math.round(bytes / 1024 / 102.4) / 10
 const memory = () => {

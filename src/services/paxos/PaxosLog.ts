@@ -15,10 +15,10 @@ import {
   PaxosNode,
   type ProposalResult,
   sendsBeforePersist
-} from "../domain/paxos/core.js"
-import { type ChosenEntry, PaxosMessage, type PaxosValue } from "../domain/paxos/messages.js"
-import { NotEnoughNodes, ProposeError, ProposeTimeout, Superseded } from "../domain/errors.js"
-import { Histogram, type HistogramSummary } from "../domain/histogram.js"
+} from "../../domain/paxos/core.js"
+import { type ChosenEntry, PaxosMessage, type PaxosValue } from "../../domain/paxos/messages.js"
+import { NotEnoughNodes, ProposeError, ProposeTimeout, Superseded } from "../../domain/paxos/errors.js"
+import { Histogram, type HistogramSummary } from "../../domain/metrics/histogram.js"
 import { PaxosStorage, StorageError } from "./PaxosStorage.js"
 import * as Transport from "./Transport.js"
 

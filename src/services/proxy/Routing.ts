@@ -6,7 +6,7 @@
  */
 import { Context, Effect, Layer, Stream, SubscriptionRef } from "effect"
 
-import type { Role, Routes, Target } from "../domain/routing.js"
+import type { Role, Routes, Target } from "../../domain/cluster/routing.js"
 
 export type { Role, Routes, Target }
 

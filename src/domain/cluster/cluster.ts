@@ -4,7 +4,7 @@
  * deterministic: no clocks, no randomness, no I/O.
  */
 import { Result, Schema } from "effect"
-import { decodePayload, encodeFrame, FRAME_HEADER_BYTES } from "./frame.js"
+import { decodePayload, encodeFrame, FRAME_HEADER_BYTES } from "../wire/frame.js"
 import { followsOn, Gtid, gtidEquals } from "./gtid.js"
 
 /** One binlog transaction as captured from the master: its GTID and its events' bytes. */

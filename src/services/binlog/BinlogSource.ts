@@ -4,7 +4,7 @@
  * each as its original event bytes (checksums included).
  */
 import { Context, Data, Deferred, Duration, Effect } from "effect"
-import { formatGtid, type Gtid } from "../domain/gtid.js"
+import { formatGtid, type Gtid } from "../../domain/cluster/gtid.js"
 
 export interface SourceTxn {
   readonly gtid: Gtid

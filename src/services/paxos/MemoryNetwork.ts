@@ -4,7 +4,7 @@
  * loop (as from a socket), in order per link, as copies; links can be cut and healed.
  */
 import { Effect, Layer, Queue } from "effect"
-import { type Inbound, PeerNetwork, type PeerNetworkShape, type Transport, type TransportOptions } from "../services/Transport.js"
+import { type Inbound, PeerNetwork, type PeerNetworkShape, type Transport, type TransportOptions } from "./Transport.js"
 
 export interface MemoryNetwork {
   readonly network: PeerNetworkShape

@@ -7,13 +7,13 @@
  * and the master steps down.
  */
 import { Data, Effect, Exit, Fiber, Queue, Stream } from "effect"
-import type { BinlogTxn, Outcome, RejectReason } from "../domain/cluster.js"
-import type { ProposeError } from "../domain/errors.js"
-import { concatBytes } from "../domain/mysql/packet.js"
-import { formatGtid, type Gtid } from "../domain/gtid.js"
-import type { CommitPathHistograms } from "../domain/histogram.js"
+import type { BinlogTxn, Outcome, RejectReason } from "../../domain/cluster/cluster.js"
+import type { ProposeError } from "../../domain/paxos/errors.js"
+import { concatBytes } from "../../domain/mysql/packet.js"
+import { formatGtid, type Gtid } from "../../domain/cluster/gtid.js"
+import type { CommitPathHistograms } from "../../domain/metrics/histogram.js"
 import * as BinlogCapture from "./BinlogCapture.js"
-import { ClusterState, type ProposeTiming } from "./ClusterState.js"
+import { ClusterState, type ProposeTiming } from "../cluster/ClusterState.js"
 
 export class BinlogSyncRejected extends Data.TaggedError("BinlogSyncRejected")<{
   readonly first: string

@@ -21,14 +21,14 @@
  * replicates under an id it wrote transactions with.
  */
 import { Context, Data, Effect, Exit, Fiber, Layer, Queue, Schedule, Scope, Stream, SubscriptionRef } from "effect"
-import { formatGtid, type Gtid, gtidEquals, parseGtid } from "../domain/gtid.js"
-import type { CommitPathHistograms } from "../domain/histogram.js"
-import * as BinlogSync from "./BinlogSync.js"
-import { checkPosition } from "./ChosenBinlog.js"
-import { ClusterState } from "./ClusterState.js"
+import { formatGtid, type Gtid, gtidEquals, parseGtid } from "../../domain/cluster/gtid.js"
+import type { CommitPathHistograms } from "../../domain/metrics/histogram.js"
+import * as BinlogSync from "../binlog/BinlogSync.js"
+import { checkPosition } from "../binlog/ChosenBinlog.js"
+import { ClusterState } from "../cluster/ClusterState.js"
 import type { MariaDbServerShape } from "./MariaDbServer.js"
-import { MasterLease, ReadinessCell } from "./MasterLease.js"
-import { Proxy } from "./Proxy.js"
+import { MasterLease, ReadinessCell } from "../cluster/MasterLease.js"
+import { Proxy } from "../proxy/Proxy.js"
 
 export const MASTER_SERVER_ID_BASE = 1_000_000
 /** How often an idle, caught-up replica is checked for divergence, and its replica threads. */

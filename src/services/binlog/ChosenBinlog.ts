@@ -5,10 +5,10 @@
  * state's index from the Paxos log.
  */
 import { Duration, Effect, Layer, Option } from "effect"
-import type { BinlogTxn } from "../domain/cluster.js"
-import { formatGtid, type Gtid } from "../domain/gtid.js"
+import type { BinlogTxn } from "../../domain/cluster/cluster.js"
+import { formatGtid, type Gtid } from "../../domain/cluster/gtid.js"
 import { type BinlogCursor, BinlogSource, SourceReadError, type SourceTxn, UnknownPosition } from "./BinlogSource.js"
-import { ClusterState } from "./ClusterState.js"
+import { ClusterState } from "../cluster/ClusterState.js"
 
 /** Transactions read from the log at a time, and about how many bytes. */
 const PAGE = 256

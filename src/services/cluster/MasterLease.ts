@@ -18,9 +18,9 @@ import {
   onProposed,
   onState,
   remainingMs
-} from "../domain/lease.js"
+} from "../../domain/cluster/lease.js"
 import { ClusterState } from "./ClusterState.js"
-import { PaxosLog } from "./PaxosLog.js"
+import { PaxosLog } from "../paxos/PaxosLog.js"
 
 /**
  * "My database has applied every chosen transaction", and how far behind it is if not. For

@@ -21,11 +21,11 @@
 import * as net from "node:net"
 import { Context, Data, Duration, Effect, Layer, Result, Stream } from "effect"
 import type * as Scope from "effect/Scope"
-import { encodePackets } from "../domain/mysql/packet.js"
-import { buildErr } from "../domain/mysql/protocol.js"
-import * as PP from "../domain/proxyProtocol.js"
+import { encodePackets } from "../../domain/mysql/packet.js"
+import { buildErr } from "../../domain/mysql/protocol.js"
+import * as PP from "../../domain/mysql/proxyProtocol.js"
 import { describeTarget, type Role, Routing, sameTarget, type Target } from "./Routing.js"
-import * as TcpListener from "./TcpListener.js"
+import * as TcpListener from "../net/TcpListener.js"
 
 // ---------------------------------------------------------------------------
 // Public types

@@ -25,8 +25,8 @@ import {
   FrameTooLarge,
   FrameTruncated,
   tryEncodeFrame
-} from "../domain/frame.js"
-import * as TcpListener from "./TcpListener.js"
+} from "../../domain/wire/frame.js"
+import * as TcpListener from "../net/TcpListener.js"
 
 // ---------------------------------------------------------------------------
 // Public types

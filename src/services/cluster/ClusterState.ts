@@ -15,11 +15,11 @@ import {
   encodeEntry,
   initialClusterState,
   type Outcome
-} from "../domain/cluster.js"
-import type { ProposeError } from "../domain/errors.js"
-import type { ChosenEntry } from "../domain/paxos/messages.js"
-import { PaxosLog } from "./PaxosLog.js"
-import type { StorageError } from "./PaxosStorage.js"
+} from "../../domain/cluster/cluster.js"
+import type { ProposeError } from "../../domain/paxos/errors.js"
+import type { ChosenEntry } from "../../domain/paxos/messages.js"
+import { PaxosLog } from "../paxos/PaxosLog.js"
+import type { StorageError } from "../paxos/PaxosStorage.js"
 
 export class ClusterStateError extends Data.TaggedError("ClusterStateError")<{
   readonly operation: string

@@ -16,9 +16,9 @@
  */
 import * as net from "node:net"
 import { Cause, Data, Deferred, Duration, Effect, Queue, Result, Schedule, Scope, Stream } from "effect"
-import { type CapturedTxn, CaptureState } from "../domain/binlog/capture.js"
-import { formatGtid, type Gtid } from "../domain/gtid.js"
-import { encodePackets, type Packet, PacketDecoder } from "../domain/mysql/packet.js"
+import { type CapturedTxn, CaptureState } from "../../domain/binlog/capture.js"
+import { formatGtid, type Gtid } from "../../domain/cluster/gtid.js"
+import { encodePackets, type Packet, PacketDecoder } from "../../domain/mysql/packet.js"
 import {
   buildBinlogDump,
   buildComQuery,
@@ -34,9 +34,9 @@ import {
   parseHandshakeV10,
   QueryResponseDecoder,
   scramble
-} from "../domain/mysql/protocol.js"
+} from "../../domain/mysql/protocol.js"
 
-export type { CapturedTxn } from "../domain/binlog/capture.js"
+export type { CapturedTxn } from "../../domain/binlog/capture.js"
 
 // ---------------------------------------------------------------------------
 // Options and shape

@@ -3,7 +3,7 @@
  * before COM_BINLOG_DUMP (MARIADB.md, "The replication protocol, master side"), and the
  * session settings those queries carry. Pure: the server turns answers into packets.
  */
-import { type Gtid, parseGtid } from "./gtid.js"
+import { type Gtid, parseGtid } from "../cluster/gtid.js"
 
 export interface ReplicaSession {
   /** The replica's GTID position ("" means from the start); set by SET @slave_connect_state. */

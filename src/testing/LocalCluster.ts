@@ -10,8 +10,8 @@ import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
-import type { NodeConfig } from "../layers/NodeConfig.js"
-import { killStaleServer } from "./MariaDbServer.js"
+import type { NodeConfig } from "../config/NodeConfig.js"
+import { killStaleServer } from "../services/database/MariaDbServer.js"
 
 export class LocalClusterError extends Data.TaggedError("LocalClusterError")<{
   readonly nodeId?: number
@@ -69,6 +69,8 @@ export interface LocalClusterOptions {
   readonly dir?: string
   /** Extra arguments for each node's `node` process (e.g. `--cpu-prof`). */
   readonly nodeArgs?: ReadonlyArray<string>
+  /** The CLI script each agent runs (default: this package's dist/main.js). */
+  readonly agentEntry?: string
 }
 
 /**
@@ -80,16 +82,14 @@ export interface LocalClusterOptions {
  */
 export const AGENT_NODE_ARGS: ReadonlyArray<string> = ["--max-semi-space-size=4"]
 
-const findMainJs = (): string => {
-  let dir = dirname(fileURLToPath(import.meta.url))
-  for (;;) {
-    const candidate = join(dir, "dist", "main.js")
-    if (existsSync(join(dir, "package.json")) && existsSync(candidate)) return candidate
-    const up = dirname(dir)
-    if (up === dir) throw new Error("dist/main.js not found: run `npm run build` first")
-    dir = up
-  }
-}
+/**
+ * The CLI each agent runs: next to this module once compiled (dist/testing -> dist/main.js),
+ * or the package's build when this runs from TypeScript source (src/testing -> dist/main.js).
+ */
+const defaultAgentEntry = (): string | undefined =>
+  [new URL("../main.js", import.meta.url), new URL("../../dist/main.js", import.meta.url)]
+    .map((url) => fileURLToPath(url))
+    .find((path) => existsSync(path))
 
 /** Handed out by this process already: never twice. */
 const handedOut = new Set<number>()
@@ -163,10 +163,8 @@ export const killOrphanMariaDb = (node: LocalNode): Effect.Effect<void> =>
 export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
   const hostOf = (nodeId: number) => options.host === "per-node" ? `127.0.0.${10 + nodeId}` : options.host ?? "127.0.0.1"
   const clusterId = options.clusterId ?? "local"
-  const mainJs = yield* Effect.try({
-    try: findMainJs,
-    catch: (e) => new LocalClusterError({ message: String(e) })
-  })
+  const mainJs = options.agentEntry ?? defaultAgentEntry()
+  if (mainJs === undefined) return yield* new LocalClusterError({ message: "dist/main.js not found: run `npm run build` first" })
   const given = options.dir
   const dir = given !== undefined
     ? (mkdirSync(given, { recursive: true }), given)

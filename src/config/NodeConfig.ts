@@ -2,7 +2,7 @@
 import { Data, Effect, Schema } from "effect"
 import { readFileSync } from "node:fs"
 import { parse as parseYaml } from "yaml"
-import { defaultLeaseConfig, type LeaseConfig } from "../domain/lease.js"
+import { defaultLeaseConfig, type LeaseConfig } from "../domain/cluster/lease.js"
 
 const Port = Schema.Int.pipe(Schema.check(Schema.isBetween({ minimum: 0, maximum: 65535 })))
 const NodeId = Schema.Int.pipe(Schema.check(Schema.isGreaterThan(0)))

@@ -3,9 +3,9 @@
  * asks for status. Used by tests and the benchmark; requests are matched to replies by id.
  */
 import { Data, Effect, Queue, type Scope } from "effect"
-import type { ProposeError } from "../domain/errors.js"
-import { type ClientMessage, NodeMessage, nodeMessageFastPath, type Position } from "./PaxosLog.js"
-import * as Transport from "./Transport.js"
+import type { ProposeError } from "../domain/paxos/errors.js"
+import { type ClientMessage, NodeMessage, nodeMessageFastPath, type Position } from "../services/paxos/PaxosLog.js"
+import * as Transport from "../services/paxos/Transport.js"
 
 export class ClientDisconnected extends Data.TaggedError("ClientDisconnected")<{ readonly message: string }> {}
 

@@ -1,6 +1,6 @@
 /** Fetches a node's GET /status; a node that does not answer gives an error row, not a failure. */
 import { Effect, Schema } from "effect"
-import { NodeStatus } from "../domain/nodeStatus.js"
+import { NodeStatus } from "../domain/cluster/nodeStatus.js"
 
 const decode = Schema.decodeUnknownEffect(NodeStatus)
 

@@ -21,9 +21,9 @@ import { Context, Data, Effect, Layer } from "effect"
 import { open, type Database, type RootDatabase } from "lmdb"
 import * as fs from "node:fs"
 import { join } from "node:path"
-import { type DurableState, type PersistRecord } from "../domain/paxos/core.js"
-import { type Ballot, type ChosenEntry, type PaxosValue, ZeroBallot } from "../domain/paxos/messages.js"
-import { encodeWalFrame, readWalFrame, scanWalFrames, WAL_FRAME_HEADER } from "../domain/paxos/walFrame.js"
+import { type DurableState, type PersistRecord } from "../../domain/paxos/core.js"
+import { type Ballot, type ChosenEntry, type PaxosValue, ZeroBallot } from "../../domain/paxos/messages.js"
+import { encodeWalFrame, readWalFrame, scanWalFrames, WAL_FRAME_HEADER } from "../../domain/paxos/walFrame.js"
 
 export class StorageError extends Data.TaggedError("StorageError")<{
   readonly operation: string
