@@ -37,7 +37,7 @@ const program = Effect.gen(function*() {
   const capture = yield* BinlogCapture.make({ host: a.host, port: a.port, user: REPL_USER, password: REPL_PASSWORD, serverId: 1001, startAfter: null })
   const captured = yield* Queue.unbounded<BinlogCapture.CapturedTxn>()
   const count = yield* Ref.make(0)
-  // ACK on receipt (the bare acker of MARIADB.md), keeping the transactions for the serve phase.
+  // ACK on receipt (the bare acker of docs/mariadb.md), keeping the transactions for the serve phase.
   yield* Effect.forkScoped(capture.transactions.pipe(Stream.runForEach((t) =>
     Effect.andThen(capture.ack(t.file, t.endPos), Effect.andThen(Ref.update(count, (n) => n + 1), Queue.offer(captured, t)))
   )))

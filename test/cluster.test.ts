@@ -45,7 +45,7 @@ describe("GTID", () => {
 })
 
 describe("cluster state machine", () => {
-  it("applies the rules of DESIGN.md section 5", () => {
+  it("applies the rules of docs/architecture.md, State machine", () => {
     const { state, outcomes } = run([
       { _tag: "Binlog", node: 1, epoch: 0, prevGtid: null, txns: [txn(1)] }, // no master yet
       { _tag: "MasterLease", node: 1, basedOnVersion: 0, leaseMs: 3000, proposalId: 1 },

@@ -21,11 +21,12 @@ import * as NodeDatabase from "../services/database/NodeDatabase.js"
 import { PaxosLog } from "../services/paxos/PaxosLog.js"
 import * as Proxy from "../services/proxy/Proxy.js"
 import * as Routing from "../services/proxy/Routing.js"
+import { forkScopedLogged } from "../services/fibers.js"
 import type { NodeConfig } from "../config/NodeConfig.js"
 
 export const REPLICATION_USER = "phxmaria_repl"
 
-/** my.cnf settings every managed node needs (MARIADB.md): semi-sync ready, truncation on restart. */
+/** my.cnf settings every managed node needs (docs/mariadb.md): semi-sync ready, truncation on restart. */
 export const managedServerConfig = (port: number): Record<string, string | number | boolean> => ({
   port,
   "bind-address": "127.0.0.1",
@@ -159,7 +160,7 @@ export const runDatabaseNode = (config: NodeConfig) =>
     const peersServingReads = Effect.map(log.advertised(HEARTBEAT_MAX_AGE_MS), (flags) =>
       new Set([...flags].filter(([, f]) => (f & SERVES_READS) !== 0).map(([id]) => id)))
 
-    /** Routes from what this node knows now (DESIGN.md section 7). */
+    /** Routes from what this node knows now (docs/architecture.md, "Proxy and routing"). */
     const refreshRoutes = Effect.gen(function*() {
       if (database === undefined) return
       const [snapshot, paxos, serving, dbStatus] = [yield* cluster.current, yield* log.status, yield* database.serving, yield* database.status]
@@ -203,14 +204,14 @@ export const runDatabaseNode = (config: NodeConfig) =>
     // database role (onServingChange); and once a second what is only polled (reachability,
     // the peers' read status).
     const refreshLogged = refreshRoutes.pipe(Effect.catchCause((cause) => Effect.logError("routing refresh failed", cause)))
-    yield* refreshLogged.pipe(Effect.repeat(Schedule.spaced("1 second")), Effect.forkScoped)
+    yield* refreshLogged.pipe(Effect.repeat(Schedule.spaced("1 second")), forkScopedLogged("routing: the refresh loop"))
     yield* cluster.masterChanges.pipe(
       Stream.changesWith((a, b) => a.state.master === b.state.master),
       Stream.runForEach(() => refreshLogged),
-      Effect.forkScoped
+      forkScopedLogged("routing: following master changes")
     )
     const leaseEvents = yield* lease.events
-    yield* leaseEvents.pipe(Stream.runForEach(() => refreshLogged), Effect.forkScoped)
+    yield* leaseEvents.pipe(Stream.runForEach(() => refreshLogged), forkScopedLogged("routing: following lease events"))
 
     const status = Effect.gen(function*() {
       const [stats, routes] = [yield* proxy.stats, yield* routing.current]

@@ -1,4 +1,4 @@
-/** Test helpers for replication scenarios against real mariadbd instances (MARIADB.md). */
+/** Test helpers for replication scenarios against real mariadbd instances (docs/mariadb.md). */
 import { Effect, Schedule } from "effect"
 import type { MariaDbInstanceInfo } from "./MariaDbInstance.js"
 
@@ -98,7 +98,7 @@ export const gtidSlavePos = (db: MariaDbInstanceInfo) =>
 /** Points `replica` at a master (a binlog server) by GTID and starts replicating. */
 export const startReplication = (replica: MariaDbInstanceInfo, master: { host: string; port: number }, user = REPL_USER, password = REPL_PASSWORD) =>
   Effect.gen(function*() {
-    // MARIADB.md: slave_pos with gtid_slave_pos from the binlog, and an explicit heartbeat.
+    // docs/mariadb.md: slave_pos with gtid_slave_pos from the binlog, and an explicit heartbeat.
     yield* replica.query("SET GLOBAL gtid_slave_pos = @@gtid_binlog_pos")
     yield* replica.query(
       `CHANGE MASTER TO MASTER_HOST='${master.host}', MASTER_PORT=${master.port}, MASTER_USER='${user}', ` +

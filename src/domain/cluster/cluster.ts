@@ -1,5 +1,5 @@
 /**
- * The replicated cluster state machine (DESIGN.md section 5): who is master, under which
+ * The replicated cluster state machine (docs/architecture.md, "State machine"): who is master, under which
  * epoch, how far the global binlog has reached, who the members are. Apply is pure and
  * deterministic: no clocks, no randomness, no I/O.
  */

@@ -1,5 +1,5 @@
 /**
- * The master lease as seen by one node (DESIGN.md section 6). Pure: the caller passes the
+ * The master lease as seen by one node (docs/architecture.md, "Lease and fencing"). Pure: the caller passes the
  * node's monotonic clock reading. The holder counts its lease from when it SENT the
  * proposal and gives it up `marginMs` early; every other node counts from when it LEARNED
  * the lease. With clock rates within ±rho of each other, marginMs > 2 * rho * leaseMs keeps

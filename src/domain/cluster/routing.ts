@@ -1,5 +1,5 @@
 /**
- * Where new client connections go (DESIGN.md section 7), as pure data and policy: RW to
+ * Where new client connections go (docs/architecture.md, "Proxy and routing"), as pure data and policy: RW to
  * the master's MariaDB; RO to this node's MariaDB when it is a replica, else to another
  * replica, else (if allowed) to the master. Another node's MariaDB is reached only through
  * that node's forward port.

@@ -6,7 +6,7 @@
  * Only the classic protocol the agent needs: protocol-41 handshake,
  * mysql_native_password, text result sets with EOF packets (no
  * DEPRECATE_EOF, no session tracking, no SSL, no compression), and the
- * replication commands and stream envelope (MARIADB.md).
+ * replication commands and stream envelope (docs/mariadb.md).
  */
 import { createHash, timingSafeEqual } from "node:crypto"
 import { Result } from "effect"
@@ -48,7 +48,7 @@ export const Capability = {
 
 export const hasCapability = (capabilities: number, flag: number): boolean => (capabilities & flag) !== 0
 
-/** What a binlog server offers: enough for a 10.11 replica and the mariadb CLI (MARIADB.md). */
+/** What a binlog server offers: enough for a 10.11 replica and the mariadb CLI (docs/mariadb.md). */
 export const SERVER_CAPABILITIES =
   Capability.Protocol41 |
   Capability.SecureConnection |

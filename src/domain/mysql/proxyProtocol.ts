@@ -3,7 +3,7 @@
  * as far as this project needs it: TCP over IPv4 and IPv6, plus the "UNKNOWN" / LOCAL
  * forms on parse. Pure: building returns bytes, parsing is incremental over the first
  * bytes of a connection (call it again with more bytes while it answers `NeedMore`).
- * MARIADB.md "PROXY protocol": MariaDB accepts either version from proxy_protocol_networks.
+ * docs/mariadb.md, "PROXY protocol": MariaDB accepts either version from proxy_protocol_networks.
  */
 import { Data, Result } from "effect"
 import { isIPv6 } from "node:net"

@@ -1,6 +1,6 @@
 /**
  * What a binlog server answers to the queries a MariaDB 10.11 replica's IO thread sends
- * before COM_BINLOG_DUMP (MARIADB.md, "The replication protocol, master side"), and the
+ * before COM_BINLOG_DUMP (docs/mariadb.md, "Replication protocol, master side"), and the
  * session settings those queries carry. Pure: the server turns answers into packets.
  */
 import { type Gtid, parseGtid } from "../cluster/gtid.js"

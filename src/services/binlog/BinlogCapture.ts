@@ -2,9 +2,9 @@
  * The capture client on the master side of the commit path: it connects to the local
  * MariaDB as its (only) semi-sync replica, starting after a GTID, and yields whole
  * transactions. The caller ACKs each transaction once it is safely replicated; until then
- * the master holds the commit (AFTER_SYNC, no fallback: MARIADB.md "Semi-sync").
+ * the master holds the commit (AFTER_SYNC, no fallback: docs/mariadb.md, "Semi-sync").
  *
- * Protocol (MARIADB.md "The replication protocol, replica side"): handshake with
+ * Protocol (docs/mariadb.md, "Replication protocol, replica side"): handshake with
  * mysql_native_password, the session variables a semi-sync GTID replica sets,
  * COM_REGISTER_SLAVE, then a *blocking* COM_BINLOG_DUMP (a NonBlock semi-sync dump hangs
  * on 10.11). Each event packet goes through {@link CaptureState}; an ACK is a new packet

@@ -1,6 +1,6 @@
 /**
- * The master side of MariaDB's replication protocol (MARIADB.md, "The replication
- * protocol, master side" and "A binlog server in Node works"): a real MariaDB 10.11
+ * The master side of MariaDB's replication protocol (docs/mariadb.md, "Replication
+ * protocol, master side"): a real MariaDB 10.11
  * replica `CHANGE MASTER TO` this server and replicates the transactions of the
  * {@link BinlogSource}.
  *

@@ -1,5 +1,5 @@
 /**
- * The master's commit path (DESIGN.md section 3): the capture client reads the local
+ * The master's commit path (docs/architecture.md, "Parts"; docs/commit-path.md): the capture client reads the local
  * MariaDB's binlog as its only semi-sync replica; whole transactions are batched into
  * Binlog entries (group commit: everything that arrived while the previous proposal was
  * in flight) and proposed; a transaction is ACKed to MariaDB only once its entry is chosen

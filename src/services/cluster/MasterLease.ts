@@ -1,7 +1,7 @@
 /**
  * Runs for master, renews the lease and steps down, driving the pure lease logic
  * (src/domain/lease.ts) with the monotonic clock and the applied cluster state. Renewal
- * depends only on the Paxos log, never on a query to MariaDB (DESIGN.md section 6).
+ * depends only on the Paxos log, never on a query to MariaDB (docs/architecture.md, "Lease and fencing").
  */
 import { Context, Effect, Layer, PubSub, Queue, Ref, Stream } from "effect"
 import {
@@ -21,6 +21,8 @@ import {
 } from "../../domain/cluster/lease.js"
 import { ClusterState } from "./ClusterState.js"
 import { PaxosLog } from "../paxos/PaxosLog.js"
+import { forkScopedLogged } from "../fibers.js"
+import * as Time from "../time.js"
 
 /**
  * "My database has applied every chosen transaction", and how far behind it is if not. For
@@ -86,7 +88,6 @@ export interface MasterLeaseShape {
 
 export class MasterLease extends Context.Service<MasterLease, MasterLeaseShape>()("phxmaria/MasterLease") {}
 
-const monotonicMs = () => performance.now()
 /** Bounds on the step loop's sleep. */
 const MIN_PAUSE_MS = 5
 const MAX_PAUSE_MS = 1_000
@@ -96,6 +97,7 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
   const log = yield* PaxosLog
   const readiness = yield* Readiness
   const snapshot = yield* cluster.current
+  const monotonicMs = yield* Time.monotonicMs
   let view: LeaseView = initialLeaseView(snapshot.state, monotonicMs())
   let epoch = snapshot.state.epoch
   let holding = false
@@ -115,8 +117,8 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
 
   // Applied entries move the view: a new master record, and our own proposal's outcome.
   const applied = yield* cluster.applied
-  yield* Effect.forkScoped(
-    applied.pipe(Stream.runForEach((a) =>
+  yield* applied.pipe(
+    Stream.runForEach((a) =>
       Effect.suspend(() => {
         const now = monotonicMs()
         const before = view
@@ -125,9 +127,10 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
         if (a.entry !== undefined) view = onApplied(config, view, a.entry, a.outcome, now)
         return view === before ? observe : Effect.andThen(observe, Queue.offer(wake, undefined))
       })
-    ))
+    ),
+    forkScopedLogged("lease: following applied entries")
   )
-  yield* Effect.forkScoped(Effect.forever(Effect.andThen(readiness.changes, Queue.offer(wake, undefined))))
+  yield* Effect.forever(Effect.andThen(readiness.changes, Queue.offer(wake, undefined))).pipe(forkScopedLogged("lease: readiness changes"))
 
   /** When the loop meant to run next: running much later means this process was stopped. */
   let expectedAt = monotonicMs()
@@ -144,7 +147,7 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
     const { ready, lag } = yield* readiness.check
     const action = decide(config, view, now, ready, lag)
     if (action._tag === "Propose") {
-      const proposalId = Math.floor(Math.random() * 2 ** 31)
+      const proposalId = yield* Time.randomId
       // The lease counts from now: the moment before the proposal leaves.
       view = onProposed(view, action.basedOnVersion, proposalId, now)
       yield* cluster.propose({
@@ -180,7 +183,7 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
     expectedAt = now + ms
     return Effect.timeoutOption(Queue.take(wake), ms)
   })
-  yield* Effect.forkScoped(Effect.forever(Effect.andThen(step, pause)))
+  yield* Effect.forever(Effect.andThen(step, pause)).pipe(forkScopedLogged("lease: the step loop"))
 
   return MasterLease.of({
     isMaster: Effect.sync(() => holdsLease(config, view, monotonicMs())),

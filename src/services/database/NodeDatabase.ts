@@ -1,5 +1,5 @@
 /**
- * The node's database role (DESIGN.md section 6): keeps this node's MariaDB a replica of
+ * The node's database role (docs/architecture.md, "The database role"): keeps this node's MariaDB a replica of
  * the chosen log, promotes it when this node takes the master lease, and fences it when
  * the lease goes.
  *
@@ -17,7 +17,7 @@
  *   read_only and calibrate.
  *
  * server_ids: the replica uses nodeId; a master term uses MASTER_SERVER_ID_BASE + epoch. A
- * replica silently skips events carrying its own server_id (MARIADB.md), so a node never
+ * replica silently skips events carrying its own server_id (docs/mariadb.md, "server_id and skipped events"), so a node never
  * replicates under an id it wrote transactions with.
  */
 import { Context, Data, Effect, Exit, Fiber, Layer, Queue, Schedule, Scope, Stream, SubscriptionRef } from "effect"
@@ -29,6 +29,8 @@ import { ClusterState } from "../cluster/ClusterState.js"
 import type { MariaDbServerShape } from "./MariaDbServer.js"
 import { MasterLease, ReadinessCell } from "../cluster/MasterLease.js"
 import { Proxy } from "../proxy/Proxy.js"
+import { forkScopedLogged } from "../fibers.js"
+import * as Time from "../time.js"
 
 export const MASTER_SERVER_ID_BASE = 1_000_000
 /** How often an idle, caught-up replica is checked for divergence, and its replica threads. */
@@ -104,6 +106,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   const proxy = yield* Proxy
   const readinessCell = yield* ReadinessCell
   const services = yield* Effect.context<ClusterState>()
+  const monotonicMs = yield* Time.monotonicMs
   const { db, nodeId } = options
   const tickMs = options.tickMs ?? 50
   const idleTickMs = Math.max(tickMs, IDLE_TICK_MS)
@@ -156,7 +159,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   })
 
   /** Learns the log up to now: a Noop this node proposes, applied here. Waits for a majority. */
-  const barrier = cluster.propose({ _tag: "Noop", node: nodeId, nonce: Math.floor(Math.random() * 2 ** 31) }).pipe(
+  const barrier = Effect.flatMap(Time.randomId, (nonce) => cluster.propose({ _tag: "Noop", node: nodeId, nonce })).pipe(
     Effect.retry(Schedule.spaced("100 millis")),
     Effect.asVoid
   )
@@ -267,7 +270,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   const monitorReplica = Effect.gen(function*() {
     if (!(yield* db.up) || (yield* db.generation) !== generation) return yield* calibrate
     const last = (yield* cluster.current).state.lastGtid
-    const now = performance.now()
+    const now = monotonicMs()
     if (lag === 0 && checkedLast !== undefined && gtidEquals(last, checkedLast) && now - checkedAt < IDLE_REPLICA_CHECK_MS) return
     checkedLast = last
     checkedAt = now
@@ -394,7 +397,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
         if ((yield* db.generation) !== generation) return yield* stepDown("mariadbd restarted")
         // Now and then: the master's own position (status), and a health probe: a hung
         // mariadbd must not keep the lease (renewal itself never asks MariaDB).
-        const now = performance.now()
+        const now = monotonicMs()
         if (now - probedAt >= MASTER_PROBE_EVERY_MS) {
           probedAt = now
           const probe = yield* readLocal.pipe(Effect.timeout("3 seconds"), Effect.result)
@@ -438,7 +441,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     ),
     Effect.andThen(pause),
     Effect.forever,
-    Effect.forkScoped
+    forkScopedLogged("database: the role loop")
   )
 
   // The lease's own step-down is acted on at once (RW fenced), and the role follows.
@@ -450,7 +453,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
         Queue.offer(wake, undefined)
       )
     ),
-    Effect.forkScoped
+    forkScopedLogged("database: following lease events")
   )
 
   yield* Effect.addFinalizer(() => stopMaster)

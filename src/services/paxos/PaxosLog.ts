@@ -21,6 +21,8 @@ import { NotEnoughNodes, ProposeError, ProposeTimeout, Superseded } from "../../
 import { Histogram, type HistogramSummary } from "../../domain/metrics/histogram.js"
 import { PaxosStorage, StorageError } from "./PaxosStorage.js"
 import * as Transport from "./Transport.js"
+import { forkScopedLogged } from "../fibers.js"
+import * as Time from "../time.js"
 
 /** A client (bench, tests, later the agent's tools) proposes over the peer port. */
 export const ClientMessage = Schema.Union([
@@ -202,8 +204,6 @@ interface Pending {
   readonly complete: (result: Position | ProposeError) => void
 }
 
-const monotonicMs = () => performance.now()
-
 /**
  * The driver works in callbacks, not fibers: a peer message, a proposal or a tick steps
  * the core at once, in the socket callback or the caller's call, and its outputs are
@@ -214,17 +214,18 @@ const monotonicMs = () => performance.now()
  */
 export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   const storage = yield* PaxosStorage
+  const monotonicMs = yield* Time.monotonicMs
   const memberIds = options.members.map((m) => m.nodeId)
   const self = options.members.find((m) => m.nodeId === options.nodeId)
   const config: PaxosConfig = {
-    ...defaultPaxosConfig(options.nodeId, memberIds, Math.floor(Math.random() * 2 ** 31)),
+    ...defaultPaxosConfig(options.nodeId, memberIds, yield* Time.randomId),
     ...options.tuning
   }
   const tickMs = options.tickMs ?? 25
   const proposeTimeoutMs = options.proposeTimeoutMs ?? 10_000
   const network = yield* Transport.PeerNetwork
   const durable = yield* storage.load(config.memoryWindow, config.memoryWindowBytes)
-  const core = new PaxosNode(config, durable, Math.floor(Math.random() * 2 ** 31))
+  const core = new PaxosNode(config, durable, yield* Time.randomId)
 
   const pending = new Map<number, Pending>()
   let nextRequestId = 1
@@ -421,14 +422,13 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   // Retries, timeouts and heartbeats only: every tickMs while something waits on a timer,
   // at the heartbeat interval while the log is quiet (an idle node stays idle).
   const quietTickMs = Math.max(tickMs, config.statusIntervalMs)
-  yield* Effect.forkScoped(
-    Effect.suspend(() => Effect.sleep(core.quiet && pending.size === 0 ? quietTickMs : tickMs)).pipe(
-      Effect.andThen(Effect.sync(() => {
-        step({ _tag: "Tick" })
-        expire(monotonicMs())
-      })),
-      Effect.forever
-    )
+  yield* Effect.suspend(() => Effect.sleep(core.quiet && pending.size === 0 ? quietTickMs : tickMs)).pipe(
+    Effect.andThen(Effect.sync(() => {
+      step({ _tag: "Tick" })
+      expire(monotonicMs())
+    })),
+    Effect.forever,
+    forkScopedLogged("paxos: the tick loop")
   )
 
   const propose = (value: Uint8Array, proposeOptions?: { readonly urgent?: boolean }): Effect.Effect<Position, ProposeError> =>

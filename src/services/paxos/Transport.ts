@@ -11,7 +11,7 @@
  * {@link HelloOk} or {@link HelloRejected}. After that every frame carries one
  * message, encoded and decoded with the caller's Schema.
  *
- * Input is hostile (DESIGN.md section 8): a bad frame closes that connection
+ * Input is hostile (docs/architecture.md, "Hostile input"): a bad frame closes that connection
  * with a logged, typed error and nothing else.
  */
 import * as net from "node:net"
@@ -27,6 +27,7 @@ import {
   tryEncodeFrame
 } from "../../domain/wire/frame.js"
 import * as TcpListener from "../net/TcpListener.js"
+import { forkScopedLogged } from "../fibers.js"
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -732,7 +733,7 @@ export const make = <M>(
     }
 
     for (const link of links.values()) {
-      yield* Effect.forkScoped(runLink(link))
+      yield* runLink(link).pipe(forkScopedLogged(`transport: the link to node ${link.peer.nodeId}`))
     }
 
     // --- API ---------------------------------------------------------------

@@ -1,5 +1,5 @@
 /**
- * The transparent MySQL proxy (DESIGN.md section 7).
+ * The transparent MySQL proxy (docs/architecture.md, "Proxy and routing").
  *
  * Client listeners (RW, RO): per accepted connection the target is read from
  * {@link Routing} at accept time; the proxy connects upstream (this node's MariaDB or
@@ -26,6 +26,7 @@ import { buildErr } from "../../domain/mysql/protocol.js"
 import * as PP from "../../domain/mysql/proxyProtocol.js"
 import { describeTarget, type Role, Routing, sameTarget, type Target } from "./Routing.js"
 import * as TcpListener from "../net/TcpListener.js"
+import { forkScopedLogged } from "../fibers.js"
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -132,6 +133,20 @@ export class ProxyForwardPeerError extends Data.TaggedError("ProxyForwardPeerErr
 }> {
   override get message() {
     return `${this.listener}: closed ${this.remote}: ${this.reason}`
+  }
+}
+
+/** A forward port peer sent no valid PROXY header: it closed first, was too slow, or sent bytes that are not one. */
+export class ProxyHeaderError extends Data.TaggedError("ProxyHeaderError")<{
+  readonly reason: "closed" | "timeout" | "malformed"
+  readonly detail?: string
+}> {
+  override get message() {
+    return this.reason === "closed"
+      ? "closed before a PROXY header"
+      : this.reason === "timeout"
+      ? "no PROXY header in time"
+      : `malformed PROXY header: ${this.detail ?? ""}`
   }
 }
 
@@ -330,8 +345,8 @@ const connect = (
 const readHeader = (
   socket: net.Socket,
   timeout: Duration.Input
-): Effect.Effect<{ readonly header: PP.ProxyHeader; readonly rest: Uint8Array }, string> =>
-  Effect.callback<{ readonly header: PP.ProxyHeader; readonly rest: Uint8Array }, string>((resume) => {
+): Effect.Effect<{ readonly header: PP.ProxyHeader; readonly rest: Uint8Array }, ProxyHeaderError> =>
+  Effect.callback<{ readonly header: PP.ProxyHeader; readonly rest: Uint8Array }, ProxyHeaderError>((resume) => {
     let buf = new Uint8Array(0)
     const cleanup = () => {
       socket.off("data", onData)
@@ -340,7 +355,7 @@ const readHeader = (
     }
     const onClose = () => {
       cleanup()
-      resume(Effect.fail("closed before a PROXY header"))
+      resume(Effect.fail(new ProxyHeaderError({ reason: "closed" })))
     }
     const onData = (chunk: Buffer) => {
       const next = new Uint8Array(buf.length + chunk.length)
@@ -350,7 +365,7 @@ const readHeader = (
       const r = PP.parse(buf)
       if (Result.isFailure(r)) {
         cleanup()
-        return resume(Effect.fail(r.failure.message))
+        return resume(Effect.fail(new ProxyHeaderError({ reason: "malformed", detail: r.failure.message })))
       }
       if (r.success._tag === "NeedMore") return
       cleanup()
@@ -360,7 +375,7 @@ const readHeader = (
     socket.once("close", onClose)
     return Effect.sync(cleanup)
   }).pipe(
-    Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.fail("no PROXY header in time") })
+    Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.fail(new ProxyHeaderError({ reason: "timeout" })) })
   )
 
 // ---------------------------------------------------------------------------
@@ -509,8 +524,8 @@ export const make = (
           const got = yield* Effect.result(readHeader(socket, headerTimeout))
           if (Result.isFailure(got)) {
             state.refused++
-            conn.destroy(got.failure)
-            yield* Effect.logWarning(new ProxyForwardPeerError({ listener: state.name, remote: conn.remote, reason: got.failure }).message)
+            conn.destroy(got.failure.message)
+            yield* Effect.logWarning(new ProxyForwardPeerError({ listener: state.name, remote: conn.remote, reason: got.failure.message }).message)
             return
           }
           const { header, rest } = got.success
@@ -579,7 +594,7 @@ export const make = (
           if (closed > 0) yield* Effect.logInfo(`proxy rw: route now ${describeTarget(routes.rw)}; closed ${closed} connections to the old target`)
         })
       ),
-      Effect.forkScoped
+      forkScopedLogged("proxy: following routes")
     )
 
     return {

@@ -1,5 +1,5 @@
 /**
- * Where the proxy sends new connections (DESIGN.md section 7): for each role ("rw", "ro")
+ * Where the proxy sends new connections (docs/architecture.md, "Proxy and routing"): for each role ("rw", "ro")
  * either this node's MariaDB, another node's forward port, or nowhere (with the reason a
  * client is told). Static from config for now; the cluster wires a settable one to the
  * master lease.
