@@ -75,10 +75,11 @@ const createDemoUser = (socket: string) =>
     try: async () => {
       const conn = await mysql.createConnection({ socketPath: socket, user: process.getuid?.() === 0 ? "root" : userInfo().username })
       try {
-        await conn.query(`CREATE USER IF NOT EXISTS '${DEMO_USER}'@'%' IDENTIFIED BY '${DEMO_PASSWORD}'`)
+        await conn.query("CREATE USER IF NOT EXISTS ?@'%' IDENTIFIED BY ?", [DEMO_USER, DEMO_PASSWORD])
         await conn.query(
-          `GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER, CREATE TEMPORARY TABLES, LOCK TABLES, ` +
-            `EXECUTE, CREATE VIEW, SHOW VIEW, CREATE ROUTINE, ALTER ROUTINE, TRIGGER ON *.* TO '${DEMO_USER}'@'%'`
+          "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, INDEX, ALTER, CREATE TEMPORARY TABLES, LOCK TABLES, " +
+            "EXECUTE, CREATE VIEW, SHOW VIEW, CREATE ROUTINE, ALTER ROUTINE, TRIGGER ON *.* TO ?@'%'",
+          [DEMO_USER]
         )
       } finally {
         conn.destroy()

@@ -8,6 +8,7 @@
  */
 import { Context, Data, Duration, Effect, Layer, Schedule, Scope } from "effect"
 import mysql from "mysql2/promise"
+import { cappedExponential } from "../services/schedules.js"
 
 export interface ClusterClientMember {
   readonly host: string
@@ -184,7 +185,7 @@ export const make = Effect.fnUntraced(function*(options: ClusterClientOptions) {
       )
     })
     return once.pipe(
-      Effect.retry(Schedule.min([Schedule.exponential("50 millis"), Schedule.spaced("500 millis")])),
+      Effect.retry(cappedExponential("50 millis", "500 millis")),
       Effect.timeoutOrElse({
         duration: failoverTimeout,
         orElse: () => Effect.fail(lastError)

@@ -69,10 +69,9 @@ const replicationPassword = (dataDir: string): string => {
 const ensureReplicationUser = (db: MariaDbServer.MariaDbServerShape, password: string) =>
   Effect.forEach(["127.0.0.1", "localhost"], (host) =>
     Effect.gen(function*() {
-      const account = `'${REPLICATION_USER}'@'${host}'`
-      yield* db.query(`SET STATEMENT sql_log_bin=0 FOR CREATE USER IF NOT EXISTS ${account} IDENTIFIED BY '${password}'`)
-      yield* db.query(`SET STATEMENT sql_log_bin=0 FOR ALTER USER ${account} IDENTIFIED BY '${password}'`)
-      yield* db.query(`SET STATEMENT sql_log_bin=0 FOR GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO ${account}`)
+      yield* db.query("SET STATEMENT sql_log_bin=0 FOR CREATE USER IF NOT EXISTS ?@? IDENTIFIED BY ?", [REPLICATION_USER, host, password])
+      yield* db.query("SET STATEMENT sql_log_bin=0 FOR ALTER USER ?@? IDENTIFIED BY ?", [REPLICATION_USER, host, password])
+      yield* db.query("SET STATEMENT sql_log_bin=0 FOR GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO ?@?", [REPLICATION_USER, host])
     }), { discard: true })
 
 export const runDatabaseNode = (config: NodeConfig) =>

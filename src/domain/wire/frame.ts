@@ -8,6 +8,7 @@
  */
 import { Data, Result } from "effect"
 import { Packr } from "msgpackr"
+import { describeCause } from "../describe.js"
 
 /** Bytes of the length prefix. */
 export const FRAME_HEADER_BYTES = 4
@@ -40,7 +41,7 @@ export class FrameDecodeError extends Data.TaggedError("FrameDecodeError")<{
   readonly cause: unknown
 }> {
   override get message() {
-    return `undecodable msgpack payload of ${this.length} bytes: ${describe(this.cause)}`
+    return `undecodable msgpack payload of ${this.length} bytes: ${describeCause(this.cause)}`
   }
 }
 
@@ -49,11 +50,10 @@ export class FrameEncodeError extends Data.TaggedError("FrameEncodeError")<{
   readonly cause: unknown
 }> {
   override get message() {
-    return `cannot encode frame: ${describe(this.cause)}`
+    return `cannot encode frame: ${describeCause(this.cause)}`
   }
 }
 
-const describe = (u: unknown): string => (u instanceof Error ? u.message : String(u))
 
 // useRecords: false -> plain msgpack maps (no shared record structures that
 // would make a stream stateful); moreTypes: false -> only standard types plus

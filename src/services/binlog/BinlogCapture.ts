@@ -35,6 +35,7 @@ import {
   QueryResponseDecoder,
   scramble
 } from "../../domain/mysql/protocol.js"
+import { describeCause } from "../../domain/describe.js"
 
 export type { CapturedTxn } from "../../domain/binlog/capture.js"
 
@@ -162,7 +163,6 @@ interface Wire {
   connectionId: number
 }
 
-const describe = (cause: unknown): string => (cause instanceof Error ? cause.message : String(cause))
 
 const openWire = (
   options: CaptureOptions,
@@ -196,8 +196,8 @@ const openWire = (
           if (Queue.sizeUnsafe(packets) > HIGH_WATER) socket.pause()
         })
         socket.on("error", (cause) => {
-          if (!connected) resume(Effect.fail(new CaptureConnectionError({ address, reason: "connect", detail: describe(cause), cause })))
-          else broken("socket", describe(cause), cause)
+          if (!connected) resume(Effect.fail(new CaptureConnectionError({ address, reason: "connect", detail: describeCause(cause), cause })))
+          else broken("socket", describeCause(cause), cause)
         })
         socket.on("close", () => broken("closed", "the server closed the connection"))
         return Effect.sync(() => socket.destroy())

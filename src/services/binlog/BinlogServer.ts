@@ -39,6 +39,7 @@ import {
 import { answerQuery, newReplicaSession, positionFromConnectState, type ReplicaSession } from "../../domain/mysql/replicaSession.js"
 import { BinlogSource, type SourceReadError } from "./BinlogSource.js"
 import * as TcpListener from "../net/TcpListener.js"
+import { describeCause } from "../../domain/describe.js"
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -92,7 +93,7 @@ export class BinlogServerListenError extends Data.TaggedError("BinlogServerListe
   readonly cause: unknown
 }> {
   override get message() {
-    return `binlog server cannot listen on ${this.host}:${this.port}: ${describe(this.cause)}`
+    return `binlog server cannot listen on ${this.host}:${this.port}: ${describeCause(this.cause)}`
   }
 }
 
@@ -130,7 +131,7 @@ export class BinlogServerSocketError extends Data.TaggedError("BinlogServerSocke
   readonly cause: unknown
 }> {
   override get message() {
-    return `socket error on ${this.remote}: ${describe(this.cause)}`
+    return `socket error on ${this.remote}: ${describeCause(this.cause)}`
   }
 }
 
@@ -160,7 +161,6 @@ export type BinlogServerConnectionError =
   | BinlogServerTimeout
   | BinlogServerClosed
 
-const describe = (u: unknown): string => (u instanceof Error ? u.message : String(u))
 
 // ---------------------------------------------------------------------------
 // Connection: one socket, MySQL packets in, bytes out with backpressure

@@ -20,7 +20,8 @@
  * replica silently skips events carrying its own server_id (docs/mariadb.md, "server_id and skipped events"), so a node never
  * replicates under an id it wrote transactions with.
  */
-import { Context, Data, Effect, Exit, Fiber, Layer, Queue, Schedule, Scope, Stream, SubscriptionRef } from "effect"
+import { Context, Data, Effect, Exit, Fiber, Layer, Queue, Schedule, Schema, Scope, Stream, SubscriptionRef } from "effect"
+import { describeCause } from "../../domain/describe.js"
 import { formatGtid, type Gtid, gtidEquals, parseGtid } from "../../domain/cluster/gtid.js"
 import type { CommitPathHistograms } from "../../domain/metrics/histogram.js"
 import * as BinlogSync from "../binlog/BinlogSync.js"
@@ -31,6 +32,7 @@ import { MasterLease, ReadinessCell } from "../cluster/MasterLease.js"
 import { Proxy } from "../proxy/Proxy.js"
 import { forkScopedLogged } from "../fibers.js"
 import * as Time from "../time.js"
+import { cappedExponential } from "../schedules.js"
 
 export const MASTER_SERVER_ID_BASE = 1_000_000
 /** How often an idle, caught-up replica is checked for divergence, and its replica threads. */
@@ -69,7 +71,31 @@ export interface NodeDatabaseShape {
 
 export class NodeDatabase extends Context.Service<NodeDatabase, NodeDatabaseShape>()("phxmaria/NodeDatabase") {}
 
-export class NodeDatabaseError extends Data.TaggedError("NodeDatabaseError")<{ readonly step: string; readonly message: string }> {}
+/** A statement on the local MariaDB failed (or its answer did not have the expected shape). */
+export class DatabaseQueryFailed extends Data.TaggedError("DatabaseQueryFailed")<{ readonly sql: string; readonly cause: unknown }> {
+  override get message() {
+    return `${this.sql.slice(0, 60)}: ${describeCause(this.cause)}`
+  }
+}
+
+/** A managed mariadbd did not start or restart. */
+export class DatabaseStartFailed extends Data.TaggedError("DatabaseStartFailed")<{ readonly operation: "start" | "restart"; readonly cause: unknown }> {
+  override get message() {
+    return `mariadbd ${this.operation}: ${describeCause(this.cause)}`
+  }
+}
+
+/** Promotion found the local server behind the log (retried until it caught up, or the time ran out). */
+export class NotCaughtUp extends Data.TaggedError("NotCaughtUp")<{ readonly local: string | null; readonly log: string | null }> {
+  override get message() {
+    return `at ${this.local ?? "nothing"}, log at ${this.log ?? "nothing"}`
+  }
+}
+
+/** Promotion found that the master record names another node by now. */
+export class LeaseMovedOn extends Data.TaggedError("LeaseMovedOn")<{ readonly master: number | null }> {}
+
+export type NodeDatabaseError = DatabaseQueryFailed | DatabaseStartFailed | NotCaughtUp | LeaseMovedOn
 
 export interface NodeDatabaseOptions {
   readonly nodeId: number
@@ -98,7 +124,16 @@ export const localPosition = (text: string, domain: number): { readonly gtid: Gt
   return { gtid, foreign }
 }
 
-const sqlString = (s: string) => `'${s.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`
+/** The rows the role machine reads, as MariaDB (through mysql2) answers them. */
+const PositionRow = Schema.Struct({ pos: Schema.NullOr(Schema.String) })
+const IdRow = Schema.Struct({ id: Schema.Union([Schema.Number, Schema.NumberFromString]) })
+const StatusRow = Schema.Struct({ Value: Schema.NumberFromString })
+const ReplicaStatusRow = Schema.Struct({
+  Slave_IO_Running: Schema.String,
+  Slave_SQL_Running: Schema.String,
+  Last_IO_Error: Schema.optional(Schema.String),
+  Last_SQL_Error: Schema.optional(Schema.String)
+})
 
 export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   const cluster = yield* ClusterState
@@ -147,14 +182,21 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       ])
     })
 
-  const q = (sql: string) =>
-    db.query(sql).pipe(Effect.mapError((e) => new NodeDatabaseError({ step: sql.slice(0, 60), message: e.message })))
+  /** A statement with `?` parameters (values sent escaped by the driver). */
+  const q = (sql: string, params?: ReadonlyArray<unknown>) =>
+    db.query(sql, params).pipe(Effect.mapError((cause) => new DatabaseQueryFailed({ sql, cause })))
+  /** A statement whose rows are decoded with `schema` (a wrong shape is a failed query). */
+  const rowsOf = <S extends Schema.Top>(schema: S, sql: string, params?: ReadonlyArray<unknown>) =>
+    Effect.flatMap(q(sql, params), (rows) =>
+      Schema.decodeUnknownEffect(Schema.Array(schema))(rows).pipe(
+        Effect.mapError((cause) => new DatabaseQueryFailed({ sql, cause }))
+      )) as Effect.Effect<ReadonlyArray<S["Type"]>, DatabaseQueryFailed, S["DecodingServices"]>
 
   const domainOf = Effect.map(cluster.current, (s) => s.state.lastGtid?.domain ?? 0)
 
   const readLocal = Effect.gen(function*() {
-    const rows = yield* q("SELECT @@GLOBAL.gtid_binlog_pos AS pos")
-    const text = String(rows[0]?.["pos"] ?? "")
+    const [row] = yield* rowsOf(PositionRow, "SELECT @@GLOBAL.gtid_binlog_pos AS pos")
+    const text = row?.pos ?? ""
     return localPosition(text, yield* domainOf)
   })
 
@@ -179,13 +221,13 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     // nothing beyond the log.
     yield* q("SET GLOBAL rpl_semi_sync_master_enabled = OFF")
     yield* q("SET GLOBAL read_only = ON")
-    yield* q(`SET GLOBAL server_id = ${nodeId}`)
+    yield* q("SET GLOBAL server_id = ?", [nodeId])
     const pos = yield* readLocal
-    yield* q(`SET GLOBAL gtid_slave_pos = ${sqlString(pos.gtid === null ? "" : formatGtid(pos.gtid))}`)
+    yield* q("SET GLOBAL gtid_slave_pos = ?", [pos.gtid === null ? "" : formatGtid(pos.gtid)])
     yield* q(
-      `CHANGE MASTER TO MASTER_HOST=${sqlString(options.binlogServer.host)}, MASTER_PORT=${options.binlogServer.port}, ` +
-        `MASTER_USER=${sqlString(options.replication.user)}, MASTER_PASSWORD=${sqlString(options.replication.password)}, ` +
-        "MASTER_USE_GTID=slave_pos, MASTER_HEARTBEAT_PERIOD=5, MASTER_CONNECT_RETRY=1"
+      "CHANGE MASTER TO MASTER_HOST=?, MASTER_PORT=?, MASTER_USER=?, MASTER_PASSWORD=?, " +
+        "MASTER_USE_GTID=slave_pos, MASTER_HEARTBEAT_PERIOD=5, MASTER_CONNECT_RETRY=1",
+      [options.binlogServer.host, options.binlogServer.port, options.replication.user, options.replication.password]
     )
     yield* q("START SLAVE")
   })
@@ -193,11 +235,11 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   /** The agent alone restarts a managed mariadbd, so that RW is always fenced before it runs again. */
   const waitUp = Effect.gen(function*() {
     const started = options.managed
-      ? Effect.andThen(db.start.pipe(Effect.mapError((e) => new NodeDatabaseError({ step: "start", message: e.message }))), q("SELECT 1"))
+      ? Effect.andThen(db.start.pipe(Effect.mapError((cause) => new DatabaseStartFailed({ operation: "start", cause }))), q("SELECT 1"))
       : q("SELECT 1")
     yield* started.pipe(
       Effect.tapError((e) => Effect.logWarning(`waiting for mariadbd: ${e.message}`)),
-      Effect.retry(Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("2 seconds")]))
+      Effect.retry(cappedExponential("100 millis", "2 seconds"))
     )
     up = true
     generation = yield* db.generation
@@ -205,18 +247,19 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
 
   /** Ends every client session (not the agent's own logins, not replication threads). */
   const killClientSessions = Effect.gen(function*() {
-    const rows = yield* q(
+    const rows = yield* rowsOf(
+      IdRow,
       "SELECT ID AS id FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() " +
-        `AND USER NOT IN ('system user', 'event_scheduler', ${sqlString(options.replication.user)}, ${sqlString(db.user)}) ` +
-        "AND COMMAND NOT IN ('Binlog Dump', 'Daemon')"
+        "AND USER NOT IN ('system user', 'event_scheduler', ?, ?) AND COMMAND NOT IN ('Binlog Dump', 'Daemon')",
+      [options.replication.user, db.user]
     )
-    for (const r of rows) yield* q(`KILL CONNECTION ${Number(r["id"])}`).pipe(Effect.ignore)
+    for (const r of rows) yield* q("KILL CONNECTION ?", [r.id]).pipe(Effect.ignore)
   })
 
   /** Commits waiting for a semi-sync ACK on this server. */
   const waitingCommits = Effect.map(
-    q("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'"),
-    (rows) => Number(rows[0]?.["Value"] ?? 0)
+    rowsOf(StatusRow, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'"),
+    ([row]) => row?.Value ?? 0
   )
 
   /** Serves no one from now on (status, routing and the forward RO port say so at once). */
@@ -247,7 +290,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
         `${extra !== undefined ? `local binlog beyond the chosen log (${extra})` : `${waiting} commits waiting for an ACK`}: ` +
           "restarting mariadbd to truncate un-ACKed transactions"
       )
-      yield* db.restart.pipe(Effect.mapError((e) => new NodeDatabaseError({ step: "restart", message: String(e) })))
+      yield* db.restart.pipe(Effect.mapError((cause) => new DatabaseStartFailed({ operation: "restart", cause })))
       yield* waitUp
       yield* barrier
       extra = yield* extraOverLog
@@ -281,11 +324,10 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     // The replica threads: whenever there is something to apply, and now and then while idle.
     if (lag === 0 && now - threadsCheckedAt < IDLE_THREAD_CHECK_MS) return
     threadsCheckedAt = now
-    const rows = yield* q("SHOW SLAVE STATUS")
-    const s = rows[0]
-    const io = String(s?.["Slave_IO_Running"] ?? "No")
-    const sql = String(s?.["Slave_SQL_Running"] ?? "No")
-    const err = [s?.["Last_IO_Error"], s?.["Last_SQL_Error"]].filter((x) => typeof x === "string" && x.length > 0).join("; ")
+    const [s] = yield* rowsOf(ReplicaStatusRow, "SHOW SLAVE STATUS")
+    const io = s?.Slave_IO_Running ?? "No"
+    const sql = s?.Slave_SQL_Running ?? "No"
+    const err = [s?.Last_IO_Error, s?.Last_SQL_Error].filter((x) => x !== undefined && x.length > 0).join("; ")
     replicationError = err.length > 0 ? err : null
     if (sql !== "Yes" || io === "No") {
       yield* Effect.logWarning(`replica thread not running (io ${io}, sql ${sql}${err ? `: ${err}` : ""}): starting it`)
@@ -307,17 +349,17 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       const pos = yield* readLocal
       const last = (yield* cluster.current).state.lastGtid
       if (!gtidEquals(pos.gtid, last)) {
-        return yield* new NodeDatabaseError({ step: "catch-up", message: `at ${pos.gtid && formatGtid(pos.gtid)}, log at ${last && formatGtid(last)}` })
+        return yield* new NotCaughtUp({ local: pos.gtid && formatGtid(pos.gtid), log: last && formatGtid(last) })
       }
       return last
     })
     // Bounded: a replica that cannot catch up gives the lease back (step-down resigns it).
     const startAfter = yield* caughtUp.pipe(Effect.retry(Schedule.spaced("20 millis")), Effect.timeout("15 seconds"))
     const snapshot = yield* cluster.current
-    if (snapshot.state.master !== nodeId) return yield* new NodeDatabaseError({ step: "promote", message: "lease moved on" })
+    if (snapshot.state.master !== nodeId) return yield* new LeaseMovedOn({ master: snapshot.state.master })
     const epoch = snapshot.state.epoch
     yield* q("STOP SLAVE")
-    yield* q(`SET GLOBAL server_id = ${MASTER_SERVER_ID_BASE + epoch}`)
+    yield* q("SET GLOBAL server_id = ?", [MASTER_SERVER_ID_BASE + epoch])
     yield* q("SET GLOBAL rpl_semi_sync_master_enabled = ON")
     const sync = BinlogSync.run({
       capture: {

@@ -28,6 +28,9 @@ import {
 } from "../../domain/wire/frame.js"
 import * as TcpListener from "../net/TcpListener.js"
 import { forkScopedLogged } from "../fibers.js"
+import { describeCause } from "../../domain/describe.js"
+import { isWildcard } from "../../domain/wire/address.js"
+import { cappedExponential } from "../schedules.js"
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -130,7 +133,7 @@ export class TransportListenError extends Data.TaggedError("TransportListenError
   readonly cause: unknown
 }> {
   override get message() {
-    return `cannot listen on ${this.host}:${this.port}: ${describe(this.cause)}`
+    return `cannot listen on ${this.host}:${this.port}: ${describeCause(this.cause)}`
   }
 }
 
@@ -140,7 +143,7 @@ export class TransportConnectError extends Data.TaggedError("TransportConnectErr
   readonly cause: unknown
 }> {
   override get message() {
-    return `cannot connect to ${this.host}:${this.port}: ${describe(this.cause)}`
+    return `cannot connect to ${this.host}:${this.port}: ${describeCause(this.cause)}`
   }
 }
 
@@ -187,7 +190,7 @@ export class TransportSocketError extends Data.TaggedError("TransportSocketError
   readonly cause: unknown
 }> {
   override get message() {
-    return `socket error on ${this.remote}: ${describe(this.cause)}`
+    return `socket error on ${this.remote}: ${describeCause(this.cause)}`
   }
 }
 
@@ -207,7 +210,6 @@ export type TransportConnectionError =
   | TransportSocketError
   | TransportClosed
 
-const describe = (u: unknown): string => (u instanceof Error ? u.message : String(u))
 
 // ---------------------------------------------------------------------------
 // Handshake messages
@@ -233,7 +235,7 @@ const CONNECT_TIMEOUT: Duration.Input = "5 seconds"
 const REJECT_LINGER: Duration.Input = "1 second"
 
 /** Outbound reconnect: 50 ms doubling, capped at 1 s, jittered (0.8x-1.2x). */
-const reconnectSchedule = Schedule.min([Schedule.exponential("50 millis"), Schedule.spaced("1 second")]).pipe(
+const reconnectSchedule = cappedExponential("50 millis", "1 second").pipe(
   Schedule.jittered
 )
 
@@ -427,7 +429,6 @@ const acquireConnection = (conn: Connection): Effect.Effect<Connection, never, S
   Effect.acquireRelease(Effect.succeed(conn), (c) =>
     Effect.sync(() => c.close(new TransportClosed({ remote: c.remote }))))
 
-const isWildcard = (host: string) => host === "0.0.0.0" || host === "::" || host === ""
 
 /** Dials host:port; the connection is destroyed when the scope closes. */
 const dial = (

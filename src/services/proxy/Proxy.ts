@@ -27,6 +27,8 @@ import * as PP from "../../domain/mysql/proxyProtocol.js"
 import { describeTarget, type Role, Routing, sameTarget, type Target } from "./Routing.js"
 import * as TcpListener from "../net/TcpListener.js"
 import { forkScopedLogged } from "../fibers.js"
+import { describeCause } from "../../domain/describe.js"
+import { isWildcard } from "../../domain/wire/address.js"
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -101,7 +103,7 @@ export class ProxyListenError extends Data.TaggedError("ProxyListenError")<{
   readonly cause: unknown
 }> {
   override get message() {
-    return `proxy ${this.listener} cannot listen on ${this.host}:${this.port}: ${describe(this.cause)}`
+    return `proxy ${this.listener} cannot listen on ${this.host}:${this.port}: ${describeCause(this.cause)}`
   }
 }
 
@@ -161,9 +163,7 @@ export class ProxyRelayClosed extends Data.TaggedError("ProxyRelayClosed")<{
   }
 }
 
-const isWildcard = (host: string) => host === "0.0.0.0" || host === "::" || host === ""
 
-const describe = (u: unknown): string => (u instanceof Error ? u.message : String(u))
 
 /** MySQL's client error "Can't connect to MySQL server" and "Too many connections". */
 export const ERR_CANNOT_CONNECT = 2003
