@@ -33,7 +33,9 @@ export const Membership = Schema.TaggedStruct("Membership", {
 /**
  * The master gives the lease up before its term ends (its database failed): accepted only
  * from the current master at the current version, so a stale one changes nothing. The
- * proposer has already fenced itself (RW closed, read_only) when it sends this.
+ * proposer's RW is closed by then (NodeDatabase fences before its readiness drops), and
+ * from here on its Binlog entries are rejected (no master): nothing it commits later is
+ * acknowledged.
  */
 export const Resign = Schema.TaggedStruct("Resign", { node: Schema.Int, basedOnVersion: Schema.Int })
 /** Changes nothing; a node proposes one as a barrier to learn the log up to now. */

@@ -401,8 +401,10 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   const stepDown = (why: string) =>
     Effect.gen(function*() {
       yield* Effect.logWarning(`stepping down: ${why}`)
-      yield* setRole("stepping-down")
+      // Fenced before the role (and with it readiness) changes: the lease resigns on a
+      // readiness drop, and by then RW is closed here.
       yield* fenceRw
+      yield* setRole("stepping-down")
       yield* stopMaster
       // read_only before anything else reaches the database; a hung server is restarted.
       const fenced = yield* q("SET GLOBAL read_only = ON").pipe(Effect.timeout("2 seconds"), Effect.result)

@@ -1,10 +1,11 @@
 /**
- * The replicated log of one node: drives the pure Paxos core with real time, LMDB and TCP.
+ * The replicated log of one node: drives the pure Paxos core with Effect's clock, the
+ * PaxosStorage write-ahead log and the PeerNetwork (TCP in a node).
  *
- * One fiber owns the core. It takes every input that is waiting (peer messages, proposals,
- * ticks), steps the core through all of them, makes the resulting records durable in one
- * synced LMDB commit, and only then sends messages and completes proposals. Inputs that
- * arrive during the commit form the next group: group commit falls out of the loop.
+ * The core is stepped right where an input arrives (a peer message, a proposal, a tick);
+ * its records go to storage at once, and what must wait for them (docs/commit-path.md)
+ * is sent once they are synced. Writes issued in one turn of the event loop are synced
+ * together: group commit falls out of the driver.
  */
 import { Context, Effect, Layer, Queue, Schema, Scope, Stream } from "effect"
 import {
