@@ -1,5 +1,5 @@
 /** Wiring: a whole node, or its parts, as Layers built from a validated config. */
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Layer, Option } from "effect"
 import { join } from "node:path"
 import type { NodeStatus } from "../domain/cluster/nodeStatus.js"
 import * as Admin from "../services/admin/Admin.js"
@@ -8,7 +8,7 @@ import * as MasterLease from "../services/cluster/MasterLease.js"
 import * as PaxosLog from "../services/paxos/PaxosLog.js"
 import * as PaxosStorage from "../services/paxos/PaxosStorage.js"
 import * as Transport from "../services/paxos/Transport.js"
-import { runDatabaseNode } from "./DatabaseNode.js"
+import * as DatabaseNode from "./DatabaseNode.js"
 import { leaseConfigOf, type NodeConfig } from "../config/NodeConfig.js"
 import { nodeStatus } from "../services/admin/NodeStatus.js"
 
@@ -70,7 +70,7 @@ const runningNode = (config: NodeConfig) =>
     const self = config.members.find((m) => m.nodeId === config.nodeId)!
     const log = yield* PaxosLog.PaxosLog
     const cluster = yield* ClusterState.ClusterState
-    const database = config.mariadb === undefined ? undefined : yield* runDatabaseNode(config)
+    const database = Option.getOrUndefined(yield* Effect.serviceOption(DatabaseNode.DatabaseNode))
     const status = yield* nodeStatus(config, database?.status)
     const admin = yield* Admin.serve({
       host: self.host,
@@ -83,8 +83,8 @@ const runningNode = (config: NodeConfig) =>
       addresses: {
         peer: log.address,
         admin: { host: self.host, port: admin.port },
-        rw: database?.proxy.addresses.rw,
-        ro: database?.proxy.addresses.ro
+        rw: database?.addresses.rw,
+        ro: database?.addresses.ro
       },
       status,
       stopped: cluster.stopped
@@ -97,8 +97,11 @@ const runningNode = (config: NodeConfig) =>
  * HTTP, with the log, state and lease services exposed too. Peers are reached over TCP
  * unless another PeerNetwork is given.
  */
-export const layer = (config: NodeConfig, network: Layer.Layer<Transport.PeerNetwork> = Transport.tcpLayer) =>
-  Layer.effect(RunningNode, runningNode(config)).pipe(
-    Layer.provideMerge(coreLayer(config)),
-    Layer.provide(network)
-  )
+export const layer = (config: NodeConfig, network: Layer.Layer<Transport.PeerNetwork> = Transport.tcpLayer) => {
+  const core = coreLayer(config)
+  const running = Layer.effect(RunningNode, runningNode(config))
+  const withDatabase = config.mariadb === undefined
+    ? running.pipe(Layer.provideMerge(core))
+    : running.pipe(Layer.provideMerge(DatabaseNode.layer(config)), Layer.provideMerge(core))
+  return withDatabase.pipe(Layer.provide(network))
+}

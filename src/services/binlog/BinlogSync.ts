@@ -6,12 +6,12 @@
  * AND accepted by the state machine. A rejected entry is never ACKed: the pipeline fails
  * and the master steps down.
  */
-import { Data, Effect, Exit, Fiber, Queue, Stream } from "effect"
+import { Context, Data, Effect, Exit, Fiber, Layer, Queue, Stream } from "effect"
 import type { BinlogTxn, Outcome, RejectReason } from "../../domain/cluster/cluster.js"
 import type { ProposeError } from "../../domain/paxos/errors.js"
 import { concatBytes } from "../../domain/mysql/packet.js"
 import { formatGtid, type Gtid } from "../../domain/cluster/gtid.js"
-import type { CommitPathHistograms } from "../../domain/metrics/histogram.js"
+import { CommitPathHistograms } from "../../domain/metrics/histogram.js"
 import * as BinlogCapture from "./BinlogCapture.js"
 import { ClusterState, type ProposeTiming } from "../cluster/ClusterState.js"
 
@@ -149,3 +149,8 @@ export const run = (options: BinlogSyncOptions) =>
 
     return yield* Effect.raceFirst(reader.pipe(Effect.andThen(Effect.never)), proposer)
   }).pipe(Effect.scoped)
+
+/** Where the master's commit path records its stage timings (shown in /status). */
+export class CommitPath extends Context.Service<CommitPath, CommitPathHistograms>()("phxmaria/CommitPath") {}
+
+export const commitPathLayer: Layer.Layer<CommitPath> = Layer.sync(CommitPath, () => new CommitPathHistograms())

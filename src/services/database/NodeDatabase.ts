@@ -23,11 +23,14 @@
 import { Context, Data, Effect, Exit, Fiber, Layer, Queue, Schedule, Schema, Scope, Stream, SubscriptionRef } from "effect"
 import { describeCause } from "../../domain/describe.js"
 import { formatGtid, type Gtid, gtidEquals, parseGtid } from "../../domain/cluster/gtid.js"
-import type { CommitPathHistograms } from "../../domain/metrics/histogram.js"
 import * as BinlogSync from "../binlog/BinlogSync.js"
 import { checkPosition } from "../binlog/ChosenBinlog.js"
 import { ClusterState } from "../cluster/ClusterState.js"
-import type { MariaDbServerShape } from "./MariaDbServer.js"
+import { BinlogServer } from "../binlog/BinlogServer.js"
+import { CommitPath } from "../binlog/BinlogSync.js"
+import { RouteRefresh } from "../proxy/RouteKeeper.js"
+import { DatabaseRoleCell, type DbRole } from "./DatabaseRole.js"
+import { LocalMariaDb } from "./LocalMariaDb.js"
 import { MasterLease, ReadinessCell } from "../cluster/MasterLease.js"
 import { Proxy } from "../proxy/Proxy.js"
 import { forkScopedLogged } from "../fibers.js"
@@ -47,7 +50,7 @@ const BUSY_REPLICA_TICK_MS = 200
 export const captureServerId = (nodeId: number) => 3_000_000 + nodeId
 export const binlogServerId = (nodeId: number) => 2_000_000 + nodeId
 
-export type DbRole = "starting" | "calibrating" | "replica" | "promoting" | "master" | "stepping-down" | "diverged"
+export type { DbRole }
 
 export interface DatabaseStatus {
   readonly role: DbRole
@@ -99,15 +102,6 @@ export type NodeDatabaseError = DatabaseQueryFailed | DatabaseStartFailed | NotC
 
 export interface NodeDatabaseOptions {
   readonly nodeId: number
-  readonly db: MariaDbServerShape
-  /** Whether the agent may kill and restart mariadbd (managed mode). */
-  readonly managed: boolean
-  readonly binlogServer: { readonly host: string; readonly port: number }
-  readonly replication: { readonly user: string; readonly password: string }
-  /** Called when routing must be recomputed now (fence, open, any role change). */
-  readonly onServingChange: Effect.Effect<void>
-  /** Where the master's commit path records its stage timings. */
-  readonly commitPath?: CommitPathHistograms
   readonly tickMs?: number
 }
 
@@ -140,13 +134,19 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   const lease = yield* MasterLease
   const proxy = yield* Proxy
   const readinessCell = yield* ReadinessCell
+  const { server: db, managed, replication } = yield* LocalMariaDb
+  const binlogServer = yield* BinlogServer
+  const routes = yield* RouteRefresh
+  const commitPath = yield* CommitPath
+  const roles = yield* DatabaseRoleCell
   const services = yield* Effect.context<ClusterState>()
   const monotonicMs = yield* Time.monotonicMs
-  const { db, nodeId } = options
+  const { nodeId } = options
   const tickMs = options.tickMs ?? 50
   const idleTickMs = Math.max(tickMs, IDLE_TICK_MS)
+  /** Routing is recomputed now whenever serving may have changed (fence, open, any role change). */
+  const onServingChange = routes.refresh
 
-  const roles = yield* SubscriptionRef.make<DbRole>("starting")
   let role: DbRole = "starting"
   let local: Gtid | null = null
   let lag: number | null = null
@@ -178,7 +178,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
         SubscriptionRef.set(roles, next),
         publishReadiness,
         Effect.logInfo(`database role: ${prev} -> ${next}`),
-        options.onServingChange
+        onServingChange
       ])
     })
 
@@ -227,14 +227,14 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     yield* q(
       "CHANGE MASTER TO MASTER_HOST=?, MASTER_PORT=?, MASTER_USER=?, MASTER_PASSWORD=?, " +
         "MASTER_USE_GTID=slave_pos, MASTER_HEARTBEAT_PERIOD=5, MASTER_CONNECT_RETRY=1",
-      [options.binlogServer.host, options.binlogServer.port, options.replication.user, options.replication.password]
+      [binlogServer.address.host, binlogServer.address.port, replication.user, replication.password]
     )
     yield* q("START SLAVE")
   })
 
   /** The agent alone restarts a managed mariadbd, so that RW is always fenced before it runs again. */
   const waitUp = Effect.gen(function*() {
-    const started = options.managed
+    const started = managed
       ? Effect.andThen(db.start.pipe(Effect.mapError((cause) => new DatabaseStartFailed({ operation: "start", cause }))), q("SELECT 1"))
       : q("SELECT 1")
     yield* started.pipe(
@@ -251,7 +251,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       IdRow,
       "SELECT ID AS id FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() " +
         "AND USER NOT IN ('system user', 'event_scheduler', ?, ?) AND COMMAND NOT IN ('Binlog Dump', 'Daemon')",
-      [options.replication.user, db.user]
+      [replication.user, db.user]
     )
     for (const r of rows) yield* q("KILL CONNECTION ?", [r.id]).pipe(Effect.ignore)
   })
@@ -285,7 +285,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     // a crash restart settles them too (prepared ones are truncated, chosen ones come back
     // by replication).
     const waiting = yield* waitingCommits
-    if ((extra !== undefined || waiting > 0) && options.managed) {
+    if ((extra !== undefined || waiting > 0) && managed) {
       yield* Effect.logWarning(
         `${extra !== undefined ? `local binlog beyond the chosen log (${extra})` : `${waiting} commits waiting for an ACK`}: ` +
           "restarting mariadbd to truncate un-ACKed transactions"
@@ -339,7 +339,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   const fenceRw = Effect.gen(function*() {
     yield* proxy.refuseRw(true)
     const closed = yield* proxy.closeAllRw
-    yield* options.onServingChange
+    yield* onServingChange
     if (closed > 0) yield* Effect.logInfo(`fenced: closed ${closed} forwarded RW connections`)
   })
 
@@ -365,8 +365,8 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       capture: {
         host: db.host,
         port: db.port,
-        user: options.replication.user,
-        password: options.replication.password,
+        user: replication.user,
+        password: replication.password,
         serverId: captureServerId(nodeId),
         // A broken connection is seen at once; heartbeats only find a silent one.
         heartbeatMs: 5_000
@@ -374,7 +374,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       node: nodeId,
       epoch,
       startAfter,
-      ...(options.commitPath !== undefined ? { commitPath: options.commitPath } : {})
+      commitPath
     })
     const fiber = yield* Effect.forkChild(sync)
     // Sessions opened while this was a replica keep its server_id, under which a replica
@@ -383,7 +383,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     yield* q("SET GLOBAL read_only = OFF")
     yield* proxy.refuseRw(false)
     yield* setRole("master")
-    yield* options.onServingChange
+    yield* onServingChange
     yield* Effect.logInfo(`serving as master, epoch ${epoch}, from ${startAfter === null ? "the start" : formatGtid(startAfter)}`)
     yield* Fiber.join(fiber)
   }).pipe(Effect.provideContext(services))
@@ -408,7 +408,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       yield* stopMaster
       // read_only before anything else reaches the database; a hung server is restarted.
       const fenced = yield* q("SET GLOBAL read_only = ON").pipe(Effect.timeout("2 seconds"), Effect.result)
-      if (fenced._tag === "Failure" && options.managed) {
+      if (fenced._tag === "Failure" && managed) {
         yield* Effect.logWarning("read_only did not take: restarting mariadbd")
         yield* db.restart.pipe(Effect.ignore)
       }

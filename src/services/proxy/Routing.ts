@@ -47,3 +47,11 @@ export const layerStatic = (routes: Routes): Layer.Layer<Routing> =>
 
 /** A settable table as the Routing service; the same object is returned for `set`. */
 export const layerSettable = (initial: Routes): Layer.Layer<Routing> => Layer.effect(Routing, makeSettable(initial))
+
+/** The settable table behind Routing, for whoever decides the routes (RouteKeeper). */
+export class RoutingTable extends Context.Service<RoutingTable, SettableRouting>()("phxmaria/RoutingTable") {}
+
+/** One settable table as both RoutingTable (to set) and Routing (to follow). */
+export const layerTable = (initial: Routes): Layer.Layer<RoutingTable | Routing> =>
+  Layer.effectContext(Effect.map(makeSettable(initial), (table) =>
+    Context.make(RoutingTable, table).pipe(Context.add(Routing, table))))

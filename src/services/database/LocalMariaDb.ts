@@ -1,0 +1,114 @@
+/**
+ * This node's own MariaDB as the agent uses it: managed (the agent runs mariadbd in its
+ * data dir) or attached (the operator runs it), with the node-local replication login its
+ * capture client and binlog server share.
+ */
+import { Context, Effect, Layer, Schedule } from "effect"
+import { randomBytes } from "node:crypto"
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { join } from "node:path"
+import * as MariaDbServer from "./MariaDbServer.js"
+
+export const REPLICATION_USER = "phxmaria_repl"
+
+export interface ReplicationLogin {
+  readonly user: string
+  readonly password: string
+}
+
+export interface LocalMariaDbShape {
+  readonly server: MariaDbServer.MariaDbServerShape
+  /** Whether the agent may kill and restart mariadbd (managed mode). */
+  readonly managed: boolean
+  readonly replication: ReplicationLogin
+}
+
+export class LocalMariaDb extends Context.Service<LocalMariaDb, LocalMariaDbShape>()("phxmaria/LocalMariaDb") {}
+
+/** my.cnf settings every managed node needs (docs/mariadb.md): semi-sync ready, truncation on restart. */
+export const managedServerConfig = (port: number): Record<string, string | number | boolean> => ({
+  port,
+  "bind-address": "127.0.0.1",
+  // Crash recovery drops prepared, un-ACKed transactions (never committed forward).
+  "init-rpl-role": "SLAVE",
+  rpl_semi_sync_slave_enabled: "ON",
+  // Enabled by the agent when this node becomes master; never falls back to async.
+  rpl_semi_sync_master_enabled: "OFF",
+  rpl_semi_sync_master_wait_point: "AFTER_SYNC",
+  rpl_semi_sync_master_wait_no_slave: "ON",
+  rpl_semi_sync_master_timeout: "18446744073709551615",
+  read_only: "ON",
+  proxy_protocol_networks: "127.0.0.0/8,localhost",
+  max_binlog_size: "64M",
+  // Replicas apply the chosen log in parallel (in commit order), committing in groups: a
+  // replica behind the log catches up faster than the master writes.
+  slave_parallel_threads: 4,
+  slave_parallel_mode: "optimistic",
+  max_allowed_packet: "64M",
+  slave_max_allowed_packet: "1073741824",
+  // Above the proxy's four listeners at their default bound (4 x 1000), with room for the
+  // agent's own logins: a full proxy never locks the capture client out.
+  max_connections: 4200
+})
+
+/** The replication password of this node (local to it: its capture client and its binlog server). */
+const replicationPassword = (dataDir: string): string => {
+  const file = join(dataDir, "replication.secret")
+  try {
+    return readFileSync(file, "utf8").trim()
+  } catch {
+    const secret = randomBytes(18).toString("base64url")
+    mkdirSync(dataDir, { recursive: true })
+    writeFileSync(file, secret + "\n", { mode: 0o600 })
+    return secret
+  }
+}
+
+/** The replication login, created on this server only (sql_log_bin=0: no GTID for the others to lack). */
+const ensureReplicationUser = (db: MariaDbServer.MariaDbServerShape, password: string) =>
+  Effect.forEach(["127.0.0.1", "localhost"], (host) =>
+    Effect.gen(function*() {
+      yield* db.query("SET STATEMENT sql_log_bin=0 FOR CREATE USER IF NOT EXISTS ?@? IDENTIFIED BY ?", [REPLICATION_USER, host, password])
+      yield* db.query("SET STATEMENT sql_log_bin=0 FOR ALTER USER ?@? IDENTIFIED BY ?", [REPLICATION_USER, host, password])
+      yield* db.query("SET STATEMENT sql_log_bin=0 FOR GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO ?@?", [REPLICATION_USER, host])
+    }), { discard: true })
+
+export interface LocalMariaDbOptions {
+  readonly nodeId: number
+  /** The agent's data dir: a managed server lives in `mariadb/` under it, the replication secret beside it. */
+  readonly dataDir: string
+  readonly mode: "managed" | "attach"
+  readonly port: number
+  /** Attach mode: how the agent logs in as an administrator. */
+  readonly socket?: string | undefined
+  readonly user?: string | undefined
+  readonly password?: string | undefined
+  /** Managed mode: my.cnf lines over the required ones. */
+  readonly extraConfig?: Record<string, string | number | boolean> | undefined
+}
+
+export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
+  const managed = options.mode === "managed"
+  const server = managed
+    ? yield* MariaDbServer.makeManaged({
+      dir: join(options.dataDir, "mariadb"),
+      port: options.port,
+      serverId: options.nodeId,
+      extraConfig: { ...managedServerConfig(options.port), ...options.extraConfig },
+      // Restarts are the agent's (NodeDatabase): RW must be fenced before mariadbd runs again.
+      supervise: false
+    })
+    : yield* MariaDbServer.attach({
+      host: "127.0.0.1",
+      port: options.port,
+      ...(options.socket !== undefined ? { socket: options.socket } : {}),
+      // Checked by the config (attach needs a user).
+      user: options.user ?? "root",
+      ...(options.password !== undefined ? { password: options.password } : {})
+    })
+  const password = replicationPassword(options.dataDir)
+  yield* ensureReplicationUser(server, password).pipe(Effect.retry({ schedule: Schedule.spaced("200 millis"), times: 50 }))
+  return LocalMariaDb.of({ server, managed, replication: { user: REPLICATION_USER, password } })
+})
+
+export const layer = (options: LocalMariaDbOptions) => Layer.effect(LocalMariaDb, make(options))
