@@ -1,7 +1,8 @@
 /** The database role of this node as a shared cell: NodeDatabase sets it, routing reads it. */
 import { Context, Layer, SubscriptionRef } from "effect"
+import type { DbRole } from "../../domain/cluster/databaseRole.js"
 
-export type DbRole = "starting" | "calibrating" | "replica" | "promoting" | "master" | "stepping-down" | "diverged"
+export type { DbRole }
 
 export class DatabaseRoleCell extends Context.Service<DatabaseRoleCell, SubscriptionRef.SubscriptionRef<DbRole>>()("phxmaria/DatabaseRoleCell") {}
 

@@ -30,6 +30,7 @@ import { BinlogServer } from "../binlog/BinlogServer.js"
 import { CommitPath } from "../binlog/BinlogSync.js"
 import { RouteRefresh } from "../proxy/RouteKeeper.js"
 import { DatabaseRoleCell, type DbRole } from "./DatabaseRole.js"
+import { afterFailure, mayServeRw, nextStep, pauseMs, readinessOf } from "../../domain/cluster/databaseRole.js"
 import { LocalMariaDb } from "./LocalMariaDb.js"
 import { MasterLease, ReadinessCell } from "../cluster/MasterLease.js"
 import { Proxy } from "../proxy/Proxy.js"
@@ -161,12 +162,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   let probedAt = -Infinity
 
   /** What the lease sees: a replica that applied everything, or the master while it serves. */
-  const publishReadiness = Effect.suspend(() =>
-    readinessCell.set({
-      ready: role === "promoting" || role === "master" || (role === "replica" && lag === 0),
-      lag: lag ?? 1_000_000
-    })
-  )
+  const publishReadiness = Effect.suspend(() => readinessCell.set(readinessOf(role, lag)))
 
   const setRole = (next: DbRole) =>
     Effect.suspend(() => {
@@ -239,7 +235,9 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       : q("SELECT 1")
     yield* started.pipe(
       Effect.tapError((e) => Effect.logWarning(`waiting for mariadbd: ${e.message}`)),
-      Effect.retry(cappedExponential("100 millis", "2 seconds"))
+      // Bounded (about half a minute): a server that runs but never answers fails the step,
+      // and the failure path restarts it (databaseRole.ts, afterFailure).
+      Effect.retry({ schedule: cappedExponential("100 millis", "2 seconds"), times: 20 })
     )
     up = true
     generation = yield* db.generation
@@ -311,7 +309,6 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
    * node stays idle, a catching-up one is watched closely (readiness for election).
    */
   const monitorReplica = Effect.gen(function*() {
-    if (!(yield* db.up) || (yield* db.generation) !== generation) return yield* calibrate
     const last = (yield* cluster.current).state.lastGtid
     const now = monotonicMs()
     if (lag === 0 && checkedLast !== undefined && gtidEquals(last, checkedLast) && now - checkedAt < IDLE_REPLICA_CHECK_MS) return
@@ -415,45 +412,49 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       yield* calibrate
     })
 
+  /** Starts the master pipeline (promotion, then the commit path) in a scope of its own. */
+  const startPromotion = Effect.gen(function*() {
+    // The scope first: a lease loss from here on closes it (stopMaster), so no promotion
+    // forked into it can outlive the fence.
+    const scope = yield* Scope.make()
+    masterScope = scope
+    yield* setRole("promoting")
+    masterFiber = yield* promote.pipe(
+      Effect.tapCause((cause) => Effect.logWarning("master role ended", cause)),
+      Effect.forkIn(scope)
+    )
+  })
+
+  /** The master's own position (status), and a health probe: a hung mariadbd must not keep the lease. */
+  const probeMaster = Effect.gen(function*() {
+    probedAt = monotonicMs()
+    const probe = yield* readLocal.pipe(Effect.timeout("3 seconds"), Effect.result)
+    if (probe._tag === "Failure") return yield* stepDown(`mariadbd does not answer: ${probe.failure.message}`)
+    local = probe.success.gtid
+  })
+
+  /** One step of the role machine (databaseRole.ts decides, this carries it out). */
   const tick = Effect.gen(function*() {
-    const isMaster = yield* lease.isMaster
-    switch (role) {
-      case "starting":
+    const next = nextStep({
+      role,
+      leaseHeld: yield* lease.isMaster,
+      serverUp: yield* db.up,
+      serverRestarted: (yield* db.generation) !== generation,
+      pipelineRunning: masterFiber !== undefined && masterFiber.pollUnsafe() === undefined,
+      probeDue: monotonicMs() - probedAt >= MASTER_PROBE_EVERY_MS
+    })
+    switch (next._tag) {
+      case "Calibrate":
         return yield* calibrate
-      case "replica":
-        if (isMaster) {
-          yield* setRole("promoting")
-          const scope = yield* Scope.make()
-          masterScope = scope
-          masterFiber = yield* promote.pipe(
-            Effect.tapCause((cause) => Effect.logWarning("master role ended", cause)),
-            Effect.forkIn(scope)
-          )
-          return
-        }
+      case "Promote":
+        return yield* startPromotion
+      case "StepDown":
+        return yield* stepDown(next.reason)
+      case "WatchReplica":
         return yield* monitorReplica
-      case "promoting":
-      case "master": {
-        const fiberDone = masterFiber === undefined || masterFiber.pollUnsafe() !== undefined
-        if (!isMaster) return yield* stepDown("the lease is no longer held")
-        if (fiberDone) return yield* stepDown("the commit pipeline stopped")
-        if (!(yield* db.up)) return yield* stepDown("mariadbd is down")
-        if ((yield* db.generation) !== generation) return yield* stepDown("mariadbd restarted")
-        // Now and then: the master's own position (status), and a health probe: a hung
-        // mariadbd must not keep the lease (renewal itself never asks MariaDB).
-        const now = monotonicMs()
-        if (now - probedAt >= MASTER_PROBE_EVERY_MS) {
-          probedAt = now
-          const probe = yield* readLocal.pipe(Effect.timeout("3 seconds"), Effect.result)
-          if (probe._tag === "Failure") return yield* stepDown(`mariadbd does not answer: ${probe.failure.message}`)
-          local = probe.success.gtid
-        }
-        return
-      }
-      case "calibrating":
-      case "stepping-down":
-        return
-      case "diverged":
+      case "ProbeMaster":
+        return yield* probeMaster
+      case "Wait":
         return
     }
   })
@@ -464,23 +465,23 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   // give the lease up at once); a replica catching up is watched closely (its readiness
   // decides elections); otherwise an idle pace (a hung server is found by the master's probe).
   const pause = Effect.gen(function*() {
-    const serving = role === "master" || role === "promoting"
-    const woken = serving ? Effect.raceFirst(Queue.take(wake), db.exited) : Queue.take(wake)
-    // A replica behind the log: while the log keeps moving (a master is committing) it is
-    // checked at a moderate pace; once the log stands still (the master may be gone)
-    // closely, so that it reports itself ready for election as soon as it has caught up.
+    const woken = mayServeRw(role) ? Effect.raceFirst(Queue.take(wake), db.exited) : Queue.take(wake)
     const last = (yield* cluster.current).state.lastGtid
-    const ms = role !== "replica" || lag === 0 ? idleTickMs : gtidEquals(last, checkedLast ?? null) ? tickMs : BUSY_REPLICA_TICK_MS
-    yield* Effect.timeoutOption(woken, ms)
+    const logMoved = !gtidEquals(last, checkedLast ?? null)
+    yield* Effect.timeoutOption(woken, pauseMs({ role, lag, logMoved, tickMs, idleTickMs, busyReplicaTickMs: BUSY_REPLICA_TICK_MS }))
   })
   yield* tick.pipe(
     Effect.catchCause((cause) =>
       Effect.gen(function*() {
         yield* Effect.logWarning(`database step failed in role ${role}`, cause)
         up = (yield* q("SELECT 1").pipe(Effect.timeout("1 second"), Effect.result))._tag === "Success"
-        // Anything that failed half-way is redone from a clean comparison.
-        if (role === "master" || role === "promoting") yield* stepDown("database step failed").pipe(Effect.ignore)
-        if (role !== "diverged" && role !== "replica") yield* setRole("starting")
+        const next = afterFailure({ role, serverAnswers: up, managed })
+        if (next.stepDown) yield* stepDown("database step failed").pipe(Effect.ignore)
+        if (next.restartServer) {
+          yield* Effect.logWarning("mariadbd does not answer: restarting it")
+          yield* db.restart.pipe(Effect.ignore)
+        }
+        yield* setRole(next.next(role))
       })
     ),
     Effect.andThen(pause),
@@ -488,12 +489,13 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     forkScopedLogged("database: the role loop")
   )
 
-  // The lease's own step-down is acted on at once (RW fenced), and the role follows.
+  // The lease's own step-down is acted on at once: RW fenced and the master pipeline
+  // stopped (a promotion under way cannot open RW after the fence); the role follows.
   const events = yield* lease.events
   yield* events.pipe(
     Stream.runForEach((e) =>
       Effect.andThen(
-        e._tag === "SteppedDown" && (role === "master" || role === "promoting") ? fenceRw : Effect.void,
+        e._tag === "SteppedDown" && mayServeRw(role) ? Effect.andThen(fenceRw, stopMaster) : Effect.void,
         Queue.offer(wake, undefined)
       )
     ),

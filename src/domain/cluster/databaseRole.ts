@@ -1,0 +1,113 @@
+/**
+ * The database role machine of one node (docs/architecture.md, "The database role"), as
+ * pure decisions: given what the role loop sees, which step comes next. NodeDatabase
+ * carries the steps out against MariaDB; test/database-role-sim.test.ts drives these
+ * functions against a model of the lease and the server over seeds.
+ *
+ *   starting ──calibrate──> replica ──lease──> promoting ──opened──> master
+ *       ^          │                              │                     │
+ *       │          └──> diverged (terminal)       └─────── step down <──┘
+ *       └──── a failed step (from anything but replica / diverged)
+ */
+
+export type DbRole = "starting" | "calibrating" | "replica" | "promoting" | "master" | "stepping-down" | "diverged"
+
+/** What the role loop sees at one step. */
+export interface RoleObservation {
+  readonly role: DbRole
+  /** This node holds the master lease in its own count. */
+  readonly leaseHeld: boolean
+  /** The local mariadbd answers (as far as the agent knows). */
+  readonly serverUp: boolean
+  /** mariadbd restarted since the current role was set up on it. */
+  readonly serverRestarted: boolean
+  /** The master pipeline (the promotion, then the commit path) still runs. */
+  readonly pipelineRunning: boolean
+  /** The master's periodic probe of its own server is due. */
+  readonly probeDue: boolean
+}
+
+export type RoleStep =
+  /** Compare the local binlog with the chosen log (restarting a managed server to truncate); then replica or diverged. */
+  | { readonly _tag: "Calibrate" }
+  /** Become promoting and start the master pipeline (it opens RW once caught up). */
+  | { readonly _tag: "Promote" }
+  /** Fence RW first, stop the pipeline, read_only, then calibrate. */
+  | { readonly _tag: "StepDown"; readonly reason: string }
+  /** Position, lag, divergence and replica threads of a replica. */
+  | { readonly _tag: "WatchReplica" }
+  /** Ask the master's server something: a hung one must not keep the lease. */
+  | { readonly _tag: "ProbeMaster" }
+  | { readonly _tag: "Wait" }
+
+const CALIBRATE: RoleStep = { _tag: "Calibrate" }
+const PROMOTE: RoleStep = { _tag: "Promote" }
+const WATCH: RoleStep = { _tag: "WatchReplica" }
+const PROBE: RoleStep = { _tag: "ProbeMaster" }
+const WAIT: RoleStep = { _tag: "Wait" }
+
+export const nextStep = (o: RoleObservation): RoleStep => {
+  switch (o.role) {
+    case "starting":
+      return CALIBRATE
+    case "replica":
+      // A server that went away or restarted is compared with the log again before anything.
+      if (!o.serverUp || o.serverRestarted) return CALIBRATE
+      return o.leaseHeld ? PROMOTE : WATCH
+    case "promoting":
+    case "master":
+      // The lease first: nothing else may delay the fence.
+      if (!o.leaseHeld) return { _tag: "StepDown", reason: "the lease is no longer held" }
+      if (!o.pipelineRunning) return { _tag: "StepDown", reason: "the commit pipeline stopped" }
+      if (!o.serverUp) return { _tag: "StepDown", reason: "mariadbd is down" }
+      if (o.serverRestarted) return { _tag: "StepDown", reason: "mariadbd restarted" }
+      return o.probeDue ? PROBE : WAIT
+    // In the middle of a step of their own (or terminal).
+    case "calibrating":
+    case "stepping-down":
+    case "diverged":
+      return WAIT
+  }
+}
+
+/** Whether RW may be open in this role: a lease loss then fences at once, before the next step. */
+export const mayServeRw = (role: DbRole): boolean => role === "promoting" || role === "master"
+
+/**
+ * After a step failed half-way: a role that may have RW open steps down first; a managed
+ * server that does not even answer `SELECT 1` is restarted (a hung replica would otherwise
+ * fail every step for ever); anything unsettled is redone from the start.
+ */
+export const afterFailure = (o: {
+  readonly role: DbRole
+  readonly serverAnswers: boolean
+  readonly managed: boolean
+}): { readonly stepDown: boolean; readonly restartServer: boolean; readonly next: (roleAfterStepDown: DbRole) => DbRole } => {
+  const restartServer = o.managed && !o.serverAnswers && o.role !== "diverged"
+  return {
+    stepDown: mayServeRw(o.role),
+    restartServer,
+    next: (role) => (restartServer ? "starting" : role === "diverged" || role === "replica" ? role : "starting")
+  }
+}
+
+/** What the lease may count on: the master while it serves, or a replica with nothing left to apply. */
+export const readinessOf = (role: DbRole, lag: number | null): { readonly ready: boolean; readonly lag: number } => ({
+  ready: mayServeRw(role) || (role === "replica" && lag === 0),
+  lag: lag ?? 1_000_000
+})
+
+/**
+ * How long the role loop waits before its next step (a lease event wakes it sooner): a
+ * replica behind a log that keeps moving is checked at a moderate pace, one behind a log
+ * that stands still closely (it reports itself ready for election as soon as it caught
+ * up), anything else at the idle pace.
+ */
+export const pauseMs = (o: {
+  readonly role: DbRole
+  readonly lag: number | null
+  readonly logMoved: boolean
+  readonly tickMs: number
+  readonly idleTickMs: number
+  readonly busyReplicaTickMs: number
+}): number => o.role !== "replica" || o.lag === 0 ? o.idleTickMs : o.logMoved ? o.busyReplicaTickMs : o.tickMs
