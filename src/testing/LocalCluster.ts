@@ -11,7 +11,7 @@ import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import type { NodeConfig } from "../config/NodeConfig.js"
-import { killStaleServer } from "../services/database/MariaDbServer.js"
+import { killStaleServer } from "../services/database/MariaDbProcess.js"
 
 export class LocalClusterError extends Data.TaggedError("LocalClusterError")<{
   readonly nodeId?: number

@@ -7,54 +7,46 @@
  * Crash semantics matter: fencing relies on a killed server never committing
  * transactions that still wait for the semi-sync ACK, so the default stop is
  * SIGKILL, never a clean shutdown.
+ *
+ * Its parts: MariaDbLayout.ts (the files), MariaDbProcess.ts (the mariadbd
+ * process), MariaDbPool.ts (queries), MariaDbErrors.ts.
  */
-import { type ChildProcess, execFile, spawn } from "node:child_process"
-import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
-import { Clock, Context, Data, Duration, Effect, Exit, Layer, Option, Schedule, Semaphore } from "effect"
+import { Context, Duration, Effect, Exit, Layer, Option, Schedule, Semaphore } from "effect"
 import * as Scope from "effect/Scope"
-import mysql from "mysql2/promise"
+import { MariaDbNotManaged, type MariaDbQueryError, MariaDbStartError } from "./MariaDbErrors.js"
+import {
+  adminUser,
+  type ExtraConfig,
+  fileSize,
+  findBinary,
+  installIfNeeded,
+  layoutOf,
+  prepareDir,
+  readTail,
+  writeConfig
+} from "./MariaDbLayout.js"
+import { type ConnectOptions, makePool, ping, pingUntil, poolQuery, READY_TIMEOUT, type Row, withLiveClock } from "./MariaDbPool.js"
+import {
+  awaitExit,
+  describeExit,
+  EXIT_TIMEOUT,
+  killStaleServer,
+  type Proc,
+  spawnProc,
+  stopProc,
+  waitReady
+} from "./MariaDbProcess.js"
 
-// ---------------------------------------------------------------------------
-// Errors
-// ---------------------------------------------------------------------------
-
-export class MariaDbStartError extends Data.TaggedError("MariaDbStartError")<{
-  readonly stage: "binaries" | "tempdir" | "config" | "install" | "port" | "spawn" | "exited" | "timeout"
-  readonly message: string
-  readonly dir?: string | undefined
-  /** Last part of the error log (and install output for stage "install"). */
-  readonly logTail?: string | undefined
-  /** True when the server exited because its TCP port was taken: callers that picked the port may pick another. */
-  readonly portInUse?: boolean | undefined
-  readonly cause?: unknown
-}> {}
-
-export class MariaDbQueryError extends Data.TaggedError("MariaDbQueryError")<{
-  readonly sql: string
-  readonly message: string
-  readonly code?: string | undefined
-  readonly errno?: number | undefined
-  readonly cause?: unknown
-}> {}
-
-/** kill/start/restart on a server the operator runs: not ours to touch. */
-export class MariaDbNotManaged extends Data.TaggedError("MariaDbNotManaged")<{
-  readonly operation: "kill" | "start" | "restart"
-}> {
-  override get message() {
-    return `cannot ${this.operation} an attached MariaDB server: it is managed by the operator`
-  }
-}
+// Part of this module's API (and of the library's `MariaDbServer` namespace).
+export { MariaDbNotManaged, MariaDbQueryError, MariaDbStartError } from "./MariaDbErrors.js"
+export type { ExtraConfig } from "./MariaDbLayout.js"
+export type { Row } from "./MariaDbPool.js"
+export { killChildrenOnExit, killStaleServer } from "./MariaDbProcess.js"
 
 // ---------------------------------------------------------------------------
 // API
 // ---------------------------------------------------------------------------
-
-export type Row = Record<string, unknown>
-
-export type ExtraConfig = Readonly<Record<string, string | number | boolean>>
 
 export interface MariaDbServerShape {
   readonly host: "127.0.0.1" | string
@@ -144,498 +136,17 @@ export interface AttachOptions {
   readonly queryTimeout?: Duration.Input | undefined
 }
 
-// ---------------------------------------------------------------------------
-// Safety net: kill children still running when the process exits
-// ---------------------------------------------------------------------------
-
-const liveChildren = new Set<ChildProcess>()
-let exitHookInstalled = false
-
-/**
- * For a program that owns its process (the CLI): SIGKILLs the mariadbd children still
- * running when the process exits without running finalizers. Installs one process-wide
- * hook, so the library never calls it itself.
- */
-export const killChildrenOnExit = (): void => {
-  if (exitHookInstalled) return
-  exitHookInstalled = true
-  process.on("exit", () => {
-    for (const child of liveChildren) {
-      try {
-        child.kill("SIGKILL")
-      } catch {
-        // already gone
-      }
-    }
-  })
-}
-
-// ---------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------
-
-/** Process management runs on the real clock, also inside tests using TestClock. */
-const liveClock = Clock.Clock.defaultValue()
-const withLiveClock = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-  Effect.provideService(self, Clock.Clock, liveClock)
-
-const READY_TIMEOUT = "30 seconds"
-const EXIT_TIMEOUT = "10 seconds"
 const DEFAULT_STOP_TIMEOUT: Duration.Input = "30 seconds"
 const DEFAULT_QUERY_TIMEOUT: Duration.Input = "10 seconds"
-const CONNECT_TIMEOUT_MS = 5_000
 
 const defaultRestartSchedule: Schedule.Schedule<unknown, MariaDbStartError> = Schedule.min([
   Schedule.exponential("200 millis"),
   Schedule.spaced("2 seconds")
 ]).pipe(Schedule.jittered)
 
-const isRoot = () => process.getuid?.() === 0
-
-/** The OS user: mariadb-install-db gives it unix_socket login with all privileges. */
-const adminUser = () => (isRoot() ? "root" : os.userInfo().username)
-
-const binaryDirs = () => [
-  ...(process.env.PATH ?? "").split(path.delimiter).filter((d) => d.length > 0),
-  "/usr/sbin",
-  "/usr/bin",
-  "/usr/local/sbin",
-  "/usr/local/bin"
-]
-
-const findBinary = (name: string): Effect.Effect<string, MariaDbStartError> =>
-  Effect.suspend(() => {
-    for (const dir of binaryDirs()) {
-      const candidate = path.join(dir, name)
-      try {
-        fs.accessSync(candidate, fs.constants.X_OK)
-        return Effect.succeed(candidate)
-      } catch {
-        // try the next directory
-      }
-    }
-    return Effect.fail(
-      new MariaDbStartError({
-        stage: "binaries",
-        message: `${name} not found on PATH, /usr/sbin or /usr/bin (run scripts/setup.sh)`
-      })
-    )
-  })
-
-const readTail = (file: string, bytes = 4000): string => {
-  try {
-    const fd = fs.openSync(file, "r")
-    try {
-      const size = fs.fstatSync(fd).size
-      const start = Math.max(0, size - bytes)
-      const buf = Buffer.alloc(size - start)
-      fs.readSync(fd, buf, 0, buf.length, start)
-      return buf.toString("utf8")
-    } finally {
-      fs.closeSync(fd)
-    }
-  } catch {
-    return ""
-  }
-}
-
-const readFrom = (file: string, offset: number): string => {
-  try {
-    return fs.readFileSync(file).subarray(offset).toString("utf8")
-  } catch {
-    return ""
-  }
-}
-
-const fileSize = (file: string): number => {
-  try {
-    return fs.statSync(file).size
-  } catch {
-    return 0
-  }
-}
-
-interface Layout {
-  readonly dir: string
-  readonly dataDir: string
-  readonly configFile: string
-  readonly socket: string
-  readonly pidFile: string
-  readonly errorLog: string
-  readonly binlogBase: string
-  readonly relayLog: string
-  readonly tmpDir: string
-}
-
-const layoutOf = (dir: string): Layout => ({
-  dir,
-  dataDir: path.join(dir, "data"),
-  configFile: path.join(dir, "my.cnf"),
-  socket: path.join(dir, "mysqld.sock"),
-  pidFile: path.join(dir, "mysqld.pid"),
-  errorLog: path.join(dir, "error.log"),
-  binlogBase: path.join(dir, "bin"),
-  relayLog: path.join(dir, "relay"),
-  tmpDir: path.join(dir, "tmp")
-})
-
-const renderConfig = (l: Layout, port: number, serverId: number, extra: ExtraConfig): string => {
-  const lines: Array<string> = ["[mariadbd]"]
-  if (isRoot()) lines.push("user=root")
-  lines.push(
-    `datadir=${l.dataDir}`,
-    `socket=${l.socket}`,
-    `pid-file=${l.pidFile}`,
-    // own temp dir: bootstraps sharing /tmp have lost each other's temp tables
-    `tmpdir=${l.tmpDir}`,
-    `port=${port}`,
-    "bind-address=127.0.0.1",
-    `log-error=${l.errorLog}`,
-    "skip-name-resolve",
-    `server_id=${serverId}`,
-    `log_bin=${l.binlogBase}`,
-    "binlog_format=ROW",
-    "gtid_strict_mode=ON",
-    "log_slave_updates=ON",
-    "sync_binlog=1",
-    "innodb_flush_log_at_trx_commit=1",
-    `relay_log=${l.relayLog}`,
-    "skip-slave-start",
-    // a GTID reconnect scans the binlog file from its start
-    "max_binlog_size=64M",
-    // small footprint: several instances on a 2-core test machine
-    "innodb_buffer_pool_size=32M",
-    "innodb_log_file_size=16M",
-    "innodb_log_buffer_size=4M",
-    "key_buffer_size=1M",
-    "aria_pagecache_buffer_size=4M",
-    "performance_schema=OFF",
-    "max_connections=200"
-  )
-  for (const [key, value] of Object.entries(extra)) {
-    if (value === true) lines.push(key)
-    else if (value !== false) lines.push(`${key}=${value}`)
-  }
-  return lines.join("\n") + "\n"
-}
-
-const prepareDir = (l: Layout) =>
-  Effect.try({
-    try: () => fs.mkdirSync(l.tmpDir, { recursive: true }),
-    catch: (cause) =>
-      new MariaDbStartError({ stage: "tempdir", message: `mkdir ${l.tmpDir} failed: ${String(cause)}`, dir: l.dir, cause })
-  })
-
-const writeConfig = (l: Layout, port: number, serverId: number, extra: ExtraConfig) =>
-  Effect.try({
-    try: () => fs.writeFileSync(l.configFile, renderConfig(l, port, serverId, extra)),
-    catch: (cause) =>
-      new MariaDbStartError({ stage: "config", message: `cannot write ${l.configFile}: ${String(cause)}`, dir: l.dir, cause })
-  })
-
-const isEmptyOrMissing = (dir: string): boolean => {
-  try {
-    return fs.readdirSync(dir).length === 0
-  } catch {
-    return true
-  }
-}
-
-const runInstallDb = (installDbBin: string, l: Layout) =>
-  Effect.callback<void, MariaDbStartError>((resume) => {
-    const child = execFile(
-      installDbBin,
-      [`--defaults-file=${l.configFile}`, "--skip-test-db"],
-      { timeout: 120_000, maxBuffer: 8 * 1024 * 1024 },
-      (error, stdout, stderr) => {
-        if (error === null) return resume(Effect.void)
-        const output = `${stdout}\n${stderr}`.slice(-3000)
-        resume(
-          Effect.fail(
-            new MariaDbStartError({
-              stage: "install",
-              message: `mariadb-install-db failed (${error.code ?? error.signal ?? error.message})`,
-              dir: l.dir,
-              logTail: `${output}\n--- ${l.errorLog} ---\n${readTail(l.errorLog, 2000)}`,
-              cause: error
-            })
-          )
-        )
-      }
-    )
-    return Effect.sync(() => {
-      if (child.exitCode === null) child.kill("SIGKILL")
-    })
-  })
-
-/**
- * First start only (no `data/mysql` yet). A failed install into a fresh
- * datadir is wiped, so the next start installs again instead of finding a
- * half-made `data/mysql`.
- */
-const installIfNeeded = (installDbBin: string, l: Layout) =>
-  Effect.suspend(() => {
-    if (fs.existsSync(path.join(l.dataDir, "mysql"))) return Effect.void
-    const fresh = isEmptyOrMissing(l.dataDir)
-    return runInstallDb(installDbBin, l).pipe(
-      Effect.onError(() =>
-        Effect.sync(() => {
-          if (fresh) fs.rmSync(l.dataDir, { recursive: true, force: true })
-        })
-      )
-    )
-  })
-
-interface ExitInfo {
-  readonly code: number | null
-  readonly signal: string | null
-  readonly error?: Error | undefined
-}
-
-interface Proc {
-  readonly child: ChildProcess
-  readonly pid: number
-  /** Resolves once the process has exited (and been reaped). */
-  readonly exited: Promise<ExitInfo>
-  exit: ExitInfo | undefined
-  answered: boolean
-}
-
-const describeExit = (e: ExitInfo) => (e.error !== undefined ? e.error.message : `code ${e.code}, signal ${e.signal}`)
-
-/** Spawns mariadbd and hands the process to `register` in the same synchronous step, so none escapes. */
-const spawnProc = (mariadbd: string, l: Layout, register: (proc: Proc) => void): Effect.Effect<Proc, MariaDbStartError> =>
-  Effect.suspend(() => {
-    const child = spawn(mariadbd, [`--defaults-file=${l.configFile}`], { stdio: "ignore" })
-    let proc: Proc | undefined
-    let settle!: (e: ExitInfo) => void
-    const exited = new Promise<ExitInfo>((resolve) => (settle = resolve))
-    const onExit = (e: ExitInfo) => {
-      if (proc !== undefined) proc.exit = e
-      liveChildren.delete(child)
-      settle(e)
-    }
-    child.once("exit", (code, signal) => onExit({ code, signal }))
-    child.once("error", (error) => onExit({ code: null, signal: null, error }))
-    if (child.pid === undefined) {
-      return Effect.promise(() => exited).pipe(
-        Effect.flatMap((r) =>
-          Effect.fail(
-            new MariaDbStartError({
-              stage: "spawn",
-              message: `cannot spawn ${mariadbd}: ${r.error?.message ?? "no pid"}`,
-              dir: l.dir,
-              cause: r.error
-            })
-          )
-        )
-      )
-    }
-    liveChildren.add(child)
-    proc = { child, pid: child.pid, exited, exit: undefined, answered: false }
-    register(proc)
-    return Effect.succeed(proc)
-  })
-
-const awaitExit = (proc: Proc): Effect.Effect<ExitInfo> => Effect.promise(() => proc.exited)
-
-const signal = (proc: Proc, sig: NodeJS.Signals) => {
-  if (proc.exit !== undefined) return
-  try {
-    proc.child.kill(sig)
-  } catch {
-    // already gone
-  }
-}
-
-const stopProc = (proc: Proc, how: "SIGKILL" | "SIGTERM", grace: Duration.Input): Effect.Effect<void> =>
-  Effect.gen(function*() {
-    if (proc.exit !== undefined) return
-    if (how === "SIGTERM") {
-      signal(proc, "SIGTERM")
-      if (Option.isSome(yield* awaitExit(proc).pipe(Effect.timeoutOption(grace)))) return
-      yield* Effect.logWarning(`mariadbd pid ${proc.pid} did not stop within ${Duration.format(Duration.fromInputUnsafe(grace))} of SIGTERM; sending SIGKILL`)
-    }
-    signal(proc, "SIGKILL")
-    if (Option.isNone(yield* awaitExit(proc).pipe(Effect.timeoutOption(EXIT_TIMEOUT)))) {
-      yield* Effect.logWarning(`mariadbd pid ${proc.pid} did not exit within ${EXIT_TIMEOUT} of SIGKILL`)
-    }
-  })
-
-type ConnectOptions = mysql.PoolOptions
-
-/** One `SELECT 1` on a fresh connection. */
-const ping = (conn: ConnectOptions) =>
-  Effect.tryPromise({
-    try: async () => {
-      const c = await mysql.createConnection({ ...conn, connectTimeout: 2_000 })
-      try {
-        await c.query("SELECT 1")
-      } finally {
-        c.destroy()
-      }
-    },
-    catch: (cause) => cause
-  })
-
-const pingUntil = (conn: ConnectOptions) =>
-  ping(conn).pipe(Effect.retry({ schedule: Schedule.spaced("50 millis").pipe(Schedule.upTo({ duration: READY_TIMEOUT })) }))
-
-/** Waits until the server answers, failing early if the process exits. */
-const waitReady = (proc: Proc, l: Layout, user: string, logOffset: number): Effect.Effect<void, MariaDbStartError> => {
-  const answers = pingUntil({ socketPath: l.socket, user }).pipe(
-    Effect.mapError(
-      (cause) =>
-        new MariaDbStartError({
-          stage: "timeout",
-          message: `mariadbd pid ${proc.pid} did not answer SELECT 1 within ${READY_TIMEOUT}`,
-          dir: l.dir,
-          logTail: readTail(l.errorLog),
-          cause
-        })
-    )
-  )
-  const exits = awaitExit(proc).pipe(
-    Effect.flatMap((r) => {
-      const log = readFrom(l.errorLog, logOffset)
-      return Effect.fail(
-        new MariaDbStartError({
-          stage: "exited",
-          message: `mariadbd pid ${proc.pid} exited during startup (${describeExit(r)})`,
-          dir: l.dir,
-          logTail: readTail(l.errorLog),
-          portInUse: /Address already in use|Bind on TCP\/IP port/i.test(log)
-        })
-      )
-    })
-  )
-  return Effect.raceFirst(answers, exits)
-}
-
-const makePool = (conn: ConnectOptions) =>
-  Effect.acquireRelease(
-    Effect.sync(() =>
-      mysql.createPool({ ...conn, connectionLimit: 8, supportBigNumbers: true, connectTimeout: CONNECT_TIMEOUT_MS })
-    ),
-    (pool) => withLiveClock(Effect.tryPromise(() => pool.end()).pipe(Effect.timeoutOption("2 seconds"), Effect.ignore))
-  )
-
-const toQueryError = (sql: string, cause: unknown): MariaDbQueryError => {
-  const e = cause as { message?: unknown; code?: unknown; errno?: unknown }
-  return new MariaDbQueryError({
-    sql,
-    message: typeof e?.message === "string" ? e.message : String(cause),
-    code: typeof e?.code === "string" ? e.code : undefined,
-    errno: typeof e?.errno === "number" ? e.errno : undefined,
-    cause
-  })
-}
-
-/**
- * A query on its own pool connection. Interruption (the timeout) destroys the
- * connection so a dead server cannot pin the pool; the server-side statement
- * may still run to completion.
- */
-const poolQuery = (pool: mysql.Pool, timeout: Duration.Input) =>
-<R extends Row = Row>(sql: string, params?: ReadonlyArray<unknown>): Effect.Effect<ReadonlyArray<R>, MariaDbQueryError> =>
-  Effect.callback<ReadonlyArray<R>, MariaDbQueryError>((resume) => {
-    let done = false
-    let conn: mysql.PoolConnection | undefined
-    pool.getConnection().then(
-      (c) => {
-        if (done) return c.release()
-        conn = c
-        c.query(sql, params === undefined ? undefined : [...params]).then(
-          ([rows]) => {
-            if (done) return
-            done = true
-            c.release()
-            resume(Effect.succeed(Array.isArray(rows) ? (rows as unknown as ReadonlyArray<R>) : []))
-          },
-          (cause) => {
-            if (done) return
-            done = true
-            c.release()
-            resume(Effect.fail(toQueryError(sql, cause)))
-          }
-        )
-      },
-      (cause) => {
-        if (done) return
-        done = true
-        resume(Effect.fail(toQueryError(sql, cause)))
-      }
-    )
-    return Effect.sync(() => {
-      if (done) return
-      done = true
-      conn?.destroy()
-    })
-  }).pipe(
-    Effect.timeoutOrElse({
-      duration: timeout,
-      orElse: () =>
-        Effect.fail(
-          new MariaDbQueryError({
-            sql,
-            message: `no answer within ${Duration.format(Duration.fromInputUnsafe(timeout))}`,
-            code: "TIMEOUT"
-          })
-        )
-    }),
-    withLiveClock
-  )
-
 // ---------------------------------------------------------------------------
 // makeManaged
 // ---------------------------------------------------------------------------
-
-/**
- * SIGKILLs every mariadbd running on `configFile` and waits until they are gone: one left
- * by an agent that was SIGKILLed (even before it wrote its pid file). Only processes whose
- * command line names `configFile`, so nothing else is touched. Killing, not adopting: its
- * un-ACKed commits must be truncated by a crash restart.
- */
-export const killStaleServer = (configFile: string): Effect.Effect<void> =>
-  Effect.gen(function*() {
-    const stale: Array<number> = []
-    let entries: Array<string> = []
-    try {
-      entries = fs.readdirSync("/proc").filter((e) => /^\d+$/.test(e))
-    } catch {
-      return
-    }
-    for (const e of entries) {
-      try {
-        const cmdline = fs.readFileSync(`/proc/${e}/cmdline`, "utf8")
-        if (cmdline.includes("mariadbd") && cmdline.includes(configFile)) stale.push(Number(e))
-      } catch {
-        // gone meanwhile
-      }
-    }
-    if (stale.length === 0) return
-    const alive = (pid: number) => fs.existsSync(`/proc/${pid}`) && !/^State:\s+Z/m.test(readProcStatus(pid))
-    yield* Effect.logWarning(`killing mariadbd pid ${stale.join(", ")} left running on ${configFile}`)
-    for (const pid of stale) {
-      try {
-        process.kill(pid, "SIGKILL")
-      } catch {
-        // already gone
-      }
-    }
-    yield* Effect.sync(() => stale.some(alive)).pipe(
-      Effect.repeat({ schedule: Schedule.spaced("20 millis"), until: (a) => !a }),
-      Effect.timeoutOption(EXIT_TIMEOUT)
-    )
-  }).pipe(withLiveClock)
-
-const readProcStatus = (pid: number): string => {
-  try {
-    return fs.readFileSync(`/proc/${pid}/status`, "utf8")
-  } catch {
-    return ""
-  }
-}
 
 /**
  * Runs mariadbd on a persistent dir. The first start installs the datadir;

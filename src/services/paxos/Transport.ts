@@ -6,31 +6,50 @@
  * pair of nodes uses two TCP connections and neither side has to arbitrate
  * which of two simultaneous dials wins.
  *
- * Wire format: frames from `domain/frame.ts` (u32 BE length + msgpack). The
- * dialer's first frame is a {@link Hello}; the listener answers
- * {@link HelloOk} or {@link HelloRejected}. After that every frame carries one
- * message, encoded and decoded with the caller's Schema.
+ * Wire format: frames from `domain/frame.ts` (u32 BE length + msgpack), read and
+ * written by FramedConnection.ts. The dialer's first frame is a {@link Hello};
+ * the listener answers {@link HelloOk} or {@link HelloRejected} (Handshake.ts).
+ * After that every frame carries one message, encoded and decoded with the
+ * caller's Schema.
  *
  * Input is hostile (docs/architecture.md, "Hostile input"): a bad frame closes that connection
  * with a logged, typed error and nothing else.
  */
 import * as net from "node:net"
-import { Cause, Context, Data, Duration, Effect, Layer, Queue, Result, Schedule, Schema, Scope } from "effect"
-import {
-  DEFAULT_MAX_FRAME_BYTES,
-  decodePayload,
-  FrameDecodeError,
-  FrameDecoder,
-  FrameEncodeError,
-  FrameTooLarge,
-  FrameTruncated,
-  tryEncodeFrame
-} from "../../domain/wire/frame.js"
+import { Cause, Context, Duration, Effect, Layer, Queue, Result, Schedule, Schema, Scope } from "effect"
+import { DEFAULT_MAX_FRAME_BYTES, FrameEncodeError, tryEncodeFrame } from "../../domain/wire/frame.js"
 import * as TcpListener from "../net/TcpListener.js"
 import { forkScopedLogged } from "../fibers.js"
-import { describeCause } from "../../domain/describe.js"
 import { isWildcard } from "../../domain/wire/address.js"
 import { cappedExponential } from "../schedules.js"
+import { acquireConnection, awaitClosed, Connection, decodeFrameWith, type Receiver } from "./FramedConnection.js"
+import {
+  dialerHandshake,
+  HANDSHAKE_MAX_FRAME_BYTES,
+  type Hello,
+  handshakeError,
+  listenerHandshake
+} from "./Handshake.js"
+import {
+  TransportClosed,
+  TransportConnectError,
+  type TransportConnectionError,
+  TransportListenError
+} from "./TransportErrors.js"
+
+// Part of this module's API (and of the library's `Transport` namespace).
+export {
+  type HandshakeFailure,
+  TransportClosed,
+  TransportConnectError,
+  type TransportConnectionError,
+  TransportFrameError,
+  TransportHandshakeError,
+  TransportListenError,
+  TransportSchemaError,
+  TransportSocketError
+} from "./TransportErrors.js"
+export { Hello, HelloOk, HelloRejected, HelloReply } from "./Handshake.js"
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -124,311 +143,17 @@ export interface ClientConnection<M> {
 }
 
 // ---------------------------------------------------------------------------
-// Errors
+// Dialing, message encoding and decoding, close logs
 // ---------------------------------------------------------------------------
 
-export class TransportListenError extends Data.TaggedError("TransportListenError")<{
-  readonly host: string
-  readonly port: number
-  readonly cause: unknown
-}> {
-  override get message() {
-    return `cannot listen on ${this.host}:${this.port}: ${describeCause(this.cause)}`
-  }
-}
-
-export class TransportConnectError extends Data.TaggedError("TransportConnectError")<{
-  readonly host: string
-  readonly port: number
-  readonly cause: unknown
-}> {
-  override get message() {
-    return `cannot connect to ${this.host}:${this.port}: ${describeCause(this.cause)}`
-  }
-}
-
-export type HandshakeFailure =
-  | "Timeout" // no hello / no answer in time
-  | "Malformed" // first frame is not a hello (or answer)
-  | "ClusterMismatch"
-  | "UnknownNode"
-  | "ClientsNotAccepted"
-  | "Rejected" // the listener said no (dialer side)
-  | "WrongNode" // the listener is not the node configured at that address
-  | "UnexpectedFrame" // a frame where the protocol has none
-
-export class TransportHandshakeError extends Data.TaggedError("TransportHandshakeError")<{
-  readonly remote: string
-  readonly kind: HandshakeFailure
-  readonly reason: string
-}> {
-  override get message() {
-    return `handshake with ${this.remote} failed (${this.kind}): ${this.reason}`
-  }
-}
-
-export class TransportFrameError extends Data.TaggedError("TransportFrameError")<{
-  readonly remote: string
-  readonly cause: FrameTooLarge | FrameTruncated | FrameDecodeError
-}> {
-  override get message() {
-    return `bad frame from ${this.remote}: ${this.cause.message}`
-  }
-}
-
-export class TransportSchemaError extends Data.TaggedError("TransportSchemaError")<{
-  readonly remote: string
-  readonly cause: Schema.SchemaError
-}> {
-  override get message() {
-    return `invalid message from ${this.remote}: ${this.cause.message}`
-  }
-}
-
-export class TransportSocketError extends Data.TaggedError("TransportSocketError")<{
-  readonly remote: string
-  readonly cause: unknown
-}> {
-  override get message() {
-    return `socket error on ${this.remote}: ${describeCause(this.cause)}`
-  }
-}
-
-/** The remote closed the connection in an orderly way. */
-export class TransportClosed extends Data.TaggedError("TransportClosed")<{
-  readonly remote: string
-}> {
-  override get message() {
-    return `connection to ${this.remote} closed`
-  }
-}
-
-export type TransportConnectionError =
-  | TransportHandshakeError
-  | TransportFrameError
-  | TransportSchemaError
-  | TransportSocketError
-  | TransportClosed
-
-
-// ---------------------------------------------------------------------------
-// Handshake messages
-// ---------------------------------------------------------------------------
-
-export const Hello = Schema.TaggedStruct("Hello", {
-  clusterId: Schema.String,
-  nodeId: Schema.Int,
-  role: Schema.Literals(["peer", "client"])
-})
-export type Hello = typeof Hello.Type
-
-export const HelloOk = Schema.TaggedStruct("HelloOk", { nodeId: Schema.Int })
-export const HelloRejected = Schema.TaggedStruct("HelloRejected", { reason: Schema.String })
-export const HelloReply = Schema.Union([HelloOk, HelloRejected])
-
-/** Hello frames are tiny: a pre-handshake connection may not make us buffer more. */
-const HANDSHAKE_MAX_FRAME_BYTES = 64 * 1024
 const DEFAULT_MAX_OUTBOUND_BUFFER_BYTES = 64 * 1024 * 1024
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration.Input = "5 seconds"
 const CONNECT_TIMEOUT: Duration.Input = "5 seconds"
-/** Grace for a HelloRejected frame to reach the dialer before the socket is destroyed. */
-const REJECT_LINGER: Duration.Input = "1 second"
 
 /** Outbound reconnect: 50 ms doubling, capped at 1 s, jittered (0.8x-1.2x). */
 const reconnectSchedule = cappedExponential("50 millis", "1 second").pipe(
   Schedule.jittered
 )
-
-// ---------------------------------------------------------------------------
-// Connection: one socket, framed, with coalesced writes
-// ---------------------------------------------------------------------------
-
-/** Returns an error to close the connection with, or undefined to go on. */
-type Receiver = (payload: Uint8Array) => TransportConnectionError | undefined
-
-/**
- * Callback-level wrapper of a net.Socket. Reading and writing happen in
- * socket callbacks (no fiber hop per chunk or per frame, which matters at
- * thousands of frames/s); fibers only await its lifecycle via
- * {@link awaitClosed} / {@link receiveOne}. Handlers are attached in the
- * constructor so a socket 'error' can never go unhandled (that would crash
- * the process).
- */
-class Connection {
-  private readonly decoder: FrameDecoder
-  private receiver: Receiver | undefined = undefined
-  /** Frames that arrived while no receiver was set; the socket is paused meanwhile. */
-  private readonly stash: Array<Uint8Array> = []
-  private pending: Array<Uint8Array> = []
-  private pendingBytes = 0
-  private flushScheduled = false
-  private closeError: TransportConnectionError | undefined = undefined
-  private readonly closeListeners = new Set<(error: TransportConnectionError) => void>()
-
-  constructor(
-    readonly socket: net.Socket,
-    readonly remote: string,
-    maxFrameBytes: number,
-    private readonly maxBufferedBytes: number
-  ) {
-    this.decoder = new FrameDecoder(maxFrameBytes)
-    socket.setNoDelay(true)
-    // Idle connections to a host that vanished are eventually noticed.
-    socket.setKeepAlive(true, 10_000)
-    socket.on("data", (chunk: Buffer) => this.onData(chunk))
-    socket.on("end", () => {
-      const buffered = this.decoder.buffered
-      this.close(
-        buffered > 0
-          ? new TransportFrameError({ remote, cause: new FrameTruncated({ buffered }) })
-          : new TransportClosed({ remote })
-      )
-    })
-    socket.on("error", (cause) => this.close(new TransportSocketError({ remote, cause })))
-    socket.on("close", () => this.close(new TransportClosed({ remote })))
-  }
-
-  get closed(): TransportConnectionError | undefined {
-    return this.closeError
-  }
-
-  setMaxFrameBytes(max: number): void {
-    this.decoder.setMaxFrameBytes(max)
-  }
-
-  /** Installs (or removes) the frame handler; stashed frames are replayed first. */
-  setReceiver(receiver: Receiver | undefined): void {
-    this.receiver = receiver
-    while (this.receiver !== undefined && this.receiver === receiver && this.stash.length > 0 && !this.closeError) {
-      this.deliver(this.stash.shift()!)
-    }
-    if (this.receiver !== undefined && this.stash.length === 0 && this.socket.isPaused()) this.socket.resume()
-  }
-
-  /** Takes the next frame without a receiver installed (handshake). */
-  takeStashed(): Uint8Array | undefined {
-    return this.stash.shift()
-  }
-
-  onClose(listener: (error: TransportConnectionError) => void): () => void {
-    this.closeListeners.add(listener)
-    return () => this.closeListeners.delete(listener)
-  }
-
-  /**
-   * Queues a frame; all frames queued before the current synchronous run ends
-   * (one Effect scheduler batch) go out in one corked write. nextTick rather
-   * than setImmediate: the frames leave before any further I/O is polled. Returns false (frame dropped) when closed or over the bound;
-   * a single frame is always accepted on an idle connection so that frames
-   * larger than the bound can still be sent.
-   */
-  write(frame: Uint8Array): boolean {
-    if (this.closeError) return false
-    const queued = this.socket.writableLength + this.pendingBytes
-    if (queued > 0 && queued + frame.length > this.maxBufferedBytes) return false
-    this.pending.push(frame)
-    this.pendingBytes += frame.length
-    if (!this.flushScheduled) {
-      this.flushScheduled = true
-      process.nextTick(this.flush)
-    }
-    return true
-  }
-
-  private readonly flush = (): void => {
-    this.flushScheduled = false
-    const frames = this.pending
-    this.pending = []
-    this.pendingBytes = 0
-    if (this.closeError || frames.length === 0) return
-    if (frames.length === 1) {
-      this.socket.write(frames[0]!)
-      return
-    }
-    this.socket.cork()
-    for (const frame of frames) this.socket.write(frame)
-    this.socket.uncork()
-  }
-
-  /** Sends pending frames and `last`, then half-closes (used to deliver a rejection). */
-  end(last: Uint8Array): void {
-    if (this.closeError) return
-    this.flush()
-    this.socket.end(last)
-  }
-
-  /** Closes with `error` (the first close reason wins). */
-  close(error: TransportConnectionError): void {
-    if (this.closeError) return
-    this.closeError = error
-    this.pending = []
-    this.stash.length = 0
-    this.receiver = undefined
-    this.socket.destroy()
-    for (const listener of this.closeListeners) listener(error)
-    this.closeListeners.clear()
-  }
-
-  private onData(chunk: Uint8Array): void {
-    if (this.closeError) return
-    const { error, frames } = this.decoder.push(chunk)
-    for (const frame of frames) {
-      if (this.closeError) return
-      this.deliver(frame)
-    }
-    if (error !== undefined) this.close(new TransportFrameError({ remote: this.remote, cause: error }))
-  }
-
-  private deliver(frame: Uint8Array): void {
-    const receiver = this.receiver
-    if (receiver === undefined) {
-      // Nobody is reading yet (handshake in progress): hold it and stop
-      // reading from the kernel so the stash stays small.
-      this.stash.push(frame)
-      if (!this.socket.isPaused()) this.socket.pause()
-      return
-    }
-    const error = receiver(frame)
-    if (error !== undefined) this.close(error)
-  }
-}
-
-
-/** Waits until the connection closes; fails with the reason (TransportClosed for an orderly close). */
-const awaitClosed = (conn: Connection): Effect.Effect<never, TransportConnectionError> =>
-  Effect.callback<never, TransportConnectionError>((resume) => {
-    const closed = conn.closed
-    if (closed !== undefined) return resume(Effect.fail(closed))
-    const remove = conn.onClose((error) => resume(Effect.fail(error)))
-    return Effect.sync(remove)
-  })
-
-/** The next frame on a connection that has no receiver installed. */
-const receiveOne = (conn: Connection): Effect.Effect<Uint8Array, TransportConnectionError> =>
-  Effect.callback<Uint8Array, TransportConnectionError>((resume) => {
-    const stashed = conn.takeStashed()
-    if (stashed !== undefined) return resume(Effect.succeed(stashed))
-    const closed = conn.closed
-    if (closed !== undefined) return resume(Effect.fail(closed))
-    const removeClose = conn.onClose((error) => resume(Effect.fail(error)))
-    conn.setReceiver((payload) => {
-      // One frame only: later frames wait in the stash for the next receiver.
-      conn.setReceiver(undefined)
-      removeClose()
-      resume(Effect.succeed(payload))
-      return undefined
-    })
-    return Effect.sync(() => {
-      removeClose()
-      conn.setReceiver(undefined)
-    })
-  })
-
-/** Wraps a socket in a Connection released (destroyed) with the scope. */
-const acquireConnection = (conn: Connection): Effect.Effect<Connection, never, Scope.Scope> =>
-  Effect.acquireRelease(Effect.succeed(conn), (c) =>
-    Effect.sync(() => c.close(new TransportClosed({ remote: c.remote }))))
-
 
 /** Dials host:port; the connection is destroyed when the scope closes. */
 const dial = (
@@ -462,28 +187,6 @@ const dial = (
     // Interruptible so that closing the scope aborts a dial in progress.
     { interruptible: true }
   )
-
-const handshakeError = (remote: string, kind: HandshakeFailure, reason: string) =>
-  new TransportHandshakeError({ remote, kind, reason })
-
-const withTimeout = <A, E>(
-  effect: Effect.Effect<A, E>,
-  duration: Duration.Input,
-  onTimeout: () => E
-): Effect.Effect<A, E> => Effect.timeoutOrElse(effect, { duration, orElse: () => Effect.fail(onTimeout()) })
-
-/** Decodes a frame against a Schema; both failure kinds are connection errors. */
-const decodeFrameWith = <A>(decode: (u: unknown) => Result.Result<A, Schema.SchemaError>, remote: string) =>
-(payload: Uint8Array): Result.Result<A, TransportFrameError | TransportSchemaError> => {
-  const raw = decodePayload(payload)
-  if (Result.isFailure(raw)) return Result.fail(new TransportFrameError({ remote, cause: raw.failure }))
-  const decoded = decode(raw.success)
-  if (Result.isFailure(decoded)) return Result.fail(new TransportSchemaError({ remote, cause: decoded.failure }))
-  return Result.succeed(decoded.success)
-}
-
-const decodeHelloFrame = (remote: string) => decodeFrameWith(Schema.decodeUnknownResult(Hello), remote)
-const decodeReplyFrame = (remote: string) => decodeFrameWith(Schema.decodeUnknownResult(HelloReply), remote)
 
 /**
  * Encodes a message (Schema, then msgpack frame), ready for any connection. The last frame
@@ -542,54 +245,6 @@ const messageReceiver = <M>(
   }
 }
 
-/** Dialer side: send hello, wait for HelloOk; a rejection is a failed attempt. */
-const dialerHandshake = (
-  conn: Connection,
-  hello: Hello,
-  maxFrameBytes: number,
-  timeout: Duration.Input,
-  expectedNodeId: number | undefined
-): Effect.Effect<void, TransportConnectionError> =>
-  Effect.gen(function*() {
-    const remote = conn.remote
-    conn.write(encodeControl(hello))
-    const payload = yield* withTimeout(
-      receiveOne(conn),
-      timeout,
-      () => handshakeError(remote, "Timeout", "no answer to hello")
-    )
-    const reply = decodeReplyFrame(remote)(payload)
-    if (Result.isFailure(reply)) {
-      return yield* Effect.fail(handshakeError(remote, "Malformed", reply.failure.message))
-    }
-    if (reply.success._tag === "HelloRejected") {
-      return yield* Effect.fail(handshakeError(remote, "Rejected", reply.success.reason))
-    }
-    if (expectedNodeId !== undefined && reply.success.nodeId !== expectedNodeId) {
-      // A misconfigured address would otherwise route node X's traffic to node Y.
-      return yield* Effect.fail(
-        handshakeError(remote, "WrongNode", `expected node ${expectedNodeId}, answered by node ${reply.success.nodeId}`)
-      )
-    }
-    conn.setMaxFrameBytes(maxFrameBytes)
-  })
-
-const encodeControl = (
-  message: Hello | typeof HelloOk.Type | typeof HelloRejected.Type
-): Uint8Array => {
-  const frame = tryEncodeFrame(message)
-  // Plain strings and ints always encode.
-  if (Result.isFailure(frame)) throw frame.failure
-  return frame.success
-}
-
-/** Answers HelloRejected and gives the frame a moment to leave before the socket is destroyed. */
-const reject = (conn: Connection, refusal: TransportHandshakeError): Effect.Effect<void> =>
-  Effect.suspend(() => {
-    conn.end(encodeControl({ _tag: "HelloRejected", reason: refusal.reason }))
-    return Effect.asVoid(Effect.exit(withTimeout(awaitClosed(conn), REJECT_LINGER, () => refusal)))
-  })
-
 /** Orderly closes are routine; everything else is worth a warning. */
 const logClose = (what: string, error: TransportConnectionError) =>
   error._tag === "TransportClosed"
@@ -632,33 +287,14 @@ export const make = <M>(
         Effect.gen(function*() {
           const conn = yield* acquireConnection(accepted)
           const remote = conn.remote
-          const payload = yield* withTimeout(
-            receiveOne(conn),
-            handshakeTimeout,
-            () => handshakeError(remote, "Timeout", "no hello received in time")
-          )
-          const decoded = decodeHelloFrame(remote)(payload)
-          if (Result.isFailure(decoded)) {
-            const malformed = handshakeError(remote, "Malformed", decoded.failure.message)
-            // Well-formed msgpack that is not a valid hello (e.g. a newer
-            // version) gets a reason; undecodable bytes are not one of ours.
-            if (decoded.failure._tag === "TransportSchemaError") yield* reject(conn, malformed)
-            return yield* Effect.fail(malformed)
-          }
-          const hello = decoded.success
-          const refusal: TransportHandshakeError | undefined = hello.clusterId !== options.clusterId
-            ? handshakeError(remote, "ClusterMismatch", `cluster id ${JSON.stringify(hello.clusterId.slice(0, 100))} is not ours`)
-            : hello.role === "peer" && !peerIds.has(hello.nodeId)
-            ? handshakeError(remote, "UnknownNode", `node ${hello.nodeId} is not a configured peer`)
-            : hello.role === "client" && !acceptClients
-            ? handshakeError(remote, "ClientsNotAccepted", "this listener does not accept clients")
-            : undefined
-          if (refusal !== undefined) {
-            yield* reject(conn, refusal)
-            return yield* Effect.fail(refusal)
-          }
-          conn.setMaxFrameBytes(maxFrameBytes)
-          conn.write(encodeControl({ _tag: "HelloOk", nodeId: options.nodeId }))
+          const hello = yield* listenerHandshake(conn, {
+            clusterId: options.clusterId,
+            nodeId: options.nodeId,
+            peerIds,
+            acceptClients,
+            maxFrameBytes,
+            timeout: handshakeTimeout
+          })
           if (hello.role === "peer") {
             const from = hello.nodeId
             conn.setReceiver(

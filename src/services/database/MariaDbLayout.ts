@@ -1,0 +1,208 @@
+/**
+ * The files of a managed server: the layout of its dir, my.cnf, the datadir install
+ * (mariadb-install-db), the binaries, and reading the error log.
+ */
+import { execFile } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { Effect } from "effect"
+import { MariaDbStartError } from "./MariaDbErrors.js"
+
+export type ExtraConfig = Readonly<Record<string, string | number | boolean>>
+
+const isRoot = () => process.getuid?.() === 0
+
+/** The OS user: mariadb-install-db gives it unix_socket login with all privileges. */
+export const adminUser = () => (isRoot() ? "root" : os.userInfo().username)
+
+const binaryDirs = () => [
+  ...(process.env.PATH ?? "").split(path.delimiter).filter((d) => d.length > 0),
+  "/usr/sbin",
+  "/usr/bin",
+  "/usr/local/sbin",
+  "/usr/local/bin"
+]
+
+export const findBinary = (name: string): Effect.Effect<string, MariaDbStartError> =>
+  Effect.suspend(() => {
+    for (const dir of binaryDirs()) {
+      const candidate = path.join(dir, name)
+      try {
+        fs.accessSync(candidate, fs.constants.X_OK)
+        return Effect.succeed(candidate)
+      } catch {
+        // try the next directory
+      }
+    }
+    return Effect.fail(
+      new MariaDbStartError({
+        stage: "binaries",
+        message: `${name} not found on PATH, /usr/sbin or /usr/bin (run scripts/setup.sh)`
+      })
+    )
+  })
+
+export const readTail = (file: string, bytes = 4000): string => {
+  try {
+    const fd = fs.openSync(file, "r")
+    try {
+      const size = fs.fstatSync(fd).size
+      const start = Math.max(0, size - bytes)
+      const buf = Buffer.alloc(size - start)
+      fs.readSync(fd, buf, 0, buf.length, start)
+      return buf.toString("utf8")
+    } finally {
+      fs.closeSync(fd)
+    }
+  } catch {
+    return ""
+  }
+}
+
+export const readFrom = (file: string, offset: number): string => {
+  try {
+    return fs.readFileSync(file).subarray(offset).toString("utf8")
+  } catch {
+    return ""
+  }
+}
+
+export const fileSize = (file: string): number => {
+  try {
+    return fs.statSync(file).size
+  } catch {
+    return 0
+  }
+}
+
+export interface Layout {
+  readonly dir: string
+  readonly dataDir: string
+  readonly configFile: string
+  readonly socket: string
+  readonly pidFile: string
+  readonly errorLog: string
+  readonly binlogBase: string
+  readonly relayLog: string
+  readonly tmpDir: string
+}
+
+export const layoutOf = (dir: string): Layout => ({
+  dir,
+  dataDir: path.join(dir, "data"),
+  configFile: path.join(dir, "my.cnf"),
+  socket: path.join(dir, "mysqld.sock"),
+  pidFile: path.join(dir, "mysqld.pid"),
+  errorLog: path.join(dir, "error.log"),
+  binlogBase: path.join(dir, "bin"),
+  relayLog: path.join(dir, "relay"),
+  tmpDir: path.join(dir, "tmp")
+})
+
+const renderConfig = (l: Layout, port: number, serverId: number, extra: ExtraConfig): string => {
+  const lines: Array<string> = ["[mariadbd]"]
+  if (isRoot()) lines.push("user=root")
+  lines.push(
+    `datadir=${l.dataDir}`,
+    `socket=${l.socket}`,
+    `pid-file=${l.pidFile}`,
+    // own temp dir: bootstraps sharing /tmp have lost each other's temp tables
+    `tmpdir=${l.tmpDir}`,
+    `port=${port}`,
+    "bind-address=127.0.0.1",
+    `log-error=${l.errorLog}`,
+    "skip-name-resolve",
+    `server_id=${serverId}`,
+    `log_bin=${l.binlogBase}`,
+    "binlog_format=ROW",
+    "gtid_strict_mode=ON",
+    "log_slave_updates=ON",
+    "sync_binlog=1",
+    "innodb_flush_log_at_trx_commit=1",
+    `relay_log=${l.relayLog}`,
+    "skip-slave-start",
+    // a GTID reconnect scans the binlog file from its start
+    "max_binlog_size=64M",
+    // small footprint: several instances on a 2-core test machine
+    "innodb_buffer_pool_size=32M",
+    "innodb_log_file_size=16M",
+    "innodb_log_buffer_size=4M",
+    "key_buffer_size=1M",
+    "aria_pagecache_buffer_size=4M",
+    "performance_schema=OFF",
+    "max_connections=200"
+  )
+  for (const [key, value] of Object.entries(extra)) {
+    if (value === true) lines.push(key)
+    else if (value !== false) lines.push(`${key}=${value}`)
+  }
+  return lines.join("\n") + "\n"
+}
+
+export const prepareDir = (l: Layout) =>
+  Effect.try({
+    try: () => fs.mkdirSync(l.tmpDir, { recursive: true }),
+    catch: (cause) =>
+      new MariaDbStartError({ stage: "tempdir", message: `mkdir ${l.tmpDir} failed: ${String(cause)}`, dir: l.dir, cause })
+  })
+
+export const writeConfig = (l: Layout, port: number, serverId: number, extra: ExtraConfig) =>
+  Effect.try({
+    try: () => fs.writeFileSync(l.configFile, renderConfig(l, port, serverId, extra)),
+    catch: (cause) =>
+      new MariaDbStartError({ stage: "config", message: `cannot write ${l.configFile}: ${String(cause)}`, dir: l.dir, cause })
+  })
+
+const isEmptyOrMissing = (dir: string): boolean => {
+  try {
+    return fs.readdirSync(dir).length === 0
+  } catch {
+    return true
+  }
+}
+
+const runInstallDb = (installDbBin: string, l: Layout) =>
+  Effect.callback<void, MariaDbStartError>((resume) => {
+    const child = execFile(
+      installDbBin,
+      [`--defaults-file=${l.configFile}`, "--skip-test-db"],
+      { timeout: 120_000, maxBuffer: 8 * 1024 * 1024 },
+      (error, stdout, stderr) => {
+        if (error === null) return resume(Effect.void)
+        const output = `${stdout}\n${stderr}`.slice(-3000)
+        resume(
+          Effect.fail(
+            new MariaDbStartError({
+              stage: "install",
+              message: `mariadb-install-db failed (${error.code ?? error.signal ?? error.message})`,
+              dir: l.dir,
+              logTail: `${output}\n--- ${l.errorLog} ---\n${readTail(l.errorLog, 2000)}`,
+              cause: error
+            })
+          )
+        )
+      }
+    )
+    return Effect.sync(() => {
+      if (child.exitCode === null) child.kill("SIGKILL")
+    })
+  })
+
+/**
+ * First start only (no `data/mysql` yet). A failed install into a fresh
+ * datadir is wiped, so the next start installs again instead of finding a
+ * half-made `data/mysql`.
+ */
+export const installIfNeeded = (installDbBin: string, l: Layout) =>
+  Effect.suspend(() => {
+    if (fs.existsSync(path.join(l.dataDir, "mysql"))) return Effect.void
+    const fresh = isEmptyOrMissing(l.dataDir)
+    return runInstallDb(installDbBin, l).pipe(
+      Effect.onError(() =>
+        Effect.sync(() => {
+          if (fresh) fs.rmSync(l.dataDir, { recursive: true, force: true })
+        })
+      )
+    )
+  })
