@@ -7,6 +7,13 @@ import { Data, Effect, Schedule } from "effect"
 import * as MariaDbServer from "../src/services/database/MariaDbServer.js"
 
 class NotYet extends Data.TaggedError("NotYet")<{ readonly what: string }> {}
+class UnexpectedSuccess extends Data.TaggedError("UnexpectedSuccess")<{ readonly message: string }> {}
+
+/** The effect's error; a success fails the test saying which step should not have succeeded. */
+const failureOf = <A, E>(step: string, effect: Effect.Effect<A, E>): Effect.Effect<E, UnexpectedSuccess> =>
+  Effect.flip(effect).pipe(
+    Effect.mapError((value) => new UnexpectedSuccess({ message: `${step} succeeded with ${JSON.stringify(value)}` }))
+  )
 
 const isAlive = (pid: number): boolean => {
   try {
@@ -174,7 +181,7 @@ describe("MariaDbServer", () => {
         queryTimeout: "1 second"
       })
       process.kill(pid, "SIGSTOP")
-      const timedOut = yield* Effect.flip(impatient.query("SELECT 1")).pipe(
+      const timedOut = yield* failureOf("a query to a SIGSTOPped server", impatient.query("SELECT 1")).pipe(
         Effect.ensuring(Effect.sync(() => process.kill(pid, "SIGCONT")))
       )
       expect(timedOut.code).toBe("TIMEOUT")
@@ -182,7 +189,8 @@ describe("MariaDbServer", () => {
 
       // A dead server makes queries fail at once.
       yield* managed.kill
-      const error = yield* Effect.flip(db.query("SELECT 1"))
+      expect(isAlive(pid)).toBe(false)
+      const error = yield* failureOf("a query to a killed server", db.query("SELECT 1"))
       expect(error._tag).toBe("MariaDbQueryError")
       expect(yield* db.up).toBe(false)
     }))

@@ -112,8 +112,10 @@ export const stopProc = (proc: Proc, how: "SIGKILL" | "SIGTERM", grace: Duration
       yield* Effect.logWarning(`mariadbd pid ${proc.pid} did not stop within ${Duration.format(Duration.fromInputUnsafe(grace))} of SIGTERM; sending SIGKILL`)
     }
     signal(proc, "SIGKILL")
-    if (Option.isNone(yield* awaitExit(proc).pipe(Effect.timeoutOption(EXIT_TIMEOUT)))) {
-      yield* Effect.logWarning(`mariadbd pid ${proc.pid} did not exit within ${EXIT_TIMEOUT} of SIGKILL`)
+    // Callers rely on a killed server committing nothing more, so this waits
+    // for the exit (a process in an uninterruptible fsync dies late), warning.
+    while (Option.isNone(yield* awaitExit(proc).pipe(Effect.timeoutOption(EXIT_TIMEOUT)))) {
+      yield* Effect.logWarning(`mariadbd pid ${proc.pid} has not exited ${EXIT_TIMEOUT} after SIGKILL; still waiting`)
     }
   })
 
