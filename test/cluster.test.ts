@@ -240,3 +240,114 @@ describe("cluster state machine", () => {
     expect(retries).toBeGreaterThan(100)
   })
 })
+
+describe("large transactions in parts", () => {
+  const lease = (node: number, basedOnVersion: number): ClusterEntry => ({ _tag: "MasterLease", node, basedOnVersion, leaseMs: 3000, proposalId: 1 })
+  const g = (seq: number): Gtid => ({ domain: 0, server: 1, seq })
+  const part = (seq: number, n: number, epoch = 1, node = 1): ClusterEntry => ({
+    _tag: "BinlogPart",
+    node,
+    epoch,
+    gtid: g(seq),
+    part: n,
+    bytes: new Uint8Array([seq, n])
+  })
+  const last = (seq: number, parts: number, prev: number | null, epoch = 1): ClusterEntry => ({
+    _tag: "Binlog",
+    node: 1,
+    epoch,
+    prevGtid: prev === null ? null : g(prev),
+    txns: [{ gtid: g(seq), events: new Uint8Array([seq, 255]), parts }]
+  })
+  const tags = (outcomes: ReadonlyArray<Outcome>) => outcomes.map((o) => (o._tag === "Rejected" ? o.reason._tag : o._tag))
+
+  it("accepts a transaction whose parts come in order, then the entry completing it, and records where the parts are", () => {
+    let state = run([lease(1, 0)]).state
+    const outcomes: Array<Outcome> = []
+    const entries = [part(1, 0), part(1, 1), part(1, 2), last(1, 3, null)]
+    entries.forEach((e, i) => {
+      const [next, outcome] = applyEntry(state, e, [10 + i, 0])
+      outcomes.push(outcome)
+      if (i === 2) expect(next.partial?.at).toEqual([[10, 0], [11, 0], [12, 0]])
+      state = next
+    })
+    expect(tags(outcomes)).toEqual(["Accepted", "Accepted", "Accepted", "Accepted"])
+    expect(state.lastGtid).toEqual(g(1))
+    expect(state.partial).toBeNull()
+    // The completing entry again (a retry whose first try was chosen): recognised; its parts again too.
+    expect(tags([applyEntry(state, last(1, 3, null))[1], applyEntry(state, part(1, 0))[1]])).toEqual(["AlreadyAccepted", "AlreadyAccepted"])
+  })
+
+  it("refuses parts out of order, a completion with another count, and parts from anyone but the master", () => {
+    const { outcomes, state } = run([
+      lease(1, 0),
+      part(1, 1), // no part 0
+      part(1, 0),
+      part(1, 0), // part 0 again: the transaction starts over (a capture that reconnected)
+      part(1, 2), // part 1 missing
+      part(1, 1),
+      part(1, 1), // the last part again: a retry whose first try was chosen
+      last(1, 3, null), // only 2 parts
+      part(1, 2, 1, 2), // not the master
+      part(1, 2, 0), // stale epoch
+      { _tag: "Binlog", node: 1, epoch: 1, prevGtid: null, txns: [txn(1), { ...txn(2), parts: 1 }] }, // parts not first
+      last(1, 2, null),
+      part(3, 0) // does not follow lastGtid
+    ])
+    expect(tags(outcomes)).toEqual([
+      "Accepted",
+      "PartOutOfOrder",
+      "Accepted",
+      "Accepted",
+      "PartOutOfOrder",
+      "Accepted",
+      "AlreadyAccepted",
+      "PartOutOfOrder",
+      "NotMaster",
+      "StaleEpoch",
+      "Malformed",
+      "Accepted",
+      "GtidGap"
+    ])
+    expect(state.lastGtid).toEqual(g(1))
+  })
+
+  it("drops an unfinished transaction: a new master, a new part 0, or a whole transaction accepted meanwhile", () => {
+    const { outcomes } = run([
+      lease(1, 0),
+      part(1, 0),
+      part(1, 1),
+      lease(2, 1), // master 2, epoch 2: node 1's parts are gone
+      lease(1, 2), // node 1 again, epoch 3
+      last(1, 2, null, 3),
+      part(1, 0, 3),
+      part(1, 1, 3),
+      part(1, 0, 3), // starts over
+      { _tag: "Binlog", node: 1, epoch: 3, prevGtid: null, txns: [txn(1)] }, // whole after all
+      part(2, 0, 3),
+      last(2, 1, 1, 3)
+    ])
+    expect(tags(outcomes)).toEqual([
+      "Accepted",
+      "Accepted",
+      "Accepted",
+      "Accepted",
+      "Accepted",
+      "PartOutOfOrder",
+      "Accepted",
+      "Accepted",
+      "Accepted",
+      "Accepted",
+      "Accepted",
+      "Accepted"
+    ])
+    // The whole transaction dropped the parts: a completion for them now is refused.
+    const after = run([lease(1, 0), part(1, 0), part(1, 1), { _tag: "Binlog", node: 1, epoch: 1, prevGtid: null, txns: [txn(1)] }])
+    expect(after.state.partial).toBeNull()
+    expect(tags([applyEntry(after.state, last(2, 2, 1))[1]])).toEqual(["PartOutOfOrder"])
+  })
+
+  it("round-trips a part and a completing entry through the value encoding", () => {
+    for (const e of [part(7, 3), last(7, 4, 6)]) expect(bytesAsText(decodeEntry(encodeEntry(e)))).toEqual(bytesAsText(e))
+  })
+})

@@ -65,6 +65,25 @@ describe("node database helpers", () => {
     expect(splitEvents(joined).map((e) => e.length)).toEqual([25, 40])
     expect(splitEvents(joined.subarray(0, 50)).map((e) => e.length)).toEqual([25])
   })
+
+  it("splits events that lie across chunks (a large transaction's parts) exactly as when joined, at every cut", () => {
+    const event = (length: number, fill: number) => {
+      const b = new Uint8Array(length).fill(fill)
+      new DataView(b.buffer).setUint32(9, length, true)
+      return b
+    }
+    const joined = new Uint8Array([...event(25, 1), ...event(40, 2), ...event(19, 3), ...event(30, 4)])
+    const expected = splitEvents(joined).map((e) => [...e])
+    for (let i = 0; i <= joined.length; i++) {
+      for (const j of [i, i + 1, i + 7, i + 23]) {
+        if (j > joined.length) continue
+        const chunks = [joined.slice(0, i), joined.slice(i, j), joined.slice(j)]
+        expect(splitEvents(chunks).map((e) => [...e]), `cut at ${i}, ${j}`).toEqual(expected)
+      }
+    }
+    // A truncated last event is left out, as when joined.
+    expect(splitEvents([joined.slice(0, 30), joined.slice(30, 100)]).map((e) => e.length)).toEqual([25, 40, 19])
+  })
 })
 
 describe("lease length from the master record", () => {

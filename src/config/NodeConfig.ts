@@ -33,6 +33,8 @@ export const MariaDbSettings = Schema.Struct({
   password: Schema.optional(Schema.String),
   /** Loopback port of this node's binlog server, which its MariaDB replicates from. */
   binlogServerPort: Port,
+  /** The largest transaction the cluster takes, in MiB (MariaDB's max_binlog_cache_size); default 1024. */
+  maxTransactionMb: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isBetween({ minimum: 1, maximum: 1024 * 1024 })))),
   /** Extra my.cnf lines for a managed server (true = a bare flag). */
   extraConfig: Schema.optional(Schema.Record(Schema.String, Schema.Union([Schema.String, Schema.Number, Schema.Boolean])))
 })

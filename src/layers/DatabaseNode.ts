@@ -45,7 +45,8 @@ export const localMariaDbLayer = (config: NodeConfig, settings: Settings) =>
     socket: settings.socket,
     user: settings.user,
     password: settings.password,
-    extraConfig: settings.extraConfig
+    extraConfig: settings.extraConfig,
+    maxTransactionBytes: settings.maxTransactionMb !== undefined ? settings.maxTransactionMb * 1024 * 1024 : undefined
   })
 
 /**

@@ -5,7 +5,7 @@
  */
 import { Data, Effect, Schedule } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
@@ -40,7 +40,7 @@ export interface LocalNode {
   readonly configPath: string
   /** The running process's pid, or undefined while it is down. */
   readonly pid: () => number | undefined
-  /** Output the process wrote so far (stdout and stderr), for diagnostics. */
+  /** The last output the process wrote (stdout and stderr, up to 4 MiB), for diagnostics; all of it is in `nodeN/agent.log`. */
   readonly output: () => string
   /** Sends a signal and waits (bounded) until the process has exited. */
   readonly kill: (signal?: NodeJS.Signals) => Effect.Effect<void>
@@ -64,7 +64,11 @@ export interface LocalClusterOptions {
   readonly paxos?: NodeConfig["paxos"]
   readonly lease?: NodeConfig["lease"]
   /** Give every node a managed MariaDB and proxy ports. */
-  readonly database?: boolean | { readonly extraConfig?: Record<string, string | number | boolean> }
+  readonly database?: boolean | {
+    readonly extraConfig?: Record<string, string | number | boolean>
+    /** `mariadb.maxTransactionMb` of every node. */
+    readonly maxTransactionMb?: number
+  }
   /** Use this directory (created if missing, never removed) instead of a temp one. */
   readonly dir?: string
   /** Extra arguments for each node's `node` process (e.g. `--cpu-prof`). */
@@ -81,6 +85,14 @@ export interface LocalClusterOptions {
  * and CPU per transaction).
  */
 export const AGENT_NODE_ARGS: ReadonlyArray<string> = ["--max-semi-space-size=4"]
+
+/**
+ * The agents' environment (docs/operations.md, "Memory"): glibc hands buffers of 128 KiB
+ * and more back to the OS when they are freed. By default it raises that bound to the
+ * largest buffer freed so far, so the 4 MiB parts of a large transaction stayed in its
+ * heap after use (measured: +260 MB RSS over a 100 MB transaction, with ~80 MB live).
+ */
+export const AGENT_ENV: Readonly<Record<string, string>> = { MALLOC_MMAP_THRESHOLD_: "131072" }
 
 /**
  * The CLI each agent runs: next to this module once compiled (dist/testing -> dist/main.js),
@@ -155,6 +167,8 @@ export const freePort = (host = "127.0.0.1"): Effect.Effect<number, LocalCluster
   })
 
 const READY_TIMEOUT_MS = 60_000
+/** Output kept in memory per agent (about; the log file has all of it). */
+const OUTPUT_KEPT_CHARS = 4 * 1024 * 1024
 
 /** SIGKILLs the node's mariadbd if it outlived its agent (the agent was SIGKILLed). */
 export const killOrphanMariaDb = (node: LocalNode): Effect.Effect<void> =>
@@ -192,6 +206,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
     databases.set(i + 1, { port: yield* freePort(), binlogServerPort: yield* freePort() })
   }
   const extraConfig = typeof options.database === "object" ? options.database.extraConfig : undefined
+  const maxTransactionMb = typeof options.database === "object" ? options.database.maxTransactionMb : undefined
 
   const makeNode = (nodeId: number, peerPort: number, adminPort: number): LocalNode => {
     const nodeDir = join(dir, `node${nodeId}`)
@@ -205,7 +220,15 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       members,
       ...(options.paxos !== undefined ? { paxos: options.paxos } : {}),
       ...(options.lease !== undefined ? { lease: options.lease } : {}),
-      ...(database !== undefined ? { mariadb: { ...database, ...(extraConfig !== undefined ? { extraConfig } : {}) } } : {})
+      ...(database !== undefined
+        ? {
+          mariadb: {
+            ...database,
+            ...(extraConfig !== undefined ? { extraConfig } : {}),
+            ...(maxTransactionMb !== undefined ? { maxTransactionMb } : {})
+          }
+        }
+        : {})
     }
     const mariadbDir = join(nodeDir, "data", "mariadb")
     const member = members.find((m) => m.nodeId === nodeId)!
@@ -236,14 +259,22 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
 
     const start = Effect.callback<void, LocalClusterError>((resume) => {
       const c = spawn(process.execPath, [...AGENT_NODE_ARGS, ...(options.nodeArgs ?? []), mainJs, "node", "--config", configPath], {
-        stdio: ["ignore", "pipe", "pipe"]
+        stdio: ["ignore", "pipe", "pipe"],
+        env: { ...AGENT_ENV, ...process.env }
       })
       child = c
       let ready = false
       let line = ""
+      const logFile = createWriteStream(join(nodeDir, "agent.log"), { flags: "a" })
+      c.once("exit", () => logFile.end())
+      const keep = (text: string) => {
+        logFile.write(text)
+        output += text
+        if (output.length > 2 * OUTPUT_KEPT_CHARS) output = output.slice(-OUTPUT_KEPT_CHARS)
+      }
       c.stdout!.on("data", (chunk: Buffer) => {
         const text = chunk.toString()
-        output += text
+        keep(text)
         if (ready) return
         line += text
         if (line.includes(`"event":"ready"`)) {
@@ -251,9 +282,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
           resume(Effect.void)
         }
       })
-      c.stderr!.on("data", (chunk: Buffer) => {
-        output += chunk.toString()
-      })
+      c.stderr!.on("data", (chunk: Buffer) => keep(chunk.toString()))
       c.once("exit", (code, signal) => {
         if (!ready) resume(Effect.fail(new LocalClusterError({ nodeId, message: `exited (${code ?? signal}) before ready: ${output.slice(-2000)}` })))
       })

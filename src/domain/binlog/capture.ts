@@ -5,6 +5,7 @@
  */
 import { Data, Result } from "effect"
 import type { Gtid } from "../cluster/gtid.js"
+import { concatBytes } from "../mysql/packet.js"
 import { decodeRotate, EventFlag, EventType, parseEvent } from "./event.js"
 import { type AssemblerError, TransactionAssembler } from "./transaction.js"
 
@@ -19,12 +20,26 @@ export interface CapturedTxn {
   readonly needAck: boolean
   /** When its last event arrived (the caller's monotonic clock, ms): for commit-path timings. */
   readonly capturedAt: number
+  /** A large transaction: how many CapturedParts before it hold its leading bytes (`events` is the rest). */
+  readonly parts?: number | undefined
+}
+
+/**
+ * Leading bytes of a large transaction still being read (its events end to end, Gtid event
+ * first), handed out as soon as `partBytes` have arrived; the transaction itself follows.
+ * A reconnect starts the transaction again from part 0.
+ */
+export interface CapturedPart {
+  readonly gtid: Gtid
+  readonly part: number
+  readonly bytes: Uint8Array
 }
 
 export class DumpPacketError extends Data.TaggedError("DumpPacketError")<{ readonly message: string }> {}
 
 export type CaptureOutput =
   | { readonly _tag: "Txn"; readonly txn: CapturedTxn }
+  | { readonly _tag: "Part"; readonly part: CapturedPart }
   /** The master's Format_description event (a binlog server must replay it to its replicas). */
   | { readonly _tag: "FormatDescription"; readonly bytes: Uint8Array }
 
@@ -34,8 +49,14 @@ export class CaptureState {
   private file = ""
   private needAck = false
   private readonly assembler = new TransactionAssembler({ checksum: true })
+  /** Bytes of the open transaction not yet handed out (`carry` first, then the assembler's), and its parts so far. */
+  private openBytes = 0
+  private parts = 0
+  /** The open transaction's bytes after its last whole part: they start the next part. */
+  private carry: Uint8Array | undefined = undefined
 
-  constructor(private readonly semiSync: boolean) {}
+  /** `partBytes`: hand out a transaction's leading bytes in parts of about this size (never, when undefined). */
+  constructor(private readonly semiSync: boolean, private readonly partBytes?: number) {}
 
   get currentFile(): string {
     return this.file
@@ -71,14 +92,44 @@ export class CaptureState {
     }
     // Copy: the payload may be a view into a reused socket buffer.
     const pushed = this.assembler.pushEvent(event, Uint8Array.from(bytes))
-    if (Result.isFailure(pushed)) return Result.fail(pushed.failure)
+    if (Result.isFailure(pushed)) {
+      this.openBytes = 0
+      this.parts = 0
+      this.carry = undefined
+      return Result.fail(pushed.failure)
+    }
     for (const o of pushed.success) {
       if (o._tag !== "Transaction") continue
       out.push({
         _tag: "Txn",
-        txn: { gtid: o.gtid, events: o.events, file: this.file, endPos: o.endLogPos, needAck: this.needAck, capturedAt: now }
+        txn: {
+          gtid: o.gtid,
+          events: this.carry === undefined ? o.events : [this.carry, ...o.events],
+          file: this.file,
+          endPos: o.endLogPos,
+          needAck: this.needAck,
+          capturedAt: now,
+          ...(this.parts > 0 ? { parts: this.parts } : {})
+        }
       })
       this.needAck = false
+      this.openBytes = 0
+      this.parts = 0
+      this.carry = undefined
+    }
+    if (this.partBytes !== undefined && this.assembler.pending) {
+      this.openBytes += bytes.length
+      if (this.openBytes >= this.partBytes) {
+        const open = this.assembler.takeOpen()!
+        // Whole parts of exactly partBytes, cut within events where need be; the rest is carried.
+        const bytes = concatBytes(this.carry === undefined ? open.events : [this.carry, ...open.events])
+        let at = 0
+        for (; at + this.partBytes <= bytes.length; at += this.partBytes) {
+          out.push({ _tag: "Part", part: { gtid: open.gtid, part: this.parts++, bytes: bytes.subarray(at, at + this.partBytes) } })
+        }
+        this.carry = at < bytes.length ? bytes.slice(at) : undefined
+        this.openBytes = bytes.length - at
+      }
     }
     return Result.succeed(out)
   }

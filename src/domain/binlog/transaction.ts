@@ -96,6 +96,15 @@ export class TransactionAssembler {
     return this.open !== undefined
   }
 
+  /**
+   * The open transaction's events so far, handed out and no longer held here (its later
+   * events, and its end, come as usual): how a large transaction leaves in parts.
+   */
+  takeOpen(): { readonly gtid: Gtid; readonly events: ReadonlyArray<Uint8Array> } | undefined {
+    if (this.open === undefined) return undefined
+    return { gtid: this.open.gtid, events: this.open.events.splice(0) }
+  }
+
   /** Drops a partly assembled transaction (e.g. after a reconnect). */
   reset(): void {
     this.open = undefined

@@ -7,10 +7,15 @@ import { Result, Schema } from "effect"
 import { decodePayload, encodeFrame, FRAME_HEADER_BYTES } from "../wire/frame.js"
 import { followsOn, Gtid, gtidEquals } from "./gtid.js"
 
-/** One binlog transaction as captured from the master: its GTID and its events' bytes. */
+/**
+ * One binlog transaction as captured from the master: its GTID and its events' bytes. A
+ * transaction larger than a part (docs/commit-path.md, "Large transactions") has its
+ * leading bytes in `parts` BinlogPart entries before it in the log; `events` is the rest.
+ */
 export const BinlogTxn = Schema.Struct({
   gtid: Gtid,
-  events: Schema.Uint8Array
+  events: Schema.Uint8Array,
+  parts: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isGreaterThan(0))))
 })
 export type BinlogTxn = typeof BinlogTxn.Type
 
@@ -27,6 +32,18 @@ export const Binlog = Schema.TaggedStruct("Binlog", {
   prevGtid: Schema.NullOr(Gtid),
   txns: Schema.Array(BinlogTxn).pipe(Schema.check(Schema.isMinLength(1)))
 })
+/**
+ * Bytes `part` (from 0) of the transaction `gtid`, in order, before the Binlog entry that
+ * completes it. Nothing is served or ACKed until that entry is accepted; an unfinished
+ * sequence is dropped (a new part 0, a new master, or any other accepted Binlog entry).
+ */
+export const BinlogPart = Schema.TaggedStruct("BinlogPart", {
+  node: Schema.Int,
+  epoch: Schema.Int,
+  gtid: Gtid,
+  part: Schema.Int.pipe(Schema.check(Schema.isGreaterThanOrEqualTo(0))),
+  bytes: Schema.Uint8Array
+})
 export const Membership = Schema.TaggedStruct("Membership", {
   members: Schema.Array(Schema.Int.pipe(Schema.check(Schema.isGreaterThan(0)))).pipe(Schema.check(Schema.isMinLength(1)))
 })
@@ -41,7 +58,7 @@ export const Resign = Schema.TaggedStruct("Resign", { node: Schema.Int, basedOnV
 /** Changes nothing; a node proposes one as a barrier to learn the log up to now. */
 export const Noop = Schema.TaggedStruct("Noop", { node: Schema.Int, nonce: Schema.Int })
 
-export const ClusterEntry = Schema.Union([MasterLease, Binlog, Membership, Noop, Resign])
+export const ClusterEntry = Schema.Union([MasterLease, Binlog, BinlogPart, Membership, Noop, Resign])
 export type ClusterEntry = typeof ClusterEntry.Type
 export type EntryOf<T extends ClusterEntry["_tag"]> = Extract<ClusterEntry, { _tag: T }>
 
@@ -54,6 +71,8 @@ export const RejectReason = Schema.Union([
   Schema.TaggedStruct("GtidGap", { after: Schema.NullOr(Gtid), got: Gtid }),
   /** The same GTID is in the log with other content: never ACK. */
   Schema.TaggedStruct("GtidConflict", { gtid: Gtid }),
+  /** A part, or the entry completing a transaction, that does not continue the parts so far. */
+  Schema.TaggedStruct("PartOutOfOrder", { gtid: Gtid, expected: Schema.Int, got: Schema.Int }),
   Schema.TaggedStruct("Malformed", { message: Schema.String })
 ])
 export type RejectReason = typeof RejectReason.Type
@@ -67,6 +86,18 @@ export type Outcome =
 /** Digests of the most recent transactions, to recognise a retried Binlog entry. */
 export const RECENT_TXNS = 4096
 
+/** A log position: instance, and index of the value within it. */
+export const LogPosition = Schema.Tuple([Schema.Int, Schema.Int])
+export type LogPosition = typeof LogPosition.Type
+
+/** The parts of a large transaction accepted so far, and where they are in the log. */
+export const PartialTxn = Schema.Struct({
+  gtid: Gtid,
+  epoch: Schema.Int,
+  at: Schema.Array(LogPosition)
+})
+export type PartialTxn = typeof PartialTxn.Type
+
 export const ClusterStateData = Schema.Struct({
   master: Schema.NullOr(Schema.Int),
   masterVersion: Schema.Int,
@@ -75,7 +106,9 @@ export const ClusterStateData = Schema.Struct({
   lastGtid: Schema.NullOr(Gtid),
   members: Schema.Array(Schema.Int),
   /** (gtid seq, digest) of the last RECENT_TXNS transactions, oldest first. */
-  recent: Schema.Array(Schema.Tuple([Schema.Int, Schema.Int]))
+  recent: Schema.Array(Schema.Tuple([Schema.Int, Schema.Int])),
+  /** A large transaction whose parts are being accepted (absent in snapshots from before parts). */
+  partial: Schema.optional(Schema.NullOr(PartialTxn))
 })
 export type ClusterStateData = typeof ClusterStateData.Type
 
@@ -86,7 +119,8 @@ export const initialClusterState = (members: ReadonlyArray<number>): ClusterStat
   leaseMs: 0,
   lastGtid: null,
   members: [...members],
-  recent: []
+  recent: [],
+  partial: null
 })
 
 const fnv = (h: number, byte: number) => Math.imul(h ^ byte, 0x01000193)
@@ -98,7 +132,7 @@ const fnv = (h: number, byte: number) => Math.imul(h ^ byte, 0x01000193)
  * cost per event, not per byte); over every byte otherwise.
  */
 export const txnDigest = (t: BinlogTxn): number => {
-  const seed = Math.imul(0x811c9dc5 ^ t.gtid.server, 0x01000193)
+  const seed = Math.imul(0x811c9dc5 ^ t.gtid.server ^ ((t.parts ?? 0) << 8), 0x01000193)
   const b = t.events
   let h = seed
   let at = 0
@@ -118,8 +152,12 @@ export const txnDigest = (t: BinlogTxn): number => {
 const reject = (reason: RejectReason): Outcome => ({ _tag: "Rejected", reason })
 const accepted: Outcome = { _tag: "Accepted" }
 
-/** Applies one chosen entry. A rejection returns the same state object. */
-export const applyEntry = (state: ClusterStateData, entry: ClusterEntry): readonly [ClusterStateData, Outcome] => {
+/**
+ * Applies one chosen entry found at `at` in the log (the position matters only for a
+ * BinlogPart: the completing entry says where its parts are). A rejection returns the same
+ * state object.
+ */
+export const applyEntry = (state: ClusterStateData, entry: ClusterEntry, at: LogPosition = [0, 0]): readonly [ClusterStateData, Outcome] => {
   switch (entry._tag) {
     case "Noop":
       return [state, accepted]
@@ -136,7 +174,8 @@ export const applyEntry = (state: ClusterStateData, entry: ClusterEntry): readon
           master: entry.node,
           masterVersion: state.masterVersion + 1,
           epoch: changed ? state.epoch + 1 : state.epoch,
-          leaseMs: entry.leaseMs
+          leaseMs: entry.leaseMs,
+          ...(changed ? { partial: null } : {})
         },
         accepted
       ]
@@ -147,10 +186,35 @@ export const applyEntry = (state: ClusterStateData, entry: ClusterEntry): readon
       }
       if (entry.node !== state.master) return [state, reject({ _tag: "NotMaster", master: state.master, node: entry.node })]
       // No master until the next MasterLease, which then starts a new epoch (even for this node).
-      return [{ ...state, master: null, masterVersion: state.masterVersion + 1 }, accepted]
+      return [{ ...state, master: null, masterVersion: state.masterVersion + 1, partial: null }, accepted]
     case "Binlog":
       return applyBinlog(state, entry)
+    case "BinlogPart":
+      return applyPart(state, entry, at)
   }
+}
+
+/** Whether `gtid` is at or below the last accepted one (its transaction is complete). */
+const isBehind = (state: ClusterStateData, gtid: Gtid): boolean =>
+  state.lastGtid !== null && gtid.domain === state.lastGtid.domain && gtid.seq <= state.lastGtid.seq
+
+const applyPart = (state: ClusterStateData, entry: EntryOf<"BinlogPart">, at: LogPosition): readonly [ClusterStateData, Outcome] => {
+  // A retry of a transaction that was completed: its completing entry is judged on its own.
+  if (isBehind(state, entry.gtid)) return [state, { _tag: "AlreadyAccepted" }]
+  if (entry.node !== state.master) return [state, reject({ _tag: "NotMaster", master: state.master, node: entry.node })]
+  if (entry.epoch !== state.epoch) return [state, reject({ _tag: "StaleEpoch", epoch: state.epoch, got: entry.epoch })]
+  if (entry.part === 0) {
+    if (!followsOn(state.lastGtid, entry.gtid)) return [state, reject({ _tag: "GtidGap", after: state.lastGtid, got: entry.gtid })]
+    return [{ ...state, partial: { gtid: entry.gtid, epoch: entry.epoch, at: [at] } }, accepted]
+  }
+  const partial = state.partial ?? null
+  const expected = partial !== null && gtidEquals(partial.gtid, entry.gtid) && partial.epoch === entry.epoch ? partial.at.length : 0
+  // The last part again: a retry whose first try was chosen after all.
+  if (expected > 0 && entry.part === expected - 1) return [state, { _tag: "AlreadyAccepted" }]
+  if (partial === null || entry.part !== expected) {
+    return [state, reject({ _tag: "PartOutOfOrder", gtid: entry.gtid, expected, got: entry.part })]
+  }
+  return [{ ...state, partial: { ...partial, at: [...partial.at, at] } }, accepted]
 }
 
 const applyBinlog = (state: ClusterStateData, entry: EntryOf<"Binlog">): readonly [ClusterStateData, Outcome] => {
@@ -167,12 +231,31 @@ const applyBinlog = (state: ClusterStateData, entry: EntryOf<"Binlog">): readonl
     if (!followsOn(prev, t.gtid)) return [state, reject({ _tag: "GtidGap", after: prev, got: t.gtid })]
     prev = t.gtid
   }
+  const parted = partsOf(state, entry)
+  if (parted !== undefined) return [state, parted]
   const added = entry.txns.map((t) => [t.gtid.seq, txnDigest(t)] as const)
   const recent = [...state.recent, ...added]
   return [
-    { ...state, lastGtid: prev, recent: recent.length > RECENT_TXNS ? recent.slice(recent.length - RECENT_TXNS) : recent },
+    {
+      ...state,
+      lastGtid: prev,
+      recent: recent.length > RECENT_TXNS ? recent.slice(recent.length - RECENT_TXNS) : recent,
+      partial: null
+    },
     accepted
   ]
+}
+
+/** Only the first transaction may have parts, and then exactly those accepted so far: else why not. */
+const partsOf = (state: ClusterStateData, entry: EntryOf<"Binlog">): Outcome | undefined => {
+  for (let i = 1; i < entry.txns.length; i++) {
+    if (entry.txns[i]!.parts !== undefined) return reject({ _tag: "Malformed", message: "only an entry's first transaction may have parts" })
+  }
+  const first = entry.txns[0]!
+  if (first.parts === undefined) return undefined
+  const partial = state.partial ?? null
+  const have = partial !== null && gtidEquals(partial.gtid, first.gtid) && partial.epoch === entry.epoch ? partial.at.length : 0
+  return have === first.parts ? undefined : reject({ _tag: "PartOutOfOrder", gtid: first.gtid, expected: have, got: first.parts })
 }
 
 /**
@@ -221,7 +304,10 @@ const fastBinlog = (u: unknown): EntryOf<"Binlog"> | undefined => {
     if (!isPlain(t) || !(t.events instanceof Uint8Array)) return undefined
     const gtid = fastGtid(t.gtid)
     if (gtid === undefined) return undefined
-    txns[i] = { gtid, events: t.events }
+    if (t.parts !== undefined) {
+      if (!isInt(t.parts) || t.parts <= 0) return undefined
+      txns[i] = { gtid, events: t.events, parts: t.parts }
+    } else txns[i] = { gtid, events: t.events }
   }
   return { _tag: "Binlog", node: u.node, epoch: u.epoch, prevGtid, txns }
 }

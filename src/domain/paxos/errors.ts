@@ -28,5 +28,18 @@ export class Superseded extends Schema.TaggedError<Superseded>()("Superseded", {
   }
 }
 
-export const ProposeError = Schema.Union([ProposeTimeout, NotEnoughNodes, Superseded])
-export type ProposeError = ProposeTimeout | NotEnoughNodes | Superseded
+/**
+ * The value is larger than the log takes (a frame must carry it whole): refused before it
+ * is placed, so it can never block the log. Split it (BinlogPart) instead.
+ */
+export class ValueTooLarge extends Schema.TaggedError<ValueTooLarge>()("ValueTooLarge", {
+  bytes: Schema.Number,
+  maxBytes: Schema.Number
+}) {
+  override get message(): string {
+    return `a value of ${this.bytes} bytes exceeds the log's maximum of ${this.maxBytes}`
+  }
+}
+
+export const ProposeError = Schema.Union([ProposeTimeout, NotEnoughNodes, Superseded, ValueTooLarge])
+export type ProposeError = ProposeTimeout | NotEnoughNodes | Superseded | ValueTooLarge

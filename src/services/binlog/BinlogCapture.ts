@@ -15,8 +15,8 @@
  * still-unacked transactions after that point with need-ack set.
  */
 import * as net from "node:net"
-import { Cause, Data, Deferred, Duration, Effect, Queue, Result, Schedule, Scope, Stream } from "effect"
-import { type CapturedTxn, CaptureState } from "../../domain/binlog/capture.js"
+import { Cause, Data, Deferred, Duration, Effect, Queue, Result, Schedule, Scope, Semaphore, Stream } from "effect"
+import { type CapturedPart, type CapturedTxn, CaptureState } from "../../domain/binlog/capture.js"
 import { formatGtid, type Gtid } from "../../domain/cluster/gtid.js"
 import { encodePackets, type Packet, PacketDecoder } from "../../domain/mysql/packet.js"
 import {
@@ -37,7 +37,16 @@ import {
 } from "../../domain/mysql/protocol.js"
 import { describeCause } from "../../domain/describe.js"
 
-export type { CapturedTxn } from "../../domain/binlog/capture.js"
+export type { CapturedPart, CapturedTxn } from "../../domain/binlog/capture.js"
+
+/** Permits of a part in a `partBudget`: one per KiB (never more than the budget has). */
+export const partPermits = (part: CapturedPart, budget: PartBudget): number => Math.min(budget.permits, Math.ceil(part.bytes.length / 1024))
+
+/** What parts may hold between MariaDB and the log: `permits` in all, one per KiB. */
+export interface PartBudget {
+  readonly semaphore: Semaphore.Semaphore
+  readonly permits: number
+}
 
 // ---------------------------------------------------------------------------
 // Options and shape
@@ -61,6 +70,13 @@ export interface CaptureOptions {
   readonly reconnect?: Schedule.Schedule<unknown, CaptureError> | undefined
   /** Time allowed for connect + login + dump request; default 10 s. */
   readonly connectTimeoutMs?: number | undefined
+  /** Hand out a large transaction's leading bytes in parts of about this size as they arrive (`captured`); default never. */
+  readonly partBytes?: number | undefined
+  /**
+   * Taken before a part is handed out, one permit per KiB, and given back by the consumer
+   * once it is done with the part: bounds the parts' bytes held between MariaDB and the log.
+   */
+  readonly partBudget?: PartBudget | undefined
 }
 
 export interface BinlogCaptureShape {
@@ -71,6 +87,8 @@ export interface BinlogCaptureShape {
    * One consumer at a time.
    */
   readonly transactions: Stream.Stream<CapturedTxn, CaptureError>
+  /** The same, with the parts of large transactions (`partBytes`) before each of them, in binlog order. */
+  readonly captured: Stream.Stream<CapturedTxn | CapturedPart, CaptureError>
   /** The master's Format_description event (waits for the first connect). */
   readonly formatDescription: Effect.Effect<Uint8Array>
   /**
@@ -345,7 +363,7 @@ export const make = (options: CaptureOptions): Effect.Effect<BinlogCaptureShape,
      * dump streams; once it streams, a transient break ends the session normally (the caller
      * reconnects with a fresh schedule) and a fatal one fails.
      */
-    const session = (out: Queue.Queue<CapturedTxn, CaptureError | Cause.Done>) =>
+    const session = (out: Queue.Queue<CapturedTxn | CapturedPart, CaptureError | Cause.Done>) =>
       Effect.scoped(Effect.gen(function*() {
         const after = connectState(last)
         const wire = yield* Effect.gen(function*() {
@@ -399,7 +417,7 @@ export const make = (options: CaptureOptions): Effect.Effect<BinlogCaptureShape,
               // as 0xEF right after the 0x00.
               if (state === undefined) {
                 const semiSync = payload.length > 1 && payload[1] === 0xef
-                state = new CaptureState(semiSync)
+                state = new CaptureState(semiSync, options.partBytes)
                 // The dump has started (the master listens for ACKs from now on).
                 current = wire
                 if (semiSync && highestAck !== undefined) sendAck(wire, highestAck)
@@ -409,6 +427,11 @@ export const make = (options: CaptureOptions): Effect.Effect<BinlogCaptureShape,
               for (const o of r.success) {
                 if (o._tag === "FormatDescription") {
                   yield* Deferred.succeed(fde, o.bytes)
+                  continue
+                }
+                if (o._tag === "Part") {
+                  if (options.partBudget !== undefined) yield* options.partBudget.semaphore.take(partPermits(o.part, options.partBudget))
+                  yield* Queue.offer(out, o.part)
                   continue
                 }
                 const txn = o.txn
@@ -437,7 +460,7 @@ export const make = (options: CaptureOptions): Effect.Effect<BinlogCaptureShape,
         )
       }))
 
-    const transactions = Stream.callback<CapturedTxn, CaptureError>(
+    const captured = Stream.callback<CapturedTxn | CapturedPart, CaptureError>(
       (out) =>
         session(out).pipe(
           Effect.tapError((e) =>
@@ -451,5 +474,6 @@ export const make = (options: CaptureOptions): Effect.Effect<BinlogCaptureShape,
       { bufferSize: 64, strategy: "suspend" }
     )
 
-    return { transactions, formatDescription: Deferred.await(fde), ack } satisfies BinlogCaptureShape
+    const transactions = Stream.filter(captured, (c): c is CapturedTxn => !("part" in c))
+    return { transactions, captured, formatDescription: Deferred.await(fde), ack } satisfies BinlogCaptureShape
   })

@@ -80,6 +80,23 @@ const LOGIN_TIMEOUT: Duration.Input = "10 seconds"
 const ERR_LINGER: Duration.Input = "2 seconds"
 /** Bytes of framed transactions put in one socket write at most. */
 const WRITE_BYTES = 1024 * 1024
+
+/** Events in consecutive groups of about `bytes` (at least one event each); one group when they fit. */
+const groupsOf = (events: ReadonlyArray<Uint8Array>, bytes: number): Array<ReadonlyArray<Uint8Array>> => {
+  const groups: Array<ReadonlyArray<Uint8Array>> = []
+  let start = 0
+  let size = 0
+  for (let i = 0; i < events.length; i++) {
+    if (i > start && size + events[i]!.length > bytes) {
+      groups.push(events.slice(start, i))
+      start = i
+      size = 0
+    }
+    size += events[i]!.length
+  }
+  groups.push(start === 0 ? events : events.slice(start))
+  return groups
+}
 /** Commands received ahead of the command loop before the socket is paused. */
 const MAX_INBOX = 8
 
@@ -506,8 +523,10 @@ export const make = (
               framedBytes = 0
               return conn.send(bytes)
             })
-            for (const txn of ready) {
-              const packets = dump.transactionPackets(txn.events, seq)
+            // A large transaction is framed a group of events at a time: what is framed
+            // stays about WRITE_BYTES, whatever the transaction's size.
+            for (const events of ready.flatMap((txn) => groupsOf(txn.events, WRITE_BYTES))) {
+              const packets = dump.transactionPackets(events, seq)
               if (Result.isFailure(packets)) return yield* refuse(`cannot serve a transaction: ${packets.failure.message}`)
               if (packets.success !== undefined) {
                 seq = packets.success.nextSequenceId
@@ -518,9 +537,9 @@ export const make = (
               }
               // Events too large for one packet: what was framed goes first, then these.
               yield* sendFramed
-              const events = dump.transaction(txn.events)
-              if (Result.isFailure(events)) return yield* refuse(`cannot serve a transaction: ${events.failure.message}`)
-              yield* sendEvents(events.success)
+              const split = dump.transaction(events)
+              if (Result.isFailure(split)) return yield* refuse(`cannot serve a transaction: ${split.failure.message}`)
+              yield* sendEvents(split.success)
             }
             yield* sendFramed
           }

@@ -6,7 +6,7 @@
  * AND accepted by the state machine. A rejected entry is never ACKed: the pipeline fails
  * and the master steps down.
  */
-import { Context, Data, Effect, Exit, Fiber, Layer, Queue, Stream } from "effect"
+import { Cause, Context, Data, Effect, Exit, Fiber, Layer, Option, Queue, Semaphore, Stream } from "effect"
 import type { BinlogTxn, Outcome, RejectReason } from "../../domain/cluster/cluster.js"
 import type { ProposeError } from "../../domain/paxos/errors.js"
 import { concatBytes } from "../../domain/mysql/packet.js"
@@ -35,6 +35,11 @@ export interface BinlogSyncOptions {
   readonly maxBatchBytes?: number
   /** Binlog entries in flight at once; default 4. */
   readonly pipelineDepth?: number
+  /**
+   * A transaction larger than this goes into the log as parts of about this size, each
+   * proposed as soon as MariaDB has sent it, then the entry completing it; default 4 MiB.
+   */
+  readonly partBytes?: number
   /** Where each committed transaction's stage timings go. */
   readonly commitPath?: CommitPathHistograms
 }
@@ -44,12 +49,17 @@ export interface BinlogSyncOptions {
 export const run = (options: BinlogSyncOptions) =>
   Effect.gen(function*() {
     const cluster = yield* ClusterState
-    const capture = yield* BinlogCapture.make({ ...options.capture, startAfter: options.startAfter })
+    const partBytes = options.partBytes ?? DEFAULT_PART_BYTES
+    // Parts held between MariaDB and the log, by bytes: a large transaction costs a few
+    // parts of memory here, whatever its size.
+    const permits = Math.ceil((PARTS_HELD * partBytes) / 1024)
+    const partBudget: BinlogCapture.PartBudget = { semaphore: Semaphore.makeUnsafe(permits), permits }
+    const capture = yield* BinlogCapture.make({ ...options.capture, startAfter: options.startAfter, partBytes, partBudget })
     const maxTxns = options.maxBatchTxns ?? 512
     const maxBytes = options.maxBatchBytes ?? 4 * 1024 * 1024
     // Bounded: a slow log slows the reader, and MariaDB holds the commits meanwhile.
-    const queue = yield* Queue.bounded<BinlogCapture.CapturedTxn>(4 * maxTxns)
-    const reader = capture.transactions.pipe(Stream.runForEachArray((ts) => Queue.offerAll(queue, ts)))
+    const queue = yield* Queue.bounded<BinlogCapture.CapturedTxn | BinlogCapture.CapturedPart>(4 * maxTxns)
+    const reader = capture.captured.pipe(Stream.runForEachArray((ts) => Queue.offerAll(queue, ts)))
 
     const depth = options.pipelineDepth ?? 4
     /** The last GTID ACKed: every entry before it was accepted. */
@@ -57,12 +67,12 @@ export const run = (options: BinlogSyncOptions) =>
     /** First GTID of the entry last proposed again after a failure. */
     let retried: string | undefined
     /** Entries to propose again, unchanged, before anything new (after a failure). */
-    const again: Array<ReadonlyArray<{ readonly txn: BinlogCapture.CapturedTxn; readonly events: Uint8Array }>> = []
+    const again: Array<ReadonlyArray<Staged>> = []
     /** Captured, not yet in a proposal, in binlog order. */
-    const pending: Array<{ readonly txn: BinlogCapture.CapturedTxn; readonly events: Uint8Array }> = []
+    const pending: Array<Staged> = []
     /** Proposals in flight, in binlog order; each one's prevGtid is the previous one's last GTID. */
     const inflight: Array<{
-      readonly source: ReadonlyArray<{ readonly txn: BinlogCapture.CapturedTxn; readonly events: Uint8Array }>
+      readonly source: ReadonlyArray<Staged>
       readonly first: string
       readonly fiber: Fiber.Fiber<Outcome, ProposeError>
       readonly proposedAt: number
@@ -70,32 +80,68 @@ export const run = (options: BinlogSyncOptions) =>
     }> = []
     const take = (min: number) =>
       Effect.map(Queue.takeBetween(queue, min, maxTxns), (more) => {
-        for (const txn of more) pending.push({ txn, events: concatBytes(txn.events) })
+        for (const c of more) {
+          pending.push(
+            "part" in c
+              ? { part: c, size: c.bytes.length }
+              : { txn: c, size: c.events.reduce((n, e) => n + e.length, 0), events: concatBytes(c.events) }
+          )
+        }
       })
+    /** A settled part's bytes leave this pipeline. */
+    const releaseParts = (source: ReadonlyArray<Staged>) =>
+      Effect.forEach(
+        source,
+        (p) => (p.part !== undefined ? partBudget.semaphore.release(BinlogCapture.partPermits(p.part, partBudget)) : Effect.void),
+        { discard: true }
+      )
 
     /** Starts proposals while there is captured data and room in the pipeline. */
     const fill = Effect.gen(function*() {
-      while (inflight.length < depth && (again.length > 0 || pending.length > 0)) {
-        let source: ReadonlyArray<{ readonly txn: BinlogCapture.CapturedTxn; readonly events: Uint8Array }>
+      // A part goes alone, and only parts follow it until it is settled: the parts of a
+      // transaction reach the log in order (a part out of order is refused and proposed
+      // again), and the entry completing it comes after all of them.
+      while (
+        inflight.length < depth && (again.length > 0 || pending.length > 0) &&
+        !(inflight.length > 0 && inflight[inflight.length - 1]!.source[0]!.part !== undefined &&
+          (again.length > 0 ? again[0]![0]! : pending[0]!).part === undefined)
+      ) {
+        let source: ReadonlyArray<Staged>
         if (again.length > 0) {
           source = again.shift()!
+        } else if (pending[0]!.part !== undefined) {
+          source = pending.splice(0, 1)
         } else {
+          // A batch of whole transactions; one completing a large transaction only first.
           let n = 0
           let bytes = 0
-          while (n < pending.length && n < maxTxns && (n === 0 || bytes + pending[n]!.events.length <= maxBytes)) {
-            bytes += pending[n++]!.events.length
+          while (
+            n < pending.length && n < maxTxns && pending[n]!.part === undefined &&
+            (n === 0 || (pending[n]!.txn!.parts === undefined && bytes + pending[n]!.size <= maxBytes))
+          ) {
+            bytes += pending[n++]!.size
           }
           source = pending.splice(0, n)
         }
-        const before = inflight.length > 0 ? inflight[inflight.length - 1]!.source : undefined
-        const prevGtid = before !== undefined ? before[before.length - 1]!.txn.gtid : prev
-        const txns: Array<BinlogTxn> = source.map((p) => ({ gtid: p.txn.gtid, events: p.events }))
         const timing: ProposeTiming = { chosenAt: 0, appliedAt: 0 }
         const proposedAt = performance.now()
-        const fiber = yield* Effect.forkChild(
-          cluster.propose({ _tag: "Binlog", node: options.node, epoch: options.epoch, prevGtid, txns }, timing)
-        )
-        inflight.push({ source, first: formatGtid(txns[0]!.gtid), fiber, proposedAt, timing })
+        const head = source[0]!
+        let proposal: Effect.Effect<Outcome, ProposeError>
+        if (head.part !== undefined) {
+          const { gtid, part, bytes } = head.part
+          proposal = cluster.propose({ _tag: "BinlogPart", node: options.node, epoch: options.epoch, gtid, part, bytes })
+        } else {
+          const before = inflight.length > 0 ? inflight[inflight.length - 1]!.source : undefined
+          const prevGtid = before !== undefined ? before[before.length - 1]!.txn!.gtid : prev
+          const txns = source.map((p): BinlogTxn => ({
+            gtid: p.txn!.gtid,
+            events: p.events!,
+            ...(p.txn!.parts !== undefined ? { parts: p.txn!.parts } : {})
+          }))
+          proposal = cluster.propose({ _tag: "Binlog", node: options.node, epoch: options.epoch, prevGtid, txns }, timing)
+        }
+        const fiber = yield* Effect.forkChild(proposal)
+        inflight.push({ source, first: formatGtid(head.part?.gtid ?? head.txn!.gtid), fiber, proposedAt, timing })
       }
     })
 
@@ -113,12 +159,17 @@ export const run = (options: BinlogSyncOptions) =>
       if (done === undefined) return yield* fill
       inflight.shift()
       if (Exit.isSuccess(done.exit) && done.exit.value._tag !== "Rejected") {
-        const last = head.source[head.source.length - 1]!.txn
+        if (head.source[0]!.part !== undefined) {
+          // In the log; nothing to ACK until the entry completing the transaction is.
+          yield* releaseParts(head.source)
+          return yield* fill
+        }
+        const last = head.source[head.source.length - 1]!.txn!
         yield* capture.ack(last.file, last.endPos)
         options.commitPath?.recordEntry(
-          head.source.map((p) => p.txn.capturedAt),
+          head.source.map((p) => p.txn!.capturedAt),
           { proposed: head.proposedAt, chosen: head.timing.chosenAt, applied: head.timing.appliedAt, acked: performance.now() },
-          head.source.reduce((n, p) => n + p.events.length, 0)
+          head.source.reduce((n, p) => n + p.size, 0)
         )
         prev = last.gtid
         return yield* fill
@@ -128,9 +179,17 @@ export const run = (options: BinlogSyncOptions) =>
         // A GTID mismatch can come from our own pipeline (entries reaching the log out of
         // order): retried once from here. Anything else, or the same again, is the cluster's
         // answer: never ACKed, and this master steps down.
-        if ((reason._tag !== "GtidMismatch" && reason._tag !== "GtidGap") || retried === head.first) {
+        if ((reason._tag !== "GtidMismatch" && reason._tag !== "GtidGap" && reason._tag !== "PartOutOfOrder") || retried === head.first) {
           yield* Effect.forEach(inflight, (p) => Fiber.interrupt(p.fiber), { discard: true })
           return yield* new BinlogSyncRejected({ first: head.first, reason })
+        }
+      }
+      // A value the log can never take: retrying would only hang the pipeline.
+      if (Exit.isFailure(done.exit)) {
+        const error = Cause.findErrorOption(done.exit.cause)
+        if (Option.isSome(error) && error.value._tag === "ValueTooLarge") {
+          yield* Effect.forEach(inflight, (p) => Fiber.interrupt(p.fiber), { discard: true })
+          return yield* Effect.fail(error.value)
         }
       }
       retried = head.first
@@ -149,6 +208,18 @@ export const run = (options: BinlogSyncOptions) =>
 
     return yield* Effect.raceFirst(reader.pipe(Effect.andThen(Effect.never)), proposer)
   }).pipe(Effect.scoped)
+
+/** Bytes of a large transaction a part at a time; the parts held at most between MariaDB and the log. */
+const DEFAULT_PART_BYTES = 4 * 1024 * 1024
+const PARTS_HELD = 4
+
+/** Captured and waiting to be proposed: a whole transaction (events joined) or a large one's part. */
+interface Staged {
+  readonly txn?: BinlogCapture.CapturedTxn
+  readonly events?: Uint8Array
+  readonly part?: BinlogCapture.CapturedPart
+  readonly size: number
+}
 
 /** Where the master's commit path records its stage timings (shown in /status). */
 export class CommitPath extends Context.Service<CommitPath, CommitPathHistograms>()("phxmaria/CommitPath") {}

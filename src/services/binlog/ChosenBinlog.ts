@@ -5,30 +5,70 @@
  * state's index from the Paxos log.
  */
 import { Duration, Effect, Layer, Option } from "effect"
-import type { BinlogTxn } from "../../domain/cluster/cluster.js"
 import { formatGtid, type Gtid } from "../../domain/cluster/gtid.js"
 import { type BinlogCursor, BinlogSource, SourceReadError, type SourceTxn, UnknownPosition } from "./BinlogSource.js"
-import { ClusterState } from "../cluster/ClusterState.js"
+import { ClusterState, type LoggedTxn } from "../cluster/ClusterState.js"
 
 /** Transactions read from the log at a time, and about how many bytes. */
 const PAGE = 256
 const PAGE_BYTES = 4 * 1024 * 1024
 
-/** A transaction's concatenated events, split by each header's event length (offset 9). */
-export const splitEvents = (bytes: Uint8Array): ReadonlyArray<Uint8Array> => {
+/**
+ * A transaction's events, end to end in `chunks`, split by each header's event length
+ * (offset 9): views into the chunks, and a copy only of an event that spans two of them.
+ */
+export const splitEvents = (chunks: Uint8Array | ReadonlyArray<Uint8Array>): ReadonlyArray<Uint8Array> => {
+  const list = chunks instanceof Uint8Array ? [chunks] : chunks
   const out: Array<Uint8Array> = []
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  let chunk = 0
   let at = 0
-  while (at + 19 <= bytes.length) {
-    const length = view.getUint32(at + 9, true)
-    if (length < 19 || at + length > bytes.length) break
-    out.push(bytes.subarray(at, at + length))
-    at += length
+  /** `n` bytes from (chunk, at) on, as a view when they lie in one chunk; undefined past the end. */
+  const take = (n: number, advance: boolean): Uint8Array | undefined => {
+    let c = chunk
+    let a = at
+    while (c < list.length && a >= list[c]!.length) {
+      a -= list[c]!.length
+      c++
+    }
+    if (c >= list.length) return undefined
+    let bytes: Uint8Array
+    if (a + n <= list[c]!.length) {
+      bytes = list[c]!.subarray(a, a + n)
+      a += n
+    } else {
+      bytes = new Uint8Array(n)
+      let filled = 0
+      while (filled < n) {
+        if (c >= list.length) return undefined
+        const piece = list[c]!.subarray(a, Math.min(list[c]!.length, a + n - filled))
+        bytes.set(piece, filled)
+        filled += piece.length
+        a += piece.length
+        if (a >= list[c]!.length) {
+          c++
+          a = 0
+        }
+      }
+    }
+    if (advance) {
+      chunk = c
+      at = a
+    }
+    return bytes
+  }
+  while (true) {
+    const header = take(19, false)
+    if (header === undefined) break
+    const length = (header[9]! | (header[10]! << 8) | (header[11]! << 16) | (header[12]! << 24)) >>> 0
+    if (length < 19) break
+    const event = take(length, true)
+    if (event === undefined) break
+    out.push(event)
   }
   return out
 }
 
-const toSource = (t: BinlogTxn): SourceTxn => ({ gtid: t.gtid, events: splitEvents(t.events) })
+const toSource = (t: LoggedTxn): SourceTxn => ({ gtid: t.gtid, events: splitEvents(t.chunks) })
 
 /**
  * Why a replica at `position` cannot continue from the log, if it cannot: its position is

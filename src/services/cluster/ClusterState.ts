@@ -14,6 +14,7 @@ import {
   decodeEntry,
   encodeEntry,
   initialClusterState,
+  type LogPosition,
   type Outcome
 } from "../../domain/cluster/cluster.js"
 import type { ProposeError } from "../../domain/paxos/errors.js"
@@ -55,7 +56,7 @@ export interface ClusterStateShape {
   /** Completes once the log has accepted the transaction with GTID seq `seq`. */
   readonly awaitSeq: (seq: number) => Effect.Effect<void>
   /**
-   * Entries other than accepted Binlog ones (master records, resignations, barriers,
+   * Entries other than accepted Binlog and BinlogPart ones (master records, resignations, barriers,
    * rejections) as they are applied from now on (subscribe before proposing to see yours).
    */
   readonly applied: Effect.Effect<Stream.Stream<AppliedEntry>, never, import("effect").Scope.Scope>
@@ -64,7 +65,7 @@ export interface ClusterStateShape {
    * order, contiguous, at most `limit` and about `maxBytes` (at least one), from those
    * applied so far.
    */
-  readonly transactionsFrom: (fromSeq: number, limit: number, maxBytes?: number) => Effect.Effect<ReadonlyArray<BinlogTxn>, StorageError>
+  readonly transactionsFrom: (fromSeq: number, limit: number, maxBytes?: number) => Effect.Effect<ReadonlyArray<LoggedTxn>, StorageError>
   /**
    * Proposes an entry and waits until this node has applied it: its outcome. `timing`, when
    * given, gets when the log reported the entry chosen and when its outcome was known.
@@ -77,6 +78,18 @@ export interface ClusterStateShape {
    */
   readonly stopped: Effect.Effect<never, ClusterStateError>
 }
+
+/**
+ * A chosen transaction as read from the log: its bytes as chunks, end to end (one for a
+ * transaction in one entry; its parts and the rest for a large one, never joined).
+ */
+export interface LoggedTxn {
+  readonly gtid: BinlogTxn["gtid"]
+  readonly chunks: ReadonlyArray<Uint8Array>
+  readonly size: number
+}
+
+const logged = (t: BinlogTxn): LoggedTxn => ({ gtid: t.gtid, chunks: [t.events], size: t.events.length })
 
 /** Filled in by {@link ClusterStateShape.propose} (monotonic ms). */
 export interface ProposeTiming {
@@ -113,10 +126,11 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
   )
   /**
    * Where each accepted Binlog entry sits in the log, by the GTID seq of its first
-   * transaction: [instance, index]. The transactions themselves are read back from the
-   * Paxos log (one stored copy), for a binlog server serving a replica from the past.
+   * transaction: [instance, index], and where the first transaction's parts are when it has
+   * any. The transactions themselves are read back from the Paxos log (one stored copy), for
+   * a binlog server serving a replica from the past.
    */
-  const entries = env.openDB<readonly [number, number], number>({ name: "binlog-entries", encoding: "msgpack" })
+  const entries = env.openDB<EntryAt, number>({ name: "binlog-entries", encoding: "msgpack" })
   /**
    * Index entries whose put is not committed yet (LMDB reads see only committed data).
    * They are put together with the snapshot (or once INDEX_FLUSH_ENTRIES wait), before it in
@@ -129,8 +143,8 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     Effect.runFork(Effect.logError("the cluster state has stopped: this node can no longer apply the log", failure))
     Deferred.doneUnsafe(stopped.signal, Effect.fail(failure))
   }
-  const pending = new Map<number, readonly [number, number]>()
-  let unflushed: Array<readonly [number, readonly [number, number]]> = []
+  const pending = new Map<number, EntryAt>()
+  let unflushed: Array<readonly [number, EntryAt]> = []
   const flushIndex = () => {
     const puts = unflushed
     unflushed = []
@@ -161,7 +175,9 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     }
   }
   const stored = env.get("snapshot") as ClusterSnapshot | undefined
-  let current: ClusterSnapshot = stored ?? { state: initialClusterState(options.members), appliedUpTo: 0 }
+  let current: ClusterSnapshot = stored !== undefined
+    ? { ...stored, state: { ...stored.state, partial: stored.state.partial ?? null } }
+    : { state: initialClusterState(options.members), appliedUpTo: 0 }
   /** Set only when the master record changes. */
   const masterRef = yield* SubscriptionRef.make<ClusterSnapshot>(current)
   const hub = yield* PubSub.unbounded<AppliedEntry>()
@@ -228,14 +244,16 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
       const entry = decoded._tag === "Malformed" ? undefined : (decoded as ClusterEntry)
       const [next, outcome]: readonly [ClusterStateData, Outcome] = entry === undefined
         ? [state, { _tag: "Rejected", reason: decoded as Extract<typeof decoded, { _tag: "Malformed" }> }]
-        : applyEntry(state, entry)
+        : applyEntry(state, entry, [chosen.instance, index])
       // Written before the snapshot that includes it (one LMDB writer, in order), and
       // idempotent when a restart applies it again.
       if (entry?._tag === "Binlog" && outcome._tag === "Accepted") {
         const first = entry.txns[0]!.gtid.seq
-        remember(entry.txns)
+        const parts = entry.txns[0]!.parts !== undefined ? state.partial?.at : undefined
+        // A large transaction is read back from its parts, never kept whole in memory.
+        if (parts === undefined) remember(entry.txns)
         // Readable from `pending` until LMDB has committed the put.
-        const at = [chosen.instance, index] as const
+        const at: EntryAt = parts === undefined ? [chosen.instance, index] : [chosen.instance, index, parts]
         pending.set(first, at)
         unflushed.push([first, at])
       }
@@ -265,7 +283,7 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     } else if (unflushed.length >= INDEX_FLUSH_ENTRIES) flushIndex()
     for (const a of applied) settle(`${a.instance}/${a.index}`, a.outcome)
     for (const a of applied) {
-      if (a.entry?._tag !== "Binlog" || a.outcome._tag !== "Accepted") PubSub.publishUnsafe(hub, a)
+      if ((a.entry?._tag !== "Binlog" && a.entry?._tag !== "BinlogPart") || a.outcome._tag !== "Accepted") PubSub.publishUnsafe(hub, a)
     }
   }
   yield* log.follow(current.appliedUpTo, apply)
@@ -300,8 +318,8 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     })
 
   /** The accepted Binlog entry whose first transaction has seq <= `seq`, nearest to it. */
-  const entryAtOrBefore = (seq: number): readonly [number, readonly [number, number]] | undefined => {
-    let best: readonly [number, readonly [number, number]] | undefined
+  const entryAtOrBefore = (seq: number): readonly [number, EntryAt] | undefined => {
+    let best: readonly [number, EntryAt] | undefined
     for (const [first, at] of pending) if (first <= seq && (best === undefined || first > best[0])) best = [first, at]
     for (const { key, value } of entries.getRange({ start: seq, end: -1, reverse: true, limit: 1 })) {
       if (best === undefined || key > best[0]) best = [key, value]
@@ -310,40 +328,56 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
   }
 
   /** Accepted entries from the one starting at `first` on, in seq order: [first seq, [instance, index]]. */
-  const entriesFrom = (first: number, limit: number): Array<readonly [number, readonly [number, number]]> => {
-    const out = new Map<number, readonly [number, number]>()
+  const entriesFrom = (first: number, limit: number): Array<readonly [number, EntryAt]> => {
+    const out = new Map<number, EntryAt>()
     for (const { key, value } of entries.getRange({ start: first, limit })) out.set(key, value)
     for (const [k, v] of pending) if (k >= first) out.set(k, v)
     return [...out].sort((a, b) => a[0] - b[0]).slice(0, limit)
   }
 
   /** Whole recent entries from the one starting at `fromSeq` (a binlog server keeping up). */
-  const recentFrom = (fromSeq: number, limit: number, maxBytes: number): Array<BinlogTxn> | undefined => {
+  const recentFrom = (fromSeq: number, limit: number, maxBytes: number): Array<LoggedTxn> | undefined => {
     let txns = recentEntries.get(fromSeq)
     if (txns === undefined) return undefined
-    const out: Array<BinlogTxn> = []
+    const out: Array<LoggedTxn> = []
     let bytes = 0
     while (txns !== undefined) {
       const size = txns.reduce((n, t) => n + t.events.length, 0)
       if (out.length > 0 && (bytes + size > maxBytes || out.length + txns.length > limit)) break
-      out.push(...txns)
+      for (const t of txns) out.push(logged(t))
       bytes += size
       txns = recentEntries.get(txns[txns.length - 1]!.gtid.seq + 1)
     }
     return out
   }
 
+  /** A large transaction: its parts' bytes, read from the log, then its own. */
+  const assemble = (txn: BinlogTxn, parts: ReadonlyArray<LogPosition>): Effect.Effect<LoggedTxn, StorageError> =>
+    Effect.gen(function*() {
+      const chunks: Array<Uint8Array> = []
+      for (const [instance, index] of parts) {
+        const part = decodeEntry((yield* log.valueAt(instance)).values[index] ?? new Uint8Array(0))
+        // The index said a part is here: anything else is a broken invariant.
+        if (part._tag !== "BinlogPart" || part.gtid.seq !== txn.gtid.seq) {
+          return yield* Effect.die(new Error(`no part of ${txn.gtid.seq} at ${instance}/${index}`))
+        }
+        chunks.push(part.bytes)
+      }
+      chunks.push(txn.events)
+      return { gtid: txn.gtid, chunks, size: chunks.reduce((n, c) => n + c.length, 0) }
+    })
+
   const transactionsFrom = (fromSeq: number, limit: number, maxBytes = Infinity) =>
     Effect.gen(function*() {
       const recent = recentFrom(fromSeq, limit, maxBytes)
       if (recent !== undefined) return recent
-      const out: Array<BinlogTxn> = []
+      const out: Array<LoggedTxn> = []
       const start = entryAtOrBefore(fromSeq)
       if (start === undefined) return out
       let next = fromSeq
       let bytes = 0
-      for (const [first, [instance, index]] of entriesFrom(start[0], Math.max(4, limit))) {
-        let txns = recentEntries.get(first)
+      for (const [first, [instance, index, parts]] of entriesFrom(start[0], Math.max(4, limit))) {
+        let txns: ReadonlyArray<BinlogTxn> | undefined = recentEntries.get(first)
         if (txns === undefined) {
           const value = yield* log.valueAt(instance)
           const entry = decodeEntry(value.values[index] ?? new Uint8Array(0))
@@ -352,10 +386,12 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
         }
         for (const t of txns) {
           if (t.gtid.seq < next) continue
+          const size = t.parts === undefined ? t.events.length : Infinity
           // Contiguous from fromSeq only, and within the bounds (at least one transaction).
-          if (t.gtid.seq !== next || out.length >= limit || (out.length > 0 && bytes + t.events.length > maxBytes)) return out
-          out.push(t)
-          bytes += t.events.length
+          if (t.gtid.seq !== next || out.length >= limit || (out.length > 0 && bytes + size > maxBytes)) return out
+          const one = parts !== undefined && t.parts !== undefined ? yield* assemble(t, parts) : logged(t)
+          out.push(one)
+          bytes += one.size
           next++
         }
       }
@@ -373,6 +409,9 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     stopped: Deferred.await(stopped.signal)
   })
 })
+
+/** Where an accepted Binlog entry is: [instance, index, the positions of its first transaction's parts]. */
+type EntryAt = readonly [number, number] | readonly [number, number, ReadonlyArray<LogPosition>]
 
 export const layer = (options: { readonly dir: string; readonly members: ReadonlyArray<number> }) =>
   Layer.effect(ClusterState, make(options))

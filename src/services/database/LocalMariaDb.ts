@@ -11,6 +11,9 @@ import * as MariaDbServer from "./MariaDbServer.js"
 
 export const REPLICATION_USER = "phxmaria_repl"
 
+/** 1 GiB: MariaDB's own ceiling for one event (max_allowed_packet) and the default largest transaction. */
+export const DEFAULT_MAX_TRANSACTION_BYTES = 1024 * 1024 * 1024
+
 export interface ReplicationLogin {
   readonly user: string
   readonly password: string
@@ -26,8 +29,16 @@ export interface LocalMariaDbShape {
 export class LocalMariaDb extends Context.Service<LocalMariaDb, LocalMariaDbShape>()("phxmaria/LocalMariaDb") {}
 
 /** my.cnf settings every managed node needs (docs/mariadb.md): semi-sync ready, truncation on restart. */
-export const managedServerConfig = (port: number): Record<string, string | number | boolean> => ({
+export const managedServerConfig = (port: number, maxTransactionBytes = DEFAULT_MAX_TRANSACTION_BYTES): Record<string, string | number | boolean> => ({
   port,
+  // The largest transaction the cluster takes: MariaDB refuses a larger one before commit
+  // (ER_TRANS_CACHE_FULL), so nothing it cannot replicate reaches the binlog.
+  max_binlog_cache_size: maxTransactionBytes,
+  max_binlog_stmt_cache_size: maxTransactionBytes,
+  // Row events only: MariaDB's default also logs each statement's text (Annotate_rows), which
+  // for a blob sent as a literal is twice the row again (measured: 100 rows of 1 MiB were a
+  // 314 MB transaction with it, ~100 MB without). The chosen log carries every byte of it.
+  binlog_annotate_row_events: "OFF",
   "bind-address": "127.0.0.1",
   // Crash recovery drops prepared, un-ACKed transactions (never committed forward).
   "init-rpl-role": "SLAVE",
@@ -85,6 +96,8 @@ export interface LocalMariaDbOptions {
   readonly password?: string | undefined
   /** Managed mode: my.cnf lines over the required ones. */
   readonly extraConfig?: Record<string, string | number | boolean> | undefined
+  /** The largest transaction MariaDB accepts (max_binlog_cache_size); default 1 GiB. */
+  readonly maxTransactionBytes?: number | undefined
 }
 
 export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
@@ -94,7 +107,7 @@ export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
       dir: join(options.dataDir, "mariadb"),
       port: options.port,
       serverId: options.nodeId,
-      extraConfig: { ...managedServerConfig(options.port), ...options.extraConfig },
+      extraConfig: { ...managedServerConfig(options.port, options.maxTransactionBytes), ...options.extraConfig },
       // Restarts are the agent's (NodeDatabase): RW must be fenced before mariadbd runs again.
       supervise: false
     })
@@ -106,6 +119,13 @@ export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
       user: options.user ?? "root",
       ...(options.password !== undefined ? { password: options.password } : {})
     })
+  if (!managed) {
+    // The operator's server: the same bound, for the sessions that start from now on.
+    const max = options.maxTransactionBytes ?? DEFAULT_MAX_TRANSACTION_BYTES
+    yield* server.query("SET GLOBAL max_binlog_cache_size = ?, GLOBAL max_binlog_stmt_cache_size = ?", [max, max]).pipe(
+      Effect.catch((e) => Effect.logWarning(`could not bound transactions to ${max} bytes on the attached MariaDB: ${e.message}`))
+    )
+  }
   const password = replicationPassword(options.dataDir)
   yield* ensureReplicationUser(server, password).pipe(Effect.retry({ schedule: Schedule.spaced("200 millis"), times: 50 }))
   return LocalMariaDb.of({ server, managed, replication: { user: REPLICATION_USER, password } })

@@ -18,7 +18,7 @@ import {
   sendsBeforePersist
 } from "../../domain/paxos/core.js"
 import { type ChosenEntry, PaxosMessage, type PaxosValue } from "../../domain/paxos/messages.js"
-import { NotEnoughNodes, ProposeError, ProposeTimeout, Superseded } from "../../domain/paxos/errors.js"
+import { NotEnoughNodes, ProposeError, ProposeTimeout, Superseded, ValueTooLarge } from "../../domain/paxos/errors.js"
 import { Histogram, type HistogramSummary } from "../../domain/metrics/histogram.js"
 import { PaxosStorage, StorageError } from "./PaxosStorage.js"
 import * as Transport from "./Transport.js"
@@ -146,6 +146,8 @@ export interface PaxosLogOptions {
   readonly tuning?: Partial<Omit<PaxosConfig, "nodeId" | "members">>
   readonly tickMs?: number
   readonly proposeTimeoutMs?: number
+  /** The largest value `propose` takes; default 16 MiB (well inside a 64 MiB frame with a batch and a catch-up reply). */
+  readonly maxValueBytes?: number
   readonly acceptClients?: boolean
 }
 
@@ -198,6 +200,8 @@ export interface PaxosLogShape {
   readonly advertised: (maxAgeMs: number) => Effect.Effect<ReadonlyMap<number, number>>
 }
 
+export const DEFAULT_MAX_VALUE_BYTES = 16 * 1024 * 1024
+
 export class PaxosLog extends Context.Service<PaxosLog, PaxosLogShape>()("phxmaria/PaxosLog") {}
 
 interface Pending {
@@ -224,6 +228,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   }
   const tickMs = options.tickMs ?? 25
   const proposeTimeoutMs = options.proposeTimeoutMs ?? 10_000
+  const maxValueBytes = options.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES
   const network = yield* Transport.PeerNetwork
   const durable = yield* storage.load(config.memoryWindow, config.memoryWindowBytes)
   const core = new PaxosNode(config, durable, yield* Time.randomId)
@@ -435,6 +440,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   const propose = (value: Uint8Array, proposeOptions?: { readonly urgent?: boolean }): Effect.Effect<Position, ProposeError> =>
     Effect.callback<Position, ProposeError>((resume) => {
       if (failure !== undefined) return resume(Effect.fail(new ProposeTimeout({ timeoutMs: 0 })))
+      if (value.byteLength > maxValueBytes) return resume(Effect.fail(new ValueTooLarge({ bytes: value.byteLength, maxBytes: maxValueBytes })))
       const requestId = register((r) => resume("_tag" in r ? Effect.fail(r) : Effect.succeed(r)), value, proposeOptions?.urgent === true)
       // Interrupted caller: forget the request and take it out of the queue if not yet placed.
       return Effect.sync(() => {
