@@ -89,7 +89,7 @@ export const AGENT_NODE_ARGS: ReadonlyArray<string> = ["--max-semi-space-size=4"
 /**
  * The agents' environment (docs/operations.md, "Memory"): glibc hands buffers of 128 KiB
  * and more back to the OS when they are freed. By default it raises that bound to the
- * largest buffer freed so far, so the 4 MiB parts of a large transaction stayed in its
+ * largest buffer freed so far, so the parts of a large transaction stayed in its
  * heap after use (measured: +260 MB RSS over a 100 MB transaction, with ~80 MB live).
  */
 export const AGENT_ENV: Readonly<Record<string, string>> = { MALLOC_MMAP_THRESHOLD_: "131072" }

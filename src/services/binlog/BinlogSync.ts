@@ -37,7 +37,7 @@ export interface BinlogSyncOptions {
   readonly pipelineDepth?: number
   /**
    * A transaction larger than this goes into the log as parts of about this size, each
-   * proposed as soon as MariaDB has sent it, then the entry completing it; default 4 MiB.
+   * proposed as soon as MariaDB has sent it, then the entry completing it; default 2 MiB.
    */
   readonly partBytes?: number
   /** Where each committed transaction's stage timings go. */
@@ -98,13 +98,13 @@ export const run = (options: BinlogSyncOptions) =>
 
     /** Starts proposals while there is captured data and room in the pipeline. */
     const fill = Effect.gen(function*() {
-      // A part goes alone, and only parts follow it until it is settled: the parts of a
-      // transaction reach the log in order (a part out of order is refused and proposed
-      // again), and the entry completing it comes after all of them.
+      // A part goes alone, and nothing is proposed behind it until it is settled: the parts
+      // of a transaction reach the log in order, and the entry completing it after all of
+      // them. One at a time also keeps each node's log writes queued shallow, so a lease
+      // renewal waits behind one part at most.
       while (
         inflight.length < depth && (again.length > 0 || pending.length > 0) &&
-        !(inflight.length > 0 && inflight[inflight.length - 1]!.source[0]!.part !== undefined &&
-          (again.length > 0 ? again[0]![0]! : pending[0]!).part === undefined)
+        !(inflight.length > 0 && inflight[inflight.length - 1]!.source[0]!.part !== undefined)
       ) {
         let source: ReadonlyArray<Staged>
         if (again.length > 0) {
@@ -210,7 +210,7 @@ export const run = (options: BinlogSyncOptions) =>
   }).pipe(Effect.scoped)
 
 /** Bytes of a large transaction a part at a time; the parts held at most between MariaDB and the log. */
-const DEFAULT_PART_BYTES = 4 * 1024 * 1024
+const DEFAULT_PART_BYTES = 2 * 1024 * 1024
 const PARTS_HELD = 4
 
 /** Captured and waiting to be proposed: a whole transaction (events joined) or a large one's part. */
