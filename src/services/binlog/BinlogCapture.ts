@@ -167,9 +167,15 @@ export const isFatal = (e: CaptureError): boolean => e._tag === "CaptureAuthErro
 // One connection
 // ---------------------------------------------------------------------------
 
-/** Packets buffered beyond this pause the socket until the reader catches up. */
+/**
+ * Packets (or their bytes) buffered beyond this pause the socket until the reader catches
+ * up: the server's own send buffer then holds the rest (a large transaction is not read
+ * into memory ahead of the log).
+ */
 const HIGH_WATER = 4096
 const LOW_WATER = 1024
+const HIGH_WATER_BYTES = 8 * 1024 * 1024
+const LOW_WATER_BYTES = 2 * 1024 * 1024
 
 interface Wire {
   readonly socket: net.Socket
@@ -188,6 +194,8 @@ const openWire = (
 ): Effect.Effect<Wire, CaptureConnectionError, Scope.Scope> =>
   Effect.gen(function*() {
     const packets = yield* Queue.unbounded<Packet, CaptureConnectionError>()
+    /** Payload bytes in `packets`. */
+    const buffered = { bytes: 0 }
     const socket = yield* Effect.acquireRelease(
       Effect.callback<net.Socket, CaptureConnectionError>((resume) => {
         const socket = options.socketPath !== undefined
@@ -210,8 +218,11 @@ const openWire = (
             socket.destroy()
             return
           }
-          for (const p of r.success) Queue.offerUnsafe(packets, p)
-          if (Queue.sizeUnsafe(packets) > HIGH_WATER) socket.pause()
+          for (const p of r.success) {
+            buffered.bytes += p.payload.length
+            Queue.offerUnsafe(packets, p)
+          }
+          if (Queue.sizeUnsafe(packets) > HIGH_WATER || buffered.bytes > HIGH_WATER_BYTES) socket.pause()
         })
         socket.on("error", (cause) => {
           if (!connected) resume(Effect.fail(new CaptureConnectionError({ address, reason: "connect", detail: describeCause(cause), cause })))
@@ -222,12 +233,16 @@ const openWire = (
       }),
       (socket) => Effect.sync(() => socket.destroy())
     )
+    const taken = (ps: ReadonlyArray<Packet>) => {
+      for (const p of ps) buffered.bytes -= p.payload.length
+      if (socket.isPaused() && Queue.sizeUnsafe(packets) < LOW_WATER && buffered.bytes < LOW_WATER_BYTES) socket.resume()
+    }
     const read = Effect.map(Queue.take(packets), (p) => {
-      if (socket.isPaused() && Queue.sizeUnsafe(packets) < LOW_WATER) socket.resume()
+      taken([p])
       return p
     })
     const readAll = Effect.map(Queue.takeBetween(packets, 1, HIGH_WATER), (ps) => {
-      if (socket.isPaused() && Queue.sizeUnsafe(packets) < LOW_WATER) socket.resume()
+      taken(ps)
       return ps
     })
     return {

@@ -523,23 +523,37 @@ export const make = (
               framedBytes = 0
               return conn.send(bytes)
             })
-            // A large transaction is framed a group of events at a time: what is framed
-            // stays about WRITE_BYTES, whatever the transaction's size.
-            for (const events of ready.flatMap((txn) => groupsOf(txn.events, WRITE_BYTES))) {
-              const packets = dump.transactionPackets(events, seq)
-              if (Result.isFailure(packets)) return yield* refuse(`cannot serve a transaction: ${packets.failure.message}`)
-              if (packets.success !== undefined) {
-                seq = packets.success.nextSequenceId
-                framed.push(packets.success.bytes)
-                framedBytes += packets.success.bytes.length
-                if (framedBytes >= WRITE_BYTES) yield* sendFramed
-                continue
+            // Framed a group of events at a time: what is framed stays about WRITE_BYTES,
+            // whatever the transaction's size.
+            const frame = (all: ReadonlyArray<Uint8Array>) =>
+              Effect.gen(function*() {
+                for (const events of groupsOf(all, WRITE_BYTES)) {
+                  const packets = dump.transactionPackets(events, seq)
+                  if (Result.isFailure(packets)) return yield* refuse(`cannot serve a transaction: ${packets.failure.message}`)
+                  if (packets.success !== undefined) {
+                    seq = packets.success.nextSequenceId
+                    framed.push(packets.success.bytes)
+                    framedBytes += packets.success.bytes.length
+                    if (framedBytes >= WRITE_BYTES) yield* sendFramed
+                    continue
+                  }
+                  // Events too large for one packet: what was framed goes first, then these.
+                  yield* sendFramed
+                  const split = dump.transaction(events)
+                  if (Result.isFailure(split)) return yield* refuse(`cannot serve a transaction: ${split.failure.message}`)
+                  yield* sendEvents(split.success)
+                }
+              })
+            for (const txn of ready) {
+              if (txn.events.length > 0) yield* frame(txn.events)
+              if (txn.more === undefined) continue
+              // A large transaction: the next of its events once these have left.
+              while (true) {
+                yield* sendFramed
+                const more = yield* txn.more.pipe(Effect.catchTag("SourceReadError", unreadable))
+                if (more === undefined) break
+                yield* frame(more)
               }
-              // Events too large for one packet: what was framed goes first, then these.
-              yield* sendFramed
-              const split = dump.transaction(events)
-              if (Result.isFailure(split)) return yield* refuse(`cannot serve a transaction: ${split.failure.message}`)
-              yield* sendEvents(split.success)
             }
             yield* sendFramed
           }

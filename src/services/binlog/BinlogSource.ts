@@ -10,6 +10,12 @@ export interface SourceTxn {
   readonly gtid: Gtid
   /** The transaction's events, each with its 19-byte header and CRC32 trailer. */
   readonly events: ReadonlyArray<Uint8Array>
+  /**
+   * A large transaction's further events, read when asked for: each call gives the next
+   * ones after `events`, undefined once there are no more. Asked for once the previous
+   * ones are sent, so what is held stays bounded.
+   */
+  readonly more?: Effect.Effect<ReadonlyArray<Uint8Array> | undefined, SourceReadError> | undefined
 }
 
 /** The replica asked for a position the source cannot serve; it gets ERR 1236 with this text. */

@@ -7,6 +7,7 @@
 import { Duration, Effect, Layer, Option } from "effect"
 import { formatGtid, type Gtid } from "../../domain/cluster/gtid.js"
 import { type BinlogCursor, BinlogSource, SourceReadError, type SourceTxn, UnknownPosition } from "./BinlogSource.js"
+import { concatBytes } from "../../domain/mysql/packet.js"
 import { ClusterState, type LoggedTxn } from "../cluster/ClusterState.js"
 
 /** Transactions read from the log at a time, and about how many bytes. */
@@ -17,8 +18,11 @@ const PAGE_BYTES = 4 * 1024 * 1024
  * A transaction's events, end to end in `chunks`, split by each header's event length
  * (offset 9): views into the chunks, and a copy only of an event that spans two of them.
  */
-export const splitEvents = (chunks: Uint8Array | ReadonlyArray<Uint8Array>): ReadonlyArray<Uint8Array> => {
-  const list = chunks instanceof Uint8Array ? [chunks] : chunks
+export const splitEvents = (chunks: Uint8Array | ReadonlyArray<Uint8Array>): ReadonlyArray<Uint8Array> =>
+  splitEventsWithRest(chunks instanceof Uint8Array ? [chunks] : chunks).events
+
+/** The same, and the bytes after the last whole event (the start of one that continues in a later chunk). */
+export const splitEventsWithRest = (list: ReadonlyArray<Uint8Array>): { readonly events: ReadonlyArray<Uint8Array>; readonly rest: Uint8Array } => {
   const out: Array<Uint8Array> = []
   let chunk = 0
   let at = 0
@@ -65,10 +69,35 @@ export const splitEvents = (chunks: Uint8Array | ReadonlyArray<Uint8Array>): Rea
     if (event === undefined) break
     out.push(event)
   }
-  return out
+  const left = list.slice(chunk).map((c, i) => (i === 0 ? c.subarray(at) : c)).filter((c) => c.length > 0)
+  return { events: out, rest: left.length === 0 ? new Uint8Array(0) : left.length === 1 ? left[0]! : concatBytes(left) }
 }
 
-const toSource = (t: LoggedTxn): SourceTxn => ({ gtid: t.gtid, events: splitEvents(t.chunks) })
+/**
+ * A transaction for the binlog server. A large one's parts are read from the log one at a
+ * time as the server asks for them (after the replica's socket took the previous ones), so
+ * a replica's agent holds a part or two of it, not all of it.
+ */
+const toSource = (t: LoggedTxn): SourceTxn => {
+  if (t.parts === undefined) return { gtid: t.gtid, events: splitEvents(t.chunks) }
+  const parts = t.parts
+  let next = 0
+  let carry: Uint8Array = new Uint8Array(0)
+  const more = Effect.gen(function*() {
+    if (next > parts.count) return undefined
+    const chunks = next < parts.count
+      ? [yield* parts.read(next).pipe(Effect.mapError((cause) => new SourceReadError({ cause })))]
+      : t.chunks
+    next++
+    const split = splitEventsWithRest(carry.length > 0 ? [carry, ...chunks] : chunks)
+    carry = split.rest
+    if (next > parts.count && carry.length > 0) {
+      return yield* new SourceReadError({ cause: `transaction ${t.gtid.seq} ends inside an event (${carry.length} bytes left)` })
+    }
+    return split.events
+  })
+  return { gtid: t.gtid, events: [], more }
+}
 
 /**
  * Why a replica at `position` cannot continue from the log, if it cannot: its position is

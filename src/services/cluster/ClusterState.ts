@@ -87,6 +87,8 @@ export interface LoggedTxn {
   readonly gtid: BinlogTxn["gtid"]
   readonly chunks: ReadonlyArray<Uint8Array>
   readonly size: number
+  /** A large transaction: its leading bytes, `count` parts before `chunks`, each read from the log when asked for. */
+  readonly parts?: { readonly count: number; readonly read: (part: number) => Effect.Effect<Uint8Array, StorageError> } | undefined
 }
 
 const logged = (t: BinlogTxn): LoggedTxn => ({ gtid: t.gtid, chunks: [t.events], size: t.events.length })
@@ -351,21 +353,25 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     return out
   }
 
-  /** A large transaction: its parts' bytes, read from the log, then its own. */
-  const assemble = (txn: BinlogTxn, parts: ReadonlyArray<LogPosition>): Effect.Effect<LoggedTxn, StorageError> =>
-    Effect.gen(function*() {
-      const chunks: Array<Uint8Array> = []
-      for (const [instance, index] of parts) {
-        const part = decodeEntry((yield* log.valueAt(instance)).values[index] ?? new Uint8Array(0))
-        // The index said a part is here: anything else is a broken invariant.
-        if (part._tag !== "BinlogPart" || part.gtid.seq !== txn.gtid.seq) {
-          return yield* Effect.die(new Error(`no part of ${txn.gtid.seq} at ${instance}/${index}`))
-        }
-        chunks.push(part.bytes)
-      }
-      chunks.push(txn.events)
-      return { gtid: txn.gtid, chunks, size: chunks.reduce((n, c) => n + c.length, 0) }
-    })
+  /** A large transaction: its own bytes, and its parts to be read from the log one by one. */
+  const withParts = (txn: BinlogTxn, parts: ReadonlyArray<LogPosition>): LoggedTxn => ({
+    gtid: txn.gtid,
+    chunks: [txn.events],
+    size: txn.events.length,
+    parts: {
+      count: parts.length,
+      read: (part) =>
+        Effect.gen(function*() {
+          const [instance, index] = parts[part]!
+          const entry = decodeEntry((yield* log.valueAt(instance)).values[index] ?? new Uint8Array(0))
+          // The index said a part is here: anything else is a broken invariant.
+          if (entry._tag !== "BinlogPart" || entry.gtid.seq !== txn.gtid.seq || entry.part !== part) {
+            return yield* Effect.die(new Error(`no part ${part} of ${txn.gtid.seq} at ${instance}/${index}`))
+          }
+          return entry.bytes
+        })
+    }
+  })
 
   const transactionsFrom = (fromSeq: number, limit: number, maxBytes = Infinity) =>
     Effect.gen(function*() {
@@ -389,7 +395,7 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
           const size = t.parts === undefined ? t.events.length : Infinity
           // Contiguous from fromSeq only, and within the bounds (at least one transaction).
           if (t.gtid.seq !== next || out.length >= limit || (out.length > 0 && bytes + size > maxBytes)) return out
-          const one = parts !== undefined && t.parts !== undefined ? yield* assemble(t, parts) : logged(t)
+          const one = parts !== undefined && t.parts !== undefined ? withParts(t, parts) : logged(t)
           out.push(one)
           bytes += one.size
           next++
