@@ -19,9 +19,15 @@ const configFlag = Flag.String("config").pipe(Flag.withDescription("path to the 
 const readConfig = (path: string) =>
   loadNodeConfig(path).pipe(Effect.tapError((e) => Console.error(`phxmaria: invalid config ${e.path}: ${e.message}`)))
 
-const node = Command.make("node", { config: configFlag }, ({ config }) =>
+const bootstrapFlag = Flag.Boolean("bootstrap").pipe(
+  Flag.withDefault(false),
+  Flag.withDescription("this is the first start of a new cluster: the node may start with no Paxos state")
+)
+
+const node = Command.make("node", { config: configFlag, bootstrap: bootstrapFlag }, ({ bootstrap, config }) =>
   Effect.gen(function*() {
-    const cfg = yield* readConfig(config)
+    const read = yield* readConfig(config)
+    const cfg = bootstrap ? { ...read, bootstrap: true } : read
     yield* Effect.gen(function*() {
       const running = yield* NodeLayer.RunningNode
       const { addresses } = running

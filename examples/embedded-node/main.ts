@@ -53,6 +53,8 @@ const config = decodeNodeConfig({
   clusterId: "example",
   nodeId: 1,
   dataDir,
+  // Founds a one-node cluster in its own dir (on later runs the state exists and this does nothing).
+  bootstrap: true,
   members: [{ nodeId: 1, host: "127.0.0.1", port: peer, adminPort: admin, rwPort: rw, roPort: ro, forwardRwPort: forwardRw, forwardRoPort: forwardRo }],
   mariadb: { port: mariadb, binlogServerPort: binlogServer }
 })

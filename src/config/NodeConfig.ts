@@ -69,6 +69,11 @@ export const NodeConfig = Schema.Struct({
   nodeId: NodeId,
   dataDir: Schema.String,
   members: Schema.Array(MemberConfig).pipe(Schema.check(Schema.isMinLength(1))),
+  /**
+   * This start may found a new cluster: the node may start with no Paxos state. Without
+   * it a node with none refuses to start (its state may have been lost). CLI: --bootstrap.
+   */
+  bootstrap: Schema.optional(Schema.Boolean),
   paxos: Schema.optional(PaxosTuning),
   lease: Schema.optional(LeaseSettings),
   /** Without it the node runs the log and the lease only (no database, no proxy). */

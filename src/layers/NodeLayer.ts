@@ -19,6 +19,7 @@ export const paxosLogLayer = (config: NodeConfig) => {
     clusterId: config.clusterId,
     nodeId: config.nodeId,
     members: config.members,
+    founding: config.bootstrap === true,
     tuning,
     ...(tickMs !== undefined ? { tickMs } : {}),
     ...(proposeTimeoutMs !== undefined ? { proposeTimeoutMs } : {})

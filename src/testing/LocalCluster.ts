@@ -235,6 +235,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
     writeFileSync(configPath, JSON.stringify(config, null, 2))
     let child: ChildProcess | undefined
     let output = ""
+    let startedBefore = false
 
     const exited = (c: ChildProcess) => c.exitCode !== null || c.signalCode !== null
 
@@ -258,7 +259,11 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       )
 
     const start = Effect.callback<void, LocalClusterError>((resume) => {
-      const c = spawn(process.execPath, [...AGENT_NODE_ARGS, ...(options.nodeArgs ?? []), mainJs, "node", "--config", configPath], {
+      // The first start founds the cluster; a later one must find its state (or refuse).
+      const founding = !startedBefore
+      startedBefore = true
+      const args = [...AGENT_NODE_ARGS, ...(options.nodeArgs ?? []), mainJs, "node", "--config", configPath, ...(founding ? ["--bootstrap"] : [])]
+      const c = spawn(process.execPath, args, {
         stdio: ["ignore", "pipe", "pipe"],
         env: { ...AGENT_ENV, ...process.env }
       })

@@ -113,6 +113,14 @@ export interface DurableState {
   readonly chosenUpTo: number
 }
 
+/**
+ * Whether this acceptor has never voted: no promise, no proposer round, nothing accepted or
+ * chosen. A node that took part and lost its storage looks the same; only a node of a new
+ * cluster may start like this (it would otherwise vote with a blank promise).
+ */
+export const isBlank = (d: DurableState): boolean =>
+  d.promised.round === 0 && d.proposerRound === 0 && d.accepted.length === 0 && d.chosen.length === 0 && d.chosenUpTo === 0
+
 export const emptyDurableState: DurableState = {
   promised: ZeroBallot,
   proposerRound: 0,

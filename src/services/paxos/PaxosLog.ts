@@ -7,7 +7,7 @@
  * is sent once they are synced. Writes issued in one turn of the event loop are synced
  * together: group commit falls out of the driver.
  */
-import { Context, Effect, Layer, Queue, Schema, Scope, Stream } from "effect"
+import { Context, Data, Effect, Layer, Queue, Schema, Scope, Stream } from "effect"
 import {
   defaultPaxosConfig,
   type Input,
@@ -15,6 +15,7 @@ import {
   type PaxosConfig,
   PaxosNode,
   type ProposalResult,
+  isBlank,
   sendsBeforePersist
 } from "../../domain/paxos/core.js"
 import { type ChosenEntry, PaxosMessage, type PaxosValue } from "../../domain/paxos/messages.js"
@@ -148,6 +149,12 @@ export interface PaxosLogOptions {
   readonly proposeTimeoutMs?: number
   /** The largest value `propose` takes; default 16 MiB (well inside a 64 MiB frame with a batch and a catch-up reply). */
   readonly maxValueBytes?: number
+  /**
+   * May this node start with no Paxos state (the first start of a new cluster)? Default
+   * true here; a node built from its config allows it only with `bootstrap`. Otherwise a
+   * blank state fails the layer with PaxosStateMissing.
+   */
+  readonly founding?: boolean
   readonly acceptClients?: boolean
 }
 
@@ -231,6 +238,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   const maxValueBytes = options.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES
   const network = yield* Transport.PeerNetwork
   const durable = yield* storage.load(config.memoryWindow, config.memoryWindowBytes)
+  if (options.founding === false && isBlank(durable)) return yield* new PaxosStateMissing({ nodeId: options.nodeId })
   const core = new PaxosNode(config, durable, yield* Time.randomId)
 
   const pending = new Map<number, Pending>()
@@ -532,7 +540,21 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   return PaxosLog.of({ propose, chosen, valueAt, follow, status, lead, address: transport.address, advertise, advertised })
 })
 
+/**
+ * The node has no Paxos state and was not started to found a new cluster: it may have
+ * voted before and lost its storage, and must not vote again with a blank promise (it could
+ * help choose a second value for an instance it had accepted).
+ */
+export class PaxosStateMissing extends Data.TaggedError("PaxosStateMissing")<{ readonly nodeId: number }> {
+  override get message() {
+    return `node ${this.nodeId} has no Paxos state and was not started with --bootstrap (config "bootstrap": true). ` +
+      "For the first start of a new cluster, start every node once with --bootstrap. " +
+      "If this node's data was lost (a wiped or replaced disk), it must not vote with a blank promise: " +
+      "restore its dataDir, or give it a new nodeId through a membership change (not yet supported)."
+  }
+}
+
 export const layer = (
   options: PaxosLogOptions
-): Layer.Layer<PaxosLog, StorageError | Transport.TransportListenError, PaxosStorage | Transport.PeerNetwork> =>
+): Layer.Layer<PaxosLog, StorageError | Transport.TransportListenError | PaxosStateMissing, PaxosStorage | Transport.PeerNetwork> =>
   Layer.effect(PaxosLog, make(options))
