@@ -51,6 +51,9 @@ const recovered = (c: LocalCluster.LocalCluster) =>
     ss.every((s) => !("error" in s) && (s.database?.role === "master" || (s.database?.role === "replica" && s.database.lag === 0))) &&
     ss.filter((s) => !("error" in s) && s.database?.role === "master").length === 1)
 
+/** The tables each workload writes (compared across nodes after recovery). */
+const TABLES: Record<WorkloadName, string> = { bank: "torture.accounts", append: "torture.lists", register: "torture.register" }
+
 interface RunResult {
   readonly ok: boolean
   readonly ops: number
@@ -142,6 +145,18 @@ const runOnce = (index: number) =>
       const recoveryMs = recoveredAt === undefined ? undefined : Math.max(0, Math.round(recoveredAt - healed))
       if (recoveredAt === undefined) {
         return { ok: false, anomalies: [], lostAckedWrites: 0, recoveryMs, error: "the cluster did not recover within 120 s", cluster }
+      }
+      // Every node holds the same data as the master (a wiped node too), within a bound: a
+      // replica reports lag 0 from its last check, a moment before its last commit shows.
+      const sums = Effect.forEach(cluster.nodes, (n) =>
+        Effect.map(adminQuery<{ Table: string; Checksum: unknown }>(n, "CHECKSUM TABLE " + TABLES[options.workload]), (rows) =>
+          rows.map((r) => String(r.Checksum)).join(",")))
+      const same = yield* LocalCluster.waitFor("every node to hold the same tables", Effect.map(sums, (xs) => new Set(xs).size === 1), 30_000).pipe(
+        Effect.as(true),
+        Effect.catch(() => Effect.succeed(false))
+      )
+      if (!same) {
+        return { ok: false, anomalies: ["the nodes' tables differ after recovery"], lostAckedWrites: 0, recoveryMs, error: undefined, cluster }
       }
       const m = (yield* servingMaster(cluster))!
       const check = yield* Effect.tryPromise({

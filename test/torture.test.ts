@@ -37,6 +37,13 @@ describe("fault suite (short form)", () => {
     expect(summary).toMatchObject({ bench: "torture", runs: 2, failedRuns: 0, lostAckedWrites: 0, anomalies: 0, recoveredRuns: 2 })
   })
 
+  it("bank under wipes of a node's MariaDB datadir: it comes back by itself, nothing lost", { timeout: 300_000 }, async () => {
+    build()
+    const { output, summary } = await torture(["--workload", "bank", "--fault", "wipe", "--runs", "1", "--seconds", "12"])
+    console.log(output)
+    expect(summary).toMatchObject({ bench: "torture", runs: 1, failedRuns: 0, lostAckedWrites: 0, anomalies: 0, recoveredRuns: 1 })
+  })
+
   it.skipIf(noPartitions !== undefined)(`bank under partitions: no anomaly, no lost write${noPartitions !== undefined ? ` (skipped: ${noPartitions})` : ""}`, { timeout: 300_000 }, async () => {
     build()
     const { output, summary } = await torture(["--workload", "bank", "--fault", "partition", "--runs", "2", "--seconds", "12"])

@@ -1,15 +1,17 @@
 /**
  * Faults for the torture suite, on a LocalCluster: SIGKILL of a mariadbd or an agent,
  * SIGSTOP of the master's processes beyond the lease, network partitions as iptables DROP
- * rules between the nodes' own loopback addresses, and a restart of every node at once.
+ * rules between the nodes' own loopback addresses, a restart of every node at once, and a
+ * wipe (a node stopped, its MariaDB datadir deleted, then started: it must come back by itself).
  * Every fault has a heal; iptables rules are tagged and only ours are ever removed.
  */
 import { execFileSync } from "node:child_process"
-import { readFileSync } from "node:fs"
+import { readFileSync, rmSync } from "node:fs"
+import { dirname } from "node:path"
 import { Effect } from "effect"
-import type * as LocalCluster from "../../src/testing/LocalCluster.js"
+import * as LocalCluster from "../../src/testing/LocalCluster.js"
 
-export const FAULTS = ["none", "kill", "pause", "partition", "restart-all", "mixed"] as const
+export const FAULTS = ["none", "kill", "pause", "partition", "restart-all", "wipe", "mixed"] as const
 export type Fault = (typeof FAULTS)[number]
 
 const TAG = `phxmaria-torture-${process.pid}`
@@ -123,6 +125,13 @@ export const inject = (
           cut([nodes[i]!], far)
         }
         return { description: "ring partition", heal: Effect.sync(removeRules) }
+      }
+      case "wipe": {
+        // SIGKILL (a crash), then the server the agent left behind, then its whole MariaDB dir.
+        yield* target.kill("SIGKILL")
+        yield* LocalCluster.killOrphanMariaDb(target)
+        rmSync(dirname(target.mariadb!.pidFile), { recursive: true, force: true })
+        return { description: `wipe node ${target.nodeId}'s MariaDB datadir`, heal: target.start }
       }
       case "restart-all": {
         yield* Effect.forEach(nodes, (n) => n.kill("SIGKILL"), { concurrency: "unbounded", discard: true })
