@@ -1,5 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
+import { existsSync, readFileSync } from "node:fs"
+import { join } from "node:path"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
 import {
   adminQuery,
@@ -19,9 +21,10 @@ import {
 const TABLE = "d.t"
 
 /** A 3-node cluster with MariaDB, a master serving, the app user and the test table. */
-const cluster = (options: { readonly lease?: { readonly leaseMs: number } } = {}) =>
+const cluster = (options: { readonly lease?: { readonly leaseMs: number }; readonly rebuildAuto?: boolean } = {}) =>
   Effect.gen(function*() {
-    const c = yield* LocalCluster.make({ nodes: 3, database: true, ...options })
+    const { rebuildAuto, ...rest } = options
+    const c = yield* LocalCluster.make({ nodes: 3, database: rebuildAuto === undefined ? true : { rebuildAuto }, ...rest })
     const master = yield* waitForMaster(c, "a first master")
     yield* createAppUser(master)
     yield* adminQuery(master, "CREATE DATABASE IF NOT EXISTS d")
@@ -143,9 +146,29 @@ describe("the whole node: managed MariaDB, Paxos-replicated commits, proxy", () 
       yield* expectConsistent(c, [1, 2])
     }), 120_000)
 
-  it.live("a write straight to a replica's MariaDB never reaches the log: that node is diverged, the others carry on", () =>
+  it.live("a write straight to a replica's MariaDB is rebuilt away: the node diverges, sets its datadir aside, replays the log and ends with the master's tables", () =>
     Effect.gen(function*() {
       const { c, master } = yield* cluster()
+      const conn = yield* connect(master.rwPort!)
+      yield* run(conn, `INSERT INTO ${TABLE} VALUES (1, 1)`)
+      yield* waitConverged(c)
+      const replica = c.nodes.find((n) => n !== master)!
+      const rebuilt = () => replica.output().includes("rebuilding this node's database from the chosen log")
+      yield* adminQuery(replica, `INSERT INTO ${TABLE} VALUES (999, 999)`)
+      yield* run(conn, `INSERT INTO ${TABLE} VALUES (2, 2)`)
+      yield* LocalCluster.waitFor("the replica to be rebuilt", Effect.sync(rebuilt), 30_000)
+      yield* expectConsistent(c, [1, 2])
+      expect([...(yield* idsOn(replica, TABLE))].sort((a, b) => a - b)).toEqual([1, 2])
+      // The diverged datadir is kept for the operator.
+      const dataDir = (JSON.parse(readFileSync(replica.configPath, "utf8")) as { dataDir: string }).dataDir
+      expect(existsSync(join(dataDir, "mariadb.diverged"))).toBe(true)
+      yield* run(conn, `INSERT INTO ${TABLE} VALUES (3, 3)`)
+      yield* expectConsistent(c, [1, 2, 3])
+    }), 120_000)
+
+  it.live("a write straight to a replica's MariaDB never reaches the log: that node is diverged, the others carry on", () =>
+    Effect.gen(function*() {
+      const { c, master } = yield* cluster({ rebuildAuto: false })
       const conn = yield* connect(master.rwPort!)
       yield* run(conn, `INSERT INTO ${TABLE} VALUES (1, 1)`)
       yield* waitConverged(c)

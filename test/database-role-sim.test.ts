@@ -13,29 +13,32 @@ const seeds = (): ReadonlyArray<number> => {
 }
 
 describe("database role simulation", () => {
-  it("RW is open only with the lease, never on a diverged server; the node serves when it can and settles as a replica", () => {
+  it("RW is open only with the lease, never on a diverged server; the node serves when it can and settles as a replica (a diverged one rebuilt when allowed)", () => {
     const failed: Array<string> = []
     let promotions = 0
     let stepDowns = 0
     let diverged = 0
+    let rebuilds = 0
     for (const seed of seeds()) {
       const r = runRoleSimulation({ seed, ticks: 600 })
       promotions += r.promotions
       stepDowns += r.stepDowns
       if (r.diverged) diverged++
+      rebuilds += r.rebuilds
       if (r.failures.length > 0) {
         const line = `seed ${seed} failed (replay: ROLE_SIM_SEED=${seed} npx vitest run test/database-role-sim.test.ts): ${r.failures.slice(0, 3).join("; ")}`
         console.error(line)
         failed.push(line)
       }
     }
-    console.log(`database role sim: ${seeds().length} seeds, ${promotions} promotions, ${stepDowns} step-downs, ${diverged} diverged`)
+    console.log(`database role sim: ${seeds().length} seeds, ${promotions} promotions, ${stepDowns} step-downs, ${diverged} diverged, ${rebuilds} rebuilds`)
     expect(failed).toEqual([])
     if (seeds().length > 100) {
       // The runs do exercise the machine: promotions, step-downs and divergence all happen.
       expect(promotions).toBeGreaterThan(seeds().length)
       expect(stepDowns).toBeGreaterThan(seeds().length)
       expect(diverged).toBeGreaterThan(0)
+      expect(rebuilds).toBeGreaterThan(0)
     }
   })
 
@@ -52,9 +55,18 @@ describe("database role simulation", () => {
   })
 
   it("decides the lease first: a master that lost it steps down whatever else is wrong", () => {
-    const base: RoleObservation = { role: "master", leaseHeld: false, serverUp: false, serverRestarted: true, pipelineRunning: false, probeDue: true }
+    const base: RoleObservation = {
+      role: "master",
+      leaseHeld: false,
+      serverUp: false,
+      serverRestarted: true,
+      pipelineRunning: false,
+      probeDue: true,
+      mayRebuild: false
+    }
     expect(nextStep(base)).toEqual({ _tag: "StepDown", reason: "the lease is no longer held" })
     expect(nextStep({ ...base, role: "replica", leaseHeld: true })._tag).toBe("Calibrate")
     expect(nextStep({ ...base, role: "diverged", leaseHeld: true, serverUp: true, serverRestarted: false })._tag).toBe("Wait")
+    expect(nextStep({ ...base, role: "diverged", leaseHeld: true, serverUp: true, serverRestarted: false, mayRebuild: true })._tag).toBe("Rebuild")
   })
 })

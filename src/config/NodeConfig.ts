@@ -78,6 +78,8 @@ export const NodeConfig = Schema.Struct({
   lease: Schema.optional(LeaseSettings),
   /** Without it the node runs the log and the lease only (no database, no proxy). */
   mariadb: Schema.optional(MariaDbSettings),
+  /** A diverged managed server is set aside and rebuilt from the chosen log (`auto`, default true). */
+  rebuild: Schema.optional(Schema.Struct({ auto: Schema.optional(Schema.Boolean) })),
   proxy: Schema.optional(ProxySettings)
 })
 export type NodeConfig = typeof NodeConfig.Type

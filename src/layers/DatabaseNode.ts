@@ -166,7 +166,7 @@ export const layer = (config: NodeConfig) => {
   })
   const binlog = binlogServerLayer(config, settings).pipe(Layer.provide(chosenBinlogLayer(config, settings)))
   const routes = routeKeeperLayer(config, settings).pipe(Layer.provideMerge(DatabaseRole.layer))
-  const database = NodeDatabase.layer({ nodeId: config.nodeId }).pipe(
+  const database = NodeDatabase.layer({ nodeId: config.nodeId, rebuildAuto: config.rebuild?.auto ?? true }).pipe(
     Layer.provideMerge(Layer.mergeAll(binlog, routes, commitPathLayer, proxyLayer(config, settings)))
   )
   return reportLayer.pipe(

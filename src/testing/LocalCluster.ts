@@ -68,6 +68,8 @@ export interface LocalClusterOptions {
     readonly extraConfig?: Record<string, string | number | boolean>
     /** `mariadb.maxTransactionMb` of every node. */
     readonly maxTransactionMb?: number
+    /** `rebuild.auto` of every node (default true). */
+    readonly rebuildAuto?: boolean
   }
   /** Use this directory (created if missing, never removed) instead of a temp one. */
   readonly dir?: string
@@ -207,6 +209,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
   }
   const extraConfig = typeof options.database === "object" ? options.database.extraConfig : undefined
   const maxTransactionMb = typeof options.database === "object" ? options.database.maxTransactionMb : undefined
+  const rebuildAuto = typeof options.database === "object" ? options.database.rebuildAuto : undefined
 
   const makeNode = (nodeId: number, peerPort: number, adminPort: number): LocalNode => {
     const nodeDir = join(dir, `node${nodeId}`)
@@ -220,6 +223,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       members,
       ...(options.paxos !== undefined ? { paxos: options.paxos } : {}),
       ...(options.lease !== undefined ? { lease: options.lease } : {}),
+      ...(rebuildAuto !== undefined ? { rebuild: { auto: rebuildAuto } } : {}),
       ...(database !== undefined
         ? {
           mariadb: {

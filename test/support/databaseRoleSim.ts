@@ -27,6 +27,8 @@ export interface RoleSimOptions {
   readonly decide?: (o: RoleObservation) => RoleStep
   /** Whether a lease loss fences RW and stops the pipeline at once (NodeDatabase does). */
   readonly fenceOnLeaseLoss?: boolean
+  /** Whether a diverged server is rebuilt (rebuild.auto); default: decided by the seed. */
+  readonly rebuildAuto?: boolean
 }
 
 export interface RoleSimResult {
@@ -35,6 +37,7 @@ export interface RoleSimResult {
   readonly stepDowns: number
   readonly diverged: boolean
   readonly restarts: number
+  readonly rebuilds: number
 }
 
 interface Server {
@@ -52,6 +55,10 @@ export const runRoleSimulation = (options: RoleSimOptions): RoleSimResult => {
   const chance = (p: number) => random() < p
   const decide = options.decide ?? nextStep
   const fenceOnLeaseLoss = options.fenceOnLeaseLoss ?? true
+  const rebuildAuto = options.rebuildAuto ?? chance(0.5)
+  let rebuilds = 0
+  /** Ticks until a rebuild may run again (NodeDatabase spaces them). */
+  let rebuildIn = 0
   const failures: Array<string> = []
   const server: Server = { up: true, hung: false, generation: 0, unackedTail: false, foreignWrite: false }
   let leaseHeld = false
@@ -136,6 +143,15 @@ export const runRoleSimulation = (options: RoleSimOptions): RoleSimResult => {
       case "ProbeMaster":
         probeDueIn = 3
         return server.hung ? stepDown() : "ok"
+      case "Rebuild":
+        if (seen.role !== "diverged" || rwOpen || !rebuildAuto) fail("rebuilt a server that was not diverged, with RW open, or without rebuild.auto")
+        // A new datadir: no foreign write, nothing un-ACKed; then everything from the start.
+        server.foreignWrite = false
+        restart()
+        rebuilds++
+        rebuildIn = 20
+        role = "starting"
+        return "ok"
       case "Wait":
         return "ok"
     }
@@ -179,7 +195,8 @@ export const runRoleSimulation = (options: RoleSimOptions): RoleSimResult => {
       serverUp: server.up,
       serverRestarted: server.generation !== generationSeen,
       pipelineRunning: pipeline !== undefined,
-      probeDue: probeDueIn-- <= 0
+      probeDue: probeDueIn-- <= 0,
+      mayRebuild: rebuildAuto && rebuildIn-- <= 0
     }
     const step = decide(seen)
     if (process.env.ROLE_SIM_TRACE !== undefined) console.log(tick, JSON.stringify(seen), step._tag, JSON.stringify({ server, pipeline, lag, rwOpen }))
@@ -210,5 +227,5 @@ export const runRoleSimulation = (options: RoleSimOptions): RoleSimResult => {
     if (rwOpen) fail("RW open after the calm phase")
   } else if (role !== "diverged" && role !== "replica") fail(`a node with a foreign write ended ${role}`)
 
-  return { failures, promotions, stepDowns, diverged: role === "diverged", restarts }
+  return { failures, promotions, stepDowns, diverged: role === "diverged", restarts, rebuilds }
 }

@@ -5,9 +5,10 @@
  * functions against a model of the lease and the server over seeds.
  *
  *   starting ──calibrate──> replica ──lease──> promoting ──opened──> master
- *       ^          │                              │                     │
- *       │          └──> diverged (terminal)       └─────── step down <──┘
- *       └──── a failed step (from anything but replica / diverged)
+ *    ^  ^          │                              │                     │
+ *    │  │          └──> diverged                  └─────── step down <──┘
+ *    │  └──── a failed step (from anything but replica / diverged)
+ *    └──── rebuild (a managed server, when allowed): a new datadir, the chosen log replayed
  */
 
 export type DbRole = "starting" | "calibrating" | "replica" | "promoting" | "master" | "stepping-down" | "diverged"
@@ -25,6 +26,8 @@ export interface RoleObservation {
   readonly pipelineRunning: boolean
   /** The master's periodic probe of its own server is due. */
   readonly probeDue: boolean
+  /** A diverged server may be rebuilt now (managed, rebuild.auto, not rebuilt too recently). */
+  readonly mayRebuild: boolean
 }
 
 export type RoleStep =
@@ -38,6 +41,8 @@ export type RoleStep =
   | { readonly _tag: "WatchReplica" }
   /** Ask the master's server something: a hung one must not keep the lease. */
   | { readonly _tag: "ProbeMaster" }
+  /** A diverged server: set its datadir aside, start a new one, and start over (it replays the chosen log). */
+  | { readonly _tag: "Rebuild" }
   | { readonly _tag: "Wait" }
 
 const CALIBRATE: RoleStep = { _tag: "Calibrate" }
@@ -45,6 +50,7 @@ const PROMOTE: RoleStep = { _tag: "Promote" }
 const WATCH: RoleStep = { _tag: "WatchReplica" }
 const PROBE: RoleStep = { _tag: "ProbeMaster" }
 const WAIT: RoleStep = { _tag: "Wait" }
+const REBUILD: RoleStep = { _tag: "Rebuild" }
 
 export const nextStep = (o: RoleObservation): RoleStep => {
   switch (o.role) {
@@ -62,10 +68,11 @@ export const nextStep = (o: RoleObservation): RoleStep => {
       if (!o.serverUp) return { _tag: "StepDown", reason: "mariadbd is down" }
       if (o.serverRestarted) return { _tag: "StepDown", reason: "mariadbd restarted" }
       return o.probeDue ? PROBE : WAIT
-    // In the middle of a step of their own (or terminal).
+    case "diverged":
+      return o.mayRebuild ? REBUILD : WAIT
+    // In the middle of a step of their own.
     case "calibrating":
     case "stepping-down":
-    case "diverged":
       return WAIT
   }
 }

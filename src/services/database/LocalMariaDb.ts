@@ -5,7 +5,7 @@
  */
 import { Context, Effect, Layer, Schedule } from "effect"
 import { randomBytes } from "node:crypto"
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import * as MariaDbServer from "./MariaDbServer.js"
 
@@ -24,6 +24,11 @@ export interface LocalMariaDbShape {
   /** Whether the agent may kill and restart mariadbd (managed mode). */
   readonly managed: boolean
   readonly replication: ReplicationLogin
+  /**
+   * Managed only: kills mariadbd, sets its dir aside as `<dir>.diverged` (replacing an older
+   * one), starts a new server on a new datadir and creates the replication login on it.
+   */
+  readonly reinstall: Effect.Effect<string, MariaDbServer.MariaDbStartError | MariaDbServer.MariaDbNotManaged>
 }
 
 export class LocalMariaDb extends Context.Service<LocalMariaDb, LocalMariaDbShape>()("phxmaria/LocalMariaDb") {}
@@ -127,8 +132,24 @@ export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
     )
   }
   const password = replicationPassword(options.dataDir)
-  yield* ensureReplicationUser(server, password).pipe(Effect.retry({ schedule: Schedule.spaced("200 millis"), times: 50 }))
-  return LocalMariaDb.of({ server, managed, replication: { user: REPLICATION_USER, password } })
+  const withLogin = ensureReplicationUser(server, password).pipe(Effect.retry({ schedule: Schedule.spaced("200 millis"), times: 50 }))
+  yield* withLogin
+  const reinstall = Effect.gen(function*() {
+    const dir = server.dir
+    if (!managed || dir === undefined) return yield* new MariaDbServer.MariaDbNotManaged({ operation: "reinstall" })
+    const aside = `${dir}.diverged`
+    yield* server.kill
+    yield* Effect.sync(() => {
+      rmSync(aside, { recursive: true, force: true })
+      renameSync(dir, aside)
+    })
+    yield* server.start
+    yield* withLogin.pipe(
+      Effect.mapError((cause) => new MariaDbServer.MariaDbStartError({ stage: "timeout", message: `no replication login on the new server: ${cause.message}`, dir }))
+    )
+    return aside
+  })
+  return LocalMariaDb.of({ server, managed, replication: { user: REPLICATION_USER, password }, reinstall })
 })
 
 export const layer = (options: LocalMariaDbOptions) => Layer.effect(LocalMariaDb, make(options))

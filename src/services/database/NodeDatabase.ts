@@ -83,7 +83,7 @@ export class DatabaseQueryFailed extends Data.TaggedError("DatabaseQueryFailed")
 }
 
 /** A managed mariadbd did not start or restart. */
-export class DatabaseStartFailed extends Data.TaggedError("DatabaseStartFailed")<{ readonly operation: "start" | "restart"; readonly cause: unknown }> {
+export class DatabaseStartFailed extends Data.TaggedError("DatabaseStartFailed")<{ readonly operation: "start" | "restart" | "rebuild"; readonly cause: unknown }> {
   override get message() {
     return `mariadbd ${this.operation}: ${describeCause(this.cause)}`
   }
@@ -104,7 +104,12 @@ export type NodeDatabaseError = DatabaseQueryFailed | DatabaseStartFailed | NotC
 export interface NodeDatabaseOptions {
   readonly nodeId: number
   readonly tickMs?: number
+  /** Rebuild a diverged managed server from the chosen log; default true. */
+  readonly rebuildAuto?: boolean
 }
+
+/** At most one rebuild per this long: a node that keeps diverging is not rebuilt in a loop. */
+const REBUILD_EVERY_MS = 60_000
 
 /** The GTID of `domain` in a gtid_binlog_pos list ("0-1-5,1-2-3"); other domains make it "foreign". */
 export const localPosition = (text: string, domain: number): { readonly gtid: Gtid | null; readonly foreign: ReadonlyArray<string> } => {
@@ -135,7 +140,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   const lease = yield* MasterLease
   const proxy = yield* Proxy
   const readinessCell = yield* ReadinessCell
-  const { server: db, managed, replication } = yield* LocalMariaDb
+  const { server: db, managed, replication, reinstall } = yield* LocalMariaDb
   const binlogServer = yield* BinlogServer
   const routes = yield* RouteRefresh
   const commitPath = yield* CommitPath
@@ -433,6 +438,22 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     local = probe.success.gtid
   })
 
+  /**
+   * A diverged server is set aside whole (kept as `<dir>.diverged` for the operator) and a
+   * new one starts empty; the role machine starts over, and the new server, a replica,
+   * applies the chosen log from its start (the log is not compacted yet).
+   */
+  let rebuiltAt = -Infinity
+  const rebuild = Effect.gen(function*() {
+    rebuiltAt = monotonicMs()
+    yield* Effect.logWarning(`rebuilding this node's database from the chosen log (it had diverged: ${diverged})`)
+    const aside = yield* reinstall.pipe(Effect.mapError((cause) => new DatabaseStartFailed({ operation: "rebuild", cause })))
+    yield* Effect.logWarning(`the diverged datadir is kept in ${aside}; a new server replays the chosen log`)
+    diverged = null
+    yield* proxy.refuseRo(false)
+    yield* setRole("starting")
+  })
+
   /** One step of the role machine (databaseRole.ts decides, this carries it out). */
   const tick = Effect.gen(function*() {
     const next = nextStep({
@@ -441,7 +462,8 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       serverUp: yield* db.up,
       serverRestarted: (yield* db.generation) !== generation,
       pipelineRunning: masterFiber !== undefined && masterFiber.pollUnsafe() === undefined,
-      probeDue: monotonicMs() - probedAt >= MASTER_PROBE_EVERY_MS
+      probeDue: monotonicMs() - probedAt >= MASTER_PROBE_EVERY_MS,
+      mayRebuild: managed && (options.rebuildAuto ?? true) && monotonicMs() - rebuiltAt >= REBUILD_EVERY_MS
     })
     switch (next._tag) {
       case "Calibrate":
@@ -454,6 +476,8 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
         return yield* monitorReplica
       case "ProbeMaster":
         return yield* probeMaster
+      case "Rebuild":
+        return yield* rebuild
       case "Wait":
         return
     }
