@@ -141,7 +141,9 @@ export const run = (options: BinlogSyncOptions) =>
           proposal = cluster.propose({ _tag: "Binlog", node: options.node, epoch: options.epoch, prevGtid, txns }, timing)
         }
         const fiber = yield* Effect.forkChild(proposal)
-        inflight.push({ source, first: formatGtid(head.part?.gtid ?? head.txn!.gtid), fiber, proposedAt, timing })
+        // Names the proposal for the retry-once rule: each part apart from the others.
+        const first = head.part !== undefined ? `${formatGtid(head.part.gtid)} part ${head.part.part}` : formatGtid(head.txn!.gtid)
+        inflight.push({ source, first, fiber, proposedAt, timing })
       }
     })
 
