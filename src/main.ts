@@ -7,7 +7,7 @@ import { renderStatusTable } from "./domain/cluster/nodeStatus.js"
 import { loadNodeConfig } from "./config/NodeConfig.js"
 import * as NodeLayer from "./layers/NodeLayer.js"
 import { killChildrenOnExit } from "./services/database/MariaDbProcess.js"
-import { fetchStatus } from "./client/StatusClient.js"
+import { fetchStatus, requestRebuild } from "./client/StatusClient.js"
 import * as LocalCluster from "./testing/LocalCluster.js"
 import mysql from "mysql2/promise"
 import { userInfo } from "node:os"
@@ -68,6 +68,32 @@ const status = Command.make(
       yield* Console.log(renderStatusTable(rows))
     }).pipe(Effect.tapError((e) => e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`) : Effect.void))
 ).pipe(Command.withDescription("show every node's role, epoch, lease and log positions as a table"))
+
+const rebuild = Command.make(
+  "rebuild",
+  {
+    config: configFlag.pipe(Flag.optional),
+    admin: Flag.String("admin").pipe(Flag.withDescription("the node's admin address host:port (instead of --config)"), Flag.optional)
+  },
+  ({ admin, config }) =>
+    Effect.gen(function*() {
+      const address = Option.isSome(config)
+        ? yield* Effect.map(readConfig(config.value), (c) => {
+          const self = c.members.find((m) => m.nodeId === c.nodeId)!
+          return `${self.host}:${self.adminPort}`
+        })
+        : Option.isSome(admin)
+        ? admin.value.trim()
+        : yield* Effect.fail(new UsageError({ message: "rebuild needs --config FILE or --admin host:port" }))
+      yield* Console.log(yield* requestRebuild(address))
+    }).pipe(Effect.tapError((e) =>
+      e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`)
+      : e._tag === "RebuildRefused" ? Console.error(`phxmaria: ${e.address} did not take the rebuild: ${e.message}`)
+      : Effect.void
+    ))
+).pipe(Command.withDescription(
+  "rebuild one node's database from the chosen log (a replica or a diverged node; run on its machine)"
+))
 
 const DEMO_USER = "demo"
 const DEMO_PASSWORD = "demo"
@@ -139,7 +165,7 @@ const demo = Command.make(
 
 const app = Command.make("phxmaria").pipe(
   Command.withDescription("a MySQL-compatible, Paxos-replicated cluster on stock MariaDB"),
-  Command.withSubcommands([node, status, demo])
+  Command.withSubcommands([node, status, rebuild, demo])
 )
 
 // The CLI owns the process: a mariadbd it started does not outlive it, even on an exit

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
+import { execFile } from "node:child_process"
 import { existsSync, readFileSync } from "node:fs"
 import { join } from "node:path"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
@@ -146,7 +147,7 @@ describe("the whole node: managed MariaDB, Paxos-replicated commits, proxy", () 
       yield* expectConsistent(c, [1, 2])
     }), 120_000)
 
-  it.live("a write straight to a replica's MariaDB is rebuilt away: the node diverges, sets its datadir aside, replays the log and ends with the master's tables", () =>
+  it.live("a write straight to a replica's MariaDB is rebuilt away (the node diverges, sets its datadir aside, replays the log, ends with the master's tables); an operator's rebuild is refused by the master and taken by a replica", () =>
     Effect.gen(function*() {
       const { c, master } = yield* cluster()
       const conn = yield* connect(master.rwPort!)
@@ -164,6 +165,23 @@ describe("the whole node: managed MariaDB, Paxos-replicated commits, proxy", () 
       expect(existsSync(join(dataDir, "mariadb.diverged"))).toBe(true)
       yield* run(conn, `INSERT INTO ${TABLE} VALUES (3, 3)`)
       yield* expectConsistent(c, [1, 2, 3])
+
+      // An operator's rebuild: the master refuses it, a replica takes it and comes back equal.
+      const cli = (node: LocalCluster.LocalNode) =>
+        Effect.promise(() =>
+          new Promise<{ code: number; out: string }>((resolve) =>
+            execFile(process.execPath, [join(process.cwd(), "dist", "main.js"), "rebuild", "--config", node.configPath], (error, stdout, stderr) =>
+              resolve({ code: error === null ? 0 : (error as { code?: number }).code ?? 1, out: stdout + stderr }))))
+      const refused = yield* cli(master)
+      expect(refused.code).not.toBe(0)
+      expect(refused.out).toContain("may serve RW")
+      const other = c.nodes.find((n) => n !== master && n !== replica)!
+      const taken = yield* cli(other)
+      expect(taken.out).toContain("rebuild requested")
+      expect(taken.code).toBe(0)
+      yield* LocalCluster.waitFor("the other replica to be rebuilt", Effect.sync(() => other.output().includes("an operator asked for it")), 30_000)
+      yield* run(conn, `INSERT INTO ${TABLE} VALUES (4, 4)`)
+      yield* expectConsistent(c, [1, 2, 3, 4])
     }), 120_000)
 
   it.live("a write straight to a replica's MariaDB never reaches the log: that node is diverged, the others carry on", () =>

@@ -62,11 +62,16 @@ describe("database role simulation", () => {
       serverRestarted: true,
       pipelineRunning: false,
       probeDue: true,
-      mayRebuild: false
+      mayRebuild: false,
+      rebuildRequested: false
     }
     expect(nextStep(base)).toEqual({ _tag: "StepDown", reason: "the lease is no longer held" })
     expect(nextStep({ ...base, role: "replica", leaseHeld: true })._tag).toBe("Calibrate")
     expect(nextStep({ ...base, role: "diverged", leaseHeld: true, serverUp: true, serverRestarted: false })._tag).toBe("Wait")
     expect(nextStep({ ...base, role: "diverged", leaseHeld: true, serverUp: true, serverRestarted: false, mayRebuild: true })._tag).toBe("Rebuild")
+    // A requested rebuild of a replica, unless it holds the lease (it promotes instead).
+    const replica = { ...base, role: "replica" as const, serverUp: true, serverRestarted: false, rebuildRequested: true }
+    expect(nextStep(replica)._tag).toBe("Rebuild")
+    expect(nextStep({ ...replica, leaseHeld: true })._tag).toBe("Promote")
   })
 })

@@ -1,8 +1,24 @@
 /** Fetches a node's GET /status; a node that does not answer gives an error row, not a failure. */
-import { Effect, Schema } from "effect"
+import { Data, Effect, Schema } from "effect"
 import { NodeStatus } from "../domain/cluster/nodeStatus.js"
 
 const decode = Schema.decodeUnknownEffect(NodeStatus)
+
+export class RebuildRefused extends Data.TaggedError("RebuildRefused")<{ readonly address: string; readonly message: string }> {}
+
+/** POST /rebuild to one node's admin address: what it said when it took the request, else why not. */
+export const requestRebuild = (address: string, timeoutMs = 5_000): Effect.Effect<string, RebuildRefused> =>
+  Effect.tryPromise({
+    try: async (signal) => {
+      const r = await fetch(`http://${address}/rebuild`, { method: "POST", signal })
+      const body = (await r.json().catch(() => ({}))) as { message?: string; error?: string }
+      return { ok: r.status === 202, text: body.message ?? body.error ?? `HTTP ${r.status}` }
+    },
+    catch: (e) => new RebuildRefused({ address, message: e instanceof Error ? e.message : String(e) })
+  }).pipe(
+    Effect.timeoutOrElse({ duration: `${timeoutMs} millis`, orElse: () => Effect.fail(new RebuildRefused({ address, message: "no answer" })) }),
+    Effect.flatMap((r) => (r.ok ? Effect.succeed(r.text) : Effect.fail(new RebuildRefused({ address, message: r.text }))))
+  )
 
 export const fetchStatus = (address: string, timeoutMs = 2_000): Effect.Effect<NodeStatus | { readonly error: string }> =>
   Effect.tryPromise({

@@ -29,6 +29,8 @@ export interface DatabaseNodeShape {
   readonly replicaHealth: Effect.Effect<Health>
   /** Where the proxy's client ports listen. */
   readonly addresses: Proxy.ProxyShape["addresses"]
+  /** POST /rebuild: 202 when this node takes the request, 409 when it refuses. */
+  readonly rebuild: Effect.Effect<Health>
 }
 
 export class DatabaseNode extends Context.Service<DatabaseNode, DatabaseNodeShape>()("phxmaria/DatabaseNode") {}
@@ -147,6 +149,7 @@ const reportLayer = Layer.effect(
         ok: servesReads(d),
         body: { role: d.role, lag: d.lag, diverged: d.diverged, up: d.up }
       })),
+      rebuild: Effect.map(database.requestRebuild, (r) => ({ ok: r.accepted, body: r })),
       addresses: proxy.addresses
     })
   })

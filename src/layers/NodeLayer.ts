@@ -77,7 +77,7 @@ const runningNode = (config: NodeConfig) =>
       host: self.host,
       port: self.adminPort,
       status,
-      ...(database === undefined ? {} : { replica: database.replicaHealth })
+      ...(database === undefined ? {} : { replica: database.replicaHealth, rebuild: database.rebuild })
     })
     return RunningNode.of({
       nodeId: config.nodeId,

@@ -57,6 +57,7 @@ export const runRoleSimulation = (options: RoleSimOptions): RoleSimResult => {
   const fenceOnLeaseLoss = options.fenceOnLeaseLoss ?? true
   const rebuildAuto = options.rebuildAuto ?? chance(0.5)
   let rebuilds = 0
+  let rebuildRequested = false
   /** Ticks until a rebuild may run again (NodeDatabase spaces them). */
   let rebuildIn = 0
   const failures: Array<string> = []
@@ -144,7 +145,11 @@ export const runRoleSimulation = (options: RoleSimOptions): RoleSimResult => {
         probeDueIn = 3
         return server.hung ? stepDown() : "ok"
       case "Rebuild":
-        if (seen.role !== "diverged" || rwOpen || !rebuildAuto) fail("rebuilt a server that was not diverged, with RW open, or without rebuild.auto")
+        if (rwOpen || mayServeRw(seen.role)) fail("rebuilt a server that may serve RW")
+        if (!(seen.role === "diverged" && (rebuildAuto || seen.rebuildRequested)) && !(seen.role === "replica" && seen.rebuildRequested && !seen.leaseHeld)) {
+          fail("rebuilt a server neither diverged (with rebuild.auto) nor a replica an operator asked to rebuild")
+        }
+        rebuildRequested = false
         // A new datadir: no foreign write, nothing un-ACKed; then everything from the start.
         server.foreignWrite = false
         restart()
@@ -167,6 +172,8 @@ export const runRoleSimulation = (options: RoleSimOptions): RoleSimResult => {
       if (pipeline === "serving" && chance(0.05)) server.unackedTail = true
       if (!mayServeRw(role) && chance(0.0015)) server.foreignWrite = true
       if (pipeline === "serving" && chance(0.01)) stopPipeline()
+      // An operator's POST /rebuild, taken only from a node that does not serve RW.
+      if (!mayServeRw(role) && chance(0.003)) rebuildRequested = true
     }
     const ready = readinessOf(role, lag).ready
     const wasHeld = leaseHeld
@@ -196,7 +203,8 @@ export const runRoleSimulation = (options: RoleSimOptions): RoleSimResult => {
       serverRestarted: server.generation !== generationSeen,
       pipelineRunning: pipeline !== undefined,
       probeDue: probeDueIn-- <= 0,
-      mayRebuild: rebuildAuto && rebuildIn-- <= 0
+      mayRebuild: rebuildAuto && rebuildIn-- <= 0,
+      rebuildRequested
     }
     const step = decide(seen)
     if (process.env.ROLE_SIM_TRACE !== undefined) console.log(tick, JSON.stringify(seen), step._tag, JSON.stringify({ server, pipeline, lag, rwOpen }))

@@ -28,6 +28,8 @@ export interface RoleObservation {
   readonly probeDue: boolean
   /** A diverged server may be rebuilt now (managed, rebuild.auto, not rebuilt too recently). */
   readonly mayRebuild: boolean
+  /** An operator asked for a rebuild (POST /rebuild) of this managed server. */
+  readonly rebuildRequested: boolean
 }
 
 export type RoleStep =
@@ -59,7 +61,9 @@ export const nextStep = (o: RoleObservation): RoleStep => {
     case "replica":
       // A server that went away or restarted is compared with the log again before anything.
       if (!o.serverUp || o.serverRestarted) return CALIBRATE
-      return o.leaseHeld ? PROMOTE : WATCH
+      if (o.leaseHeld) return PROMOTE
+      // A requested rebuild only of a replica that is not about to serve.
+      return o.rebuildRequested ? REBUILD : WATCH
     case "promoting":
     case "master":
       // The lease first: nothing else may delay the fence.
@@ -69,7 +73,7 @@ export const nextStep = (o: RoleObservation): RoleStep => {
       if (o.serverRestarted) return { _tag: "StepDown", reason: "mariadbd restarted" }
       return o.probeDue ? PROBE : WAIT
     case "diverged":
-      return o.mayRebuild ? REBUILD : WAIT
+      return o.mayRebuild || o.rebuildRequested ? REBUILD : WAIT
     // In the middle of a step of their own.
     case "calibrating":
     case "stepping-down":

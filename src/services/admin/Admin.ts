@@ -1,6 +1,7 @@
 /**
- * The admin HTTP listener: GET /status as JSON (and GET /replica). Anything else gets 404/405; a malformed
- * request closes that connection (Node's parser rejects it) and is logged.
+ * The admin HTTP listener: GET /status as JSON (and GET /replica, and POST /rebuild from
+ * this machine only). Anything else gets 404/405; a malformed request closes that
+ * connection (Node's parser rejects it) and is logged.
  */
 import { Data, Effect } from "effect"
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
@@ -11,6 +12,10 @@ export class AdminListenError extends Data.TaggedError("AdminListenError")<{
   readonly port: number
   readonly cause: unknown
 }> {}
+
+/** 127.0.0.0/8 and ::1, also as IPv4-mapped IPv6. */
+const isLoopback = (address: string | undefined): boolean =>
+  address !== undefined && (address === "::1" || /^(::ffff:)?127\./.test(address))
 
 export class AdminBadRequest extends Data.TaggedError("AdminBadRequest")<{
   readonly remote: string
@@ -33,6 +38,11 @@ export const serve = <A>(options: {
   readonly port: number
   readonly status: Effect.Effect<A>
   readonly replica?: Effect.Effect<Health>
+  /**
+   * POST /rebuild: 202 when taken, 409 when refused. Destructive and the port has no
+   * authentication yet, so only loopback callers (the CLI on this machine) are heard.
+   */
+  readonly rebuild?: Effect.Effect<Health>
 }) =>
   Effect.gen(function*() {
     const run = Effect.runPromise
@@ -50,6 +60,10 @@ export const serve = <A>(options: {
         res.writeHead(400, { "content-type": "application/json", connection: "close" })
         res.end(JSON.stringify({ error: "requests take no body" }), () => req.socket.destroy())
         return
+      }
+      if (req.method === "POST" && path === "/rebuild" && options.rebuild !== undefined) {
+        if (!isLoopback(req.socket.remoteAddress)) return reply(403, { error: "POST /rebuild is taken from this machine only (loopback)" })
+        return void run(options.rebuild).then((h) => reply(h.ok ? 202 : 409, h.body), (e) => reply(500, { error: String(e) }))
       }
       if (req.method !== "GET") return reply(405, { error: "method not allowed" })
       if (path === "/replica" && options.replica !== undefined) {

@@ -71,6 +71,11 @@ export interface NodeDatabaseShape {
   readonly roles: SubscriptionRef.SubscriptionRef<DbRole>
   /** Whether this node serves RW now (promoted, lease held). */
   readonly serving: Effect.Effect<boolean>
+  /**
+   * An operator's rebuild (POST /rebuild): taken by a managed replica or diverged node,
+   * refused by one that serves or may serve RW; carried out at the role loop's next step.
+   */
+  readonly requestRebuild: Effect.Effect<{ readonly accepted: boolean; readonly message: string }>
 }
 
 export class NodeDatabase extends Context.Service<NodeDatabase, NodeDatabaseShape>()("phxmaria/NodeDatabase") {}
@@ -444,14 +449,19 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
    * applies the chosen log from its start (the log is not compacted yet).
    */
   let rebuiltAt = -Infinity
+  let rebuildRequested = false
   const rebuild = Effect.gen(function*() {
     rebuiltAt = monotonicMs()
-    yield* Effect.logWarning(`rebuilding this node's database from the chosen log (it had diverged: ${diverged})`)
+    rebuildRequested = false
+    yield* Effect.logWarning(
+      `rebuilding this node's database from the chosen log (${diverged !== null ? `it had diverged: ${diverged}` : "an operator asked for it"})`
+    )
+    // Off the routes first: nobody is sent to a server about to be set aside.
+    yield* setRole("starting")
     const aside = yield* reinstall.pipe(Effect.mapError((cause) => new DatabaseStartFailed({ operation: "rebuild", cause })))
-    yield* Effect.logWarning(`the diverged datadir is kept in ${aside}; a new server replays the chosen log`)
+    yield* Effect.logWarning(`the old datadir is kept in ${aside}; a new server replays the chosen log`)
     diverged = null
     yield* proxy.refuseRo(false)
-    yield* setRole("starting")
   })
 
   /** One step of the role machine (databaseRole.ts decides, this carries it out). */
@@ -463,7 +473,8 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       serverRestarted: (yield* db.generation) !== generation,
       pipelineRunning: masterFiber !== undefined && masterFiber.pollUnsafe() === undefined,
       probeDue: monotonicMs() - probedAt >= MASTER_PROBE_EVERY_MS,
-      mayRebuild: managed && (options.rebuildAuto ?? true) && monotonicMs() - rebuiltAt >= REBUILD_EVERY_MS
+      mayRebuild: managed && (options.rebuildAuto ?? true) && monotonicMs() - rebuiltAt >= REBUILD_EVERY_MS,
+      rebuildRequested
     })
     switch (next._tag) {
       case "Calibrate":
@@ -538,7 +549,16 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
         replicationError
       })),
       roles,
-      serving: Effect.map(lease.isMaster, (m) => m && role === "master")
+      serving: Effect.map(lease.isMaster, (m) => m && role === "master"),
+      requestRebuild: Effect.gen(function*() {
+        if (!managed) return { accepted: false, message: "the server is attached (run by the operator): rebuild it by hand" }
+        if (mayServeRw(role) || role === "stepping-down" || (yield* lease.isMaster)) {
+          return { accepted: false, message: `this node is ${role} and may serve RW: move the master elsewhere first` }
+        }
+        rebuildRequested = true
+        yield* Queue.offer(wake, undefined)
+        return { accepted: true, message: `rebuild requested (role ${role}): the database is set aside and the chosen log replayed` }
+      })
     })
 })
 
