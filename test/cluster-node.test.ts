@@ -22,10 +22,15 @@ import {
 const TABLE = "d.t"
 
 /** A 3-node cluster with MariaDB, a master serving, the app user and the test table. */
-const cluster = (options: { readonly lease?: { readonly leaseMs: number }; readonly rebuildAuto?: boolean } = {}) =>
+const cluster = (
+  options: { readonly lease?: { readonly leaseMs: number }; readonly rebuildAuto?: boolean; readonly retainSeconds?: number } = {}
+) =>
   Effect.gen(function*() {
-    const { rebuildAuto, ...rest } = options
-    const c = yield* LocalCluster.make({ nodes: 3, database: rebuildAuto === undefined ? true : { rebuildAuto }, ...rest })
+    const { rebuildAuto, retainSeconds, ...rest } = options
+    const database = rebuildAuto === undefined && retainSeconds === undefined
+      ? true
+      : { ...(rebuildAuto !== undefined ? { rebuildAuto } : {}), ...(retainSeconds !== undefined ? { retainSeconds } : {}) }
+    const c = yield* LocalCluster.make({ nodes: 3, database, ...rest })
     const master = yield* waitForMaster(c, "a first master")
     yield* createAppUser(master)
     yield* adminQuery(master, "CREATE DATABASE IF NOT EXISTS d")
@@ -182,6 +187,31 @@ describe("the whole node: managed MariaDB, Paxos-replicated commits, proxy", () 
       yield* LocalCluster.waitFor("the other replica to be rebuilt", Effect.sync(() => other.output().includes("an operator asked for it")), 30_000)
       yield* run(conn, `INSERT INTO ${TABLE} VALUES (4, 4)`)
       yield* expectConsistent(c, [1, 2, 3, 4])
+    }), 120_000)
+
+  it.live("every node purges its MariaDB binlog files past log.retainSeconds, and the cluster still replicates and fails over", () =>
+    Effect.gen(function*() {
+      const { c, master } = yield* cluster({ retainSeconds: 1 })
+      const conn = yield* connect(master.rwPort!)
+      yield* run(conn, `INSERT INTO ${TABLE} VALUES (1, 1)`)
+      yield* waitConverged(c)
+      const files = (n: LocalCluster.LocalNode) => Effect.map(adminQuery<{ Log_name: string }>(n, "SHOW BINARY LOGS"), (r) => r.map((x) => x.Log_name))
+      const first = yield* Effect.forEach(c.nodes, files)
+      // Rotation (not written to the binlog) is when MariaDB purges: rotate until the files
+      // there were at the start are gone, on every node.
+      yield* LocalCluster.waitFor("every node to purge its old binlog files", Effect.gen(function*() {
+        yield* Effect.forEach(c.nodes, (n) => adminQuery(n, "FLUSH NO_WRITE_TO_BINLOG BINARY LOGS"))
+        const now = yield* Effect.forEach(c.nodes, files)
+        return now.every((names, i) => first[i]!.every((f) => !names.includes(f)))
+      }), 20_000)
+      yield* run(conn, `INSERT INTO ${TABLE} VALUES (2, 2)`)
+      yield* expectConsistent(c, [1, 2])
+      // The master's mariadbd dies: a replica whose old binlogs are gone takes over and captures.
+      process.kill(mariadbPid(master), "SIGKILL")
+      const next = yield* waitForMaster(c, "a new master", master.nodeId, 30_000)
+      const conn2 = yield* connect(next.rwPort!)
+      yield* run(conn2, `INSERT INTO ${TABLE} VALUES (3, 3)`)
+      yield* expectConsistent(c, [1, 2, 3])
     }), 120_000)
 
   it.live("a write straight to a replica's MariaDB never reaches the log: that node is diverged, the others carry on", () =>

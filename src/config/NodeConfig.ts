@@ -78,6 +78,11 @@ export const NodeConfig = Schema.Struct({
   lease: Schema.optional(LeaseSettings),
   /** Without it the node runs the log and the lease only (no database, no proxy). */
   mariadb: Schema.optional(MariaDbSettings),
+  /**
+   * Retention. `retainSeconds` (default 86400): a managed MariaDB purges its binlog files
+   * older than this. The Paxos log itself is not compacted yet.
+   */
+  log: Schema.optional(Schema.Struct({ retainSeconds: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isGreaterThanOrEqualTo(1)))) })),
   /** A diverged managed server is set aside and rebuilt from the chosen log (`auto`, default true). */
   rebuild: Schema.optional(Schema.Struct({ auto: Schema.optional(Schema.Boolean) })),
   proxy: Schema.optional(ProxySettings)

@@ -48,7 +48,8 @@ export const localMariaDbLayer = (config: NodeConfig, settings: Settings) =>
     user: settings.user,
     password: settings.password,
     extraConfig: settings.extraConfig,
-    maxTransactionBytes: settings.maxTransactionMb !== undefined ? settings.maxTransactionMb * 1024 * 1024 : undefined
+    maxTransactionBytes: settings.maxTransactionMb !== undefined ? settings.maxTransactionMb * 1024 * 1024 : undefined,
+    binlogRetainSeconds: config.log?.retainSeconds
   })
 
 /**

@@ -70,6 +70,8 @@ export interface LocalClusterOptions {
     readonly maxTransactionMb?: number
     /** `rebuild.auto` of every node (default true). */
     readonly rebuildAuto?: boolean
+    /** `log.retainSeconds` of every node. */
+    readonly retainSeconds?: number
   }
   /** Use this directory (created if missing, never removed) instead of a temp one. */
   readonly dir?: string
@@ -210,6 +212,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
   const extraConfig = typeof options.database === "object" ? options.database.extraConfig : undefined
   const maxTransactionMb = typeof options.database === "object" ? options.database.maxTransactionMb : undefined
   const rebuildAuto = typeof options.database === "object" ? options.database.rebuildAuto : undefined
+  const retainSeconds = typeof options.database === "object" ? options.database.retainSeconds : undefined
 
   const makeNode = (nodeId: number, peerPort: number, adminPort: number): LocalNode => {
     const nodeDir = join(dir, `node${nodeId}`)
@@ -224,6 +227,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       ...(options.paxos !== undefined ? { paxos: options.paxos } : {}),
       ...(options.lease !== undefined ? { lease: options.lease } : {}),
       ...(rebuildAuto !== undefined ? { rebuild: { auto: rebuildAuto } } : {}),
+      ...(retainSeconds !== undefined ? { log: { retainSeconds } } : {}),
       ...(database !== undefined
         ? {
           mariadb: {

@@ -11,6 +11,9 @@ import * as MariaDbServer from "./MariaDbServer.js"
 
 export const REPLICATION_USER = "phxmaria_repl"
 
+/** How long a node keeps its MariaDB binlog files by default: a day. */
+export const DEFAULT_BINLOG_RETAIN_SECONDS = 86_400
+
 /** 1 GiB: MariaDB's own ceiling for one event (max_allowed_packet) and the default largest transaction. */
 export const DEFAULT_MAX_TRANSACTION_BYTES = 1024 * 1024 * 1024
 
@@ -34,8 +37,17 @@ export interface LocalMariaDbShape {
 export class LocalMariaDb extends Context.Service<LocalMariaDb, LocalMariaDbShape>()("phxmaria/LocalMariaDb") {}
 
 /** my.cnf settings every managed node needs (docs/mariadb.md): semi-sync ready, truncation on restart. */
-export const managedServerConfig = (port: number, maxTransactionBytes = DEFAULT_MAX_TRANSACTION_BYTES): Record<string, string | number | boolean> => ({
+export const managedServerConfig = (
+  port: number,
+  maxTransactionBytes = DEFAULT_MAX_TRANSACTION_BYTES,
+  binlogRetainSeconds = DEFAULT_BINLOG_RETAIN_SECONDS
+): Record<string, string | number | boolean> => ({
   port,
+  // Nothing reads a node's old binlog files: replicas are fed from the chosen log, a new
+  // master's capture starts after the log's last GTID (in the newest file), and crash
+  // truncation reads the last one. MariaDB purges older ones at rotation (64 MiB files),
+  // never the active one or one a dump thread reads.
+  binlog_expire_logs_seconds: binlogRetainSeconds,
   // The largest transaction the cluster takes: MariaDB refuses a larger one before commit
   // (ER_TRANS_CACHE_FULL), so nothing it cannot replicate reaches the binlog.
   max_binlog_cache_size: maxTransactionBytes,
@@ -103,6 +115,8 @@ export interface LocalMariaDbOptions {
   readonly extraConfig?: Record<string, string | number | boolean> | undefined
   /** The largest transaction MariaDB accepts (max_binlog_cache_size); default 1 GiB. */
   readonly maxTransactionBytes?: number | undefined
+  /** Managed: MariaDB purges its binlog files older than this (binlog_expire_logs_seconds); default a day. */
+  readonly binlogRetainSeconds?: number | undefined
 }
 
 export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
@@ -112,7 +126,7 @@ export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
       dir: join(options.dataDir, "mariadb"),
       port: options.port,
       serverId: options.nodeId,
-      extraConfig: { ...managedServerConfig(options.port, options.maxTransactionBytes), ...options.extraConfig },
+      extraConfig: { ...managedServerConfig(options.port, options.maxTransactionBytes, options.binlogRetainSeconds), ...options.extraConfig },
       // Restarts are the agent's (NodeDatabase): RW must be fenced before mariadbd runs again.
       supervise: false
     })
