@@ -165,6 +165,10 @@ describe("the whole node: managed MariaDB, Paxos-replicated commits, proxy", () 
       yield* LocalCluster.waitFor("the replica to be rebuilt", Effect.sync(rebuilt), 30_000)
       yield* expectConsistent(c, [1, 2])
       expect([...(yield* idsOn(replica, TABLE))].sort((a, b) => a - b)).toEqual([1, 2])
+      // It reports its replay until it has caught up, then says it is done.
+      yield* LocalCluster.waitFor("the rebuild to report itself done", Effect.sync(() => /rebuild done: \d+ transactions replayed/.test(replica.output())), 20_000)
+      const after = yield* statusOf(replica)
+      expect("error" in after ? "error" : after.database?.rebuild ?? null).toBeNull()
       // The diverged datadir is kept for the operator.
       const dataDir = (JSON.parse(readFileSync(replica.configPath, "utf8")) as { dataDir: string }).dataDir
       expect(existsSync(join(dataDir, "mariadb.diverged"))).toBe(true)

@@ -102,6 +102,27 @@ export const afterFailure = (o: {
   }
 }
 
+/** How far a rebuild's replay has come: of the `target` transactions the log had when it began. */
+export const rebuildProgress = (o: {
+  readonly reason: string
+  readonly elapsedMs: number
+  readonly applied: number
+  readonly target: number
+}) => {
+  const elapsedS = Math.max(o.elapsedMs, 1) / 1000
+  const applied = Math.min(o.applied, o.target)
+  const txnsPerS = applied / elapsedS
+  return {
+    reason: o.reason,
+    elapsedS: Math.round(elapsedS * 10) / 10,
+    appliedTxns: applied,
+    targetTxns: o.target,
+    percent: o.target === 0 ? 100 : Math.round((1000 * applied) / o.target) / 10,
+    txnsPerS: Math.round(txnsPerS * 10) / 10,
+    etaS: applied >= o.target ? 0 : txnsPerS > 0 ? Math.round((o.target - applied) / txnsPerS) : null
+  }
+}
+
 /** What the lease may count on: the master while it serves, or a replica with nothing left to apply. */
 export const readinessOf = (role: DbRole, lag: number | null): { readonly ready: boolean; readonly lag: number } => ({
   ready: mayServeRw(role) || (role === "replica" && lag === 0),

@@ -35,7 +35,20 @@ export const NodeStatus = Schema.Struct({
     lag: Schema.NullOr(Schema.Number),
     up: Schema.Boolean,
     diverged: Schema.NullOr(Schema.String),
-    replicationError: Schema.NullOr(Schema.String)
+    replicationError: Schema.NullOr(Schema.String),
+    /**
+     * A rebuild under way (the new server replaying the chosen log) until it has caught up:
+     * transactions applied of those the log had when it began, the rate and the time left.
+     */
+    rebuild: Schema.optional(Schema.NullOr(Schema.Struct({
+      reason: Schema.String,
+      elapsedS: Schema.Number,
+      appliedTxns: Schema.Number,
+      targetTxns: Schema.Number,
+      percent: Schema.Number,
+      txnsPerS: Schema.Number,
+      etaS: Schema.NullOr(Schema.Number)
+    })))
   })),
   /**
    * Where the master's commits spend their time (every term of this node as master), per

@@ -30,7 +30,7 @@ import { BinlogServer } from "../binlog/BinlogServer.js"
 import { CommitPath } from "../binlog/BinlogSync.js"
 import { RouteRefresh } from "../proxy/RouteKeeper.js"
 import { DatabaseRoleCell, type DbRole } from "./DatabaseRole.js"
-import { afterFailure, mayServeRw, nextStep, pauseMs, readinessOf } from "../../domain/cluster/databaseRole.js"
+import { afterFailure, mayServeRw, nextStep, pauseMs, readinessOf, rebuildProgress } from "../../domain/cluster/databaseRole.js"
 import { LocalMariaDb } from "./LocalMariaDb.js"
 import { MasterLease, ReadinessCell } from "../cluster/MasterLease.js"
 import { Proxy } from "../proxy/Proxy.js"
@@ -63,6 +63,8 @@ export interface DatabaseStatus {
   readonly diverged: string | null
   /** Replica thread errors, if any. */
   readonly replicationError: string | null
+  /** A rebuild's replay until it has caught up; null otherwise. */
+  readonly rebuild: ReturnType<typeof rebuildProgress> | null
 }
 
 export interface NodeDatabaseShape {
@@ -115,6 +117,8 @@ export interface NodeDatabaseOptions {
 
 /** At most one rebuild per this long: a node that keeps diverging is not rebuilt in a loop. */
 const REBUILD_EVERY_MS = 60_000
+/** A rebuild's progress goes to the log this often. */
+const REBUILD_LOG_EVERY_MS = 10_000
 
 /** The GTID of `domain` in a gtid_binlog_pos list ("0-1-5,1-2-3"); other domains make it "foreign". */
 export const localPosition = (text: string, domain: number): { readonly gtid: Gtid | null; readonly foreign: ReadonlyArray<string> } => {
@@ -312,6 +316,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   let checkedLast: Gtid | null | undefined = undefined
   let checkedAt = -Infinity
   let threadsCheckedAt = -Infinity
+  let rebuildLoggedAt = -Infinity
 
   /**
    * Replica health: position, lag, divergence, replica thread. Asked of MariaDB only when
@@ -327,6 +332,16 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     const extra = yield* extraOverLog
     lag = last === null ? 0 : last.seq - (local?.seq ?? 0)
     yield* publishReadiness
+    if (rebuilding !== undefined) {
+      const p = progress()!
+      if (lag === 0) {
+        yield* Effect.logInfo(`rebuild done: ${p.appliedTxns} transactions replayed in ${p.elapsedS} s (${p.txnsPerS}/s)`)
+        rebuilding = undefined
+      } else if (now - rebuildLoggedAt >= REBUILD_LOG_EVERY_MS) {
+        rebuildLoggedAt = now
+        yield* Effect.logInfo(`rebuild: ${p.appliedTxns} of ${p.targetTxns} transactions (${p.percent}%), ${p.txnsPerS}/s, about ${p.etaS ?? "?"} s left`)
+      }
+    }
     if (extra !== undefined) return yield* markDiverged(extra)
     // The replica threads: whenever there is something to apply, and now and then while idle.
     if (lag === 0 && now - threadsCheckedAt < IDLE_THREAD_CHECK_MS) return
@@ -450,8 +465,22 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
    */
   let rebuiltAt = -Infinity
   let rebuildRequested = false
+  /** The rebuild whose replay is under way: why, when, and how many transactions the log had then. */
+  let rebuilding: { readonly reason: string; readonly startedAt: number; readonly target: number } | undefined
+  const progress = () =>
+    rebuilding === undefined ? null : rebuildProgress({
+      reason: rebuilding.reason,
+      elapsedMs: monotonicMs() - rebuilding.startedAt,
+      applied: local?.seq ?? 0,
+      target: rebuilding.target
+    })
   const rebuild = Effect.gen(function*() {
     rebuiltAt = monotonicMs()
+    rebuilding = {
+      reason: diverged !== null ? `diverged: ${diverged}` : "requested by an operator",
+      startedAt: rebuiltAt,
+      target: (yield* cluster.current).state.lastGtid?.seq ?? 0
+    }
     rebuildRequested = false
     yield* Effect.logWarning(
       `rebuilding this node's database from the chosen log (${diverged !== null ? `it had diverged: ${diverged}` : "an operator asked for it"})`
@@ -546,7 +575,8 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
         lag,
         up,
         diverged,
-        replicationError
+        replicationError,
+        rebuild: progress()
       })),
       roles,
       serving: Effect.map(lease.isMaster, (m) => m && role === "master"),
