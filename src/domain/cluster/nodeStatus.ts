@@ -102,7 +102,15 @@ export const renderStatusTable = (
         String(s.paxos.lastChosenInstance),
         String(s.appliedInstance - 1),
         s.lastGtid ?? "-",
-        s.database === undefined ? "-" : s.database.diverged !== null ? "DIVERGED" : s.database.up ? s.database.role : "down",
+        s.database === undefined
+          ? "-"
+          : s.database.diverged !== null
+          ? "DIVERGED"
+          : !s.database.up
+          ? "down"
+          : s.database.rebuild != null
+          ? `rebuild ${s.database.rebuild.percent}%`
+          : s.database.role,
         s.database?.localGtid ?? "-",
         s.database?.lag === null || s.database?.lag === undefined ? "-" : String(s.database.lag),
         s.members.filter((m) => m.reachable).map((m) => m.nodeId).join(",") || "-"
@@ -115,5 +123,9 @@ export const renderStatusTable = (
     ? `master: node ${[...masters][0]}`
     : masters.size === 0 ? "master: none (election in progress or no majority)" : `master: SEVERAL REPORT MASTER (${[...masters].join(", ")})`
   const diverged = rows.flatMap((r) => ("error" in r.status || r.status.database?.diverged == null ? [] : [`node ${r.nodeId} DIVERGED: ${r.status.database.diverged}`]))
-  return [fmt(header), ...lines.map(fmt), "", summary, ...diverged].join("\n")
+  const rebuilding = rows.flatMap((r) => {
+    const b = "error" in r.status ? undefined : r.status.database?.rebuild
+    return b == null ? [] : [`node ${r.nodeId} rebuilding (${b.reason}): ${b.appliedTxns} of ${b.targetTxns} transactions, ${b.txnsPerS}/s, about ${b.etaS ?? "?"} s left`]
+  })
+  return [fmt(header), ...lines.map(fmt), "", summary, ...diverged, ...rebuilding].join("\n")
 }
