@@ -489,6 +489,9 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     yield* setRole("starting")
     const aside = yield* reinstall.pipe(Effect.mapError((cause) => new DatabaseStartFailed({ operation: "rebuild", cause })))
     yield* Effect.logWarning(`the old datadir is kept in ${aside}; a new server replays the chosen log`)
+    // What was known of the old server says nothing of the new one.
+    local = null
+    lag = null
     diverged = null
     yield* proxy.refuseRo(false)
   })
