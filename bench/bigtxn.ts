@@ -13,7 +13,7 @@
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
-import { BIG_TXN_TABLES, runBigTxn } from "../test/support/bigTxn.js"
+import { bigTxnSchema, runBigTxn } from "../test/support/bigTxn.js"
 import { adminQuery, APP_PASSWORD, APP_USER, connect, createAppUser, run as sql, statusOf, waitForMaster } from "../test/support/dbCluster.js"
 import { MariaDbInstance } from "../test/support/MariaDbInstance.js"
 import { rssMb } from "./support/proc.js"
@@ -27,8 +27,7 @@ const bigTxn = (port: number) =>
 
 const alone = Effect.gen(function*() {
   const db = yield* MariaDbInstance.make({ serverId: 1, extraConfig: { max_allowed_packet: "64M" } })
-  yield* db.query("CREATE DATABASE bigtxn")
-  for (const t of BIG_TXN_TABLES) yield* db.query(t.replace("EXISTS ", "EXISTS bigtxn."))
+  for (const statement of bigTxnSchema("bigtxn")) yield* db.query(statement)
   yield* db.query(`CREATE USER '${APP_USER}'@'%' IDENTIFIED BY '${APP_PASSWORD}'`)
   yield* db.query(`GRANT ALL ON bigtxn.* TO '${APP_USER}'@'%'`)
   const r = yield* bigTxn(db.port)
@@ -41,11 +40,7 @@ const cluster = Effect.gen(function*() {
   const c = yield* LocalCluster.make({ nodes: 3, database: true })
   const master = yield* waitForMaster(c, "a first master")
   yield* createAppUser(master)
-  yield* Effect.scoped(Effect.flatMap(connect(master.rwPort!), (conn) =>
-    Effect.gen(function*() {
-      yield* sql(conn, "CREATE DATABASE bigtxn")
-      for (const t of BIG_TXN_TABLES) yield* sql(conn, t.replace("EXISTS ", "EXISTS bigtxn."))
-    })))
+  yield* Effect.scoped(Effect.flatMap(connect(master.rwPort!), (conn) => Effect.forEach(bigTxnSchema("bigtxn"), (s) => sql(conn, s))))
   const agents = c.nodes.map((n) => n.pid()!)
   const peaks = agents.map(() => 0)
   const samples: Array<{ readonly at: number; readonly rss: ReadonlyArray<number> }> = []

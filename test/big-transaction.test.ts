@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
-import { BIG_TXN_TABLES, runBigTxn } from "./support/bigTxn.js"
+import { bigTxnSchema, runBigTxn } from "./support/bigTxn.js"
 import { adminQuery, APP_PASSWORD, APP_USER, checksum, connect, createAppUser, run, waitForMaster } from "./support/dbCluster.js"
 
 const MIB = 1024 * 1024
@@ -14,11 +14,7 @@ describe("large transactions", () => {
       const c = yield* LocalCluster.make({ nodes: 3, database: { maxTransactionMb: 128 }, lease: { leaseMs: 6_000 } })
       const master = yield* waitForMaster(c, "a first master")
       yield* createAppUser(master)
-      yield* Effect.scoped(Effect.flatMap(connect(master.rwPort!), (conn) =>
-        Effect.gen(function*() {
-          yield* run(conn, "CREATE DATABASE big")
-          for (const t of BIG_TXN_TABLES) yield* run(conn, t.replace("EXISTS ", "EXISTS big."))
-        })))
+      yield* Effect.scoped(Effect.flatMap(connect(master.rwPort!), (conn) => Effect.forEach(bigTxnSchema("big"), (s) => run(conn, s))))
       const bigTxn = (rows: number) =>
         Effect.promise(() => runBigTxn({ port: master.rwPort!, user: APP_USER, password: APP_PASSWORD, database: "big", rows, rowBytes: MIB }))
 

@@ -2,7 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { applyEntry, type ClusterEntry, initialClusterState } from "../src/domain/cluster/cluster.js"
 import { decide, defaultLeaseConfig, holdsLease, initialLeaseView, onApplied, onProposed, onStalled, onState, RESIGN_PROPOSAL_ID } from "../src/domain/cluster/lease.js"
 import { localPosition } from "../src/services/database/NodeDatabase.js"
-import { splitEvents, splitEventsWithRest } from "../src/services/binlog/ChosenBinlog.js"
+import { EventSplitter, splitEvents } from "../src/services/binlog/ChosenBinlog.js"
 
 const lease = (node: number, basedOnVersion: number): ClusterEntry => ({ _tag: "MasterLease", node, basedOnVersion, leaseMs: 2000, proposalId: 7 })
 
@@ -74,18 +74,22 @@ describe("node database helpers", () => {
     }
     const joined = new Uint8Array([...event(25, 1), ...event(40, 2), ...event(19, 3), ...event(30, 4)])
     const expected = splitEvents(joined).map((e) => [...e])
+    const acrossChunks = (chunks: ReadonlyArray<Uint8Array>) => {
+      const splitter = new EventSplitter()
+      return { events: chunks.flatMap((c) => [...splitter.push(c)]), rest: splitter.leftover }
+    }
     for (let i = 0; i <= joined.length; i++) {
       for (const j of [i, i + 1, i + 7, i + 23]) {
         if (j > joined.length) continue
         const chunks = [joined.slice(0, i), joined.slice(i, j), joined.slice(j)]
-        expect(splitEvents(chunks).map((e) => [...e]), `cut at ${i}, ${j}`).toEqual(expected)
+        expect(acrossChunks(chunks).events.map((e) => [...e]), `cut at ${i}, ${j}`).toEqual(expected)
       }
     }
     // A truncated last event is left out, as when joined, and is the rest a later chunk continues.
-    expect(splitEvents([joined.slice(0, 30), joined.slice(30, 100)]).map((e) => e.length)).toEqual([25, 40, 19])
-    const first = splitEventsWithRest([joined.slice(0, 30), joined.slice(30, 100)])
+    expect(acrossChunks([joined.slice(0, 30), joined.slice(30, 100)]).events.map((e) => e.length)).toEqual([25, 40, 19])
+    const first = acrossChunks([joined.slice(0, 30), joined.slice(30, 100)])
     expect([...first.rest]).toEqual([...joined.slice(84, 100)])
-    const second = splitEventsWithRest([first.rest, joined.slice(100)])
+    const second = acrossChunks([first.rest, joined.slice(100)])
     expect(second.events.map((e) => e.length)).toEqual([30])
     expect(second.rest.length).toBe(0)
   })

@@ -2,7 +2,7 @@
  * One large transaction (BEGIN, `rows` INSERTs of `rowBytes` each, COMMIT) on one
  * connection while a second connection commits small rows one at a time: how long the
  * large one took, and how the small ones fared meanwhile. Used by the large-transaction
- * test and `npm run bench:bigtxn`. Expects tables `big(id, b LONGBLOB)` and
+ * test and `npm run bench:bigtxn`. Expects the tables bigTxnSchema creates: `big(id, b LONGBLOB)` and
  * `small(id, v)` in `database`.
  */
 import mysql from "mysql2/promise"
@@ -88,7 +88,9 @@ export const runBigTxn = async (o: BigTxnOptions): Promise<BigTxnResult> => {
   }
 }
 
-export const BIG_TXN_TABLES = [
-  "CREATE TABLE IF NOT EXISTS big (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB NOT NULL)",
-  "CREATE TABLE IF NOT EXISTS small (id INT AUTO_INCREMENT PRIMARY KEY, v INT NOT NULL)"
+/** The statements creating `database` with the tables runBigTxn writes. */
+export const bigTxnSchema = (database: string): ReadonlyArray<string> => [
+  `CREATE DATABASE ${database}`,
+  `CREATE TABLE ${database}.big (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB NOT NULL)`,
+  `CREATE TABLE ${database}.small (id INT AUTO_INCREMENT PRIMARY KEY, v INT NOT NULL)`
 ]

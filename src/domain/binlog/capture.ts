@@ -58,6 +58,13 @@ export class CaptureState {
   /** `partBytes`: hand out a transaction's leading bytes in parts of about this size (never, when undefined). */
   constructor(private readonly semiSync: boolean, private readonly partBytes?: number) {}
 
+  /** The open transaction ended (or was dropped): nothing of it is held any more. */
+  private endOpen(): void {
+    this.openBytes = 0
+    this.parts = 0
+    this.carry = undefined
+  }
+
   get currentFile(): string {
     return this.file
   }
@@ -93,9 +100,7 @@ export class CaptureState {
     // Copy: the payload may be a view into a reused socket buffer.
     const pushed = this.assembler.pushEvent(event, Uint8Array.from(bytes))
     if (Result.isFailure(pushed)) {
-      this.openBytes = 0
-      this.parts = 0
-      this.carry = undefined
+      this.endOpen()
       return Result.fail(pushed.failure)
     }
     for (const o of pushed.success) {
@@ -113,9 +118,7 @@ export class CaptureState {
         }
       })
       this.needAck = false
-      this.openBytes = 0
-      this.parts = 0
-      this.carry = undefined
+      this.endOpen()
     }
     if (this.partBytes !== undefined && this.assembler.pending) {
       this.openBytes += bytes.length

@@ -194,6 +194,12 @@ export const applyEntry = (state: ClusterStateData, entry: ClusterEntry, at: Log
   }
 }
 
+/** How many parts of transaction `gtid` from epoch `epoch` are accepted so far (0: none, or another transaction's). */
+const partsAccepted = (state: ClusterStateData, gtid: Gtid, epoch: number): number => {
+  const partial = state.partial ?? null
+  return partial !== null && gtidEquals(partial.gtid, gtid) && partial.epoch === epoch ? partial.at.length : 0
+}
+
 /** Whether `gtid` is at or below the last accepted one (its transaction is complete). */
 const isBehind = (state: ClusterStateData, gtid: Gtid): boolean =>
   state.lastGtid !== null && gtid.domain === state.lastGtid.domain && gtid.seq <= state.lastGtid.seq
@@ -207,14 +213,13 @@ const applyPart = (state: ClusterStateData, entry: EntryOf<"BinlogPart">, at: Lo
     if (!followsOn(state.lastGtid, entry.gtid)) return [state, reject({ _tag: "GtidGap", after: state.lastGtid, got: entry.gtid })]
     return [{ ...state, partial: { gtid: entry.gtid, epoch: entry.epoch, at: [at] } }, accepted]
   }
-  const partial = state.partial ?? null
-  const expected = partial !== null && gtidEquals(partial.gtid, entry.gtid) && partial.epoch === entry.epoch ? partial.at.length : 0
+  const expected = partsAccepted(state, entry.gtid, entry.epoch)
   // The last part again: a retry whose first try was chosen after all.
   if (expected > 0 && entry.part === expected - 1) return [state, { _tag: "AlreadyAccepted" }]
-  if (partial === null || entry.part !== expected) {
+  if (expected === 0 || entry.part !== expected) {
     return [state, reject({ _tag: "PartOutOfOrder", gtid: entry.gtid, expected, got: entry.part })]
   }
-  return [{ ...state, partial: { ...partial, at: [...partial.at, at] } }, accepted]
+  return [{ ...state, partial: { ...state.partial!, at: [...state.partial!.at, at] } }, accepted]
 }
 
 const applyBinlog = (state: ClusterStateData, entry: EntryOf<"Binlog">): readonly [ClusterStateData, Outcome] => {
@@ -253,8 +258,7 @@ const partsOf = (state: ClusterStateData, entry: EntryOf<"Binlog">): Outcome | u
   }
   const first = entry.txns[0]!
   if (first.parts === undefined) return undefined
-  const partial = state.partial ?? null
-  const have = partial !== null && gtidEquals(partial.gtid, first.gtid) && partial.epoch === entry.epoch ? partial.at.length : 0
+  const have = partsAccepted(state, first.gtid, entry.epoch)
   return have === first.parts ? undefined : reject({ _tag: "PartOutOfOrder", gtid: first.gtid, expected: have, got: first.parts })
 }
 

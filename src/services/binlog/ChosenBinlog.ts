@@ -14,63 +14,41 @@ import { ClusterState, type LoggedTxn } from "../cluster/ClusterState.js"
 const PAGE = 256
 const PAGE_BYTES = 4 * 1024 * 1024
 
-/**
- * A transaction's events, end to end in `chunks`, split by each header's event length
- * (offset 9): views into the chunks, and a copy only of an event that spans two of them.
- */
-export const splitEvents = (chunks: Uint8Array | ReadonlyArray<Uint8Array>): ReadonlyArray<Uint8Array> =>
-  splitEventsWithRest(chunks instanceof Uint8Array ? [chunks] : chunks).events
-
-/** The same, and the bytes after the last whole event (the start of one that continues in a later chunk). */
-export const splitEventsWithRest = (list: ReadonlyArray<Uint8Array>): { readonly events: ReadonlyArray<Uint8Array>; readonly rest: Uint8Array } => {
+/** A transaction's concatenated events, split by each header's event length (offset 9), and where the whole ones end. */
+const splitAt = (bytes: Uint8Array): { readonly events: ReadonlyArray<Uint8Array>; readonly end: number } => {
   const out: Array<Uint8Array> = []
-  let chunk = 0
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   let at = 0
-  /** `n` bytes from (chunk, at) on, as a view when they lie in one chunk; undefined past the end. */
-  const take = (n: number, advance: boolean): Uint8Array | undefined => {
-    let c = chunk
-    let a = at
-    while (c < list.length && a >= list[c]!.length) {
-      a -= list[c]!.length
-      c++
-    }
-    if (c >= list.length) return undefined
-    let bytes: Uint8Array
-    if (a + n <= list[c]!.length) {
-      bytes = list[c]!.subarray(a, a + n)
-      a += n
-    } else {
-      bytes = new Uint8Array(n)
-      let filled = 0
-      while (filled < n) {
-        if (c >= list.length) return undefined
-        const piece = list[c]!.subarray(a, Math.min(list[c]!.length, a + n - filled))
-        bytes.set(piece, filled)
-        filled += piece.length
-        a += piece.length
-        if (a >= list[c]!.length) {
-          c++
-          a = 0
-        }
-      }
-    }
-    if (advance) {
-      chunk = c
-      at = a
-    }
-    return bytes
+  while (at + 19 <= bytes.length) {
+    const length = view.getUint32(at + 9, true)
+    if (length < 19 || at + length > bytes.length) break
+    out.push(bytes.subarray(at, at + length))
+    at += length
   }
-  while (true) {
-    const header = take(19, false)
-    if (header === undefined) break
-    const length = (header[9]! | (header[10]! << 8) | (header[11]! << 16) | (header[12]! << 24)) >>> 0
-    if (length < 19) break
-    const event = take(length, true)
-    if (event === undefined) break
-    out.push(event)
+  return { events: out, end: at }
+}
+
+/** A transaction's concatenated events, split by each header's event length (offset 9). */
+export const splitEvents = (bytes: Uint8Array): ReadonlyArray<Uint8Array> => splitAt(bytes).events
+
+/**
+ * Events arriving in chunks (a large transaction's parts, cut anywhere): each push gives
+ * the whole events so far; the bytes of one a chunk's end cut are carried into the next.
+ */
+export class EventSplitter {
+  private carry: Uint8Array = new Uint8Array(0)
+
+  push(chunk: Uint8Array): ReadonlyArray<Uint8Array> {
+    const bytes = this.carry.length > 0 ? concatBytes([this.carry, chunk]) : chunk
+    const { end, events } = splitAt(bytes)
+    this.carry = bytes.subarray(end)
+    return events
   }
-  const left = list.slice(chunk).map((c, i) => (i === 0 ? c.subarray(at) : c)).filter((c) => c.length > 0)
-  return { events: out, rest: left.length === 0 ? new Uint8Array(0) : left.length === 1 ? left[0]! : concatBytes(left) }
+
+  /** Bytes of an event not yet complete. */
+  get leftover(): Uint8Array {
+    return this.carry
+  }
 }
 
 /**
@@ -79,22 +57,21 @@ export const splitEventsWithRest = (list: ReadonlyArray<Uint8Array>): { readonly
  * a replica's agent holds a part or two of it, not all of it.
  */
 const toSource = (t: LoggedTxn): SourceTxn => {
-  if (t.parts === undefined) return { gtid: t.gtid, events: splitEvents(t.chunks) }
+  if (t.parts === undefined) return { gtid: t.gtid, events: t.chunks.flatMap(splitEvents) }
   const parts = t.parts
   let next = 0
-  let carry: Uint8Array = new Uint8Array(0)
+  const splitter = new EventSplitter()
   const more = Effect.gen(function*() {
     if (next > parts.count) return undefined
-    const chunks = next < parts.count
-      ? [yield* parts.read(next).pipe(Effect.mapError((cause) => new SourceReadError({ cause })))]
-      : t.chunks
+    const chunk = next < parts.count
+      ? yield* parts.read(next).pipe(Effect.mapError((cause) => new SourceReadError({ cause })))
+      : t.chunks.length === 1 ? t.chunks[0]! : concatBytes(t.chunks)
     next++
-    const split = splitEventsWithRest(carry.length > 0 ? [carry, ...chunks] : chunks)
-    carry = split.rest
-    if (next > parts.count && carry.length > 0) {
-      return yield* new SourceReadError({ cause: `transaction ${t.gtid.seq} ends inside an event (${carry.length} bytes left)` })
+    const events = splitter.push(chunk)
+    if (next > parts.count && splitter.leftover.length > 0) {
+      return yield* new SourceReadError({ cause: `transaction ${t.gtid.seq} ends inside an event (${splitter.leftover.length} bytes left)` })
     }
-    return split.events
+    return events
   })
   return { gtid: t.gtid, events: [], more }
 }
