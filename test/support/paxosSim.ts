@@ -5,6 +5,7 @@
  */
 import {
   applyRecords,
+  compactImage,
   type DurableImage,
   durableStateOf,
   emptyDurableImage,
@@ -30,6 +31,7 @@ export interface SimOptions {
   readonly diskDelayMs: number // writes become durable after up to this long, in order
   readonly diskCrashRate: number // per write completion: crash just before it, losing it and later ones
   readonly partitionRate: number // per tick
+  readonly compactRate: number // per node per tick: drop the stored log below a random chosen instance
 }
 
 export const defaultSimOptions = (seed: number, nodes: number): SimOptions => ({
@@ -45,7 +47,8 @@ export const defaultSimOptions = (seed: number, nodes: number): SimOptions => ({
   persistCrashRate: 0.005,
   diskDelayMs: 4,
   diskCrashRate: 0.002,
-  partitionRate: 0.004
+  partitionRate: 0.004,
+  compactRate: 0.01
 })
 
 export interface SimResult {
@@ -54,6 +57,8 @@ export interface SimResult {
   readonly chosenInstances: number
   readonly confirmed: number
   readonly crashes: number
+  /** Installs: nodes that found every peer's log compacted past them and skipped ahead. */
+  readonly installs: number
   /** Messages sent, by kind, plus "readChosen" for catch-ups served from storage. */
   readonly messages: Record<string, number>
 }
@@ -120,6 +125,7 @@ export const runSimulation = (options: SimOptions): SimResult => {
   const queue = new EventQueue<Event>()
   let now = 0
   let crashes = 0
+  let installs = 0
   let requestSeq = 0
   let proposalsMade = 0
   let chaos = true
@@ -176,6 +182,7 @@ export const runSimulation = (options: SimOptions): SimResult => {
   const handle = (n: SimNode, out: Outputs) => {
     // 1. what may go before the records are durable: early messages and results
     for (const s of out.send) if (sendsBeforePersist(s.message)) send(n.id, s.to, s.message)
+    if (out.installed !== undefined) n.nextDelivery = out.installed
     // Chosen values are delivered at once (a majority holds them), in order.
     for (const c of out.chosen) {
       if (c.instance !== n.nextDelivery) fail(`order: node ${n.id} delivered ${c.instance}, expected ${n.nextDelivery}`)
@@ -316,6 +323,22 @@ export const runSimulation = (options: SimOptions): SimResult => {
             break
           }
           handle(n, n.core.step({ _tag: "Tick" }, now))
+          if (n.core === null) break
+          if (rng.next() < options.compactRate) {
+            // Storage drops values below a chosen instance; the core is told.
+            const below = rng.int(n.core.compactedBelow, n.core.chosenUpTo)
+            compactImage(n.durable, below)
+            if (below > n.durable.chosenUpTo) n.durable.chosenUpTo = below
+            handle(n, n.core.step({ _tag: "Compact", below }, now))
+            if (n.core === null) break
+          }
+          const install = n.core.needsInstall
+          if (install !== null) {
+            // Every peer ahead compacted past us: the layer above copies a peer's state there.
+            installs++
+            handle(n, n.core.step({ _tag: "Install", upTo: install }, now))
+            if (n.core === null) break
+          }
           queue.push(now + TICK_MS, { kind: "tick", node: n.id, incarnation: n.incarnation })
           if (n.id === members[0] && chaos && rng.next() < options.partitionRate) {
             // Either heal, or split into two random groups.
@@ -379,6 +402,7 @@ export const runSimulation = (options: SimOptions): SimResult => {
     const got = globalChosen.get(at.instance)?.values[at.index]
     if (got === undefined || text(got) !== v) fail(`confirmed ${v} at ${at.instance}/${at.index} but the log holds ${got && text(got)}`)
     for (const n of nodes.values()) {
+      if (at.instance < n.durable.compactedBelow) continue // dropped by compaction
       const got = storedValue(n.durable, at.instance)?.values[at.index]
       if (got === undefined || text(got) !== v) fail(`durability: node ${n.id} lacks confirmed ${v} at ${at.instance}/${at.index}`)
     }
@@ -392,6 +416,6 @@ export const runSimulation = (options: SimOptions): SimResult => {
       seen.add(t)
     }
   }
-  return { seed: options.seed, failures, chosenInstances: globalChosen.size, confirmed: confirmed.size, crashes, messages }
+  return { seed: options.seed, failures, chosenInstances: globalChosen.size, confirmed: confirmed.size, crashes, installs, messages }
 }
 

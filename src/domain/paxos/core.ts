@@ -97,6 +97,11 @@ export const defaultPaxosConfig = (nodeId: number, members: ReadonlyArray<number
  */
 export type PersistRecord =
   | { readonly _tag: "Promised"; readonly ballot: Ballot }
+  /**
+   * Everything below `upTo` is chosen and no longer kept here: the node took a copy of the
+   * state it leads to from a peer (Install), its own log there is dropped.
+   */
+  | { readonly _tag: "Installed"; readonly upTo: number }
   | { readonly _tag: "ProposerRound"; readonly round: number }
   | { readonly _tag: "Accepted"; readonly instance: number; readonly ballot: Ballot; readonly value: PaxosValue }
   | { readonly _tag: "Chosen"; readonly instance: number; readonly value: PaxosValue }
@@ -111,6 +116,8 @@ export interface DurableState {
   readonly chosen: ReadonlyArray<ChosenEntry>
   /** First instance not chosen in the contiguous prefix. */
   readonly chosenUpTo: number
+  /** Instances below it are no longer stored (compacted, or skipped by an Install); default 0. */
+  readonly compactedBelow?: number
 }
 
 /**
@@ -141,6 +148,17 @@ export type Input =
   | { readonly _tag: "Tick" }
   /** Become the leader (the master lease holder asks: its proposals then go out directly). */
   | { readonly _tag: "Lead" }
+  /**
+   * The driver dropped its stored values below `below` (at most the chosen prefix): catch-up
+   * requests from there are answered "compacted", and memory below it is let go.
+   */
+  | { readonly _tag: "Compact"; readonly below: number }
+  /**
+   * Skip to `upTo`: every instance below it is chosen, and the layer above installed the
+   * state it leads to from a peer (a node behind every peer's compacted log). Persists an
+   * Installed record; instances from `upTo` on are then learned as usual.
+   */
+  | { readonly _tag: "Install"; readonly upTo: number }
 
 export type ProposalResult =
   | { readonly _tag: "Chosen"; readonly requestId: number; readonly instance: number; readonly index: number }
@@ -154,6 +172,8 @@ export interface Outputs {
   results: Array<ProposalResult>
   /** Catch-up requests below the memory window: the driver answers them from storage. */
   readChosen: Array<{ readonly to: number; readonly from: number; readonly count: number; readonly maxBytes: number }>
+  /** Set by an Install: `chosen` resumes from this instance (nothing below it is delivered). */
+  installed?: number
 }
 
 const emptyOutputs = (): Outputs => ({ persist: [], send: [], chosen: [], results: [], readChosen: [] })
@@ -215,6 +235,12 @@ export class PaxosNode {
   private readonly peerChosenUpTo = new Map<number, number>()
   private catchupSentAt = -Infinity
   private catchupPeerIndex = 0
+  /** Below it nothing is stored here any more. */
+  private compactedBelowValue: number
+  /** Where each peer said its log starts, when it could not answer a catch-up request. */
+  private readonly peerCompactedBelow = new Map<number, number>()
+  /** Each peer's own chosen prefix, as it last said (peerChosenUpTo also counts values beyond its gaps). */
+  private readonly peerPrefix = new Map<number, number>()
   // Proposer
   private proposerRound: number
   private highestRoundSeen: number
@@ -255,6 +281,7 @@ export class PaxosNode {
     this.proposerRound = durable.proposerRound
     this.highestRoundSeen = Math.max(durable.promised.round, durable.proposerRound)
     this.chosenUpToValue = durable.chosenUpTo
+    this.compactedBelowValue = Math.min(durable.compactedBelow ?? 0, durable.chosenUpTo)
     this.maxChosen = durable.chosenUpTo - 1
     for (const a of durable.accepted) {
       if (a.instance >= durable.chosenUpTo) this.accepted.set(a.instance, { ballot: a.ballot, value: a.value })
@@ -307,6 +334,23 @@ export class PaxosNode {
   chosenValue(instance: number): PaxosValue | undefined {
     return this.chosen.get(instance)
   }
+  get compactedBelow(): number {
+    return this.compactedBelowValue
+  }
+  /**
+   * Peers have a longer chosen prefix, and every one of them said its log starts past this
+   * node's: catch-up cannot help, the node needs an Install (the lowest such start), else null.
+   */
+  get needsInstall(): number | null {
+    let lowest: number | null = null
+    for (const p of this.peers) {
+      if ((this.peerPrefix.get(p) ?? 0) <= this.chosenUpToValue) continue
+      const from = this.peerCompactedBelow.get(p) ?? 0
+      if (from <= this.chosenUpToValue) return null
+      if (lowest === null || from < lowest) lowest = from
+    }
+    return lowest
+  }
 
   step(input: Input, now: number): Outputs {
     this.now = Math.max(this.now, now)
@@ -333,6 +377,12 @@ export class PaxosNode {
         break
       case "Lead":
         if (this.role === "follower" && this.now >= this.backoffUntil) this.startPrepare()
+        break
+      case "Compact":
+        this.compact(Math.min(input.below, this.chosenUpToValue))
+        break
+      case "Install":
+        this.install(input.upTo)
         break
     }
     this.drainSelf()
@@ -402,7 +452,7 @@ export class PaxosNode {
       case "CatchupRequest":
         return this.onCatchupRequest(from, m)
       case "CatchupReply":
-        return this.onCatchupReply(m)
+        return this.onCatchupReply(from, m)
       case "Forward":
         return this.onForward(m)
       case "ForwardResult":
@@ -576,6 +626,7 @@ export class PaxosNode {
     if (this.role !== "preparing" || !ballotEquals(m.ballot, this.ballot)) return
     this.promises.set(from, m)
     if (m.chosenUpTo > (this.peerChosenUpTo.get(from) ?? 0)) this.peerChosenUpTo.set(from, m.chosenUpTo)
+    this.peerPrefix.set(from, m.chosenUpTo)
     if (this.promises.size < this.quorum) return
 
     // Instances below the highest chosen prefix are chosen already:
@@ -648,9 +699,14 @@ export class PaxosNode {
     if (m.leader !== null) this.noteLeader(m.leader)
     const known = this.peerChosenUpTo.get(from) ?? 0
     this.peerChosenUpTo.set(from, Math.max(known, m.chosenUpTo, m.maxChosen + 1))
+    this.peerPrefix.set(from, m.chosenUpTo)
   }
 
   private onCatchupRequest(from: number, m: MessageOf<"CatchupRequest">): void {
+    if (m.from < this.compactedBelowValue) {
+      this.sendTo(from, { _tag: "CatchupReply", entries: [], compactedBelow: this.compactedBelowValue })
+      return
+    }
     const count = Math.max(1, Math.min(m.count, this.config.catchupBatch))
     if (m.from < this.windowStart) {
       // Storage holds one value per instance, chosen or only accepted: read below the prefix only.
@@ -675,7 +731,8 @@ export class PaxosNode {
     this.sendTo(from, { _tag: "CatchupReply", entries })
   }
 
-  private onCatchupReply(m: MessageOf<"CatchupReply">): void {
+  private onCatchupReply(from: number, m: MessageOf<"CatchupReply">): void {
+    if (m.compactedBelow !== undefined) this.peerCompactedBelow.set(from, m.compactedBelow)
     const before = this.chosenUpToValue
     for (const e of m.entries) this.learn(e.instance, e.value)
     if (this.chosenUpToValue > before) {
@@ -723,6 +780,46 @@ export class PaxosNode {
       advanced = true
     }
     if (advanced) this.trimWindow()
+  }
+
+  /** Values below `below` are gone from storage: forget them here too. */
+  private compact(below: number): void {
+    if (below <= this.compactedBelowValue) return
+    this.compactedBelowValue = below
+    while (this.windowStart < below) {
+      const v = this.chosen.get(this.windowStart)
+      if (v !== undefined) {
+        this.windowBytes -= valueBytes(v)
+        this.chosen.delete(this.windowStart)
+      }
+      this.windowStart++
+    }
+  }
+
+  /**
+   * Jumps the chosen prefix to `upTo` (see Input "Install"). What was accepted or placed
+   * below it is dropped: those instances are chosen, whatever with, and a proposal placed
+   * there is left to its caller's timeout (its outcome cannot be known here).
+   */
+  private install(upTo: number): void {
+    if (upTo <= this.chosenUpToValue) return
+    this.out.persist.push({ _tag: "Installed", upTo })
+    for (const i of [...this.accepted.keys()]) if (i < upTo) this.accepted.delete(i)
+    for (const i of [...this.inflight.keys()]) if (i < upTo) this.inflight.delete(i)
+    for (const i of [...this.placed.keys()]) if (i < upTo) this.placed.delete(i)
+    for (const i of [...this.chosen.keys()]) if (i < upTo) this.chosen.delete(i)
+    this.chosenUpToValue = upTo
+    this.compactedBelowValue = upTo
+    this.windowStart = upTo
+    this.windowBytes = 0
+    if (this.maxChosen < upTo - 1) this.maxChosen = upTo - 1
+    this.out.installed = upTo
+    // Values learned beyond the old prefix may now extend the new one.
+    const known = this.chosen.get(upTo)
+    if (known !== undefined) {
+      this.chosen.delete(upTo)
+      this.learn(upTo, known)
+    }
   }
 
   /** Forgets the oldest chosen values below the prefix beyond the window's count and bytes (the newest stays). */
@@ -843,9 +940,18 @@ export interface DurableImage {
   proposerRound: number
   readonly log: Map<number, { ballot: Ballot | null; value: PaxosValue }>
   chosenUpTo: number
+  /** Nothing below it is kept. */
+  compactedBelow: number
 }
 
-export const emptyDurableImage = (): DurableImage => ({ promised: ZeroBallot, proposerRound: 0, log: new Map(), chosenUpTo: 0 })
+export const emptyDurableImage = (): DurableImage => ({ promised: ZeroBallot, proposerRound: 0, log: new Map(), chosenUpTo: 0, compactedBelow: 0 })
+
+/** Drops the values below `below` from a durable image (log compaction: below its chosen prefix only). */
+export const compactImage = (state: DurableImage, below: number): void => {
+  if (below <= state.compactedBelow) return
+  state.compactedBelow = below
+  for (const i of [...state.log.keys()]) if (i < below) state.log.delete(i)
+}
 
 /** Applies one write (its records and the chosen-prefix hint it carries) to a durable image. */
 export const applyRecords = (state: DurableImage, records: ReadonlyArray<PersistRecord>, chosenUpTo: number): void => {
@@ -862,6 +968,10 @@ export const applyRecords = (state: DurableImage, records: ReadonlyArray<Persist
         break
       case "Chosen":
         state.log.set(r.instance, { ballot: null, value: r.value })
+        break
+      case "Installed":
+        if (r.upTo > state.chosenUpTo) state.chosenUpTo = r.upTo
+        compactImage(state, r.upTo)
         break
     }
   }
@@ -884,7 +994,7 @@ export const durableStateOf = (d: DurableImage, window: number): DurableState =>
     } else if (e.ballot === null) chosen.push({ instance, value: e.value })
     else accepted.push({ instance, ballot: e.ballot, value: e.value })
   }
-  return { promised: d.promised, proposerRound: d.proposerRound, accepted, chosen, chosenUpTo }
+  return { promised: d.promised, proposerRound: d.proposerRound, accepted, chosen, chosenUpTo, compactedBelow: d.compactedBelow }
 }
 
 export { valueBytes }

@@ -47,15 +47,17 @@ export const PaxosMessage = Schema.Union([
   /** These instances were chosen with the value accepted at `ballot`. */
   Schema.TaggedStruct("Commit", { ballot: Ballot, instances: Schema.Array(Instance) }),
   /**
-   * Periodic: lets peers see how far this node has learned (drives catch-up). `flags` is
-   * not Paxos: what the node above the log advertises to its peers on this heartbeat
-   * (PaxosLog.advertise); the core neither sets nor reads it.
+   * Periodic: lets peers see how far this node has learned (drives catch-up). `flags` and
+   * `needed` are not Paxos: what the node above the log advertises to its peers on this
+   * heartbeat (PaxosLog.advertise, PaxosLog.retain); the core neither sets nor reads them.
    */
   Schema.TaggedStruct("Status", {
     chosenUpTo: Instance,
     maxChosen: Schema.Int,
     leader: Schema.NullOr(Ballot),
-    flags: Schema.optional(Schema.Int)
+    flags: Schema.optional(Schema.Int),
+    /** The oldest instance this node still reads (its database's next transaction): peers keep the log from there. */
+    needed: Schema.optional(Instance)
   }),
   Schema.TaggedStruct("CatchupRequest", { from: Instance, count: Schema.Int }),
   /** A non-leader hands proposals to the leader; (origin, incarnation) tells restarts apart. */
@@ -69,7 +71,11 @@ export const PaxosMessage = Schema.Union([
     incarnation: Schema.Int,
     results: Schema.Array(Schema.Struct({ requestId: Schema.Int, instance: Instance, index: Schema.NullOr(Schema.Int) }))
   }),
-  Schema.TaggedStruct("CatchupReply", { entries: Schema.Array(ChosenEntry) })
+  /**
+   * Chosen values from the requested instance on; `compactedBelow` when the request starts
+   * below what this node still holds (its log was compacted there: it cannot help).
+   */
+  Schema.TaggedStruct("CatchupReply", { entries: Schema.Array(ChosenEntry), compactedBelow: Schema.optional(Instance) })
 ])
 export type PaxosMessage = typeof PaxosMessage.Type
 
