@@ -55,7 +55,8 @@ describe("PaxosStorage", () => {
         ],
         // memory window 1: instance 1, then everything beyond the gap
         chosen: [{ instance: 1, value: value(1, "b", "c") }, { instance: 4, value: value(4) }],
-        chosenUpTo: 2
+        chosenUpTo: 2,
+        compactedBelow: 0
       }))
       expect(loaded.range.map((e) => e.instance)).toEqual([0, 1])
       expect(Buffer.from(loaded.range[1]!.value.values[1]!).toString()).toBe("c")
@@ -84,7 +85,7 @@ describe("PaxosStorage", () => {
     Effect.gen(function*() {
       const dir = yield* tempDir
       const state = yield* PaxosStorage.make(dir).pipe(Effect.flatMap((s) => s.load(10)))
-      expect(state).toEqual({ promised: { round: 0, node: 0 }, proposerRound: 0, accepted: [], chosen: [], chosenUpTo: 0 })
+      expect(state).toEqual({ promised: { round: 0, node: 0 }, proposerRound: 0, accepted: [], chosen: [], chosenUpTo: 0, compactedBelow: 0 })
     }))
 })
 
@@ -165,5 +166,78 @@ describe("PaxosStorage write-ahead log", () => {
       yield* Effect.promise(() => env.close())
       const wrong = yield* Effect.scoped(Effect.flatMap(open(dir, { bootId: "boot-2" }), (s) => Effect.flip(s.readChosen(1, 1))))
       expect(wrong.message).toContain("does not hold it")
+    }))
+
+  it.effect("compaction deletes old segments behind a checkpoint that keeps the promise, also across an index rebuild", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const options = { segmentBytes: 8 * 1024, bootId: "boot-1" }
+      const ballot = { round: 5, node: 2 }
+      const filler = "x".repeat(700)
+      const accepted = (i: number): PersistRecord => ({ _tag: "Accepted", instance: i, ballot, value: value(i, `${i}:${filler}`) })
+      const before = yield* Effect.scoped(Effect.gen(function*() {
+        const s = yield* PaxosStorage.make(dir, options)
+        yield* s.persist([{ _tag: "Promised", ballot }, { _tag: "ProposerRound", round: 7 }])
+        for (let i = 0; i < 100; i++) yield* s.persist([accepted(i)], i)
+        const usage = yield* s.usage
+        // Nothing is deleted while the newer segments hold less than the tail to keep.
+        const kept = yield* s.compact({ below: 60, retainBytes: 1 << 30, retainMs: 3_600_000 })
+        expect(kept).toBe(0)
+        const start = yield* s.compact({ below: 60, retainBytes: 0, retainMs: 3_600_000 })
+        expect(start).toBeGreaterThan(0)
+        expect(start).toBeLessThanOrEqual(60)
+        const after = yield* s.usage
+        expect(after.segments).toBeLessThan(usage.segments)
+        expect(after.bytes).toBeLessThan(usage.bytes)
+        expect(after.compactedBelow).toBe(start)
+        expect(yield* s.readChosen(0, start)).toEqual([])
+        expect((yield* s.readChosen(start, 3)).map((e) => e.instance)).toEqual([start, start + 1, start + 2])
+        return { start, files: readdirSync(join(dir, "wal")).length }
+      }))
+      expect(readdirSync(join(dir, "wal")).length).toBe(before.files)
+      for (const boot of ["boot-1", "boot-2"]) {
+        // boot-2: the index is rebuilt from the surviving segments and the checkpoint.
+        const state = yield* Effect.scoped(Effect.gen(function*() {
+          const s = yield* PaxosStorage.make(dir, { ...options, bootId: boot })
+          const read = yield* s.readChosen(before.start, 1)
+          expect(read.map((e) => e.instance), boot).toEqual([before.start])
+          return yield* s.load(4)
+        }))
+        expect(state.promised, boot).toEqual(ballot)
+        expect(state.proposerRound, boot).toBe(7)
+        expect(state.compactedBelow, boot).toBe(before.start)
+        expect(state.chosenUpTo, boot).toBe(99)
+        expect(state.chosen.map((c) => c.instance), boot).toEqual([95, 96, 97, 98])
+        expect(state.accepted.map((a) => a.instance), boot).toEqual([99])
+      }
+    }))
+
+  it.effect("a segment holding an instance the caller still needs is kept, and so is every one after it", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const s = yield* PaxosStorage.make(dir, { segmentBytes: 8 * 1024 })
+      const ballot = { round: 1, node: 1 }
+      const filler = "y".repeat(700)
+      // Instance 500 sits in the first segment, among old ones.
+      yield* s.persist([{ _tag: "Accepted", instance: 500, ballot, value: value(500, filler) }])
+      for (let i = 0; i < 60; i++) yield* s.persist([{ _tag: "Accepted", instance: i, ballot, value: value(i, filler) }], i)
+      expect(yield* s.compact({ below: 50, retainBytes: 0, retainMs: 0 })).toBe(0)
+      expect((yield* s.readChosen(0, 1)).map((e) => e.instance)).toEqual([0])
+    }))
+
+  it.effect("an Installed record moves the start and the chosen prefix", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      yield* Effect.scoped(Effect.gen(function*() {
+        const s = yield* PaxosStorage.make(dir)
+        const ballot = { round: 1, node: 1 }
+        yield* s.persist([0, 1, 2].map((i) => ({ _tag: "Accepted" as const, instance: i, ballot, value: value(i, "v") })))
+        yield* s.persist([{ _tag: "Installed", upTo: 40 }, { _tag: "Accepted", instance: 41, ballot, value: value(41, "w") }])
+      }))
+      const state = yield* Effect.scoped(Effect.flatMap(PaxosStorage.make(dir), (s) => s.load(10)))
+      expect(state.chosenUpTo).toBe(40)
+      expect(state.compactedBelow).toBe(40)
+      expect(state.chosen).toEqual([])
+      expect(state.accepted.map((a) => a.instance)).toEqual([41])
     }))
 })

@@ -133,7 +133,8 @@ export const emptyDurableState: DurableState = {
   proposerRound: 0,
   accepted: [],
   chosen: [],
-  chosenUpTo: 0
+  chosenUpTo: 0,
+  compactedBelow: 0
 }
 
 export type Input =

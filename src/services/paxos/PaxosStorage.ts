@@ -16,13 +16,20 @@
  * so after a reboot it is rebuilt from the log (the boot id tells). Learning that the
  * accepted value was chosen writes nothing but the chosen-prefix hint with the next write
  * (core.ts, PersistRecord).
+ *
+ * Compaction deletes whole segments from the oldest on, once every instance in them is
+ * below the point the caller says nobody needs any more, keeping a tail of the newest
+ * bytes and seconds. Before a segment goes, a Checkpoint frame in the current segment
+ * restates what safety needs from everything before it: the promise, the proposer's last
+ * round, the chosen prefix and where the log now starts. A replay (after a reboot) that
+ * begins at the oldest surviving segment therefore misses nothing.
  */
 import { Context, Data, Effect, Layer } from "effect"
 import { open, type Database, type RootDatabase } from "lmdb"
 import * as fs from "node:fs"
 import { join } from "node:path"
 import { type DurableState, type PersistRecord } from "../../domain/paxos/core.js"
-import { type Ballot, type ChosenEntry, type PaxosValue, ZeroBallot } from "../../domain/paxos/messages.js"
+import { type Ballot, type ChosenEntry, compareBallot, type PaxosValue, ZeroBallot } from "../../domain/paxos/messages.js"
 import { encodeWalFrame, readWalFrame, scanWalFrames, WAL_FRAME_HEADER } from "../../domain/paxos/walFrame.js"
 
 export class StorageError extends Data.TaggedError("StorageError")<{
@@ -54,6 +61,27 @@ export interface PaxosStorageShape {
    * after the writes that made them so settled.
    */
   readonly readChosen: (from: number, count: number, maxBytes?: number) => Effect.Effect<ReadonlyArray<ChosenEntry>, StorageError>
+  /**
+   * Deletes the oldest segments whose instances are all below `below` (which must be chosen
+   * here), as long as the newer segments keep at least `retainBytes`, or the segment is
+   * older than `retainMs` (both 0: delete whatever `below` allows). Returns where the log
+   * now starts: nothing below it can be read.
+   */
+  readonly compact: (policy: CompactionPolicy) => Effect.Effect<number, StorageError>
+  /** The bytes the log's segment files take on disk, their count, and where the log starts. */
+  readonly usage: Effect.Effect<StorageUsage>
+}
+
+export interface CompactionPolicy {
+  readonly below: number
+  readonly retainBytes: number
+  readonly retainMs: number
+}
+
+export interface StorageUsage {
+  readonly bytes: number
+  readonly segments: number
+  readonly compactedBelow: number
 }
 
 export class PaxosStorage extends Context.Service<PaxosStorage, PaxosStorageShape>()("phxmaria/PaxosStorage") {}
@@ -70,6 +98,8 @@ interface Meta {
   readonly proposerRound: number
   /** Every instance below it is chosen with its stored value (a hint: it may lag). */
   readonly chosenUpTo: number
+  /** Nothing below it is stored any more (compacted, or skipped by an Install). */
+  readonly compactedBelow?: number
 }
 
 /** Where the index has caught up to in the log. */
@@ -78,13 +108,18 @@ interface IndexMeta extends Meta {
   readonly offset: number
   /** The boot the index was last written in: after a reboot it may be torn. */
   readonly bootId: string
+  /** The highest instance with a frame in each segment (what compaction goes by). */
+  readonly segmentMax?: Readonly<Record<number, number>>
 }
 
 /** One instance in the index: its frame, and the ballot it was accepted at (null: learned chosen). */
 type Location = readonly [segment: number, offset: number, length: number, ballot: Ballot | null]
 
-/** What a frame holds: a record, or the chosen-prefix hint. */
-type WalEntry = PersistRecord | { readonly _tag: "ChosenUpTo"; readonly upTo: number }
+/** What a frame holds: a record, the chosen-prefix hint, or a checkpoint written before a compaction. */
+type WalEntry =
+  | PersistRecord
+  | { readonly _tag: "ChosenUpTo"; readonly upTo: number }
+  | ({ readonly _tag: "Checkpoint" } & Required<Meta>)
 
 const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 const REPLAY_CHUNK_BYTES = 4 * 1024 * 1024
@@ -146,8 +181,9 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
   const env: RootDatabase = yield* attempt("open", async () => {
     const e = openIndex()
     const m = e.openDB("meta", { encoding: "msgpack" }).get("index") as IndexMeta | undefined
-    if (m === undefined || m.bootId === bootId) return e
-    // Written before a reboot: its pages may be torn. Rebuilt from the log.
+    if (m === undefined || (m.bootId === bootId && m.segmentMax !== undefined)) return e
+    // Written before a reboot: its pages may be torn (or by a version that did not track
+    // what each segment holds, which compaction needs). Rebuilt from the log.
     await e.close()
     fs.rmSync(indexDir, { recursive: true, force: true })
     return openIndex()
@@ -233,12 +269,44 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
     return lastIndexWrite
   }
 
+  /**
+   * Forgets index entries below `below` (compacted): those waiting here at once, the
+   * committed ones off the main thread. A crash before that is harmless: reads and load
+   * never look below the start, and the next compaction removes them again.
+   */
+  const dropIndexBelow = (below: number) => {
+    for (const instance of [...unindexed.keys()]) if (instance < below) unindexed.delete(instance)
+    unflushed = unflushed.filter(([instance]) => instance >= below)
+    void logDb.transaction(() => {
+      for (const key of logDb.getKeys({ end: below })) logDb.remove(key)
+    }).catch(onIndexFailure)
+  }
+
   /** Applies frames to the index, with the log position they end at. */
   const index = (placed: ReadonlyArray<{ readonly entry: WalEntry; readonly location: Location }>, segment: number, offset: number) => {
     let m: IndexMeta = { ...meta, segment, offset, bootId }
-    const puts: Array<readonly [number, Location]> = []
+    if (m.segmentMax?.[segment] === undefined) m = { ...m, segmentMax: { ...m.segmentMax, [segment]: -1 } }
+    let puts: Array<readonly [number, Location]> = []
+    const startsAt = (upTo: number) => {
+      if (upTo <= (m.compactedBelow ?? 0)) return
+      m = { ...m, compactedBelow: upTo, chosenUpTo: Math.max(m.chosenUpTo, upTo) }
+      puts = puts.filter(([instance]) => instance >= upTo)
+    }
+    const seen = (location: Location, instance: number) => {
+      const max = m.segmentMax?.[location[0]]
+      if (max === undefined || instance > max) m = { ...m, segmentMax: { ...m.segmentMax, [location[0]]: instance } }
+    }
     for (const { entry, location } of placed) {
       switch (entry._tag) {
+        case "Checkpoint":
+          if (compareBallot(entry.promised, m.promised) > 0) m = { ...m, promised: entry.promised }
+          if (entry.proposerRound > m.proposerRound) m = { ...m, proposerRound: entry.proposerRound }
+          if (entry.chosenUpTo > m.chosenUpTo) m = { ...m, chosenUpTo: entry.chosenUpTo }
+          startsAt(entry.compactedBelow)
+          break
+        case "Installed":
+          startsAt(entry.upTo)
+          break
         case "Promised":
           if (entry.ballot.round > m.promised.round || (entry.ballot.round === m.promised.round && entry.ballot.node > m.promised.node)) {
             m = { ...m, promised: entry.ballot }
@@ -251,13 +319,16 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
           if (entry.upTo > m.chosenUpTo) m = { ...m, chosenUpTo: entry.upTo }
           break
         case "Accepted":
-          puts.push([entry.instance, [location[0], location[1], location[2], entry.ballot]])
+          seen(location, entry.instance)
+          if (entry.instance >= (m.compactedBelow ?? 0)) puts.push([entry.instance, [location[0], location[1], location[2], entry.ballot]])
           break
         case "Chosen":
-          puts.push([entry.instance, [location[0], location[1], location[2], null]])
+          seen(location, entry.instance)
+          if (entry.instance >= (m.compactedBelow ?? 0)) puts.push([entry.instance, [location[0], location[1], location[2], null]])
           break
       }
     }
+    if ((m.compactedBelow ?? 0) > (meta.compactedBelow ?? 0)) dropIndexBelow(m.compactedBelow!)
     meta = m
     metaDirty = true
     for (const put of puts) {
@@ -311,6 +382,11 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
     let at = { segment: meta.segment, offset: meta.offset }
     for (const n of segments()) {
       if (n < meta.segment) continue
+      // Known to compaction even if it holds nothing (a spare left empty).
+      if (meta.segmentMax?.[n] === undefined) {
+        meta = { ...meta, segmentMax: { ...meta.segmentMax, [n]: -1 } }
+        metaDirty = true
+      }
       const from = n === meta.segment ? meta.offset : 0
       const end = replaySegment(n, from)
       if (end === from && n !== meta.segment) continue
@@ -421,10 +497,7 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
     } catch (cause) {
       return Promise.reject(new StorageError({ operation: "encode", cause }))
     }
-    const written = new Promise<void>((resolve, reject) => {
-      queued.push({ frames, resolve, reject })
-      startWriting()
-    })
+    const written = enqueue(frames)
     // A read of these instances waits for this write (and the index it updates) first.
     const settled = written.catch(() => undefined)
     for (const r of records) {
@@ -436,6 +509,15 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
       })
     }
     return written
+  }
+  /** Queues frames for the writer; settles once they are on disk. */
+  const enqueue = (frames: Batch["frames"]): Promise<void> => {
+    if (failed !== undefined) return Promise.reject(failed)
+    if (closing) return Promise.reject(new StorageError({ operation: "persist", cause: "the storage is closed" }))
+    return new Promise<void>((resolve, reject) => {
+      queued.push({ frames, resolve, reject })
+      startWriting()
+    })
   }
   /** Instances with a value being written, and the write's settlement. */
   const inflight = new Map<number, Promise<void>>()
@@ -481,14 +563,15 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
   const load = (memoryWindow: number, memoryWindowBytes = Infinity) =>
     attempt("load", (): DurableState => {
       // Below the hint everything is chosen; past it, values learned chosen extend the prefix.
-      let chosenUpTo = meta.chosenUpTo
+      const compactedBelow = meta.compactedBelow ?? 0
+      let chosenUpTo = Math.max(meta.chosenUpTo, compactedBelow)
       for (const { key, value } of logDb.getRange({ start: chosenUpTo })) {
         if (key !== chosenUpTo || value[3] !== null) break
         chosenUpTo++
       }
       let windowStart = chosenUpTo
       let bytes = 0
-      for (const { key, value } of logDb.getRange({ start: chosenUpTo - 1, end: -1, reverse: true, limit: memoryWindow })) {
+      for (const { key, value } of logDb.getRange({ start: chosenUpTo - 1, end: compactedBelow - 1, reverse: true, limit: memoryWindow })) {
         bytes += value[2]
         if (windowStart < chosenUpTo && bytes > memoryWindowBytes) break
         windowStart = key
@@ -500,7 +583,7 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
         if (key < chosenUpTo || value[3] === null) chosen.push({ instance: key, value: v })
         else accepted.push({ instance: key, ballot: value[3], value: v })
       }
-      return { promised: meta.promised, proposerRound: meta.proposerRound, accepted, chosen, chosenUpTo }
+      return { promised: meta.promised, proposerRound: meta.proposerRound, accepted, chosen, chosenUpTo, compactedBelow }
     })
 
   /**
@@ -523,7 +606,7 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
     attempt("readChosen", () => {
       const out: Array<ChosenEntry> = []
       let bytes = 0
-      for (let i = from; i < from + count; i++) {
+      for (let i = Math.max(from, meta.compactedBelow ?? 0); i < from + count; i++) {
         const loc = locationOf(i)
         if (loc === undefined) continue
         if (out.length > 0 && bytes + loc[2] > maxBytes) break
@@ -533,7 +616,69 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
       return out
     })
 
-  return PaxosStorage.of({ load, write, persist, readChosen })
+  // ---- compaction -------------------------------------------------------------
+
+  /** Segments older than the one being written to, oldest first, with their size and age. */
+  const compact = (policy: CompactionPolicy) =>
+    attempt("compact", async () => {
+      const from = meta.compactedBelow ?? 0
+      if (policy.below <= from) return from
+      const older = segments().filter((n) => n < tail.segment)
+      if (older.length === 0) return from
+      const bytesFrom = new Map<number, number>()
+      let newer = tail.offset
+      for (let i = older.length - 1; i >= 0; i--) {
+        bytesFrom.set(older[i]!, newer)
+        newer += sizeOf(older[i]!)
+      }
+      const now = Date.now()
+      const doomed: Array<number> = []
+      let below = from
+      for (const n of older) {
+        const max = meta.segmentMax?.[n] ?? -1
+        if (max >= policy.below) break
+        const oldEnough = now - fs.statSync(join(walDir, segmentName(n))).mtimeMs >= policy.retainMs
+        if (bytesFrom.get(n)! < policy.retainBytes && !oldEnough) break
+        doomed.push(n)
+        below = Math.max(below, max + 1)
+      }
+      if (doomed.length === 0) return from
+      // First the checkpoint, durably in the current segment, then the segments it replaces.
+      const checkpoint: WalEntry = {
+        _tag: "Checkpoint",
+        promised: meta.promised,
+        proposerRound: meta.proposerRound,
+        chosenUpTo: Math.max(meta.chosenUpTo, below),
+        compactedBelow: below
+      }
+      await enqueue([{ entry: checkpoint, bytes: encodeWalFrame(checkpoint) }])
+      for (const n of doomed) {
+        const fd = fds.get(n)
+        if (fd !== undefined) fs.closeSync(fd)
+        fds.delete(n)
+        sizes.delete(n)
+        fs.rmSync(join(walDir, segmentName(n)), { force: true })
+      }
+      const d = await fs.promises.open(walDir, "r")
+      try {
+        await d.sync()
+      } finally {
+        await d.close()
+      }
+      const segmentMax = { ...meta.segmentMax }
+      for (const n of doomed) delete segmentMax[n]
+      meta = { ...meta, segmentMax }
+      metaDirty = true
+      void flushIndex()
+      return below
+    })
+
+  const usage = Effect.sync((): StorageUsage => {
+    const files = segments()
+    return { bytes: files.reduce((n, f) => n + sizeOf(f), 0), segments: files.length, compactedBelow: meta.compactedBelow ?? 0 }
+  })
+
+  return PaxosStorage.of({ load, write, persist, readChosen, compact, usage })
 })
 
 /** Bytes a frame adds to a record (for callers that bound replies by frame size). */
