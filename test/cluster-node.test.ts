@@ -23,13 +23,13 @@ const TABLE = "d.t"
 
 /** A 3-node cluster with MariaDB, a master serving, the app user and the test table. */
 const cluster = (
-  options: { readonly lease?: { readonly leaseMs: number }; readonly rebuildAuto?: boolean; readonly retainSeconds?: number } = {}
+  options: { readonly lease?: { readonly leaseMs: number }; readonly rebuildAuto?: boolean; readonly log?: LocalCluster.LocalClusterOptions["log"] } = {}
 ) =>
   Effect.gen(function*() {
-    const { rebuildAuto, retainSeconds, ...rest } = options
-    const database = rebuildAuto === undefined && retainSeconds === undefined
+    const { rebuildAuto, ...rest } = options
+    const database = rebuildAuto === undefined
       ? true
-      : { ...(rebuildAuto !== undefined ? { rebuildAuto } : {}), ...(retainSeconds !== undefined ? { retainSeconds } : {}) }
+      : { rebuildAuto }
     const c = yield* LocalCluster.make({ nodes: 3, database, ...rest })
     const master = yield* waitForMaster(c, "a first master")
     yield* createAppUser(master)
@@ -195,7 +195,7 @@ describe("the whole node: managed MariaDB, Paxos-replicated commits, proxy", () 
 
   it.live("every node purges its MariaDB binlog files past log.retainSeconds, and the cluster still replicates and fails over", () =>
     Effect.gen(function*() {
-      const { c, master } = yield* cluster({ retainSeconds: 1 })
+      const { c, master } = yield* cluster({ log: { retainSeconds: 1 } })
       const conn = yield* connect(master.rwPort!)
       yield* run(conn, `INSERT INTO ${TABLE} VALUES (1, 1)`)
       yield* waitConverged(c)

@@ -79,10 +79,16 @@ export const NodeConfig = Schema.Struct({
   /** Without it the node runs the log and the lease only (no database, no proxy). */
   mariadb: Schema.optional(MariaDbSettings),
   /**
-   * Retention. `retainSeconds` (default 86400): a managed MariaDB purges its binlog files
-   * older than this. The Paxos log itself is not compacted yet.
+   * Retention (docs/operations.md, "Storage"). The Paxos log keeps what every live member
+   * still reads plus a tail of at most `retainMb` (default 1024) and `retainSeconds`
+   * (default 86400); a managed MariaDB's own binlog is purged to the same bounds.
+   * `segmentMb` (default 64): the log's file size, the step compaction deletes by.
    */
-  log: Schema.optional(Schema.Struct({ retainSeconds: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isGreaterThanOrEqualTo(1)))) })),
+  log: Schema.optional(Schema.Struct({
+    retainMb: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isGreaterThanOrEqualTo(1)))),
+    retainSeconds: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isGreaterThanOrEqualTo(1)))),
+    segmentMb: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isBetween({ minimum: 1, maximum: 1024 }))))
+  })),
   /** A diverged managed server is set aside and rebuilt from the chosen log (`auto`, default true). */
   rebuild: Schema.optional(Schema.Struct({ auto: Schema.optional(Schema.Boolean) })),
   proxy: Schema.optional(ProxySettings)
@@ -137,6 +143,15 @@ export const loadNodeConfig = (path: string): Effect.Effect<NodeConfig, ConfigFi
     })
     return yield* decodeNodeConfig(parsed, path)
   })
+
+export const DEFAULT_RETAIN_MB = 1024
+export const DEFAULT_RETAIN_SECONDS = 86_400
+
+/** The retention with defaults filled in: bytes and milliseconds of log tail to keep. */
+export const retentionOf = (config: NodeConfig) => ({
+  bytes: (config.log?.retainMb ?? DEFAULT_RETAIN_MB) * 1024 * 1024,
+  ms: (config.log?.retainSeconds ?? DEFAULT_RETAIN_SECONDS) * 1000
+})
 
 /** The lease settings with defaults filled in (a 2 s lease, renewed every third of it). */
 export const leaseConfigOf = (config: NodeConfig): LeaseConfig => {

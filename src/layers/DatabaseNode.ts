@@ -5,9 +5,10 @@
  * a DatabaseNode service that reports on them (status, GET /replica, the read flag peers
  * route by).
  */
-import { Context, Effect, Layer, Stream } from "effect"
-import type { NodeConfig } from "../config/NodeConfig.js"
+import { Context, Effect, Layer, Schedule, Stream } from "effect"
+import { type NodeConfig, retentionOf } from "../config/NodeConfig.js"
 import type { NodeStatus } from "../domain/cluster/nodeStatus.js"
+import { parseGtid } from "../domain/cluster/gtid.js"
 import type { Health } from "../services/admin/Admin.js"
 import * as BinlogCapture from "../services/binlog/BinlogCapture.js"
 import * as BinlogServer from "../services/binlog/BinlogServer.js"
@@ -49,7 +50,8 @@ export const localMariaDbLayer = (config: NodeConfig, settings: Settings) =>
     password: settings.password,
     extraConfig: settings.extraConfig,
     maxTransactionBytes: settings.maxTransactionMb !== undefined ? settings.maxTransactionMb * 1024 * 1024 : undefined,
-    binlogRetainSeconds: config.log?.retainSeconds
+    binlogRetainSeconds: config.log?.retainSeconds,
+    binlogRetainBytes: retentionOf(config).bytes
   })
 
 /**
@@ -60,15 +62,22 @@ export const chosenBinlogLayer = (config: NodeConfig, settings: Settings) =>
   Layer.effect(
     BinlogSource,
     Effect.gen(function*() {
-      const { replication } = yield* LocalMariaDb.LocalMariaDb
+      const { replication, server } = yield* LocalMariaDb.LocalMariaDb
       const formatDescription = yield* Effect.cached(
         Effect.scoped(Effect.gen(function*() {
+          // From where the binlog is now: older files may be purged (any position starts
+          // with the Format_description event).
+          const rows = yield* server.query("SELECT @@GLOBAL.gtid_binlog_pos AS pos").pipe(
+            Effect.retry(Schedule.spaced("200 millis")),
+            Effect.orDie
+          )
+          const pos = String((rows[0] as { pos?: unknown } | undefined)?.pos ?? "").split(",")[0] ?? ""
           const capture = yield* BinlogCapture.make({
             host: "127.0.0.1",
             port: settings.port,
             ...replication,
             serverId: NodeDatabase.captureServerId(config.nodeId) + 100_000,
-            startAfter: null
+            startAfter: parseGtid(pos) ?? null
           })
           yield* Effect.forkScoped(Stream.runDrain(capture.transactions))
           return yield* capture.formatDescription

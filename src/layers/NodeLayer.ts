@@ -9,7 +9,7 @@ import * as PaxosLog from "../services/paxos/PaxosLog.js"
 import * as PaxosStorage from "../services/paxos/PaxosStorage.js"
 import * as Transport from "../services/paxos/Transport.js"
 import * as DatabaseNode from "./DatabaseNode.js"
-import { leaseConfigOf, type NodeConfig } from "../config/NodeConfig.js"
+import { leaseConfigOf, type NodeConfig, retentionOf } from "../config/NodeConfig.js"
 import { nodeStatus } from "../services/admin/NodeStatus.js"
 
 /** This node's Paxos log on its LMDB store (`dataDir/paxos`), over the PeerNetwork given. */
@@ -21,9 +21,13 @@ export const paxosLogLayer = (config: NodeConfig) => {
     members: config.members,
     founding: config.bootstrap === true,
     tuning,
+    retention: retentionOf(config),
     ...(tickMs !== undefined ? { tickMs } : {}),
     ...(proposeTimeoutMs !== undefined ? { proposeTimeoutMs } : {})
-  }).pipe(Layer.provide(PaxosStorage.layer(join(config.dataDir, "paxos"))))
+  }).pipe(Layer.provide(PaxosStorage.layer(
+    join(config.dataDir, "paxos"),
+    config.log?.segmentMb !== undefined ? { segmentBytes: config.log.segmentMb * 1024 * 1024 } : {}
+  )))
 }
 
 /**

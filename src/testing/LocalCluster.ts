@@ -70,9 +70,9 @@ export interface LocalClusterOptions {
     readonly maxTransactionMb?: number
     /** `rebuild.auto` of every node (default true). */
     readonly rebuildAuto?: boolean
-    /** `log.retainSeconds` of every node. */
-    readonly retainSeconds?: number
   }
+  /** `log` (retention) of every node. */
+  readonly log?: NodeConfig["log"]
   /** Use this directory (created if missing, never removed) instead of a temp one. */
   readonly dir?: string
   /** Extra arguments for each node's `node` process (e.g. `--cpu-prof`). */
@@ -212,7 +212,6 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
   const extraConfig = typeof options.database === "object" ? options.database.extraConfig : undefined
   const maxTransactionMb = typeof options.database === "object" ? options.database.maxTransactionMb : undefined
   const rebuildAuto = typeof options.database === "object" ? options.database.rebuildAuto : undefined
-  const retainSeconds = typeof options.database === "object" ? options.database.retainSeconds : undefined
 
   const makeNode = (nodeId: number, peerPort: number, adminPort: number): LocalNode => {
     const nodeDir = join(dir, `node${nodeId}`)
@@ -227,7 +226,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       ...(options.paxos !== undefined ? { paxos: options.paxos } : {}),
       ...(options.lease !== undefined ? { lease: options.lease } : {}),
       ...(rebuildAuto !== undefined ? { rebuild: { auto: rebuildAuto } } : {}),
-      ...(retainSeconds !== undefined ? { log: { retainSeconds } } : {}),
+      ...(options.log !== undefined ? { log: options.log } : {}),
       ...(database !== undefined
         ? {
           mariadb: {

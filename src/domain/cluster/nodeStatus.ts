@@ -24,7 +24,12 @@ export const NodeStatus = Schema.Struct({
     lastChosenInstance: Schema.Int,
     /** Durable writes, issued to synced, and (as leader) an instance's first Accept to chosen. */
     writeMs: Schema.optional(HistogramSummarySchema),
-    roundMs: Schema.optional(HistogramSummarySchema)
+    roundMs: Schema.optional(HistogramSummarySchema),
+    /** Where the stored log starts (compaction) and the bytes of its files. */
+    compactedBelow: Schema.optional(Schema.Int),
+    logBytes: Schema.optional(Schema.Number),
+    /** Set when every peer ahead compacted past this node: it needs a copy (rebuild) from there. */
+    needsInstall: Schema.optional(Schema.NullOr(Schema.Int))
   }),
   appliedInstance: Schema.Int,
   lastGtid: Schema.NullOr(Schema.String),

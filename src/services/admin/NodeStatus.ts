@@ -37,7 +37,10 @@ export const nodeStatus = (
           chosenUpTo: paxos.chosenUpTo,
           lastChosenInstance: paxos.chosenUpTo - 1,
           writeMs: paxos.writeMs,
-          roundMs: paxos.roundMs
+          roundMs: paxos.roundMs,
+          compactedBelow: paxos.compactedBelow,
+          logBytes: paxos.logBytes,
+          needsInstall: paxos.needsInstall
         },
         appliedInstance: snapshot.appliedUpTo,
         lastGtid: snapshot.state.lastGtid === null ? null : formatGtid(snapshot.state.lastGtid),

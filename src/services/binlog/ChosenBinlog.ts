@@ -89,7 +89,10 @@ export const checkPosition = Effect.fnUntraced(function*(position: Gtid | null) 
     return yield* new UnknownPosition({ requested, reason: "other-domain" })
   }
   if (last === null || position.seq > last.seq) return yield* new UnknownPosition({ requested, reason: "ahead" })
-  const [at] = yield* cluster.transactionsFrom(position.seq, 1).pipe(Effect.mapError((cause) => new SourceReadError({ cause })))
+  const [at] = yield* cluster.transactionsFrom(position.seq, 1).pipe(
+    Effect.catchTag("LogCompacted", () => Effect.fail(new UnknownPosition({ requested, reason: "purged" }))),
+    Effect.mapError((cause) => cause._tag === "UnknownPosition" ? cause : new SourceReadError({ cause }))
+  )
   if (at === undefined || at.gtid.seq !== position.seq) return yield* new UnknownPosition({ requested, reason: "purged" })
   if (at.gtid.server !== position.server) return yield* new UnknownPosition({ requested, reason: "diverged" })
 })

@@ -3,14 +3,14 @@
  * the result (with the next instance to apply) in LMDB so a restart resumes without
  * re-applying, and tells a proposer whether its entry was accepted, and why not.
  */
-import { Context, Data, Deferred, Effect, Layer, PubSub, Stream, SubscriptionRef } from "effect"
+import { Context, Data, Deferred, Effect, Layer, PubSub, Schedule, Schema, Stream, SubscriptionRef } from "effect"
 import { open } from "lmdb"
 import { mkdirSync } from "node:fs"
 import {
   applyEntry,
+  ClusterStateData,
   type BinlogTxn,
   type ClusterEntry,
-  type ClusterStateData,
   decodeEntry,
   encodeEntry,
   initialClusterState,
@@ -19,8 +19,9 @@ import {
 } from "../../domain/cluster/cluster.js"
 import type { ProposeError } from "../../domain/paxos/errors.js"
 import type { ChosenEntry } from "../../domain/paxos/messages.js"
-import { PaxosLog } from "../paxos/PaxosLog.js"
+import { LogCompacted, PaxosLog } from "../paxos/PaxosLog.js"
 import type { StorageError } from "../paxos/PaxosStorage.js"
+import { forkScopedLogged } from "../fibers.js"
 
 export class ClusterStateError extends Data.TaggedError("ClusterStateError")<{
   readonly operation: string
@@ -65,7 +66,19 @@ export interface ClusterStateShape {
    * order, contiguous, at most `limit` and about `maxBytes` (at least one), from those
    * applied so far.
    */
-  readonly transactionsFrom: (fromSeq: number, limit: number, maxBytes?: number) => Effect.Effect<ReadonlyArray<LoggedTxn>, StorageError>
+  readonly transactionsFrom: (fromSeq: number, limit: number, maxBytes?: number) => Effect.Effect<ReadonlyArray<LoggedTxn>, StorageError | LogCompacted>
+  /**
+   * The oldest log instance this node needs for a database whose next transaction is GTID
+   * seq `nextSeq` (where that transaction, or its first part, is), and for its own restart
+   * (the last snapshot written): the log must be kept from there.
+   */
+  readonly neededFor: (nextSeq: number) => number
+  /**
+   * Replaces the state with a peer's snapshot (a node the log left behind: see
+   * PaxosLog.install, which the caller does next). The index of older transactions is
+   * dropped: they are no longer in this node's log.
+   */
+  readonly install: (snapshot: ClusterSnapshot) => Effect.Effect<void>
   /**
    * Proposes an entry and waits until this node has applied it: its outcome. `timing`, when
    * given, gets when the log reported the entry chosen and when its outcome was known.
@@ -79,6 +92,9 @@ export interface ClusterStateShape {
   readonly stopped: Effect.Effect<never, ClusterStateError>
 }
 
+/** A snapshot as data on the wire (a peer's, for an install). */
+export const ClusterSnapshotData = Schema.Struct({ state: ClusterStateData, appliedUpTo: Schema.Int })
+
 /**
  * A chosen transaction as read from the log: its bytes as chunks, end to end (one for a
  * transaction in one entry; its parts and the rest for a large one, never joined).
@@ -88,7 +104,7 @@ export interface LoggedTxn {
   readonly chunks: ReadonlyArray<Uint8Array>
   readonly size: number
   /** A large transaction: its leading bytes, `count` parts before `chunks`, each read from the log when asked for. */
-  readonly parts?: { readonly count: number; readonly read: (part: number) => Effect.Effect<Uint8Array, StorageError> } | undefined
+  readonly parts?: { readonly count: number; readonly read: (part: number) => Effect.Effect<Uint8Array, StorageError | LogCompacted> } | undefined
 }
 
 const logged = (t: BinlogTxn): LoggedTxn => ({ gtid: t.gtid, chunks: [t.events], size: t.events.length })
@@ -184,10 +200,19 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
   const masterRef = yield* SubscriptionRef.make<ClusterSnapshot>(current)
   const hub = yield* PubSub.unbounded<AppliedEntry>()
   let lastWrite = -Infinity
+  /** Where the last snapshot written resumes: a restart replays the log from there. */
+  let persistedUpTo = current.appliedUpTo
+  const writeSnapshot = (snapshot: ClusterSnapshot) => {
+    persistedUpTo = snapshot.appliedUpTo
+    return env.put("snapshot", snapshot)
+  }
   yield* Effect.addFinalizer(() => Effect.promise(() => {
     flushIndex()
-    return env.put("snapshot", current)
+    return writeSnapshot(current)
   }))
+  /** The first transaction still in the log (older ones were compacted, or skipped by an install). */
+  let logStartSeq = 0
+  let logStart = 0
 
   /**
    * Entries proposed here, by their encoded bytes: when this node leads, the chosen value
@@ -238,6 +263,10 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     }
   }
   const applyChosen = (chosen: ChosenEntry): void => {
+    if (chosen.instance < current.appliedUpTo) return // applied already (an install went past it)
+    if (chosen.instance > current.appliedUpTo) {
+      throw new Error(`the log skipped from instance ${current.appliedUpTo} to ${chosen.instance} (compacted): this node needs an install`)
+    }
     const before = current.state
     let state = before
     const applied: Array<AppliedEntry> = []
@@ -281,7 +310,7 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     if (now - lastWrite >= SNAPSHOT_EVERY_MS) {
       lastWrite = now
       flushIndex()
-      env.put("snapshot", snapshot)
+      void writeSnapshot(snapshot)
     } else if (unflushed.length >= INDEX_FLUSH_ENTRIES) flushIndex()
     for (const a of applied) settle(`${a.instance}/${a.index}`, a.outcome)
     for (const a of applied) {
@@ -360,7 +389,7 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     size: txn.events.length,
     parts: {
       count: parts.length,
-      read: (part) =>
+      read: (part): Effect.Effect<Uint8Array, StorageError | LogCompacted> =>
         Effect.gen(function*() {
           const [instance, index] = parts[part]!
           const entry = decodeEntry((yield* log.valueAt(instance)).values[index] ?? new Uint8Array(0))
@@ -377,6 +406,7 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     Effect.gen(function*() {
       const recent = recentFrom(fromSeq, limit, maxBytes)
       if (recent !== undefined) return recent
+      if (fromSeq < logStartSeq) return yield* new LogCompacted({ seq: fromSeq, compactedBelow: logStart })
       const out: Array<LoggedTxn> = []
       const start = entryAtOrBefore(fromSeq)
       if (start === undefined) return out
@@ -404,7 +434,69 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
       return out
     })
 
+  const neededFor = (nextSeq: number): number => {
+    let need = persistedUpTo
+    const firstPart = current.state.partial?.at[0]
+    if (firstPart !== undefined) need = Math.min(need, firstPart[0])
+    if (nextSeq <= (current.state.lastGtid?.seq ?? 0)) {
+      const found = entryAtOrBefore(nextSeq)
+      // Not found: compacted already; the database needs a rebuild, not the log kept.
+      if (found !== undefined) need = Math.min(need, found[1][0], found[1][2]?.[0]?.[0] ?? Infinity)
+    }
+    return need
+  }
+
+  /** Index entries of compacted instances go, and transactions from before the log's start are refused. */
+  const prune = (compactedBelow: number) =>
+    Effect.promise(async () => {
+      if (compactedBelow <= logStart) return
+      logStart = compactedBelow
+      const kept = (at: EntryAt) => at[0] >= compactedBelow && (at[2] === undefined || at[2][0]![0] >= compactedBelow)
+      let start: number | undefined
+      const doomed: Array<number> = []
+      for (const { key, value } of entries.getRange({})) {
+        if (kept(value)) {
+          start = key
+          break
+        }
+        doomed.push(key)
+      }
+      for (const [first, at] of pending) {
+        if (!kept(at)) pending.delete(first)
+        else if (start === undefined || first < start) start = first
+      }
+      if (doomed.length > 0) await entries.transaction(() => doomed.forEach((key) => entries.remove(key)))
+      // Nothing indexed is left: the log holds no transaction older than the next one.
+      logStartSeq = start ?? (current.state.lastGtid?.seq ?? 0) + 1
+    })
+  yield* log.status.pipe(
+    Effect.flatMap((s) => prune(s.compactedBelow)),
+    Effect.repeat(Schedule.spaced("5 seconds")),
+    forkScopedLogged("cluster state: pruning the index of compacted instances")
+  )
+  // Without a database above (neededFor unused), the log is kept for this node's own restart.
+  yield* log.retain(() => persistedUpTo)
+
+  const install = (snapshot: ClusterSnapshot) =>
+    Effect.gen(function*() {
+      pending.clear()
+      unflushed = []
+      recentEntries.clear()
+      recentEntryBytes = 0
+      current = snapshot
+      yield* Effect.promise(() => entries.clearAsync())
+      yield* Effect.promise(() => writeSnapshot(snapshot))
+      logStart = snapshot.appliedUpTo
+      logStartSeq = (snapshot.state.lastGtid?.seq ?? 0) + 1
+      yield* SubscriptionRef.set(masterRef, snapshot)
+      const ready = progressWaiters.filter((w) => w.done(snapshot))
+      progressWaiters = progressWaiters.filter((w) => !w.done(snapshot))
+      for (const w of ready) Deferred.doneUnsafe(w.deferred, Effect.void)
+    })
+
   return ClusterState.of({
+    neededFor,
+    install,
     current: Effect.sync(() => current),
     transactionsFrom,
     masterChanges: SubscriptionRef.changes(masterRef),

@@ -8,11 +8,31 @@ import { randomBytes } from "node:crypto"
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import * as MariaDbServer from "./MariaDbServer.js"
+import { forkScopedLogged } from "../fibers.js"
 
 export const REPLICATION_USER = "phxmaria_repl"
 
 /** How long a node keeps its MariaDB binlog files by default: a day. */
 export const DEFAULT_BINLOG_RETAIN_SECONDS = 86_400
+export const DEFAULT_BINLOG_RETAIN_BYTES = 1024 * 1024 * 1024
+
+/**
+ * Purges the oldest binlog files while the others hold at least `bytes` (the newest file
+ * always stays). MariaDB skips a file a dump thread still reads.
+ */
+export const purgeBinlogBeyond = (server: MariaDbServer.MariaDbServerShape, bytes: number) =>
+  Effect.gen(function*() {
+    const files = (yield* server.query("SHOW BINARY LOGS")) as ReadonlyArray<{ readonly Log_name: string; readonly File_size: number | string }>
+    let newer = 0
+    for (let i = files.length - 1; i > 0; i--) {
+      newer += Number(files[i]!.File_size)
+      if (newer >= bytes) {
+        yield* server.query("PURGE BINARY LOGS TO ?", [files[i]!.Log_name])
+        return files.length - i
+      }
+    }
+    return 0
+  })
 
 /** 1 GiB: MariaDB's own ceiling for one event (max_allowed_packet) and the default largest transaction. */
 export const DEFAULT_MAX_TRANSACTION_BYTES = 1024 * 1024 * 1024
@@ -40,14 +60,17 @@ export class LocalMariaDb extends Context.Service<LocalMariaDb, LocalMariaDbShap
 export const managedServerConfig = (
   port: number,
   maxTransactionBytes = DEFAULT_MAX_TRANSACTION_BYTES,
-  binlogRetainSeconds = DEFAULT_BINLOG_RETAIN_SECONDS
+  binlogRetainSeconds = DEFAULT_BINLOG_RETAIN_SECONDS,
+  binlogRetainBytes = DEFAULT_BINLOG_RETAIN_BYTES
 ): Record<string, string | number | boolean> => ({
   port,
   // Nothing reads a node's old binlog files: replicas are fed from the chosen log, a new
   // master's capture starts after the log's last GTID (in the newest file), and crash
-  // truncation reads the last one. MariaDB purges older ones at rotation (64 MiB files),
-  // never the active one or one a dump thread reads.
+  // truncation reads the last one. MariaDB purges older ones at rotation, never the active
+  // one or one a dump thread reads; the agent purges by size (purgeBinlogBeyond).
   binlog_expire_logs_seconds: binlogRetainSeconds,
+  // Files of at most a quarter of what is kept (1 to 64 MiB): purging by whole files stays close to the bound.
+  max_binlog_size: Math.max(1 << 20, Math.min(64 << 20, Math.floor(binlogRetainBytes / 4))),
   // The largest transaction the cluster takes: MariaDB refuses a larger one before commit
   // (ER_TRANS_CACHE_FULL), so nothing it cannot replicate reaches the binlog.
   max_binlog_cache_size: maxTransactionBytes,
@@ -67,7 +90,6 @@ export const managedServerConfig = (
   rpl_semi_sync_master_timeout: "18446744073709551615",
   read_only: "ON",
   proxy_protocol_networks: "127.0.0.0/8,localhost",
-  max_binlog_size: "64M",
   // Replicas apply the chosen log in parallel (in commit order), committing in groups: a
   // replica behind the log catches up faster than the master writes.
   slave_parallel_threads: 4,
@@ -117,6 +139,8 @@ export interface LocalMariaDbOptions {
   readonly maxTransactionBytes?: number | undefined
   /** Managed: MariaDB purges its binlog files older than this (binlog_expire_logs_seconds); default a day. */
   readonly binlogRetainSeconds?: number | undefined
+  /** Managed: the agent purges the oldest binlog files beyond this many bytes; default 1 GiB. */
+  readonly binlogRetainBytes?: number | undefined
 }
 
 export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
@@ -126,7 +150,10 @@ export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
       dir: join(options.dataDir, "mariadb"),
       port: options.port,
       serverId: options.nodeId,
-      extraConfig: { ...managedServerConfig(options.port, options.maxTransactionBytes, options.binlogRetainSeconds), ...options.extraConfig },
+      extraConfig: {
+        ...managedServerConfig(options.port, options.maxTransactionBytes, options.binlogRetainSeconds, options.binlogRetainBytes),
+        ...options.extraConfig
+      },
       // Restarts are the agent's (NodeDatabase): RW must be fenced before mariadbd runs again.
       supervise: false
     })
@@ -163,6 +190,14 @@ export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
     )
     return aside
   })
+  if (managed) {
+    yield* purgeBinlogBeyond(server, options.binlogRetainBytes ?? DEFAULT_BINLOG_RETAIN_BYTES).pipe(
+      // A server that is down or restarting is purged at the next round.
+      Effect.catch(() => Effect.succeed(0)),
+      Effect.repeat(Schedule.spaced("10 seconds")),
+      forkScopedLogged("mariadb: purging binlog files beyond log.retainMb")
+    )
+  }
   return LocalMariaDb.of({ server, managed, replication: { user: REPLICATION_USER, password }, reinstall })
 })
 

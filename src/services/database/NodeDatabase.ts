@@ -26,6 +26,7 @@ import { formatGtid, type Gtid, gtidEquals, parseGtid } from "../../domain/clust
 import * as BinlogSync from "../binlog/BinlogSync.js"
 import { checkPosition } from "../binlog/ChosenBinlog.js"
 import { ClusterState } from "../cluster/ClusterState.js"
+import { PaxosLog } from "../paxos/PaxosLog.js"
 import { BinlogServer } from "../binlog/BinlogServer.js"
 import { CommitPath } from "../binlog/BinlogSync.js"
 import { RouteRefresh } from "../proxy/RouteKeeper.js"
@@ -174,6 +175,10 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   let masterScope: Scope.Closeable | undefined
   /** When the master last probed its database (monotonic ms). */
   let probedAt = -Infinity
+
+  // The log is kept from this database's next transaction on (here and, while this node is
+  // live, on its peers): compaction never takes what it has yet to apply.
+  yield* (yield* PaxosLog).retain(() => cluster.neededFor((local?.seq ?? 0) + 1))
 
   /** What the lease sees: a replica that applied everything, or the master while it serves. */
   const publishReadiness = Effect.suspend(() => readinessCell.set(readinessOf(role, lag)))

@@ -7,7 +7,7 @@
  * is sent once they are synced. Writes issued in one turn of the event loop are synced
  * together: group commit falls out of the driver.
  */
-import { Context, Data, Effect, Layer, Queue, Schema, Scope, Stream } from "effect"
+import { Context, Data, Effect, Layer, Queue, Schedule, Schema, Scope, Stream } from "effect"
 import {
   defaultPaxosConfig,
   type Input,
@@ -97,11 +97,15 @@ const fastDecode = (u: unknown): NodeMessage | undefined => {
     case "Status": {
       const leader = u.leader === null ? null : fastBallot(u.leader)
       if (leader === undefined || !isInstance(u.chosenUpTo) || !isInt(u.maxChosen)) return undefined
-      if (u.flags !== undefined) {
-        if (!isInt(u.flags)) return undefined
-        return { _tag: "Status", chosenUpTo: u.chosenUpTo, maxChosen: u.maxChosen, leader, flags: u.flags }
+      if ((u.flags !== undefined && !isInt(u.flags)) || (u.needed !== undefined && !isInstance(u.needed))) return undefined
+      return {
+        _tag: "Status",
+        chosenUpTo: u.chosenUpTo,
+        maxChosen: u.maxChosen,
+        leader,
+        ...(u.flags !== undefined ? { flags: u.flags as number } : {}),
+        ...(u.needed !== undefined ? { needed: u.needed as number } : {})
       }
-      return { _tag: "Status", chosenUpTo: u.chosenUpTo, maxChosen: u.maxChosen, leader }
     }
     case "ClientPropose":
       return isInt(u.id) && u.value instanceof Uint8Array ? { _tag: "ClientPropose", id: u.id, value: u.value } : undefined
@@ -156,7 +160,24 @@ export interface PaxosLogOptions {
    */
   readonly founding?: boolean
   readonly acceptClients?: boolean
+  /** Log compaction; default: a tail of 1 GiB and 1 day, checked every 5 s. */
+  readonly retention?: Partial<Retention>
 }
+
+/**
+ * What the log keeps: everything a live member still reads (its `needed`, or its chosen
+ * prefix), and a tail of at most `bytes` and `ms` behind the newest entries for members
+ * that come back; the rest is deleted every `everyMs`. A member is live while its
+ * heartbeats arrive (within `memberTimeoutMs`).
+ */
+export interface Retention {
+  readonly bytes: number
+  readonly ms: number
+  readonly everyMs: number
+  readonly memberTimeoutMs: number
+}
+
+export const defaultRetention: Retention = { bytes: 1024 * 1024 * 1024, ms: 86_400_000, everyMs: 5_000, memberTimeoutMs: 10_000 }
 
 export interface Position {
   readonly instance: number
@@ -171,6 +192,14 @@ export interface PaxosLogStatus {
   readonly reachable: ReadonlyArray<number>
   /** Durable writes: from issued to synced. */
   readonly writeMs: HistogramSummary
+  /** Where the stored log starts (compaction), and the bytes its files take. */
+  readonly compactedBelow: number
+  readonly logBytes: number
+  /**
+   * Every peer ahead has compacted past this node's chosen prefix: it cannot catch up by
+   * the log and needs an install of a peer's state from there (else null).
+   */
+  readonly needsInstall: number | null
   /** As leader: from an instance's first Accept to its value chosen. */
   readonly roundMs: HistogramSummary
 }
@@ -184,7 +213,7 @@ export interface PaxosLogShape {
   /** Chosen instances in order from `from` on: history from storage, then live. */
   readonly chosen: (from: number) => Stream.Stream<ChosenEntry, StorageError>
   /** The chosen value of one instance (waits until it is chosen here). */
-  readonly valueAt: (instance: number) => Effect.Effect<PaxosValue, StorageError>
+  readonly valueAt: (instance: number) => Effect.Effect<PaxosValue, StorageError | LogCompacted>
   /**
    * Calls `listener` with every chosen instance from `from` on, in order: first history,
    * then each new one synchronously as the log learns it (no queue, no fiber hop), until
@@ -205,6 +234,32 @@ export interface PaxosLogShape {
   readonly advertise: (flags: () => number) => Effect.Effect<void>
   /** Each peer's advertised flags, from its latest heartbeat no older than `maxAgeMs`. */
   readonly advertised: (maxAgeMs: number) => Effect.Effect<ReadonlyMap<number, number>>
+  /**
+   * The oldest instance the layer above still reads (asked at each heartbeat and each
+   * compaction; cheap, must not throw): neither this node nor its peers compact past it
+   * while this node is live. Without it, this node's chosen prefix counts.
+   */
+  readonly retain: (needed: () => number) => Effect.Effect<void>
+  /**
+   * Skips the chosen prefix to `upTo` (Input "Install" of core.ts): for a node that
+   * needsInstall, once the layer above has installed a peer's state at `upTo`. Completes
+   * once that is durable.
+   */
+  readonly install: (upTo: number) => Effect.Effect<void, StorageError>
+}
+
+/** The instance asked for is below where the stored log starts (compacted). */
+export class LogCompacted extends Data.TaggedError("LogCompacted")<{
+  /** What was asked for: a log instance, or a transaction's GTID seq. */
+  readonly instance?: number
+  readonly seq?: number
+  /** Where the log now starts. */
+  readonly compactedBelow: number
+}> {
+  override get message() {
+    const what = this.seq !== undefined ? `transaction seq ${this.seq}` : `instance ${this.instance}`
+    return `${what} is no longer in the log (compacted: it starts at instance ${this.compactedBelow})`
+  }
 }
 
 export const DEFAULT_MAX_VALUE_BYTES = 16 * 1024 * 1024
@@ -277,11 +332,17 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   /** What this node advertises on its heartbeats, and the peers' latest: flags and when heard. */
   let advertisedFlags = (): number => 0
   const peerFlags = new Map<number, { readonly flags: number; readonly at: number }>()
+  /** The oldest instance the layer above reads (PaxosLog.retain), and what each peer said of its own. */
+  let neededHere: (() => number) | undefined
+  const peerNeeds = new Map<number, { readonly needed: number; readonly at: number }>()
 
   const sendNow = (to: number, message: PaxosMessage) => {
     if (to === options.nodeId) step({ _tag: "Receive", from: to, message })
     else if (transport !== undefined) {
-      Effect.runSync(transport.send(to, message._tag === "Status" ? { ...message, flags: advertisedFlags() } : message))
+      Effect.runSync(transport.send(
+        to,
+        message._tag === "Status" ? { ...message, flags: advertisedFlags(), needed: Math.min(neededHere?.() ?? message.chosenUpTo, message.chosenUpTo) } : message
+      ))
     }
   }
 
@@ -397,7 +458,10 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     const m = item.message
     if (item._tag === "Peer") {
       if (m._tag.startsWith("Client")) return // a peer never sends client messages
-      if (m._tag === "Status" && m.flags !== undefined) peerFlags.set(item.from, { flags: m.flags, at: monotonicMs() })
+      if (m._tag === "Status") {
+        if (m.flags !== undefined) peerFlags.set(item.from, { flags: m.flags, at: monotonicMs() })
+        peerNeeds.set(item.from, { needed: Math.min(m.needed ?? m.chosenUpTo, m.chosenUpTo), at: monotonicMs() })
+      }
       step({ _tag: "Receive", from: item.from, message: m as PaxosMessage })
       return
     }
@@ -445,6 +509,30 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     forkScopedLogged("paxos: the tick loop")
   )
 
+  // ---- compaction -------------------------------------------------------------
+
+  const retention: Retention = { ...defaultRetention, ...options.retention }
+  /** The lowest instance this node or a live peer still reads: nothing from there on goes. */
+  const retainFrom = (): number => {
+    const now = monotonicMs()
+    let below = Math.min(core.chosenUpTo, neededHere?.() ?? core.chosenUpTo)
+    for (const [, p] of peerNeeds) if (now - p.at <= retention.memberTimeoutMs && p.needed < below) below = p.needed
+    return below
+  }
+  const compactOnce = Effect.gen(function*() {
+    if (failure !== undefined) return
+    const start = yield* storage.compact({ below: retainFrom(), retainBytes: retention.bytes, retainMs: retention.ms })
+    if (start > core.compactedBelow) {
+      step({ _tag: "Compact", below: start })
+      yield* Effect.logInfo(`paxos: the log now starts at instance ${start} (compacted)`)
+    }
+  })
+  yield* compactOnce.pipe(
+    Effect.catch((e) => Effect.logWarning("paxos: log compaction failed (tried again later)", e)),
+    Effect.repeat(Schedule.spaced(retention.everyMs)),
+    forkScopedLogged("paxos: log compaction")
+  )
+
   const propose = (value: Uint8Array, proposeOptions?: { readonly urgent?: boolean }): Effect.Effect<Position, ProposeError> =>
     Effect.callback<Position, ProposeError>((resume) => {
       if (failure !== undefined) return resume(Effect.fail(new ProposeTimeout({ timeoutMs: 0 })))
@@ -481,6 +569,10 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
           return true
         })
         if (joined) break
+        // Compacted away (or skipped by an install): the listener sees the jump, and a
+        // follower that needs every instance must tell (ClusterState does).
+        if (next < core.compactedBelow) next = core.compactedBelow
+        if (next >= chosenUpTo) continue
         const inMemory = core.chosenValue(next)
         if (inMemory !== undefined) {
           listener({ instance: next++, value: inMemory })
@@ -498,21 +590,26 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       yield* Effect.addFinalizer(() => Effect.sync(() => followers.delete(live)))
     })
 
-  const valueAt = (instance: number): Effect.Effect<PaxosValue, StorageError> =>
+  const valueAt = (instance: number): Effect.Effect<PaxosValue, StorageError | LogCompacted> =>
     Effect.gen(function*() {
       if (instance >= chosenUpTo) {
         const e = yield* Stream.runHead(chosen(instance))
         if (e._tag === "Some") return e.value.value
       }
+      if (instance < core.compactedBelow) return yield* new LogCompacted({ instance, compactedBelow: core.compactedBelow })
       const inMemory = core.chosenValue(instance)
       if (inMemory !== undefined) return inMemory
       const [e] = yield* storage.readChosen(instance, 1)
-      if (e?.instance !== instance) return yield* missing(instance)
+      if (e?.instance !== instance) {
+        if (instance < core.compactedBelow) return yield* new LogCompacted({ instance, compactedBelow: core.compactedBelow })
+        return yield* missing(instance)
+      }
       return e.value
     })
 
   const status = Effect.gen(function*() {
     const reachable = transport === undefined ? new Map<number, boolean>() : yield* transport.reachable
+    const usage = yield* storage.usage
     return {
       nodeId: options.nodeId,
       role: core.currentRole,
@@ -520,7 +617,10 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       pending: pending.size,
       reachable: [...reachable].filter(([, ok]) => ok).map(([id]) => id),
       writeMs: writeMs.summary(),
-      roundMs: roundMs.summary()
+      roundMs: roundMs.summary(),
+      compactedBelow: core.compactedBelow,
+      logBytes: usage.bytes,
+      needsInstall: core.needsInstall
     } satisfies PaxosLogStatus
   })
 
@@ -537,7 +637,17 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       return out
     })
 
-  return PaxosLog.of({ propose, chosen, valueAt, follow, status, lead, address: transport.address, advertise, advertised })
+  const retain = (needed: () => number) => Effect.sync(() => {
+    neededHere = needed
+  })
+  const install = (upTo: number) =>
+    Effect.suspend(() => {
+      step({ _tag: "Install", upTo })
+      const written = lastWrite
+      return Effect.tryPromise({ try: () => written, catch: (cause) => cause instanceof StorageError ? cause : new StorageError({ operation: "install", cause }) })
+    })
+
+  return PaxosLog.of({ propose, chosen, valueAt, follow, status, lead, address: transport.address, advertise, advertised, retain, install })
 })
 
 /**

@@ -1,0 +1,69 @@
+/**
+ * Bounded storage with real agents and mariadbd: the Paxos log, the cluster-state index and
+ * MariaDB's own binlog stay near the retained tail however much is written, and the
+ * cluster keeps replicating, restarting and failing over on what is left.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import * as LocalCluster from "../src/testing/LocalCluster.js"
+import { adminQuery, checksum, connect, createAppUser, run, statusOf, waitConverged, waitForMaster } from "./support/dbCluster.js"
+
+const MiB = 1024 * 1024
+const TABLE = "d.blobs"
+/** A 2 MiB tail in 1 MiB segments: a few MiB written is several times the tail. */
+const LOG = { retainMb: 2, segmentMb: 1 } as const
+
+const binlogBytes = (n: LocalCluster.LocalNode) =>
+  Effect.map(adminQuery<{ File_size: number | string }>(n, "SHOW BINARY LOGS"), (rows) => rows.reduce((s, r) => s + Number(r.File_size), 0))
+
+/** Writes `rows` rows of 64 KiB, one autocommit INSERT each, from `from` on. */
+const writeRows = (port: number, from: number, rows: number) =>
+  Effect.gen(function*() {
+    const conn = yield* connect(port)
+    for (let i = from; i < from + rows; i++) yield* run(conn, `INSERT INTO ${TABLE} VALUES (?, REPEAT(?, 65536))`, [i, String.fromCharCode(97 + (i % 26))])
+  })
+
+describe("log compaction", () => {
+  it.live("the log, its index and every MariaDB binlog stay bounded by the retained tail; restarts and failover still work", () =>
+    Effect.gen(function*() {
+      const c = yield* LocalCluster.make({ nodes: 3, database: true, log: LOG, ...(process.env.KEEP_DIR ? { dir: process.env.KEEP_DIR } : {}) })
+      const master = yield* waitForMaster(c, "a first master")
+      yield* createAppUser(master)
+      yield* adminQuery(master, "CREATE DATABASE IF NOT EXISTS d")
+      yield* adminQuery(master, `CREATE TABLE ${TABLE} (id INT PRIMARY KEY, b LONGBLOB)`)
+      // 16 MiB of row images: eight times the tail.
+      yield* writeRows(master.rwPort!, 1, 256)
+      yield* waitConverged(c, 60_000)
+      // Every node compacts (all live members applied everything) down to about the tail.
+      const bound = (LOG.retainMb + 3 * LOG.segmentMb) * MiB
+      yield* LocalCluster.waitFor("every node's log to be compacted to the tail", Effect.gen(function*() {
+        const ss = yield* Effect.forEach(c.nodes, statusOf)
+        return ss.every((s) => !("error" in s) && (s.paxos.compactedBelow ?? 0) > 0 && (s.paxos.logBytes ?? Infinity) <= bound)
+      }), 30_000)
+      yield* LocalCluster.waitFor("every MariaDB binlog to be purged to the tail", Effect.gen(function*() {
+        const sizes = yield* Effect.forEach(c.nodes, binlogBytes)
+        return sizes.every((b) => b <= (LOG.retainMb + 2) * MiB)
+      }), 30_000)
+
+      // A replica restarts: its database is within the tail, so it catches up from the log.
+      const replica = c.nodes.find((n) => n !== master)!
+      yield* replica.kill("SIGKILL")
+      yield* writeRows(master.rwPort!, 1000, 8)
+      yield* replica.start
+      yield* writeRows(master.rwPort!, 2000, 8)
+      yield* waitConverged(c, 60_000)
+      const sums = yield* Effect.forEach(c.nodes, (n) => checksum(n, TABLE))
+      expect(new Set(sums).size).toBe(1)
+
+      // The master's agent dies: another takes over on the compacted log.
+      yield* master.kill("SIGKILL")
+      const next = yield* waitForMaster(c, "a new master", master.nodeId, 30_000)
+      yield* writeRows(next.rwPort!, 3000, 4)
+      yield* master.start
+      yield* waitConverged(c, 60_000)
+      const after = yield* Effect.forEach(c.nodes, (n) => checksum(n, TABLE))
+      expect(new Set(after).size).toBe(1)
+      const [row] = yield* adminQuery<{ n: number }>(master, `SELECT COUNT(*) AS n FROM ${TABLE}`)
+      expect(Number(row!.n)).toBe(256 + 8 + 8 + 4)
+    }), 240_000)
+})
