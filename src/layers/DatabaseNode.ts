@@ -5,11 +5,13 @@
  * a DatabaseNode service that reports on them (status, GET /replica, the read flag peers
  * route by).
  */
-import { Context, Effect, Layer, Schedule, Stream } from "effect"
+import { Context, Effect, Layer, Schedule, type Scope, Stream } from "effect"
 import { type NodeConfig, retentionOf } from "../config/NodeConfig.js"
 import type { NodeStatus } from "../domain/cluster/nodeStatus.js"
 import { parseGtid } from "../domain/cluster/gtid.js"
-import type { Health } from "../services/admin/Admin.js"
+import { type Health, OfferRefused, type StreamOffer } from "../services/admin/Admin.js"
+import { ClusterState } from "../services/cluster/ClusterState.js"
+import { DATA_BYTES_HEADER, encodeSnapshot, SNAPSHOT_HEADER } from "../services/database/PeerCopy.js"
 import * as BinlogCapture from "../services/binlog/BinlogCapture.js"
 import * as BinlogServer from "../services/binlog/BinlogServer.js"
 import { BinlogSource } from "../services/binlog/BinlogSource.js"
@@ -32,6 +34,8 @@ export interface DatabaseNodeShape {
   readonly addresses: Proxy.ProxyShape["addresses"]
   /** POST /rebuild: 202 when this node takes the request, 409 when it refuses. */
   readonly rebuild: Effect.Effect<Health>
+  /** GET /backup: a copy of this node's database for a peer's rebuild, with the state it starts from. */
+  readonly backup: Effect.Effect<StreamOffer, OfferRefused, Scope.Scope>
 }
 
 export class DatabaseNode extends Context.Service<DatabaseNode, DatabaseNodeShape>()("phxmaria/DatabaseNode") {}
@@ -136,7 +140,7 @@ export const routeKeeperLayer = (config: NodeConfig, settings: Settings) =>
 const servesReads = (d: NodeDatabase.DatabaseStatus) => d.role === "replica" && d.diverged === null && d.up
 
 /** Reports on the database half, and advertises this node's read flag on its heartbeats. */
-const reportLayer = Layer.effect(
+const reportLayer = (config: NodeConfig) => Layer.effect(
   DatabaseNode,
   Effect.gen(function*() {
     const database = yield* NodeDatabase.NodeDatabase
@@ -144,8 +148,40 @@ const reportLayer = Layer.effect(
     const routing = yield* Routing.Routing
     const commitPath = yield* CommitPath
     const log = yield* PaxosLog
+    const cluster = yield* ClusterState
+    const { server, backup: copyDatabase } = yield* LocalMariaDb.LocalMariaDb
     // Peers send RO only to nodes that say they serve reads: no request per peer.
     yield* log.advertise(() => servesReads(Effect.runSync(database.status)) ? RouteKeeper.SERVES_READS : 0)
+
+    const refuse = (message: string) => new OfferRefused({ message })
+    /**
+     * A copy for a peer: the state first (with no large transaction half-accepted, whose
+     * parts would lie before it), the log kept from there while the copy runs, and the copy
+     * taken once this database holds everything below that state.
+     */
+    const backup = Effect.gen(function*() {
+      const d = yield* database.status
+      if (!d.up || d.diverged !== null || (d.role !== "replica" && d.role !== "master")) {
+        return yield* refuse(`node ${config.nodeId}'s database is ${d.diverged !== null ? "diverged" : d.up ? d.role : "down"}: ask another`)
+      }
+      const snapshot = yield* cluster.current.pipe(
+        Effect.repeat({ schedule: Schedule.spaced("100 millis"), until: (s) => s.state.partial == null }),
+        Effect.timeoutOrElse({ duration: "30 seconds", orElse: () => Effect.fail(refuse("a large transaction has been in flight for 30 s")) })
+      )
+      yield* database.pinLog(snapshot.appliedUpTo)
+      const target = snapshot.state.lastGtid
+      const applied = server.query("SELECT @@GLOBAL.gtid_binlog_pos AS pos").pipe(
+        Effect.map((rows) => NodeDatabase.localPosition(String((rows[0] as { pos?: unknown } | undefined)?.pos ?? ""), target?.domain ?? 0).gtid?.seq ?? 0),
+        Effect.orElseSucceed(() => 0)
+      )
+      yield* applied.pipe(
+        Effect.repeat({ schedule: Schedule.spaced("100 millis"), until: (seq) => seq >= (target?.seq ?? 0) }),
+        Effect.timeoutOrElse({ duration: "60 seconds", orElse: () => Effect.fail(refuse("this database did not catch up with the log within 60 s")) })
+      )
+      const copy = yield* copyDatabase.pipe(Effect.mapError((e) => refuse(e.message)))
+      yield* Effect.logInfo(`backup: giving a copy of about ${Math.round(copy.dataBytes / 1024 / 1024)} MB, from instance ${snapshot.appliedUpTo}`)
+      return { headers: { [SNAPSHOT_HEADER]: encodeSnapshot(snapshot), [DATA_BYTES_HEADER]: String(copy.dataBytes) }, body: copy.body } satisfies StreamOffer
+    })
     return DatabaseNode.of({
       status: Effect.gen(function*() {
         const [stats, routes] = [yield* proxy.stats, yield* routing.current]
@@ -160,6 +196,7 @@ const reportLayer = Layer.effect(
         body: { role: d.role, lag: d.lag, diverged: d.diverged, up: d.up }
       })),
       rebuild: Effect.map(database.requestRebuild, (r) => ({ ok: r.accepted, body: r })),
+      backup,
       addresses: proxy.addresses
     })
   })
@@ -179,10 +216,14 @@ export const layer = (config: NodeConfig) => {
   })
   const binlog = binlogServerLayer(config, settings).pipe(Layer.provide(chosenBinlogLayer(config, settings)))
   const routes = routeKeeperLayer(config, settings).pipe(Layer.provideMerge(DatabaseRole.layer))
-  const database = NodeDatabase.layer({ nodeId: config.nodeId, rebuildAuto: config.rebuild?.auto ?? true }).pipe(
+  const database = NodeDatabase.layer({
+    nodeId: config.nodeId,
+    rebuildAuto: config.rebuild?.auto ?? true,
+    donors: config.members.map((m) => ({ nodeId: m.nodeId, host: m.host, adminPort: m.adminPort }))
+  }).pipe(
     Layer.provideMerge(Layer.mergeAll(binlog, routes, commitPathLayer, proxyLayer(config, settings)))
   )
-  return reportLayer.pipe(
+  return reportLayer(config).pipe(
     Layer.provideMerge(database),
     Layer.provideMerge(table),
     Layer.provideMerge(mariadb)

@@ -81,7 +81,11 @@ const runningNode = (config: NodeConfig) =>
       host: self.host,
       port: self.adminPort,
       status,
-      ...(database === undefined ? {} : { replica: database.replicaHealth, rebuild: database.rebuild })
+      ...(database === undefined ? {} : {
+        replica: database.replicaHealth,
+        rebuild: database.rebuild,
+        backup: { peers: config.members.map((m) => m.host), offer: database.backup }
+      })
     })
     return RunningNode.of({
       nodeId: config.nodeId,

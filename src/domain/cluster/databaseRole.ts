@@ -114,12 +114,41 @@ export const rebuildProgress = (o: {
   const txnsPerS = applied / elapsedS
   return {
     reason: o.reason,
+    phase: "replay" as const,
     elapsedS: Math.round(elapsedS * 10) / 10,
     appliedTxns: applied,
     targetTxns: o.target,
     percent: o.target === 0 ? 100 : Math.round((1000 * applied) / o.target) / 10,
     txnsPerS: Math.round(txnsPerS * 10) / 10,
     etaS: applied >= o.target ? 0 : txnsPerS > 0 ? Math.round((o.target - applied) / txnsPerS) : null
+  }
+}
+
+/** How far a rebuild's copy from a peer has come, in bytes of the donor's datadir (an estimate: the copy may differ a little). */
+export const copyProgress = (o: {
+  readonly reason: string
+  readonly donor: number
+  readonly elapsedMs: number
+  readonly copiedBytes: number
+  readonly totalBytes: number
+}) => {
+  const elapsedS = Math.max(o.elapsedMs, 1) / 1000
+  const MB = 1024 * 1024
+  const mbPerS = o.copiedBytes / MB / elapsedS
+  const left = Math.max(o.totalBytes - o.copiedBytes, 0) / MB
+  return {
+    reason: o.reason,
+    phase: "copy" as const,
+    donor: o.donor,
+    elapsedS: Math.round(elapsedS * 10) / 10,
+    copiedMb: Math.round((10 * o.copiedBytes) / MB) / 10,
+    totalMb: Math.round((10 * o.totalBytes) / MB) / 10,
+    percent: o.totalBytes === 0 ? 0 : Math.min(100, Math.round((1000 * o.copiedBytes) / o.totalBytes) / 10),
+    mbPerS: Math.round(mbPerS * 10) / 10,
+    etaS: left === 0 ? 0 : mbPerS > 0 ? Math.round(left / mbPerS) : null,
+    appliedTxns: 0,
+    targetTxns: 0,
+    txnsPerS: 0
   }
 }
 

@@ -42,11 +42,17 @@ export const NodeStatus = Schema.Struct({
     diverged: Schema.NullOr(Schema.String),
     replicationError: Schema.NullOr(Schema.String),
     /**
-     * A rebuild under way (the new server replaying the chosen log) until it has caught up:
-     * transactions applied of those the log had when it began, the rate and the time left.
+     * A rebuild under way until it has caught up. Phase "copy": bytes of a peer's copy
+     * (`donor`) received, of about `totalMb`; then "replay": transactions applied of those
+     * the log had when it began. Each with the rate and the time left.
      */
     rebuild: Schema.optional(Schema.NullOr(Schema.Struct({
       reason: Schema.String,
+      phase: Schema.optional(Schema.Literals(["copy", "replay"])),
+      donor: Schema.optional(Schema.Int),
+      copiedMb: Schema.optional(Schema.Number),
+      totalMb: Schema.optional(Schema.Number),
+      mbPerS: Schema.optional(Schema.Number),
       elapsedS: Schema.Number,
       appliedTxns: Schema.Number,
       targetTxns: Schema.Number,
@@ -130,7 +136,10 @@ export const renderStatusTable = (
   const diverged = rows.flatMap((r) => ("error" in r.status || r.status.database?.diverged == null ? [] : [`node ${r.nodeId} DIVERGED: ${r.status.database.diverged}`]))
   const rebuilding = rows.flatMap((r) => {
     const b = "error" in r.status ? undefined : r.status.database?.rebuild
-    return b == null ? [] : [`node ${r.nodeId} rebuilding (${b.reason}): ${b.appliedTxns} of ${b.targetTxns} transactions, ${b.txnsPerS}/s, about ${b.etaS ?? "?"} s left`]
+    if (b == null) return []
+    return b.phase === "copy"
+      ? [`node ${r.nodeId} rebuilding (${b.reason}): copying from node ${b.donor}, ${b.copiedMb} of ${b.totalMb} MB, ${b.mbPerS} MB/s, about ${b.etaS ?? "?"} s left`]
+      : [`node ${r.nodeId} rebuilding (${b.reason}): ${b.appliedTxns} of ${b.targetTxns} transactions, ${b.txnsPerS}/s, about ${b.etaS ?? "?"} s left`]
   })
   return [fmt(header), ...lines.map(fmt), "", summary, ...diverged, ...rebuilding].join("\n")
 }

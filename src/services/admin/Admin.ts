@@ -3,9 +3,10 @@
  * this machine only). Anything else gets 404/405; a malformed request closes that
  * connection (Node's parser rejects it) and is logged.
  */
-import { Data, Effect } from "effect"
+import { Data, Effect, Exit, Scope } from "effect"
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
 import type { Socket } from "node:net"
+import type { Readable } from "node:stream"
 
 export class AdminListenError extends Data.TaggedError("AdminListenError")<{
   readonly host: string
@@ -21,6 +22,15 @@ export class AdminBadRequest extends Data.TaggedError("AdminBadRequest")<{
   readonly remote: string
   readonly cause: unknown
 }> {}
+
+/** A stream offered on GET /backup: its headers and body. */
+export interface StreamOffer {
+  readonly headers: Readonly<Record<string, string>>
+  readonly body: Readable
+}
+
+/** Why this node will not give a copy now (409 with the message). */
+export class OfferRefused extends Data.TaggedError("OfferRefused")<{ readonly message: string }> {}
 
 /** A health answer: 200 when `ok`, else 503, with `body` as JSON. */
 export interface Health {
@@ -43,6 +53,12 @@ export const serve = <A>(options: {
    * authentication yet, so only loopback callers (the CLI on this machine) are heard.
    */
   readonly rebuild?: Effect.Effect<Health>
+  /**
+   * GET /backup: a copy of this node's database for a peer that rebuilds (200 and the
+   * stream, 409 when refused), taken from loopback and the `peers` addresses only. The
+   * offer's scope closes when the response ends or the connection drops.
+   */
+  readonly backup?: { readonly peers: ReadonlyArray<string>; readonly offer: Effect.Effect<StreamOffer, OfferRefused, Scope.Scope> }
 }) =>
   Effect.gen(function*() {
     const run = Effect.runPromise
@@ -66,12 +82,44 @@ export const serve = <A>(options: {
         return void run(options.rebuild).then((h) => reply(h.ok ? 202 : 409, h.body), (e) => reply(500, { error: String(e) }))
       }
       if (req.method !== "GET") return reply(405, { error: "method not allowed" })
+      if (path === "/backup" && options.backup !== undefined) {
+        const remote = req.socket.remoteAddress ?? ""
+        if (!isLoopback(remote) && !options.backup.peers.includes(remote.replace(/^::ffff:/, ""))) {
+          return reply(403, { error: "GET /backup is taken from this cluster's members only" })
+        }
+        return void offerStream(options.backup.offer, res, reply)
+      }
       if (path === "/replica" && options.replica !== undefined) {
         return void run(options.replica).then((h) => reply(h.ok ? 200 : 503, h.body), (e) => reply(500, { error: String(e) }))
       }
       if (path !== "/status") return reply(404, { error: "not found", paths: options.replica === undefined ? ["/status"] : ["/status", "/replica"] })
       run(options.status).then((s) => reply(200, s), (e) => reply(500, { error: String(e) }))
     })
+    /** Streams an offer; its scope closes once the response is done, whichever way. */
+    const offerStream = async (
+      offer: Effect.Effect<StreamOffer, OfferRefused, Scope.Scope>,
+      res: ServerResponse,
+      reply: (code: number, body: unknown) => void
+    ) => {
+      const scope = Effect.runSync(Scope.make())
+      const close = () => void Effect.runPromise(Scope.close(scope, Exit.void))
+      const exit = await Effect.runPromiseExit(Scope.provide(offer, scope))
+      if (exit._tag === "Failure") {
+        close()
+        const refused = exit.cause.reasons.find((r) => r._tag === "Fail")
+        return reply(refused !== undefined ? 409 : 500, { error: refused !== undefined ? (refused.error as OfferRefused).message : String(exit.cause) })
+      }
+      const { headers, body } = exit.value
+      res.writeHead(200, { "content-type": "application/octet-stream", ...headers })
+      res.on("close", close)
+      // A copy that fails half-way ends the connection without the last chunk: never a short copy taken for whole.
+      body.on("error", (e) => {
+        Effect.runFork(Effect.logWarning("admin: GET /backup failed while streaming", e))
+        res.destroy(e)
+      })
+      body.pipe(res)
+    }
+
     server.on("clientError", (cause, socket) => {
       const peer = socket as Socket
       logBad(new AdminBadRequest({ remote: `${peer.remoteAddress}:${peer.remotePort}`, cause }))

@@ -81,10 +81,22 @@ const toSource = (t: LoggedTxn): SourceTxn => {
  * past the log's end, or the log holds another transaction under that sequence number.
  */
 export const checkPosition = Effect.fnUntraced(function*(position: Gtid | null) {
-  if (position === null) return
   const cluster = yield* ClusterState
-  const last = (yield* cluster.current).state.lastGtid
+  const start = yield* cluster.logStart
+  // The log no longer holds what follows the replica: only a copy can bring it back.
+  if (position === null) {
+    if (start.seq > 1) return yield* new UnknownPosition({ requested: "(empty)", reason: "purged" })
+    return
+  }
   const requested = formatGtid(position)
+  if (position.seq === start.seq - 1 && start.after !== null) {
+    if (start.after.server !== position.server || start.after.domain !== position.domain) {
+      return yield* new UnknownPosition({ requested, reason: "diverged" })
+    }
+    return
+  }
+  if (position.seq < start.seq - 1) return yield* new UnknownPosition({ requested, reason: "purged" })
+  const last = (yield* cluster.current).state.lastGtid
   if (last !== null && position.domain !== last.domain) {
     return yield* new UnknownPosition({ requested, reason: "other-domain" })
   }

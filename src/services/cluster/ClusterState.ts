@@ -80,6 +80,11 @@ export interface ClusterStateShape {
    */
   readonly install: (snapshot: ClusterSnapshot) => Effect.Effect<void>
   /**
+   * The first transaction seq this node's log still holds, and the GTID of the one just
+   * before it when known (after an install: the snapshot's last).
+   */
+  readonly logStart: Effect.Effect<{ readonly seq: number; readonly after: BinlogTxn["gtid"] | null }>
+  /**
    * Proposes an entry and waits until this node has applied it: its outcome. `timing`, when
    * given, gets when the log reported the entry chosen and when its outcome was known.
    */
@@ -213,6 +218,7 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
   /** The first transaction still in the log (older ones were compacted, or skipped by an install). */
   let logStartSeq = 0
   let logStart = 0
+  let logStartsAfter: BinlogTxn["gtid"] | null = null
 
   /**
    * Entries proposed here, by their encoded bytes: when this node leads, the chosen value
@@ -467,7 +473,11 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
       }
       if (doomed.length > 0) await entries.transaction(() => doomed.forEach((key) => entries.remove(key)))
       // Nothing indexed is left: the log holds no transaction older than the next one.
-      logStartSeq = start ?? (current.state.lastGtid?.seq ?? 0) + 1
+      const startSeq = start ?? (current.state.lastGtid?.seq ?? 0) + 1
+      if (startSeq > logStartSeq) {
+        logStartSeq = startSeq
+        logStartsAfter = null
+      }
     })
   yield* log.status.pipe(
     Effect.flatMap((s) => prune(s.compactedBelow)),
@@ -488,6 +498,7 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
       yield* Effect.promise(() => writeSnapshot(snapshot))
       logStart = snapshot.appliedUpTo
       logStartSeq = (snapshot.state.lastGtid?.seq ?? 0) + 1
+      logStartsAfter = snapshot.state.lastGtid
       yield* SubscriptionRef.set(masterRef, snapshot)
       const ready = progressWaiters.filter((w) => w.done(snapshot))
       progressWaiters = progressWaiters.filter((w) => !w.done(snapshot))
@@ -497,6 +508,7 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
   return ClusterState.of({
     neededFor,
     install,
+    logStart: Effect.sync(() => ({ seq: Math.max(logStartSeq, 1), after: logStartsAfter })),
     current: Effect.sync(() => current),
     transactionsFrom,
     masterChanges: SubscriptionRef.changes(masterRef),

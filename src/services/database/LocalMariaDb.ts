@@ -3,10 +3,14 @@
  * data dir) or attached (the operator runs it), with the node-local replication login its
  * capture client and binlog server share.
  */
-import { Context, Effect, Layer, Schedule } from "effect"
+import { Context, Data, Effect, Layer, Schedule, type Scope } from "effect"
+import { spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
-import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
+import type { Readable } from "node:stream"
+import { findBinary } from "./MariaDbLayout.js"
+import { formatGtid, type Gtid, parseGtid } from "../../domain/cluster/gtid.js"
 import * as MariaDbServer from "./MariaDbServer.js"
 import { forkScopedLogged } from "../fibers.js"
 
@@ -52,6 +56,68 @@ export interface LocalMariaDbShape {
    * one), starts a new server on a new datadir and creates the replication login on it.
    */
   readonly reinstall: Effect.Effect<string, MariaDbServer.MariaDbStartError | MariaDbServer.MariaDbNotManaged>
+  /**
+   * Managed only: a consistent physical copy of the running server (mariadb-backup, as an
+   * mbstream on `body`) and about how many bytes its datadir holds. The server keeps
+   * serving; the copy stops when the scope closes.
+   */
+  readonly backup: Effect.Effect<{ readonly body: Readable; readonly dataBytes: number }, BackupFailed | MariaDbServer.MariaDbNotManaged, Scope.Scope>
+  /**
+   * Managed only: replaces the server by a copy read from `body` (an mbstream from a peer's
+   * {@link LocalMariaDbShape.backup}): unpacked and prepared beside the old one, which is
+   * only then set aside (as `<dir>.diverged`), and started with the copy's GTID position as
+   * its binlog state. A failure before the swap leaves the old dir where it was.
+   */
+  readonly restore: (body: Readable) => Effect.Effect<{ readonly gtid: Gtid | null; readonly aside: string }, BackupFailed | MariaDbServer.MariaDbStartError | MariaDbServer.MariaDbNotManaged>
+}
+
+/** mariadb-backup or mbstream failed (with what it printed last). */
+export class BackupFailed extends Data.TaggedError("BackupFailed")<{ readonly stage: string; readonly message: string }> {}
+
+/** Runs a tool to its end; fails with its last output. `stdin` is piped in when given. */
+const runTool = (stage: string, bin: string, args: ReadonlyArray<string>, stdin?: Readable) =>
+  Effect.callback<void, BackupFailed>((resume) => {
+    const child = spawn(bin, args, { stdio: [stdin === undefined ? "ignore" : "pipe", "ignore", "pipe"] })
+    let tail = ""
+    child.stderr!.on("data", (d: Buffer) => {
+      tail = (tail + d.toString("utf8")).slice(-2000)
+    })
+    if (stdin !== undefined) {
+      stdin.on("error", (e) => {
+        tail += `\ninput: ${e.message}`
+        child.kill("SIGKILL")
+      })
+      child.stdin!.on("error", () => undefined)
+      stdin.pipe(child.stdin!)
+    }
+    child.on("error", (e) => resume(Effect.fail(new BackupFailed({ stage, message: e.message }))))
+    child.on("close", (code, signal) =>
+      resume(code === 0 ? Effect.void : Effect.fail(new BackupFailed({ stage, message: `exit ${code ?? signal}: ${tail.trim()}` }))))
+    return Effect.sync(() => {
+      if (child.exitCode === null) child.kill("SIGKILL")
+    })
+  })
+
+/** Bytes under a directory (files only). */
+const bytesUnder = (dir: string): number => {
+  let n = 0
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name)
+    if (e.isDirectory()) n += bytesUnder(p)
+    else if (e.isFile()) n += statSync(p).size
+  }
+  return n
+}
+
+/** The GTID position a prepared copy holds (xtrabackup_binlog_info in 10.x, mariadb_backup_binlog_info later). */
+const copiedPosition = (dataDir: string): Gtid | null => {
+  for (const name of ["mariadb_backup_binlog_info", "xtrabackup_binlog_info"]) {
+    const file = join(dataDir, name)
+    if (!existsSync(file)) continue
+    const gtids = (readFileSync(file, "utf8").trim().split("\t")[2] ?? "").split(",")
+    return parseGtid(gtids[0] ?? "") ?? null
+  }
+  return null
 }
 
 export class LocalMariaDb extends Context.Service<LocalMariaDb, LocalMariaDbShape>()("phxmaria/LocalMariaDb") {}
@@ -100,6 +166,9 @@ export const managedServerConfig = (
   // agent's own logins: a full proxy never locks the capture client out.
   max_connections: 4200
 })
+
+const startError = (dir: string) => (cause: { readonly message: string }) =>
+  new MariaDbServer.MariaDbStartError({ stage: "timeout", message: `the restored server: ${cause.message}`, dir })
 
 /** The replication password of this node (local to it: its capture client and its binlog server). */
 const replicationPassword = (dataDir: string): string => {
@@ -198,7 +267,79 @@ export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
       forkScopedLogged("mariadb: purging binlog files beyond log.retainMb")
     )
   }
-  return LocalMariaDb.of({ server, managed, replication: { user: REPLICATION_USER, password }, reinstall })
+  const backup = Effect.gen(function*() {
+    const dir = server.dir
+    if (!managed || dir === undefined || server.dataDir === undefined || server.socket === undefined) {
+      return yield* new MariaDbServer.MariaDbNotManaged({ operation: "backup" })
+    }
+    const bin = yield* findBinary("mariadb-backup").pipe(Effect.mapError((e) => new BackupFailed({ stage: "backup", message: e.message })))
+    const work = join(dir, `backup-${Date.now()}`)
+    const dataBytes = bytesUnder(server.dataDir)
+    const child = yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        mkdirSync(work, { recursive: true })
+        return spawn(bin, [
+          "--backup",
+          "--stream=mbstream",
+          `--target-dir=${work}`,
+          `--datadir=${server.dataDir}`,
+          `--socket=${server.socket}`,
+          `--user=${server.user}`
+        ], { stdio: ["ignore", "pipe", "pipe"] })
+      }),
+      (c) => Effect.sync(() => {
+        if (c.exitCode === null) c.kill("SIGKILL")
+        rmSync(work, { recursive: true, force: true })
+      })
+    )
+    let tail = ""
+    child.stderr!.on("data", (d: Buffer) => {
+      tail = (tail + d.toString("utf8")).slice(-2000)
+    })
+    // A failed copy must not look like a short one: the stream errors instead of ending.
+    child.on("close", (code) => {
+      if (code !== 0) child.stdout!.destroy(new Error(`mariadb-backup failed (exit ${code}): ${tail.trim()}`))
+    })
+    return { body: child.stdout!, dataBytes }
+  })
+
+  const restore = (body: Readable) =>
+    Effect.gen(function*() {
+      const dir = server.dir
+      if (!managed || dir === undefined) return yield* new MariaDbServer.MariaDbNotManaged({ operation: "restore" })
+      const bin = yield* Effect.all([findBinary("mbstream"), findBinary("mariadb-backup")]).pipe(
+        Effect.mapError((e) => new BackupFailed({ stage: "binaries", message: e.message }))
+      )
+      const incoming = `${dir}.incoming`
+      const data = join(incoming, "data")
+      yield* Effect.sync(() => {
+        rmSync(incoming, { recursive: true, force: true })
+        mkdirSync(data, { recursive: true })
+      })
+      const unpacked = Effect.andThen(
+        runTool("unpack", bin[0], ["-x", "-C", data], body),
+        runTool("prepare", bin[1], ["--prepare", `--target-dir=${data}`])
+      )
+      // Nothing half-copied is ever started: a failure before the swap removes the copy.
+      yield* unpacked.pipe(Effect.onError(() => Effect.sync(() => rmSync(incoming, { recursive: true, force: true }))))
+      const gtid = copiedPosition(data)
+      const aside = `${dir}.diverged`
+      yield* server.kill
+      yield* Effect.sync(() => {
+        rmSync(aside, { recursive: true, force: true })
+        renameSync(dir, aside)
+        renameSync(incoming, dir)
+      })
+      yield* server.start
+      // The copy has no binlog: its position becomes the new binlog's state (so the server
+      // says where it is, and a replica of the chosen log resumes after it).
+      yield* server.query("RESET MASTER").pipe(Effect.mapError(startError(dir)))
+      if (gtid !== null) yield* server.query("SET GLOBAL gtid_binlog_state = ?", [formatGtid(gtid)]).pipe(Effect.mapError(startError(dir)))
+      yield* withLogin.pipe(Effect.mapError(startError(dir)))
+      return { gtid, aside }
+    })
+
+  return LocalMariaDb.of({ server, managed, replication: { user: REPLICATION_USER, password }, reinstall, backup, restore })
 })
 
 export const layer = (options: LocalMariaDbOptions) => Layer.effect(LocalMariaDb, make(options))

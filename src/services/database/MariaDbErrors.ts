@@ -25,7 +25,7 @@ export class MariaDbQueryError extends Data.TaggedError("MariaDbQueryError")<{
 
 /** kill/start/restart on a server the operator runs: not ours to touch. */
 export class MariaDbNotManaged extends Data.TaggedError("MariaDbNotManaged")<{
-  readonly operation: "kill" | "start" | "restart" | "reinstall"
+  readonly operation: "kill" | "start" | "restart" | "reinstall" | "backup" | "restore"
 }> {
   override get message() {
     return `cannot ${this.operation} an attached MariaDB server: it is managed by the operator`

@@ -31,8 +31,10 @@ import { BinlogServer } from "../binlog/BinlogServer.js"
 import { CommitPath } from "../binlog/BinlogSync.js"
 import { RouteRefresh } from "../proxy/RouteKeeper.js"
 import { DatabaseRoleCell, type DbRole } from "./DatabaseRole.js"
-import { afterFailure, mayServeRw, nextStep, pauseMs, readinessOf, rebuildProgress } from "../../domain/cluster/databaseRole.js"
+import { afterFailure, copyProgress, mayServeRw, nextStep, pauseMs, readinessOf, rebuildProgress } from "../../domain/cluster/databaseRole.js"
 import { LocalMariaDb } from "./LocalMariaDb.js"
+import { fetchCopy } from "./PeerCopy.js"
+import { SERVES_READS } from "../proxy/RouteKeeper.js"
 import { MasterLease, ReadinessCell } from "../cluster/MasterLease.js"
 import { Proxy } from "../proxy/Proxy.js"
 import { forkScopedLogged } from "../fibers.js"
@@ -64,8 +66,8 @@ export interface DatabaseStatus {
   readonly diverged: string | null
   /** Replica thread errors, if any. */
   readonly replicationError: string | null
-  /** A rebuild's replay until it has caught up; null otherwise. */
-  readonly rebuild: ReturnType<typeof rebuildProgress> | null
+  /** A rebuild's copy, then its replay until it has caught up; null otherwise. */
+  readonly rebuild: ReturnType<typeof rebuildProgress> | ReturnType<typeof copyProgress> | null
 }
 
 export interface NodeDatabaseShape {
@@ -79,6 +81,8 @@ export interface NodeDatabaseShape {
    * refused by one that serves or may serve RW; carried out at the role loop's next step.
    */
   readonly requestRebuild: Effect.Effect<{ readonly accepted: boolean; readonly message: string }>
+  /** Keeps the log from `instance` on (here and on live peers) while the scope is open: a copy being taken needs it. */
+  readonly pinLog: (instance: number) => Effect.Effect<void, never, Scope.Scope>
 }
 
 export class NodeDatabase extends Context.Service<NodeDatabase, NodeDatabaseShape>()("phxmaria/NodeDatabase") {}
@@ -114,7 +118,13 @@ export interface NodeDatabaseOptions {
   readonly tickMs?: number
   /** Rebuild a diverged managed server from the chosen log; default true. */
   readonly rebuildAuto?: boolean
+  /** Where the cluster's members serve GET /backup (their admin ports): the donors of a rebuild. */
+  readonly donors?: ReadonlyArray<{ readonly nodeId: number; readonly host: string; readonly adminPort: number }>
 }
+
+/** Why a node whose peers compacted their logs past its own cannot serve. */
+const behindLog = (start: number) =>
+  `behind the retained log: every peer's log starts past this node's (at instance ${start}); it needs a copy from a peer`
 
 /** At most one rebuild per this long: a node that keeps diverging is not rebuilt in a loop. */
 const REBUILD_EVERY_MS = 60_000
@@ -150,7 +160,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   const lease = yield* MasterLease
   const proxy = yield* Proxy
   const readinessCell = yield* ReadinessCell
-  const { server: db, managed, replication, reinstall } = yield* LocalMariaDb
+  const { server: db, managed, replication, reinstall, restore } = yield* LocalMariaDb
   const binlogServer = yield* BinlogServer
   const routes = yield* RouteRefresh
   const commitPath = yield* CommitPath
@@ -177,8 +187,17 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   let probedAt = -Infinity
 
   // The log is kept from this database's next transaction on (here and, while this node is
-  // live, on its peers): compaction never takes what it has yet to apply.
-  yield* (yield* PaxosLog).retain(() => cluster.neededFor((local?.seq ?? 0) + 1))
+  // live, on its peers): compaction never takes what it has yet to apply, nor what a copy
+  // being taken here will need (pins).
+  const log = yield* PaxosLog
+  const pins = new Map<symbol, number>()
+  yield* log.retain(() => Math.min(cluster.neededFor((local?.seq ?? 0) + 1), ...pins.values()))
+  const pinLog = (instance: number) =>
+    Effect.acquireRelease(Effect.sync(() => {
+      const key = Symbol()
+      pins.set(key, instance)
+      return key
+    }), (key) => Effect.sync(() => pins.delete(key))).pipe(Effect.asVoid)
 
   /** What the lease sees: a replica that applied everything, or the master while it serves. */
   const publishReadiness = Effect.suspend(() => readinessCell.set(readinessOf(role, lag)))
@@ -296,7 +315,12 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     yield* setRole("calibrating")
     yield* waitUp
     yield* q("SET GLOBAL read_only = ON")
-    yield* barrier
+    // A node the log left behind never applies the barrier: it learns so from its peers.
+    const behind = yield* Effect.raceFirst(
+      Effect.as(barrier, null),
+      log.needsInstall.pipe(Effect.repeat({ schedule: Schedule.spaced("200 millis"), until: (n) => n !== null }))
+    )
+    if (behind !== null) return yield* markDiverged(behindLog(behind))
     let extra = yield* extraOverLog
     // Commits still waiting for an ACK could be ones that arrived after the comparison:
     // a crash restart settles them too (prepared ones are truncated, chosen ones come back
@@ -329,6 +353,8 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
    * node stays idle, a catching-up one is watched closely (readiness for election).
    */
   const monitorReplica = Effect.gen(function*() {
+    const behind = yield* log.needsInstall
+    if (behind !== null) return yield* markDiverged(behindLog(behind))
     const last = (yield* cluster.current).state.lastGtid
     const now = monotonicMs()
     if (lag === 0 && checkedLast !== undefined && gtidEquals(last, checkedLast) && now - checkedAt < IDLE_REPLICA_CHECK_MS) return
@@ -464,38 +490,97 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   })
 
   /**
-   * A diverged server is set aside whole (kept as `<dir>.diverged` for the operator) and a
-   * new one starts empty; the role machine starts over, and the new server, a replica,
-   * applies the chosen log from its start (the log is not compacted yet).
+   * A diverged server (or one the log left behind, or an operator's) is replaced whole: by a
+   * copy of a healthy peer's database (a replica that serves reads, else the master), or,
+   * with no peer to give one while the log still starts at its first transaction, by a new
+   * empty server that replays the chosen log. The old dir is kept as `<dir>.diverged`; the
+   * role machine starts over on the new server.
    */
   let rebuiltAt = -Infinity
   let rebuildRequested = false
   /** The rebuild whose replay is under way: why, when, and how many transactions the log had then. */
   let rebuilding: { readonly reason: string; readonly startedAt: number; readonly target: number } | undefined
+  /** The copy from a peer under way, bytes received so far. */
+  let copying: { readonly reason: string; readonly donor: number; readonly startedAt: number; copied: number; readonly total: number } | undefined
   const progress = () =>
-    rebuilding === undefined ? null : rebuildProgress({
-      reason: rebuilding.reason,
-      elapsedMs: monotonicMs() - rebuilding.startedAt,
-      applied: local?.seq ?? 0,
-      target: rebuilding.target
-    })
+    copying !== undefined
+      ? copyProgress({ reason: copying.reason, donor: copying.donor, elapsedMs: monotonicMs() - copying.startedAt, copiedBytes: copying.copied, totalBytes: copying.total })
+      : rebuilding === undefined
+      ? null
+      : rebuildProgress({
+        reason: rebuilding.reason,
+        elapsedMs: monotonicMs() - rebuilding.startedAt,
+        applied: local?.seq ?? 0,
+        target: rebuilding.target
+      })
+
+  /** A copy of one donor's database in place of this one (and its state, when the log left this node behind). */
+  const copyFrom = (donor: { readonly nodeId: number; readonly host: string; readonly adminPort: number }, reason: string) =>
+    Effect.scoped(Effect.gen(function*() {
+      const offer = yield* fetchCopy(donor.host, donor.adminPort)
+      const state = { reason, donor: donor.nodeId, startedAt: monotonicMs(), copied: 0, total: offer.dataBytes }
+      copying = state
+      offer.body.on("data", (chunk: Buffer) => {
+        state.copied += chunk.length
+      })
+      const restored = yield* restore(offer.body)
+      // Behind every peer's log: this node takes the donor's state from where the copy began.
+      const { needsInstall } = yield* log.status
+      if (needsInstall !== null && offer.snapshot.appliedUpTo > (yield* cluster.current).appliedUpTo) {
+        yield* cluster.install(offer.snapshot)
+        yield* log.install(offer.snapshot.appliedUpTo)
+        yield* Effect.logInfo(`installed node ${donor.nodeId}'s state at instance ${offer.snapshot.appliedUpTo}`)
+      }
+      yield* Effect.logInfo(
+        `rebuild: copied ${Math.round(state.copied / 1024 / 1024)} MB from node ${donor.nodeId} in ${Math.round(monotonicMs() - state.startedAt)} ms, ` +
+          `at ${restored.gtid === null ? "the start" : formatGtid(restored.gtid)}`
+      )
+      return restored
+    })).pipe(Effect.ensuring(Effect.sync(() => {
+      copying = undefined
+    })))
+
+  /** Donors in order of preference: replicas that serve reads, then the master; never this node. */
+  const donorsNow = Effect.gen(function*() {
+    const flags = yield* log.advertised(5_000)
+    const master = (yield* cluster.current).state.master
+    const others = (options.donors ?? []).filter((d) => d.nodeId !== nodeId)
+    const readable = others.filter((d) => ((flags.get(d.nodeId) ?? 0) & SERVES_READS) !== 0)
+    return [...readable, ...others.filter((d) => d.nodeId === master && !readable.includes(d))]
+  })
+
   const rebuild = Effect.gen(function*() {
     rebuiltAt = monotonicMs()
-    rebuilding = {
-      reason: diverged !== null ? `diverged: ${diverged}` : "requested by an operator",
-      startedAt: rebuiltAt,
-      target: (yield* cluster.current).state.lastGtid?.seq ?? 0
-    }
     rebuildRequested = false
-    yield* Effect.logWarning(
-      `rebuilding this node's database from the chosen log (${diverged !== null ? `it had diverged: ${diverged}` : "an operator asked for it"})`
-    )
+    const reason = diverged !== null ? `diverged: ${diverged}` : "requested by an operator"
+    yield* Effect.logWarning(`rebuilding this node's database (${diverged !== null ? `it had diverged: ${diverged}` : "an operator asked for it"})`)
     // Off the routes first: nobody is sent to a server about to be set aside.
     yield* setRole("starting")
-    const aside = yield* reinstall.pipe(Effect.mapError((cause) => new DatabaseStartFailed({ operation: "rebuild", cause })))
-    yield* Effect.logWarning(`the old datadir is kept in ${aside}; a new server replays the chosen log`)
+    let copied: { readonly gtid: Gtid | null; readonly aside: string } | undefined
+    for (const donor of yield* donorsNow) {
+      const r = yield* Effect.result(copyFrom(donor, reason))
+      if (r._tag === "Success") {
+        copied = r.success
+        break
+      }
+      yield* Effect.logWarning(`rebuild: no copy from node ${donor.nodeId}: ${r.failure.message}`)
+    }
+    let aside: string
+    if (copied !== undefined) aside = copied.aside
+    else {
+      if ((yield* cluster.logStart).seq > 1) {
+        return yield* new DatabaseStartFailed({
+          operation: "rebuild",
+          cause: "no peer gave a copy (none serves reads, or each refused) and the log no longer starts at the first transaction; tried again later"
+        })
+      }
+      aside = yield* reinstall.pipe(Effect.mapError((cause) => new DatabaseStartFailed({ operation: "rebuild", cause })))
+      yield* Effect.logWarning("no peer gave a copy: a new empty server replays the chosen log")
+    }
+    yield* Effect.logWarning(`the old datadir is kept in ${aside}`)
+    rebuilding = { reason, startedAt: monotonicMs(), target: (yield* cluster.current).state.lastGtid?.seq ?? 0 }
     // What was known of the old server says nothing of the new one.
-    local = null
+    local = copied?.gtid ?? null
     lag = null
     diverged = null
     yield* proxy.refuseRo(false)
@@ -587,6 +672,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
         rebuild: progress()
       })),
       roles,
+      pinLog,
       serving: Effect.map(lease.isMaster, (m) => m && role === "master"),
       requestRebuild: Effect.gen(function*() {
         if (!managed) return { accepted: false, message: "the server is attached (run by the operator): rebuild it by hand" }

@@ -246,6 +246,8 @@ export interface PaxosLogShape {
    * once that is durable.
    */
   readonly install: (upTo: number) => Effect.Effect<void, StorageError>
+  /** PaxosLogStatus.needsInstall, alone (cheap). */
+  readonly needsInstall: Effect.Effect<number | null>
 }
 
 /** The instance asked for is below where the stored log starts (compacted). */
@@ -647,7 +649,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       return Effect.tryPromise({ try: () => written, catch: (cause) => cause instanceof StorageError ? cause : new StorageError({ operation: "install", cause }) })
     })
 
-  return PaxosLog.of({ propose, chosen, valueAt, follow, status, lead, address: transport.address, advertise, advertised, retain, install })
+  return PaxosLog.of({ propose, chosen, valueAt, follow, status, lead, address: transport.address, advertise, advertised, retain, install, needsInstall: Effect.sync(() => core.needsInstall) })
 })
 
 /**
