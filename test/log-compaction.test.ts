@@ -6,7 +6,11 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
-import { adminQuery, checksum, connect, createAppUser, run, statusOf, waitConverged, waitForMaster } from "./support/dbCluster.js"
+import { readFileSync, rmSync } from "node:fs"
+import { join } from "node:path"
+import { adminQuery, checksum, connect, createAppUser, mariadbPid, run, statusOf, waitConverged, waitForMaster } from "./support/dbCluster.js"
+
+const dataDirOf = (n: LocalCluster.LocalNode) => (JSON.parse(readFileSync(n.configPath, "utf8")) as { dataDir: string }).dataDir
 
 const MiB = 1024 * 1024
 const TABLE = "d.blobs"
@@ -65,5 +69,55 @@ describe("log compaction", () => {
       expect(new Set(after).size).toBe(1)
       const [row] = yield* adminQuery<{ n: number }>(master, `SELECT COUNT(*) AS n FROM ${TABLE}`)
       expect(Number(row!.n)).toBe(256 + 8 + 8 + 4)
+
+      // A node's MariaDB datadir is deleted while it is stopped: the log no longer starts at
+      // the first transaction, so it comes back by a copy from a peer.
+      const wiped = c.nodes.find((n) => n.nodeId !== next.nodeId)!
+      yield* wiped.kill("SIGKILL")
+      yield* Effect.sync(() => rmSync(join(dataDirOf(wiped), "mariadb"), { recursive: true, force: true }))
+      yield* wiped.start
+      yield* LocalCluster.waitFor("the wiped node to be rebuilt from a peer's copy", Effect.sync(() => /rebuild: copied \d+ MB from node/.test(wiped.output())), 60_000)
+      yield* writeRows(next.rwPort!, 4000, 2)
+      yield* waitConverged(c, 60_000)
+      const wipedSums = yield* Effect.forEach(c.nodes, (n) => checksum(n, TABLE))
+      expect(new Set(wipedSums).size).toBe(1)
     }), 240_000)
+
+  it.live("a replica stopped (SIGSTOP) for longer than the retention under write load is rebuilt from a peer's copy, with its state, and catches up", () =>
+    Effect.gen(function*() {
+      const c = yield* LocalCluster.make({ nodes: 3, database: true, log: LOG, ...(process.env.KEEP_DIR ? { dir: process.env.KEEP_DIR } : {}) })
+      const master = yield* waitForMaster(c, "a first master")
+      yield* createAppUser(master)
+      yield* adminQuery(master, "CREATE DATABASE IF NOT EXISTS d")
+      yield* adminQuery(master, `CREATE TABLE ${TABLE} (id INT PRIMARY KEY, b LONGBLOB)`)
+      yield* writeRows(master.rwPort!, 1, 8)
+      yield* waitConverged(c, 60_000)
+      const replica = c.nodes.find((n) => n !== master)!
+      const before = yield* statusOf(replica)
+      const stoppedAt = "error" in before ? 0 : before.paxos.chosenUpTo
+      // Agent and server frozen: its peers stop hearing it and compact past it.
+      const pids = [replica.pid()!, mariadbPid(replica)]
+      for (const pid of pids) process.kill(pid, "SIGSTOP")
+      yield* Effect.gen(function*() {
+        const others = c.nodes.filter((n) => n !== replica)
+        let id = 100
+        // Past the retained tail, and past what the peers' connections to it buffer (64 MiB):
+        // the messages it missed are gone, only a copy can bring it back.
+        yield* LocalCluster.waitFor("the others to compact past the stopped replica", Effect.gen(function*() {
+          yield* writeRows(master.rwPort!, id, 16)
+          id += 16
+          const ss = yield* Effect.forEach(others, statusOf)
+          return id > 100 + 1536 && ss.every((s) => !("error" in s) && (s.paxos.compactedBelow ?? 0) > stoppedAt)
+        }), 180_000)
+      }).pipe(Effect.ensuring(Effect.sync(() => {
+        for (const pid of pids) process.kill(pid, "SIGCONT")
+      })))
+      yield* LocalCluster.waitFor("the replica to find itself behind and be rebuilt from a copy", Effect.sync(() =>
+        replica.output().includes("behind the retained log") && /installed node \d+'s state/.test(replica.output()) &&
+        /rebuild: copied \d+ MB from node/.test(replica.output())), 90_000)
+      yield* writeRows(master.rwPort!, 100_000, 2)
+      yield* waitConverged(c, 60_000)
+      const sums = yield* Effect.forEach(c.nodes, (n) => checksum(n, TABLE))
+      expect(new Set(sums).size).toBe(1)
+    }), 400_000)
 })

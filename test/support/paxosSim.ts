@@ -105,6 +105,7 @@ export const simPaxosConfig = (nodeId: number, members: ReadonlyArray<number>, s
   catchupBatch: 4,
   catchupMaxBytes: 40,
   catchupRetryMs: 40,
+  installAfterMs: 100,
   memoryWindow: 8,
   memoryWindowBytes: 200,
   seed

@@ -60,6 +60,12 @@ export interface PaxosConfig {
   readonly catchupMaxBytes: number
   readonly catchupRetryMs: number
   /**
+   * A node behind every peer's compacted log is said to need an install only once its
+   * chosen prefix has not moved for this long: messages still on their way (a node that
+   * was stopped has a backlog) may fill the gap.
+   */
+  readonly installAfterMs: number
+  /**
    * Chosen values kept in memory below the chosen prefix, at most this many and this many
    * bytes (the newest always); older ones are served from storage.
    */
@@ -83,6 +89,7 @@ export const defaultPaxosConfig = (nodeId: number, members: ReadonlyArray<number
   catchupBatch: 256,
   catchupMaxBytes: 4 * 1024 * 1024,
   catchupRetryMs: 200,
+  installAfterMs: 3_000,
   memoryWindow: 256,
   memoryWindowBytes: 4 * 1024 * 1024,
   seed
@@ -242,6 +249,8 @@ export class PaxosNode {
   private readonly peerCompactedBelow = new Map<number, number>()
   /** Each peer's own chosen prefix, as it last said (peerChosenUpTo also counts values beyond its gaps). */
   private readonly peerPrefix = new Map<number, number>()
+  /** When the chosen prefix last moved (needsInstall waits for it to stand still). */
+  private prefixMovedAt = 0
   // Proposer
   private proposerRound: number
   private highestRoundSeen: number
@@ -343,6 +352,7 @@ export class PaxosNode {
    * node's: catch-up cannot help, the node needs an Install (the lowest such start), else null.
    */
   get needsInstall(): number | null {
+    if (this.now - this.prefixMovedAt < this.config.installAfterMs) return null
     let lowest: number | null = null
     for (const p of this.peers) {
       if ((this.peerPrefix.get(p) ?? 0) <= this.chosenUpToValue) continue
@@ -780,7 +790,10 @@ export class PaxosNode {
       this.windowBytes += valueBytes(v)
       advanced = true
     }
-    if (advanced) this.trimWindow()
+    if (advanced) {
+      this.prefixMovedAt = this.now
+      this.trimWindow()
+    }
   }
 
   /** Values below `below` are gone from storage: forget them here too. */

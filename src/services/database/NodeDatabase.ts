@@ -499,7 +499,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   let rebuiltAt = -Infinity
   let rebuildRequested = false
   /** The rebuild whose replay is under way: why, when, and how many transactions the log had then. */
-  let rebuilding: { readonly reason: string; readonly startedAt: number; readonly target: number } | undefined
+  let rebuilding: { readonly reason: string; readonly startedAt: number; readonly from: number; readonly target: number } | undefined
   /** The copy from a peer under way, bytes received so far. */
   let copying: { readonly reason: string; readonly donor: number; readonly startedAt: number; copied: number; readonly total: number } | undefined
   const progress = () =>
@@ -510,8 +510,8 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       : rebuildProgress({
         reason: rebuilding.reason,
         elapsedMs: monotonicMs() - rebuilding.startedAt,
-        applied: local?.seq ?? 0,
-        target: rebuilding.target
+        applied: Math.max((local?.seq ?? 0) - rebuilding.from, 0),
+        target: Math.max(rebuilding.target - rebuilding.from, 0)
       })
 
   /** A copy of one donor's database in place of this one (and its state, when the log left this node behind). */
@@ -525,7 +525,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       })
       const restored = yield* restore(offer.body)
       // Behind every peer's log: this node takes the donor's state from where the copy began.
-      const { needsInstall } = yield* log.status
+      const needsInstall = yield* log.needsInstall
       if (needsInstall !== null && offer.snapshot.appliedUpTo > (yield* cluster.current).appliedUpTo) {
         yield* cluster.install(offer.snapshot)
         yield* log.install(offer.snapshot.appliedUpTo)
@@ -568,17 +568,18 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     let aside: string
     if (copied !== undefined) aside = copied.aside
     else {
-      if ((yield* cluster.logStart).seq > 1) {
+      if ((yield* cluster.logStart).seq > 1 || (yield* log.needsInstall) !== null) {
         return yield* new DatabaseStartFailed({
           operation: "rebuild",
-          cause: "no peer gave a copy (none serves reads, or each refused) and the log no longer starts at the first transaction; tried again later"
+          cause: "no peer gave a copy (none serves reads, or each refused) and the log no longer holds every transaction; tried again later"
         })
       }
       aside = yield* reinstall.pipe(Effect.mapError((cause) => new DatabaseStartFailed({ operation: "rebuild", cause })))
       yield* Effect.logWarning("no peer gave a copy: a new empty server replays the chosen log")
     }
     yield* Effect.logWarning(`the old datadir is kept in ${aside}`)
-    rebuilding = { reason, startedAt: monotonicMs(), target: (yield* cluster.current).state.lastGtid?.seq ?? 0 }
+    // The replay left: from where the copy is (nothing for a new empty server) to the log's end now.
+    rebuilding = { reason, startedAt: monotonicMs(), from: copied?.gtid?.seq ?? 0, target: (yield* cluster.current).state.lastGtid?.seq ?? 0 }
     // What was known of the old server says nothing of the new one.
     local = copied?.gtid ?? null
     lag = null

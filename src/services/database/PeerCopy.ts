@@ -30,7 +30,9 @@ export const fetchCopy = (host: string, port: number): Effect.Effect<PeerCopy, C
   const donor = `${host}:${port}`
   return Effect.acquireRelease(
     Effect.callback<IncomingMessage, CopyFailed>((resume) => {
-      const req = request({ host, port, path: "/backup", method: "GET", timeout: 120_000 }, (res) => resume(Effect.succeed(res)))
+      // The snapshot header carries the state's recent-transaction digests: well over Node's 16 KiB default.
+      const req = request({ host, port, path: "/backup", method: "GET", timeout: 120_000, maxHeaderSize: 8 * 1024 * 1024 }, (res) =>
+        resume(Effect.succeed(res)))
       req.on("timeout", () => req.destroy(new Error("no answer within 120 s")))
       req.on("error", (e) => resume(Effect.fail(new CopyFailed({ donor, message: e.message }))))
       req.end()
