@@ -57,6 +57,13 @@ else
   stop_system_mariadb
 fi
 
+# 1a. mariadb-backup and mbstream: a rebuilding node copies a healthy peer's database.
+if have mariadb-backup && have mbstream; then
+  log "mariadb-backup: present"
+else
+  apt_install mariadb-backup
+fi
+
 # 1b. Benchmark tools (npm run bench:proxy): sysbench and haproxy, used as plain programs.
 if have sysbench && have haproxy; then
   log "sysbench, haproxy: present"

@@ -92,7 +92,7 @@ const rebuild = Command.make(
       : Effect.void
     ))
 ).pipe(Command.withDescription(
-  "rebuild one node's database from the chosen log (a replica or a diverged node; run on its machine)"
+  "rebuild one node's database from a copy of a healthy peer (a replica or a diverged node; run on its machine)"
 ))
 
 const DEMO_USER = "demo"

@@ -43,7 +43,7 @@ export type RoleStep =
   | { readonly _tag: "WatchReplica" }
   /** Ask the master's server something: a hung one must not keep the lease. */
   | { readonly _tag: "ProbeMaster" }
-  /** A diverged server, or a replica an operator asked to rebuild: set its datadir aside, start a new one, and start over (it replays the chosen log). */
+  /** A diverged server, or a replica an operator asked to rebuild: replace it by a peer's copy (or a new one replaying the log), and start over. */
   | { readonly _tag: "Rebuild" }
   | { readonly _tag: "Wait" }
 

@@ -116,7 +116,7 @@ export type NodeDatabaseError = DatabaseQueryFailed | DatabaseStartFailed | NotC
 export interface NodeDatabaseOptions {
   readonly nodeId: number
   readonly tickMs?: number
-  /** Rebuild a diverged managed server from the chosen log; default true. */
+  /** Rebuild a diverged (or left-behind) managed server from a peer's copy; default true. */
   readonly rebuildAuto?: boolean
   /** Where the cluster's members serve GET /backup (their admin ports): the donors of a rebuild. */
   readonly donors?: ReadonlyArray<{ readonly nodeId: number; readonly host: string; readonly adminPort: number }>
@@ -682,7 +682,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
         }
         rebuildRequested = true
         yield* Queue.offer(wake, undefined)
-        return { accepted: true, message: `rebuild requested (role ${role}): the database is set aside and the chosen log replayed` }
+        return { accepted: true, message: `rebuild requested (role ${role}): the database is set aside and replaced by a copy of a healthy peer's` }
       })
     })
 })
