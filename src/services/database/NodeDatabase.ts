@@ -191,7 +191,8 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   // being taken here will need (pins).
   const log = yield* PaxosLog
   const pins = new Map<symbol, number>()
-  yield* log.retain(() => Math.min(cluster.neededFor((local?.seq ?? 0) + 1), ...pins.values()))
+  // A diverged database needs a copy, not the log: it holds nothing up.
+  yield* log.retain(() => Math.min(cluster.neededFor(role === "diverged" ? Number.MAX_SAFE_INTEGER : (local?.seq ?? 0) + 1), ...pins.values()))
   const pinLog = (instance: number) =>
     Effect.acquireRelease(Effect.sync(() => {
       const key = Symbol()
