@@ -56,7 +56,7 @@ describe("database role simulation", () => {
 
   it("reports a rebuild's progress: share applied, rate and time left", () => {
     expect(rebuildProgress({ reason: "r", elapsedMs: 10_000, applied: 250, target: 1_000 }))
-      .toEqual({ reason: "r", elapsedS: 10, appliedTxns: 250, targetTxns: 1_000, percent: 25, txnsPerS: 25, etaS: 30 })
+      .toEqual({ reason: "r", phase: "replay", elapsedS: 10, appliedTxns: 250, targetTxns: 1_000, percent: 25, txnsPerS: 25, etaS: 30 })
     expect(rebuildProgress({ reason: "r", elapsedMs: 2_000, applied: 0, target: 10 }).etaS).toBeNull()
     expect(rebuildProgress({ reason: "r", elapsedMs: 2_000, applied: 12, target: 10 })).toMatchObject({ appliedTxns: 10, percent: 100, etaS: 0 })
     expect(rebuildProgress({ reason: "r", elapsedMs: 0, applied: 0, target: 0 }).percent).toBe(100)
