@@ -7,7 +7,7 @@ import { renderStatusTable } from "./domain/cluster/nodeStatus.js"
 import { loadNodeConfig } from "./config/NodeConfig.js"
 import * as NodeLayer from "./layers/NodeLayer.js"
 import { killChildrenOnExit } from "./services/database/MariaDbProcess.js"
-import { fetchStatus, requestRebuild } from "./client/StatusClient.js"
+import { fetchStatus, requestRebuild, requestSwitchover } from "./client/StatusClient.js"
 import * as LocalCluster from "./testing/LocalCluster.js"
 import mysql from "mysql2/promise"
 import { userInfo } from "node:os"
@@ -95,6 +95,42 @@ const rebuild = Command.make(
   "rebuild one node's database from a copy of a healthy peer (a replica or a diverged node; run on its machine)"
 ))
 
+/** The admin addresses `--config` (its members) or `--admin` (a list) name. */
+const adminTargets = (command: string, config: Option.Option<string>, admin: Option.Option<string>) =>
+  Option.isSome(config)
+    ? Effect.map(readConfig(config.value), (c) => c.members.map((m) => `${m.host}:${m.adminPort}`))
+    : Option.isSome(admin)
+    ? Effect.succeed(admin.value.split(",").map((a) => a.trim()).filter((a) => a.length > 0))
+    : Effect.fail(new UsageError({ message: `${command} needs --config FILE or --admin host:port,...` }))
+
+const switchover = Command.make(
+  "switchover",
+  {
+    config: configFlag.pipe(Flag.optional),
+    admin: Flag.String("admin").pipe(Flag.withDescription("comma-separated admin addresses host:port of members (instead of --config)"), Flag.optional),
+    to: Flag.Int("to").pipe(Flag.withDescription("the node to make master (default: a replica that has caught up)"), Flag.optional)
+  },
+  ({ admin, config, to }) =>
+    Effect.gen(function*() {
+      const targets = yield* adminTargets("switchover", config, admin)
+      const answers = yield* Effect.forEach(targets, (a) => fetchStatus(a), { concurrency: "unbounded" })
+      const up = answers.flatMap((s) => ("error" in s ? [] : [s]))
+      if (up.length === 0) return yield* new UsageError({ message: `no node answers (${targets.join(", ")})` })
+      const serving = up.find((s) => s.role === "master")
+      if (serving === undefined) return yield* new UsageError({ message: "no node serves as master now (an election may be under way): try again" })
+      const self = serving.members.find((m) => m.nodeId === serving.nodeId)
+      const address = self === undefined ? targets[answers.indexOf(serving)]! : `${self.host}:${self.adminPort}`
+      const target = Option.getOrUndefined(to)
+      yield* Console.log(`node ${serving.nodeId} is master (epoch ${serving.epoch}); asking it to hand over to ${target === undefined ? "a caught-up replica" : `node ${target}`} ...`)
+      const done = yield* requestSwitchover(address, target)
+      yield* Console.log(`done: node ${done.master} is master (epoch ${done.epoch}), ${done.handoverMs} ms after RW closed on node ${done.from}`)
+    }).pipe(Effect.tapError((e) =>
+      e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`)
+      : e._tag === "SwitchoverFailed" ? Console.error(`phxmaria: switchover refused by ${e.address}: ${e.message}`)
+      : Effect.void
+    ))
+).pipe(Command.withDescription("move the master to a caught-up replica (--to N: that one), losing no acknowledged write"))
+
 const DEMO_USER = "demo"
 const DEMO_PASSWORD = "demo"
 
@@ -165,7 +201,7 @@ const demo = Command.make(
 
 const app = Command.make("phxmaria").pipe(
   Command.withDescription("a MySQL-compatible, Paxos-replicated cluster on stock MariaDB"),
-  Command.withSubcommands([node, status, rebuild, demo])
+  Command.withSubcommands([node, status, switchover, rebuild, demo])
 )
 
 // The CLI owns the process: a mariadbd it started does not outlive it, even on an exit

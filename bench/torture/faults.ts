@@ -2,7 +2,8 @@
  * Faults for the torture suite, on a LocalCluster: SIGKILL of a mariadbd or an agent,
  * SIGSTOP of the master's processes beyond the lease, network partitions as iptables DROP
  * rules between the nodes' own loopback addresses, a restart of every node at once, and a
- * wipe (a node stopped, its MariaDB datadir deleted, then started: it must come back by itself).
+ * wipe (a node stopped, its MariaDB datadir deleted, then started: it must come back by itself),
+ * and a planned switchover (POST /switchover to the master, to a random node or any).
  * Every fault has a heal; iptables rules are tagged and only ours are ever removed.
  */
 import { execFileSync } from "node:child_process"
@@ -10,8 +11,9 @@ import { readFileSync, rmSync } from "node:fs"
 import { dirname } from "node:path"
 import { Effect } from "effect"
 import * as LocalCluster from "../../src/testing/LocalCluster.js"
+import { requestSwitchover } from "../../src/client/StatusClient.js"
 
-export const FAULTS = ["none", "kill", "pause", "partition", "restart-all", "wipe", "mixed"] as const
+export const FAULTS = ["none", "kill", "pause", "partition", "restart-all", "wipe", "switchover", "mixed"] as const
 export type Fault = (typeof FAULTS)[number]
 
 const TAG = `phxmaria-torture-${process.pid}`
@@ -91,7 +93,7 @@ export const inject = (
 ): Effect.Effect<Injected, unknown> =>
   Effect.gen(function*() {
     const nodes = cluster.nodes
-    const concrete = kind === "mixed" ? pick(["kill", "pause", "partition", "restart-all"] as const, random) : kind
+    const concrete = kind === "mixed" ? pick(["kill", "pause", "partition", "restart-all", "switchover"] as const, random) : kind
     const target = master !== undefined && random() < 0.7 ? master : pick(nodes, random)
     switch (concrete) {
       case "kill": {
@@ -132,6 +134,18 @@ export const inject = (
         yield* LocalCluster.killOrphanMariaDb(target)
         rmSync(dirname(target.mariadb!.pidFile), { recursive: true, force: true })
         return { description: `wipe node ${target.nodeId}'s MariaDB datadir`, heal: target.start }
+      }
+      case "switchover": {
+        if (master === undefined) return { description: "switchover skipped: no master", heal: Effect.void }
+        const others = nodes.filter((n) => n !== master)
+        const to = random() < 0.5 ? pick(others, random).nodeId : undefined
+        // Refused (a target behind, an election meanwhile) is an outcome too: the checker judges the data.
+        const outcome = yield* Effect.result(requestSwitchover(`${master.host}:${master.adminPort}`, to))
+        return {
+          description: `switchover from node ${master.nodeId} to ${to === undefined ? "any" : `node ${to}`}: ` +
+            (outcome._tag === "Success" ? `node ${outcome.success.master} master after ${outcome.success.handoverMs} ms` : `refused (${outcome.failure.message})`),
+          heal: Effect.void
+        }
       }
       case "restart-all": {
         yield* Effect.forEach(nodes, (n) => n.kill("SIGKILL"), { concurrency: "unbounded", discard: true })

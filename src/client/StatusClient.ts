@@ -20,6 +20,30 @@ export const requestRebuild = (address: string, timeoutMs = 5_000): Effect.Effec
     Effect.flatMap((r) => (r.ok ? Effect.succeed(r.text) : Effect.fail(new RebuildRefused({ address, message: r.text }))))
   )
 
+export class SwitchoverFailed extends Data.TaggedError("SwitchoverFailed")<{ readonly address: string; readonly message: string }> {}
+
+export interface SwitchoverAnswer {
+  readonly from: number
+  readonly to: number
+  readonly master: number
+  readonly epoch: number
+  readonly handoverMs: number
+}
+
+/** POST /switchover[?to=N] to the master's admin address: what was done, else why not. */
+export const requestSwitchover = (address: string, to: number | undefined, timeoutMs = 60_000): Effect.Effect<SwitchoverAnswer, SwitchoverFailed> =>
+  Effect.tryPromise({
+    try: async (signal) => {
+      const r = await fetch(`http://${address}/switchover${to === undefined ? "" : `?to=${to}`}`, { method: "POST", signal })
+      const body = (await r.json().catch(() => ({}))) as Partial<SwitchoverAnswer> & { error?: string }
+      return { ok: r.status === 200, body, text: body.error ?? `HTTP ${r.status}` }
+    },
+    catch: (e) => new SwitchoverFailed({ address, message: e instanceof Error ? e.message : String(e) })
+  }).pipe(
+    Effect.timeoutOrElse({ duration: `${timeoutMs} millis`, orElse: () => Effect.fail(new SwitchoverFailed({ address, message: "no answer" })) }),
+    Effect.flatMap((r) => (r.ok ? Effect.succeed(r.body as SwitchoverAnswer) : Effect.fail(new SwitchoverFailed({ address, message: r.text }))))
+  )
+
 export const fetchStatus = (address: string, timeoutMs = 2_000): Effect.Effect<NodeStatus | { readonly error: string }> =>
   Effect.tryPromise({
     try: (signal) => fetch(`http://${address}/status`, { signal }).then((r) => r.json()),

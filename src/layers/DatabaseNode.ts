@@ -34,6 +34,8 @@ export interface DatabaseNodeShape {
   readonly addresses: Proxy.ProxyShape["addresses"]
   /** POST /rebuild: 202 when this node takes the request, 409 when it refuses. */
   readonly rebuild: Effect.Effect<Health>
+  /** POST /switchover: 200 with what was done, 409 with why not. */
+  readonly switchover: (to: number | undefined) => Effect.Effect<Health>
   /** GET /backup: a copy of this node's database for a peer's rebuild, with the state it starts from. */
   readonly backup: Effect.Effect<StreamOffer, OfferRefused, Scope.Scope>
 }
@@ -151,7 +153,10 @@ const reportLayer = (config: NodeConfig) => Layer.effect(
     const cluster = yield* ClusterState
     const { server, backup: copyDatabase } = yield* LocalMariaDb.LocalMariaDb
     // Peers send RO only to nodes that say they serve reads: no request per peer.
-    yield* log.advertise(() => servesReads(Effect.runSync(database.status)) ? RouteKeeper.SERVES_READS : 0)
+    yield* log.advertise(() => {
+      const d = Effect.runSync(database.status)
+      return servesReads(d) ? RouteKeeper.SERVES_READS | (d.lag === 0 ? RouteKeeper.CAUGHT_UP : 0) : 0
+    })
 
     const refuse = (message: string) => new OfferRefused({ message })
     /**
@@ -196,6 +201,11 @@ const reportLayer = (config: NodeConfig) => Layer.effect(
         body: { role: d.role, lag: d.lag, diverged: d.diverged, up: d.up }
       })),
       rebuild: Effect.map(database.requestRebuild, (r) => ({ ok: r.accepted, body: r })),
+      switchover: (to) =>
+        database.switchover(to).pipe(
+          Effect.map((done): Health => ({ ok: true, body: done })),
+          Effect.catch((e) => Effect.succeed<Health>({ ok: false, body: { error: e.reason } }))
+        ),
       backup,
       addresses: proxy.addresses
     })

@@ -84,7 +84,8 @@ const runningNode = (config: NodeConfig) =>
       ...(database === undefined ? {} : {
         replica: database.replicaHealth,
         rebuild: database.rebuild,
-        backup: { peers: config.members.map((m) => m.host), offer: database.backup }
+        backup: { peers: config.members.map((m) => m.host), offer: database.backup },
+        switchover: { peers: config.members.map((m) => m.host), run: database.switchover }
       })
     })
     return RunningNode.of({

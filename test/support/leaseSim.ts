@@ -23,6 +23,7 @@ import {
   type LeaseConfig,
   type LeaseView,
   onApplied,
+  onHandOver,
   onOutcome,
   onProposed,
   onState
@@ -30,7 +31,7 @@ import {
 import { type Durable, durableStateOf, simPaxosConfig, storedValue } from "./paxosSim.js"
 import { EventQueue, Rng } from "./sim.js"
 
-export type LeaseScenario = "loss" | "crash-master" | "isolate-master" | "chaos"
+export type LeaseScenario = "loss" | "crash-master" | "isolate-master" | "switchover" | "chaos"
 
 export interface LeaseSimOptions {
   readonly seed: number
@@ -64,6 +65,9 @@ export interface LeaseSimResult {
   readonly masterChanges: number
   /** Resign entries accepted (a holder whose database failed gave the lease up). */
   readonly resignations: number
+  /** Switchovers asked for, and those after which the named successor was the next holder. */
+  readonly handovers: number
+  readonly handoversLanded: number
 }
 
 const TICK_MS = 10
@@ -88,6 +92,8 @@ interface SimNode {
   holding: boolean
   /** Its database cannot serve until then (a holder resigns; others do not run). */
   unreadyUntil: number
+  /** A switchover asked of this node (the holder): hand the lease to this node at its next tick. */
+  handOverTo: number | undefined
 }
 
 export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
@@ -102,6 +108,10 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
   let elections = 0
   let masterChanges = 0
   let resignations = 0
+  let handovers = 0
+  let handoversLanded = 0
+  /** The successor of the last switchover whose next holder is not known yet. */
+  let awaitingSuccessor: number | undefined
   let lastHolder: number | undefined
   /** Since when the cluster has been without faults and without a holder (for the election bound). */
   let noHolderSince: number | undefined = 0
@@ -127,6 +137,7 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
     lease: initialLeaseView(initialClusterState(members), 0),
     requestSeq: 0,
     unreadyUntil: 0,
+    handOverTo: undefined,
     holding: false
   }]))
 
@@ -192,10 +203,24 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
     const t = local(n)
     // The holder leads the Paxos log, so its renewals need no forwarding.
     if (holdsLease(c, n.lease, t) && !n.core!.isLeader) handle(n, n.core!.step({ _tag: "Lead" }, now))
+    if (n.handOverTo !== undefined && holdsLease(c, n.lease, t)) {
+      // As MasterLease.handOver: holding ends now, the Resign names the successor.
+      handovers++
+      awaitingSuccessor = n.handOverTo
+      n.lease = onHandOver(n.lease, n.handOverTo, t)
+      const value = encodeEntry({ _tag: "Resign", node: n.id, basedOnVersion: n.lease.masterVersion, successor: n.handOverTo })
+      handle(n, n.core!.step({ _tag: "Propose", requestId: ++n.requestSeq, value }, now))
+    }
+    n.handOverTo = undefined
     const action = decide(c, n.lease, t, now >= n.unreadyUntil, 0)
     if (action._tag === "Resign") {
-      n.lease = onProposed(n.lease, action.basedOnVersion, RESIGN_PROPOSAL_ID, t)
-      const value = encodeEntry({ _tag: "Resign", node: n.id, basedOnVersion: action.basedOnVersion })
+      n.lease = { ...onProposed(n.lease, action.basedOnVersion, RESIGN_PROPOSAL_ID, t), handingTo: n.lease.handingTo }
+      const value = encodeEntry({
+        _tag: "Resign",
+        node: n.id,
+        basedOnVersion: action.basedOnVersion,
+        ...(action.successor !== undefined ? { successor: action.successor } : {})
+      })
       handle(n, n.core!.step({ _tag: "Propose", requestId: ++n.requestSeq, value }, now))
     }
     if (action._tag === "Propose") {
@@ -216,6 +241,10 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
         elections++
         if (lastHolder !== undefined && lastHolder !== n.id) masterChanges++
         lastHolder = n.id
+        if (awaitingSuccessor !== undefined) {
+          if (awaitingSuccessor === n.id) handoversLanded++
+          awaitingSuccessor = undefined
+        }
       }
       n.holding = h
       if (h) holders.push(n.id)
@@ -266,7 +295,15 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
         faultsOn = true
         noHolderSince = undefined
         const holder = [...nodes.values()].find((n) => n.holding)?.id ?? members[rng.int(0, members.length - 1)]!
-        const kind = o.scenario === "chaos" ? (["crash-master", "isolate-master", "split"] as const)[rng.int(0, 2)] : o.scenario
+        const kind = o.scenario === "chaos" ? (["crash-master", "isolate-master", "split", "switchover"] as const)[rng.int(0, 3)] : o.scenario
+        if (kind === "switchover") {
+          // A planned switchover to another node, sometimes with a fault on top (chaos).
+          const others = members.filter((m) => m !== holder)
+          nodes.get(holder)!.handOverTo = others[rng.int(0, others.length - 1)]!
+          if (o.scenario === "chaos" && rng.int(0, 1) === 0) crash(holder)
+          queue.push(now + rng.int(500, 1_500), { kind: "heal" })
+          break
+        }
         // Sometimes the holder's database fails too: it resigns instead of waiting the lease out.
         if (rng.int(0, 2) === 0) nodes.get(holder)!.unreadyUntil = now + rng.int(200, 2_000)
         if (kind === "crash-master") crash(holder)
@@ -290,5 +327,5 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
   }
   if (o.scenario === "loss" && masterChanges > 0) fail(`message loss alone changed the master ${masterChanges} times`)
   if (elections === 0) fail("no node ever held the lease")
-  return { failures, elections, masterChanges, resignations }
+  return { failures, elections, masterChanges, resignations, handovers, handoversLanded }
 }

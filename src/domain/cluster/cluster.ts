@@ -54,7 +54,15 @@ export const Membership = Schema.TaggedStruct("Membership", {
  * from here on its Binlog entries are rejected (no master): nothing it commits later is
  * acknowledged.
  */
-export const Resign = Schema.TaggedStruct("Resign", { node: Schema.Int, basedOnVersion: Schema.Int })
+export const Resign = Schema.TaggedStruct("Resign", {
+  node: Schema.Int,
+  basedOnVersion: Schema.Int,
+  /**
+   * A switchover: the master hands over to this node, which may run at once; every other
+   * node waits a lease length before running (so it takes over only if the successor does not).
+   */
+  successor: Schema.optional(Schema.Int)
+})
 /** Changes nothing; a node proposes one as a barrier to learn the log up to now. */
 export const Noop = Schema.TaggedStruct("Noop", { node: Schema.Int, nonce: Schema.Int })
 
@@ -108,7 +116,9 @@ export const ClusterStateData = Schema.Struct({
   /** (gtid seq, digest) of the last RECENT_TXNS transactions, oldest first. */
   recent: Schema.Array(Schema.Tuple([Schema.Int, Schema.Int])),
   /** A large transaction whose parts are being accepted (absent in snapshots from before parts). */
-  partial: Schema.optional(Schema.NullOr(PartialTxn))
+  partial: Schema.optional(Schema.NullOr(PartialTxn)),
+  /** With no master after a switchover's Resign: the node handed over to (cleared by the next MasterLease). */
+  successor: Schema.optional(Schema.NullOr(Schema.Int))
 })
 export type ClusterStateData = typeof ClusterStateData.Type
 
@@ -120,7 +130,8 @@ export const initialClusterState = (members: ReadonlyArray<number>): ClusterStat
   lastGtid: null,
   members: [...members],
   recent: [],
-  partial: null
+  partial: null,
+  successor: null
 })
 
 const fnv = (h: number, byte: number) => Math.imul(h ^ byte, 0x01000193)
@@ -175,6 +186,7 @@ export const applyEntry = (state: ClusterStateData, entry: ClusterEntry, at: Log
           masterVersion: state.masterVersion + 1,
           epoch: changed ? state.epoch + 1 : state.epoch,
           leaseMs: entry.leaseMs,
+          successor: null,
           ...(changed ? { partial: null } : {})
         },
         accepted
@@ -186,7 +198,7 @@ export const applyEntry = (state: ClusterStateData, entry: ClusterEntry, at: Log
       }
       if (entry.node !== state.master) return [state, reject({ _tag: "NotMaster", master: state.master, node: entry.node })]
       // No master until the next MasterLease, which then starts a new epoch (even for this node).
-      return [{ ...state, master: null, masterVersion: state.masterVersion + 1, partial: null }, accepted]
+      return [{ ...state, master: null, masterVersion: state.masterVersion + 1, partial: null, successor: entry.successor ?? null }, accepted]
     case "Binlog":
       return applyBinlog(state, entry)
     case "BinlogPart":

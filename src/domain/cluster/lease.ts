@@ -41,6 +41,10 @@ export interface LeaseView {
   readonly nextRenewAt: number
   /** The lease length in that master record: a holder configured longer than us is waited out in full. */
   readonly recordLeaseMs: number
+  /** No master, handed over to this node by a switchover (null: none named). */
+  readonly successor: number | null
+  /** Set while this node hands its lease over (its Resign names this successor). */
+  readonly handingTo?: number | undefined
 }
 
 /** A node starting with `state` from disk counts any lease in it as just learned. */
@@ -51,7 +55,8 @@ export const initialLeaseView = (state: ClusterStateData, now: number): LeaseVie
   heldFrom: undefined,
   proposing: undefined,
   nextRenewAt: now,
-  recordLeaseMs: state.leaseMs
+  recordLeaseMs: state.leaseMs,
+  successor: state.successor ?? null
 })
 
 /** The proposal id a Resign is marked with while in flight (see `onProposed`). */
@@ -70,12 +75,15 @@ export const holdsLease = (c: LeaseConfig, v: LeaseView, now: number): boolean =
   leaseRuns(c, v, now) && v.proposing?.proposalId !== RESIGN_PROPOSAL_ID
 
 /**
- * When the current lease lapses in this node's view (no master: already). The longer of our
- * own lease and the one in the record counts, so nodes with different settings (a rolling
- * config change) never cut a holder's lease short.
+ * When the current lease lapses in this node's view (no master: already, unless a
+ * switchover named another node: it gets a lease length to take over first). The longer of
+ * our own lease and the one in the record counts, so nodes with different settings (a
+ * rolling config change) never cut a holder's lease short.
  */
 export const lapsesAt = (c: LeaseConfig, v: LeaseView): number =>
-  v.master === null ? -Infinity : v.learnedAt + Math.max(c.leaseMs, v.recordLeaseMs)
+  v.master === null && (v.successor === null || v.successor === c.nodeId)
+    ? -Infinity
+    : v.learnedAt + Math.max(c.leaseMs, v.recordLeaseMs)
 
 /** Lease time the holder has left, in its own count (0 when it does not hold it). */
 export const remainingMs = (c: LeaseConfig, v: LeaseView, now: number): number =>
@@ -99,6 +107,9 @@ export const onState = (c: LeaseConfig, v: LeaseView, state: ClusterStateData, n
     masterVersion: state.masterVersion,
     learnedAt: now,
     recordLeaseMs: state.leaseMs,
+    successor: state.master === null ? state.successor ?? null : null,
+    // A renewal chosen while handing over keeps the handover going (its Resign is re-sent).
+    handingTo: state.master === c.nodeId ? v.handingTo : undefined,
     // Another node's lease ends ours at once; our own renewal keeps heldFrom until its outcome.
     heldFrom: state.master === c.nodeId ? v.heldFrom : undefined
   }
@@ -126,7 +137,7 @@ export const onOutcome = (c: LeaseConfig, v: LeaseView, outcome: Outcome | "fail
 export type LeaseAction =
   | { readonly _tag: "Propose"; readonly basedOnVersion: number }
   /** Give the lease up now (the holder's database cannot serve): others need not wait it out. */
-  | { readonly _tag: "Resign"; readonly basedOnVersion: number }
+  | { readonly _tag: "Resign"; readonly basedOnVersion: number; readonly successor?: number }
   | { readonly _tag: "None" }
 
 /**
@@ -140,7 +151,9 @@ export const decide = (c: LeaseConfig, v: LeaseView, now: number, ready: boolean
   if (v.proposing !== undefined && now - v.proposing.sentAt < c.proposeTimeoutMs) return { _tag: "None" }
   if (leaseRuns(c, v, now)) {
     // Not ready: resign (again, if the last resignation got no outcome in time).
-    if (!ready || v.proposing?.proposalId === RESIGN_PROPOSAL_ID) return { _tag: "Resign", basedOnVersion: v.masterVersion }
+    if (!ready || v.proposing?.proposalId === RESIGN_PROPOSAL_ID) {
+      return { _tag: "Resign", basedOnVersion: v.masterVersion, ...(v.handingTo !== undefined ? { successor: v.handingTo } : {}) }
+    }
     return now >= v.nextRenewAt ? { _tag: "Propose", basedOnVersion: v.masterVersion } : { _tag: "None" }
   }
   // A master that restarted (no heldFrom) waits like everyone else.
@@ -153,6 +166,16 @@ export const decide = (c: LeaseConfig, v: LeaseView, now: number, ready: boolean
 export const onProposed = (v: LeaseView, basedOnVersion: number, proposalId: number, now: number): LeaseView => ({
   ...v,
   proposing: { basedOnVersion, sentAt: now, proposalId }
+})
+
+/**
+ * A switchover: the holder gives its lease to `successor` (it has fenced itself and its
+ * last transactions are in the log). It stops holding at once, like a Resign; the Resign it
+ * proposes (and re-proposes, see `decide`) names the successor.
+ */
+export const onHandOver = (v: LeaseView, successor: number, now: number): LeaseView => ({
+  ...onProposed(v, v.masterVersion, RESIGN_PROPOSAL_ID, now),
+  handingTo: successor
 })
 
 /**

@@ -1,6 +1,6 @@
 /**
- * The admin HTTP listener: GET /status as JSON (and GET /replica, and POST /rebuild from
- * this machine only). Anything else gets 404/405; a malformed request closes that
+ * The admin HTTP listener: GET /status as JSON (and GET /replica, GET /backup and POST
+ * /switchover for members, POST /rebuild from this machine only). Anything else gets 404/405; a malformed request closes that
  * connection (Node's parser rejects it) and is logged.
  */
 import { Data, Effect, Exit, Scope } from "effect"
@@ -59,6 +59,11 @@ export const serve = <A>(options: {
    * offer's scope closes when the response ends or the connection drops.
    */
   readonly backup?: { readonly peers: ReadonlyArray<string>; readonly offer: Effect.Effect<StreamOffer, OfferRefused, Scope.Scope> }
+  /**
+   * POST /switchover[?to=N], asked of the master: 200 when a new master took over, 409 when
+   * refused (JSON either way). From loopback and the `peers` addresses only.
+   */
+  readonly switchover?: { readonly peers: ReadonlyArray<string>; readonly run: (to: number | undefined) => Effect.Effect<Health> }
 }) =>
   Effect.gen(function*() {
     const run = Effect.runPromise
@@ -81,10 +86,20 @@ export const serve = <A>(options: {
         if (!isLoopback(req.socket.remoteAddress)) return reply(403, { error: "POST /rebuild is taken from this machine only (loopback)" })
         return void run(options.rebuild).then((h) => reply(h.ok ? 202 : 409, h.body), (e) => reply(500, { error: String(e) }))
       }
+      const remote = req.socket.remoteAddress ?? ""
+      const fromMember = (peers: ReadonlyArray<string>) => isLoopback(remote) || peers.includes(remote.replace(/^::ffff:/, ""))
+      if (req.method === "POST" && path === "/switchover" && options.switchover !== undefined) {
+        if (!fromMember(options.switchover.peers)) return reply(403, { error: "POST /switchover is taken from this cluster's members only" })
+        const to = new URL(req.url ?? "/", "http://admin").searchParams.get("to")
+        if (to !== null && !/^[1-9][0-9]{0,9}$/.test(to)) return reply(400, { error: `to: not a node id: ${to.slice(0, 20)}` })
+        return void run(options.switchover.run(to === null ? undefined : Number(to))).then(
+          (h) => reply(h.ok ? 200 : 409, h.body),
+          (e) => reply(500, { error: String(e) })
+        )
+      }
       if (req.method !== "GET") return reply(405, { error: "method not allowed" })
       if (path === "/backup" && options.backup !== undefined) {
-        const remote = req.socket.remoteAddress ?? ""
-        if (!isLoopback(remote) && !options.backup.peers.includes(remote.replace(/^::ffff:/, ""))) {
+        if (!fromMember(options.backup.peers)) {
           return reply(403, { error: "GET /backup is taken from this cluster's members only" })
         }
         return void offerStream(options.backup.offer, res, reply)

@@ -3,7 +3,7 @@
  * (src/domain/lease.ts) with the monotonic clock and the applied cluster state. Renewal
  * depends only on the Paxos log, never on a query to MariaDB (docs/architecture.md, "Lease and fencing").
  */
-import { Context, Effect, Layer, PubSub, Queue, Ref, Stream } from "effect"
+import { Context, Data, Effect, Layer, PubSub, Queue, Ref, Stream } from "effect"
 import {
   decide,
   holdsLease,
@@ -14,6 +14,7 @@ import {
   onStalled,
   type LeaseView,
   onApplied,
+  onHandOver,
   onOutcome,
   onProposed,
   onState,
@@ -82,8 +83,21 @@ export interface MasterLeaseShape {
   /** Whether this node holds the lease right now, in its own count. */
   readonly isMaster: Effect.Effect<boolean>
   readonly status: Effect.Effect<LeaseStatus>
+  /**
+   * A switchover: gives the lease to `successor` now (the caller fenced this node and its
+   * last transactions are in the log). This node stops holding at once (SteppedDown); the
+   * Resign naming the successor is proposed, and re-proposed until it is chosen or the
+   * lease runs out. Fails when this node does not hold the lease.
+   */
+  readonly handOver: (successor: number) => Effect.Effect<void, NotLeaseHolder>
   /** TookOver / SteppedDown as they happen (subscribe within a scope). */
   readonly events: Effect.Effect<Stream.Stream<LeaseEvent>, never, import("effect").Scope.Scope>
+}
+
+export class NotLeaseHolder extends Data.TaggedError("NotLeaseHolder")<{ readonly master: number | null }> {
+  override get message() {
+    return `this node does not hold the master lease (master: ${this.master ?? "none"})`
+  }
 }
 
 export class MasterLease extends Context.Service<MasterLease, MasterLeaseShape>()("phxmaria/MasterLease") {}
@@ -102,6 +116,7 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
   let epoch = snapshot.state.epoch
   let holding = false
   const events = yield* PubSub.unbounded<LeaseEvent>()
+  const layerScope = yield* Effect.scope
 
   /** Publishes a transition of our own count; called after every change and on each check. */
   const observe = Effect.suspend(() => {
@@ -166,15 +181,18 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
     }
     if (action._tag === "Resign") {
       // Marked as in flight so it is sent once per proposeTimeout, not on every step.
-      view = onProposed(view, action.basedOnVersion, RESIGN_PROPOSAL_ID, now)
-      yield* cluster.propose({ _tag: "Resign", node: config.nodeId, basedOnVersion: action.basedOnVersion }).pipe(
-        Effect.tap((outcome) => Effect.logInfo(`resigned the master lease: ${outcome._tag}`)),
-        Effect.catch(() => Effect.void),
-        Effect.forkScoped
-      )
+      view = { ...onProposed(view, action.basedOnVersion, RESIGN_PROPOSAL_ID, now), handingTo: view.handingTo }
+      yield* proposeResign(action.basedOnVersion, action.successor)
     }
     yield* observe
   })
+  const proposeResign = (basedOnVersion: number, successor: number | undefined) =>
+    cluster.propose({ _tag: "Resign", node: config.nodeId, basedOnVersion, ...(successor !== undefined ? { successor } : {}) }).pipe(
+      Effect.tap((outcome) => Effect.logInfo(`resigned the master lease${successor !== undefined ? ` to node ${successor}` : ""}: ${outcome._tag}`)),
+      Effect.catch(() => Effect.void),
+      Effect.forkIn(layerScope),
+      Effect.asVoid
+    )
   // Woken at the next deadline of the lease logic (renewal, step-down, lapse, a proposal
   // given up), for an applied entry or a readiness change, and at least once a second.
   const pause = Effect.suspend(() => {
@@ -187,6 +205,16 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
 
   return MasterLease.of({
     isMaster: Effect.sync(() => holdsLease(config, view, monotonicMs())),
+    handOver: (successor) =>
+      Effect.gen(function*() {
+        const now = monotonicMs()
+        if (!holdsLease(config, view, now)) return yield* new NotLeaseHolder({ master: view.master })
+        view = onHandOver(view, successor, now)
+        yield* Effect.logInfo(`handing the master lease over to node ${successor}`)
+        yield* observe
+        yield* proposeResign(view.masterVersion, successor)
+        yield* Queue.offer(wake, undefined)
+      }),
     status: Effect.sync(() => {
       const now = monotonicMs()
       return { isMaster: holdsLease(config, view, now), master: view.master, epoch, leaseRemainingMs: Math.round(remainingMs(config, view, now)) }

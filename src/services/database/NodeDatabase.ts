@@ -34,7 +34,7 @@ import { DatabaseRoleCell, type DbRole } from "./DatabaseRole.js"
 import { afterFailure, copyProgress, mayServeRw, nextStep, pauseMs, readinessOf, rebuildProgress } from "../../domain/cluster/databaseRole.js"
 import { LocalMariaDb } from "./LocalMariaDb.js"
 import { fetchCopy } from "./PeerCopy.js"
-import { SERVES_READS } from "../proxy/RouteKeeper.js"
+import { CAUGHT_UP, SERVES_READS } from "../proxy/RouteKeeper.js"
 import { MasterLease, ReadinessCell } from "../cluster/MasterLease.js"
 import { Proxy } from "../proxy/Proxy.js"
 import { forkScopedLogged } from "../fibers.js"
@@ -81,6 +81,12 @@ export interface NodeDatabaseShape {
    * refused by one that serves or may serve RW; carried out at the role loop's next step.
    */
   readonly requestRebuild: Effect.Effect<{ readonly accepted: boolean; readonly message: string }>
+  /**
+   * A planned switchover (POST /switchover), asked of the serving master: hands the master
+   * role to `to` (a caught-up replica; any caught-up one when absent) once this node's last
+   * transactions are in the log, and answers when a new master holds the lease.
+   */
+  readonly switchover: (to: number | undefined) => Effect.Effect<SwitchoverDone, SwitchoverRefused>
   /** Keeps the log from `instance` on (here and on live peers) while the scope is open: a copy being taken needs it. */
   readonly pinLog: (instance: number) => Effect.Effect<void, never, Scope.Scope>
 }
@@ -107,6 +113,28 @@ export class NotCaughtUp extends Data.TaggedError("NotCaughtUp")<{ readonly loca
     return `at ${this.local ?? "nothing"}, log at ${this.log ?? "nothing"}`
   }
 }
+
+/** A switchover that could not be done (or not in time), and why; RW is open again when this node still serves. */
+export class SwitchoverRefused extends Data.TaggedError("SwitchoverRefused")<{ readonly reason: string }> {
+  override get message() {
+    return this.reason
+  }
+}
+
+export interface SwitchoverDone {
+  readonly from: number
+  readonly to: number
+  /** The master once it took over (the successor, unless it failed to and another took over). */
+  readonly master: number
+  readonly epoch: number
+  /** From RW closing here until a new master held the lease. */
+  readonly handoverMs: number
+}
+
+/** How long a switchover waits for its target to catch up, for this node's last commits, and for the new master. */
+const SWITCHOVER_TARGET_WAIT_MS = 30_000
+const SWITCHOVER_DRAIN_MS = 5_000
+const SWITCHOVER_TAKEOVER_MS = 15_000
 
 /** Promotion found that the master record names another node by now. */
 export class LeaseMovedOn extends Data.TaggedError("LeaseMovedOn")<{ readonly master: number | null }> {}
@@ -663,6 +691,72 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
 
   yield* Effect.addFinalizer(() => stopMaster)
 
+  const refused = (reason: string) => new SwitchoverRefused({ reason })
+  /** The members a switchover may hand over to (caught up: they say so on their heartbeats). */
+  const caughtUpPeers = Effect.map(log.advertised(2_000), (flags) =>
+    (options.donors ?? []).map((d) => d.nodeId).filter((id) => id !== nodeId && ((flags.get(id) ?? 0) & CAUGHT_UP) !== 0))
+
+  const switchover = (to: number | undefined) =>
+    Effect.gen(function*() {
+      if (role !== "master" || !(yield* lease.isMaster)) {
+        const master = (yield* cluster.current).state.master
+        return yield* refused(`node ${nodeId} is not the serving master (role ${role}; master: ${master ?? "none"})`)
+      }
+      const members = (options.donors ?? []).map((d) => d.nodeId)
+      if (to === nodeId) return yield* refused(`node ${nodeId} is the master already`)
+      if (to !== undefined && !members.includes(to)) return yield* refused(`node ${to} is not a member (members: ${members.join(", ")})`)
+      if (to === undefined && members.length < 2) return yield* refused("there is no other member to hand over to")
+      // A target behind is waited for (bounded): RW stays open meanwhile.
+      const picked = yield* Effect.map(caughtUpPeers, (ids) => to === undefined ? ids[0] : ids.includes(to) ? to : undefined).pipe(
+        Effect.repeat({ schedule: Schedule.spaced("100 millis"), until: (t) => t !== undefined }),
+        Effect.timeoutOrElse({
+          duration: `${SWITCHOVER_TARGET_WAIT_MS} millis`,
+          orElse: () => Effect.fail(refused(
+            to === undefined
+              ? `no replica has caught up with the log within ${SWITCHOVER_TARGET_WAIT_MS / 1000} s`
+              : `node ${to} has not caught up with the log (or does not serve) within ${SWITCHOVER_TARGET_WAIT_MS / 1000} s`
+          ))
+        })
+      )
+      const target = picked!
+      const epoch = (yield* cluster.current).state.epoch
+      const t0 = monotonicMs()
+      yield* Effect.logInfo(`switchover to node ${target}: closing RW and waiting for the last commits to be chosen`)
+      // RW closed, then no session may commit; what is committing finishes into the log.
+      yield* fenceRw
+      const drained = yield* Effect.gen(function*() {
+        yield* q("SET GLOBAL read_only = ON").pipe(Effect.timeout(`${SWITCHOVER_DRAIN_MS} millis`))
+        yield* Effect.gen(function*() {
+          const pos = yield* readLocal
+          const last = (yield* cluster.current).state.lastGtid
+          return gtidEquals(pos.gtid, last) && (yield* waitingCommits) === 0
+        }).pipe(
+          Effect.repeat({ schedule: Schedule.spaced("2 millis"), until: (done) => done }),
+          Effect.timeout(`${SWITCHOVER_DRAIN_MS} millis`)
+        )
+      }).pipe(Effect.result)
+      if (drained._tag === "Failure") {
+        // Still the master: serve again, the switchover did not happen.
+        if (role === "master" && (yield* lease.isMaster)) {
+          yield* q("SET GLOBAL read_only = OFF").pipe(Effect.ignore)
+          yield* proxy.refuseRw(false)
+          yield* onServingChange
+        }
+        return yield* refused(`this node's last commits did not reach the log within ${SWITCHOVER_DRAIN_MS / 1000} s: RW is open again`)
+      }
+      yield* lease.handOver(target).pipe(Effect.mapError((e) => refused(e.message)))
+      const after = yield* cluster.current.pipe(
+        Effect.repeat({ schedule: Schedule.spaced("5 millis"), until: (s) => s.state.master !== null && s.state.epoch > epoch }),
+        Effect.timeoutOrElse({
+          duration: `${SWITCHOVER_TAKEOVER_MS} millis`,
+          orElse: () => Effect.fail(refused(`handed over to node ${target}, but no new master within ${SWITCHOVER_TAKEOVER_MS / 1000} s`))
+        })
+      )
+      const done: SwitchoverDone = { from: nodeId, to: target, master: after.state.master!, epoch: after.state.epoch, handoverMs: Math.round(monotonicMs() - t0) }
+      yield* Effect.logInfo(`switchover done: node ${done.master} is master (epoch ${done.epoch}) ${done.handoverMs} ms after RW closed here`)
+      return done
+    })
+
   return NodeDatabase.of({
       status: Effect.sync(() => ({
         role,
@@ -675,6 +769,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       })),
       roles,
       pinLog,
+      switchover,
       serving: Effect.map(lease.isMaster, (m) => m && role === "master"),
       requestRebuild: Effect.gen(function*() {
         if (!managed) return { accepted: false, message: "the server is attached (run by the operator): rebuild it by hand" }

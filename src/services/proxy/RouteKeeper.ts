@@ -16,6 +16,8 @@ import { describeTarget, RoutingTable, sameTarget } from "./Routing.js"
 
 /** The heartbeat flag of a node whose database serves reads (a replica, not diverged, up). */
 export const SERVES_READS = 1
+/** The heartbeat flag of a replica that has applied every chosen transaction (a switchover's target). */
+export const CAUGHT_UP = 2
 /** A peer's read flag older than this counts as not serving (heartbeats come every 500 ms). */
 const HEARTBEAT_MAX_AGE_MS = 2_000
 
