@@ -2,7 +2,8 @@ import { describe, expect, it } from "@effect/vitest"
 import { defaultSimOptions, runSimulation } from "./support/paxosSim.js"
 
 /**
- * Seeded simulation of the Paxos core. PAXOS_SIM_SEEDS=N runs N seeds per cluster size
+ * Seeded simulation of the Paxos core, with membership changes (any new voters and learners,
+ * among the founding nodes and two spares) under the faults. PAXOS_SIM_SEEDS=N runs N seeds per cluster size
  * (defaults: 2,000 for 3 nodes, 1,000 for 5); PAXOS_SIM_SEED=S NODES=K replays one seed.
  */
 const seedsFor = (nodes: number): ReadonlyArray<number> => {
@@ -20,6 +21,7 @@ describe("Paxos simulation", () => {
       let confirmed = 0
       let crashes = 0
       let installs = 0
+      let membershipChanges = 0
       const messages: Record<string, number> = {}
       const seeds = seedsFor(nodes)
       for (const seed of seeds) {
@@ -28,6 +30,7 @@ describe("Paxos simulation", () => {
         confirmed += r.confirmed
         crashes += r.crashes
         installs += r.installs
+        membershipChanges += r.membershipChanges
         for (const [k, n] of Object.entries(r.messages)) messages[k] = (messages[k] ?? 0) + n
         if (r.failures.length > 0) {
           const line = `seed ${seed} failed (replay: PAXOS_SIM_SEED=${seed} NODES=${nodes} npx vitest run test/paxos-sim.test.ts): ${r.failures.join("; ")}`
@@ -35,7 +38,7 @@ describe("Paxos simulation", () => {
           failed.push(line)
         }
       }
-      console.log(`paxos sim: ${nodes} nodes, ${seeds.length} seeds, ${chosen} instances chosen, ${confirmed} proposals confirmed, ${crashes} crashes, ${installs} installs, messages ${JSON.stringify(messages)}`)
+      console.log(`paxos sim: ${nodes} nodes, ${seeds.length} seeds, ${chosen} instances chosen, ${confirmed} proposals confirmed, ${crashes} crashes, ${installs} installs, ${membershipChanges} membership changes, messages ${JSON.stringify(messages)}`)
       expect(failed).toEqual([])
       // The runs must actually exercise the protocol, not pass vacuously.
       if (seeds.length >= 10) {
@@ -43,6 +46,8 @@ describe("Paxos simulation", () => {
         expect(crashes).toBeGreaterThan(0)
         // Compaction left nodes behind, and they skipped ahead.
         expect(installs).toBeGreaterThan(0)
+        // Member sets changed under the faults (any new voters and learners, spare nodes too).
+        expect(membershipChanges).toBeGreaterThan(seeds.length)
         // Every path of the protocol ran somewhere.
         for (const kind of ["Prepare", "Promise", "Accept", "Accepted", "Nack", "Commit", "Status", "CatchupRequest", "CatchupReply", "Forward", "ForwardResult", "readChosen"]) {
           expect(messages[kind] ?? 0, kind).toBeGreaterThan(0)

@@ -174,11 +174,15 @@ describe("PaxosStorage write-ahead log", () => {
       const options = { segmentBytes: 8 * 1024, bootId: "boot-1" }
       const ballot = { round: 5, node: 2 }
       const filler = "x".repeat(700)
+      const members = { from: 19, voters: [1, 2, 4], learners: [5] }
       const accepted = (i: number): PersistRecord => ({ _tag: "Accepted", instance: i, ballot, value: value(i, `${i}:${filler}`) })
       const before = yield* Effect.scoped(Effect.gen(function*() {
         const s = yield* PaxosStorage.make(dir, options)
         yield* s.persist([{ _tag: "Promised", ballot }, { _tag: "ProposerRound", round: 7 }])
-        for (let i = 0; i < 100; i++) yield* s.persist([accepted(i)], i)
+        for (let i = 0; i < 100; i++) {
+          // A member set learned in the first segment, which compaction deletes: the checkpoint keeps it.
+          yield* s.persist(i === 3 ? [accepted(i), { _tag: "Configured", config: members }] : [accepted(i)], i)
+        }
         const usage = yield* s.usage
         // Nothing is deleted while the newer segments hold less than the tail to keep.
         const kept = yield* s.compact({ below: 60, retainBytes: 1 << 30, retainMs: 3_600_000 })
@@ -209,6 +213,7 @@ describe("PaxosStorage write-ahead log", () => {
         expect(state.chosenUpTo, boot).toBe(99)
         expect(state.chosen.map((c) => c.instance), boot).toEqual([95, 96, 97, 98])
         expect(state.accepted.map((a) => a.instance), boot).toEqual([99])
+        expect(state.configs, boot).toEqual([members])
       }
     }))
 
@@ -232,12 +237,18 @@ describe("PaxosStorage write-ahead log", () => {
         const s = yield* PaxosStorage.make(dir)
         const ballot = { round: 1, node: 1 }
         yield* s.persist([0, 1, 2].map((i) => ({ _tag: "Accepted" as const, instance: i, ballot, value: value(i, "v") })))
-        yield* s.persist([{ _tag: "Installed", upTo: 40 }, { _tag: "Accepted", instance: 41, ballot, value: value(41, "w") }])
+        yield* s.persist([{ _tag: "Configured", config: { from: 20, voters: [1, 2, 3], learners: [] } }])
+        // The installed state brings the member sets from its point on, replacing those known.
+        yield* s.persist([
+          { _tag: "Installed", upTo: 40, configs: [{ from: 30, voters: [2, 3, 4], learners: [] }] },
+          { _tag: "Accepted", instance: 41, ballot, value: value(41, "w") }
+        ])
       }))
       const state = yield* Effect.scoped(Effect.flatMap(PaxosStorage.make(dir), (s) => s.load(10)))
       expect(state.chosenUpTo).toBe(40)
       expect(state.compactedBelow).toBe(40)
       expect(state.chosen).toEqual([])
       expect(state.accepted.map((a) => a.instance)).toEqual([41])
+      expect(state.configs).toEqual([{ from: 30, voters: [2, 3, 4], learners: [] }])
     }))
 })

@@ -10,6 +10,9 @@ import {
   durableStateOf,
   emptyDurableImage,
   type Outputs,
+  CONFIG_WINDOW,
+  type ConfigEntry,
+  type MemberSet,
   type PaxosConfig,
   PaxosNode,
   sendsBeforePersist
@@ -32,6 +35,10 @@ export interface SimOptions {
   readonly diskCrashRate: number // per write completion: crash just before it, losing it and later ones
   readonly partitionRate: number // per tick
   readonly compactRate: number // per node per tick: drop the stored log below a random chosen instance
+  /** Nodes beyond the founding ones, outside the member set until a change adds them. */
+  readonly spareNodes: number
+  /** Of the proposals, this share are membership changes (any new voters and learners from every node). */
+  readonly membershipShare: number
 }
 
 export const defaultSimOptions = (seed: number, nodes: number): SimOptions => ({
@@ -48,7 +55,9 @@ export const defaultSimOptions = (seed: number, nodes: number): SimOptions => ({
   diskDelayMs: 4,
   diskCrashRate: 0.002,
   partitionRate: 0.004,
-  compactRate: 0.01
+  compactRate: 0.01,
+  spareNodes: 2,
+  membershipShare: 0.15
 })
 
 export interface SimResult {
@@ -59,6 +68,9 @@ export interface SimResult {
   readonly crashes: number
   /** Installs: nodes that found every peer's log compacted past them and skipped ahead. */
   readonly installs: number
+  /** Membership changes chosen, and the member set in force at the end. */
+  readonly membershipChanges: number
+  readonly finalMembers: MemberSet
   /** Messages sent, by kind, plus "readChosen" for catch-ups served from storage. */
   readonly messages: Record<string, number>
 }
@@ -90,9 +102,19 @@ interface SimNode {
   writeIndex: number
 }
 
+/** A membership value of the simulation: "M:voters:learners" (comma-separated ids). */
+export const membershipValue = (set: MemberSet, tag = ""): string => `M:${set.voters.join(",")}:${set.learners.join(",")}:${tag}`
+const ids = (t: string | undefined) => (t === undefined || t === "" ? [] : t.split(",").map(Number))
+export const simMembershipOf = (value: Uint8Array): MemberSet | undefined => {
+  if (value.length < 2 || value[0] !== 77 || value[1] !== 58) return undefined // "M:"
+  const [, voters, learners] = Buffer.from(value).toString("utf8").split(":")
+  return { voters: ids(voters), learners: ids(learners) }
+}
+
 export const simPaxosConfig = (nodeId: number, members: ReadonlyArray<number>, seed: number): PaxosConfig => ({
   nodeId,
   members,
+  membershipOf: simMembershipOf,
   batchMaxCount: 3,
   batchMaxBytes: 64,
   maxInflight: 3,
@@ -119,6 +141,25 @@ const text = (b: Uint8Array): string => Buffer.from(b).toString("utf8")
 export const runSimulation = (options: SimOptions): SimResult => {
   const rng = new Rng(options.seed)
   const members = Array.from({ length: options.nodes }, (_, i) => i + 1)
+  // Every node that exists: the founding members, then the spares.
+  const everyone = Array.from({ length: options.nodes + options.spareNodes }, (_, i) => i + 1)
+  /** The true member sets, from the chosen log (as every node must come to see them). */
+  let trueConfigs: Array<ConfigEntry> = [{ from: 0, voters: members, learners: [] }]
+  let membershipChanges = 0
+  const trueConfigAt = (instance: number): ConfigEntry => {
+    let c = trueConfigs[0]!
+    for (const e of trueConfigs) if (e.from <= instance) c = e
+    return c
+  }
+  /**
+   * The nodes that must hold everything up to `last`: the members (voters and learners) of
+   * the member set from the next instance on (a node removed before hears no more; one just
+   * added must catch up).
+   */
+  const requiredAt = (last: number): ReadonlyArray<number> => {
+    const next = trueConfigAt(last + 1)
+    return [...next.voters, ...next.learners]
+  }
   const failures: Array<string> = []
   const fail = (msg: string) => {
     if (failures.length < 10) failures.push(msg)
@@ -131,7 +172,7 @@ export const runSimulation = (options: SimOptions): SimResult => {
   let proposalsMade = 0
   let chaos = true
   /** Partition: group id per node; messages cross only within a group. */
-  let groups = new Map<number, number>(members.map((m) => [m, 0]))
+  let groups = new Map<number, number>(everyone.map((m) => [m, 0]))
 
   // The client of the last value retries (with a new value) when one attempt fails or hangs.
   const finalPrefix = `s${options.seed}-final`
@@ -139,7 +180,8 @@ export const runSimulation = (options: SimOptions): SimResult => {
   const finalConfirmed = () => [...confirmed.keys()].some((v) => v.startsWith(finalPrefix))
   const proposeFinal = () => {
     const value = `${finalPrefix}-${finalAttempts++}`
-    queue.push(now + 1, { kind: "propose", node: members[rng.int(0, members.length - 1)]!, value })
+    const voters = trueConfigs[trueConfigs.length - 1]!.voters
+    queue.push(now + 1, { kind: "propose", node: voters[rng.int(0, voters.length - 1)]!, value })
     queue.push(now + 1_500, { kind: "finalRetry" })
   }
   const globalChosen = new Map<number, PaxosValue>()
@@ -148,7 +190,7 @@ export const runSimulation = (options: SimOptions): SimResult => {
 
   const configOf = (id: number) => simPaxosConfig(id, members, options.seed)
   const nodes = new Map<number, SimNode>(
-    members.map((id) => [
+    everyone.map((id) => [
       id,
       {
         id,
@@ -189,8 +231,16 @@ export const runSimulation = (options: SimOptions): SimResult => {
       if (c.instance !== n.nextDelivery) fail(`order: node ${n.id} delivered ${c.instance}, expected ${n.nextDelivery}`)
       n.nextDelivery = c.instance + 1
       const g = globalChosen.get(c.instance)
-      if (g === undefined) globalChosen.set(c.instance, c.value)
-      else if (!valueEquals(g, c.value)) fail(`agreement: instance ${c.instance} chosen with two values (node ${n.id})`)
+      if (g === undefined) {
+        globalChosen.set(c.instance, c.value)
+        let set: MemberSet | undefined
+        for (const v of c.value.values) set = simMembershipOf(v) ?? set
+        if (set !== undefined) {
+          membershipChanges++
+          trueConfigs = [...trueConfigs.filter((x) => x.from !== c.instance + CONFIG_WINDOW), { from: c.instance + CONFIG_WINDOW, ...set }]
+            .sort((a, b) => a.from - b.from)
+        }
+      } else if (!valueEquals(g, c.value)) fail(`agreement: instance ${c.instance} chosen with two values (node ${n.id})`)
       for (const v of c.value.values) if (!proposed.has(text(v))) fail(`validity: instance ${c.instance} holds unproposed ${text(v)}`)
     }
     for (const r of out.results) {
@@ -287,9 +337,17 @@ export const runSimulation = (options: SimOptions): SimResult => {
     }
   }
 
+  /** A random new member set: one to three voters and any learners, from every node that exists. */
+  const randomMembers = (): MemberSet => {
+    const shuffled = [...everyone].sort(() => rng.next() - 0.5)
+    const voters = shuffled.slice(0, rng.int(1, Math.min(3, everyone.length))).sort((a, b) => a - b)
+    const learners = shuffled.slice(voters.length).filter(() => rng.next() < 0.5).sort((a, b) => a - b)
+    return { voters, learners }
+  }
+
   const propose = (n: SimNode, value: string | undefined) => {
     if (n.core === null) return
-    const v = value ?? `s${options.seed}-v${proposalsMade++}`
+    const v = value ?? (rng.next() < options.membershipShare ? membershipValue(randomMembers(), `s${options.seed}-m${proposalsMade++}`) : `s${options.seed}-v${proposalsMade++}`)
     proposed.add(v)
     const requestId = ++requestSeq
     n.requests.set(requestId, v)
@@ -299,7 +357,7 @@ export const runSimulation = (options: SimOptions): SimResult => {
 
   for (const n of nodes.values()) start(n)
   for (let i = 0; i < options.proposals; i++) {
-    queue.push(rng.int(0, options.chaosMs), { kind: "propose", node: members[rng.int(0, members.length - 1)]! })
+    queue.push(rng.int(0, options.chaosMs), { kind: "propose", node: everyone[rng.int(0, everyone.length - 1)]! })
   }
 
   const runUntil = (limit: number, done: () => boolean) => {
@@ -337,15 +395,17 @@ export const runSimulation = (options: SimOptions): SimResult => {
           if (install !== null) {
             // Every peer ahead compacted past us: the layer above copies a peer's state there.
             installs++
-            handle(n, n.core.step({ _tag: "Install", upTo: install }, now))
+            // The copied state carries the member sets from there on (as the snapshot does).
+            const configs = [trueConfigAt(install), ...trueConfigs.filter((c) => c.from > install)]
+            handle(n, n.core.step({ _tag: "Install", upTo: install, configs }, now))
             if (n.core === null) break
           }
           queue.push(now + TICK_MS, { kind: "tick", node: n.id, incarnation: n.incarnation })
           if (n.id === members[0] && chaos && rng.next() < options.partitionRate) {
             // Either heal, or split into two random groups.
             groups = rng.next() < 0.4
-              ? new Map(members.map((m) => [m, 0]))
-              : new Map(members.map((m) => [m, rng.int(0, 1)]))
+              ? new Map(everyone.map((m) => [m, 0]))
+              : new Map(everyone.map((m) => [m, rng.int(0, 1)]))
           }
           break
         }
@@ -378,7 +438,7 @@ export const runSimulation = (options: SimOptions): SimResult => {
 
   // Heal: no more faults, everyone up and connected, then one more value must get through.
   chaos = false
-  groups = new Map(members.map((m) => [m, 0]))
+  groups = new Map(everyone.map((m) => [m, 0]))
   for (const n of nodes.values()) if (n.core === null) start(n)
   proposeFinal()
   const allLearned = () => {
@@ -386,11 +446,14 @@ export const runSimulation = (options: SimOptions): SimResult => {
     let max = -1
     for (const i of globalChosen.keys()) if (i > max) max = i
     for (const at of confirmed.values()) if (at.instance > max) max = at.instance
-    for (const n of nodes.values()) if (n.core === null || n.core.chosenUpTo <= max) return false
+    for (const id of requiredAt(max)) {
+      const n = nodes.get(id)!
+      if (n.core === null || n.core.chosenUpTo <= max) return false
+    }
     return true
   }
   if (!runUntil(now + options.healBoundMs, allLearned)) {
-    const state = [...nodes.values()].map((n) => `${n.id}:${n.core?.chosenUpTo}/${n.core?.currentRole}/pending=${n.core?.pendingCount}/req=${n.requests.size}` + (process.env.SIM_DEBUG ? JSON.stringify({q: (n.core as any)?.queue?.length, placed: [...((n.core as any)?.placed?.keys() ?? [])], inflight: [...((n.core as any)?.inflight?.keys() ?? [])], next: (n.core as any)?.nextInstance, acc: [...((n.core as any)?.accepted?.keys() ?? [])]}) : "")).join(" ")
+    const state = [...nodes.values()].map((n) => `${n.id}:${n.core?.chosenUpTo}/${n.core?.currentRole}/pending=${n.core?.pendingCount}/req=${n.requests.size}` + (process.env.SIM_DEBUG ? JSON.stringify({q: (n.core as any)?.queue?.length, placed: [...((n.core as any)?.placed?.keys() ?? [])], inflight: [...((n.core as any)?.inflight?.keys() ?? [])], next: (n.core as any)?.nextInstance, acc: [...((n.core as any)?.accepted?.keys() ?? [])], maxChosen: (n.core as any)?.maxChosen, voter: n.core?.isVoter, leader: (n.core as any)?.knownLeader, configs: n.core?.memberSets.map((c) => `${c.from}:${membershipValue(c)}`), fwd: [...((n.core as any)?.forwarded?.values() ?? [])].length}) : "")).join(" ")
     fail(`liveness: within ${options.healBoundMs} ms of healing, not every node learned every chosen instance and the final value [${state}] finalAttempts=${finalAttempts} finalConfirmed=${finalConfirmed()}`)
   }
 
@@ -401,11 +464,14 @@ export const runSimulation = (options: SimOptions): SimResult => {
   }
   for (const [v, at] of confirmed) {
     const got = globalChosen.get(at.instance)?.values[at.index]
-    if (got === undefined || text(got) !== v) fail(`confirmed ${v} at ${at.instance}/${at.index} but the log holds ${got && text(got)}`)
+    if (got === undefined || text(got) !== v) fail(`confirmed ${v} at ${at.instance}/${at.index} but the log holds ${got && text(got)}` + (process.env.SIM_DEBUG ? [...nodes.values()].map((n) => ` ${n.id}:${n.core?.chosenUpTo}/${n.core?.currentRole}/max=${(n.core as any)?.maxChosen}/${n.core?.memberSets.map((c) => `${c.from}:${membershipValue(c)}`)}`).join("") : ""))
+    const required = requiredAt(Math.max(...globalChosen.keys()))
     for (const n of nodes.values()) {
+      if (!required.includes(n.id)) continue // not a member by the end
       if (at.instance < n.durable.compactedBelow) continue // dropped by compaction
+      if (n.core !== null && at.instance >= n.core.chosenUpTo) continue // not learned here (liveness judges that)
       const got = storedValue(n.durable, at.instance)?.values[at.index]
-      if (got === undefined || text(got) !== v) fail(`durability: node ${n.id} lacks confirmed ${v} at ${at.instance}/${at.index}`)
+      if (got === undefined || text(got) !== v) fail(`durability: node ${n.id} lacks confirmed ${v} at ${at.instance}/${at.index} (durable prefix ${n.durable.chosenUpTo}, from ${n.durable.compactedBelow}, core ${n.core?.chosenUpTo}, stored ${[...n.durable.log.keys()].sort((a, b) => a - b).slice(0, 8)})`)
     }
   }
   // No value twice in the log.
@@ -417,6 +483,28 @@ export const runSimulation = (options: SimOptions): SimResult => {
       seen.add(t)
     }
   }
-  return { seed: options.seed, failures, chosenInstances: globalChosen.size, confirmed: confirmed.size, crashes, installs, messages }
+  // Every member of the final set came to see the member sets the log says.
+  const lastChosen = Math.max(...globalChosen.keys())
+  const final = trueConfigAt(lastChosen + 1)
+  for (const id of requiredAt(lastChosen)) {
+    const core = nodes.get(id)!.core
+    if (core === null) continue
+    const seen = core.configAt(core.chosenUpTo)
+    const truth = trueConfigAt(core.chosenUpTo)
+    if (seen.voters.join() !== truth.voters.join() || seen.learners.join() !== truth.learners.join()) {
+      fail(`membership: node ${id} sees ${membershipValue(seen)} at ${core.chosenUpTo}, the log says ${membershipValue(truth)}`)
+    }
+  }
+  return {
+    seed: options.seed,
+    failures,
+    chosenInstances: globalChosen.size,
+    confirmed: confirmed.size,
+    crashes,
+    installs,
+    messages,
+    membershipChanges,
+    finalMembers: { voters: final.voters, learners: final.learners }
+  }
 }
 

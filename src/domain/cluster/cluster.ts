@@ -6,6 +6,7 @@
 import { Result, Schema } from "effect"
 import { decodePayload, encodeFrame, FRAME_HEADER_BYTES } from "../wire/frame.js"
 import { followsOn, Gtid, gtidEquals } from "./gtid.js"
+import { CONFIG_WINDOW, type MemberSet, withConfig } from "../paxos/core.js"
 
 /**
  * One binlog transaction as captured from the master: its GTID and its events' bytes. A
@@ -44,8 +45,30 @@ export const BinlogPart = Schema.TaggedStruct("BinlogPart", {
   part: Schema.Int.pipe(Schema.check(Schema.isGreaterThanOrEqualTo(0))),
   bytes: Schema.Uint8Array
 })
+const Port = Schema.Int.pipe(Schema.check(Schema.isBetween({ minimum: 1, maximum: 65535 })))
+
+/** A member as the log knows it: where it listens, and whether it votes (else it learns only). */
+export const ClusterMember = Schema.Struct({
+  nodeId: Schema.Int.pipe(Schema.check(Schema.isGreaterThan(0))),
+  host: Schema.String,
+  /** Peer (Paxos) port. */
+  port: Port,
+  adminPort: Port,
+  rwPort: Schema.optional(Port),
+  roPort: Schema.optional(Port),
+  forwardRwPort: Schema.optional(Port),
+  forwardRoPort: Schema.optional(Port),
+  voter: Schema.Boolean
+})
+export type ClusterMember = typeof ClusterMember.Type
+
+/**
+ * The whole member set from now on (docs/architecture.md, "Membership"): it governs the
+ * Paxos instances from CONFIG_WINDOW after the one that holds it. Always accepted: the
+ * member set is what the last one chosen says (the command that proposes it checks).
+ */
 export const Membership = Schema.TaggedStruct("Membership", {
-  members: Schema.Array(Schema.Int.pipe(Schema.check(Schema.isGreaterThan(0)))).pipe(Schema.check(Schema.isMinLength(1)))
+  members: Schema.Array(ClusterMember).pipe(Schema.check(Schema.isMinLength(1)))
 })
 /**
  * The master gives the lease up before its term ends (its database failed): accepted only
@@ -118,7 +141,18 @@ export const ClusterStateData = Schema.Struct({
   /** A large transaction whose parts are being accepted (absent in snapshots from before parts). */
   partial: Schema.optional(Schema.NullOr(PartialTxn)),
   /** With no master after a switchover's Resign: the node handed over to (cleared by the next MasterLease). */
-  successor: Schema.optional(Schema.NullOr(Schema.Int))
+  successor: Schema.optional(Schema.NullOr(Schema.Int)),
+  /** The last Membership applied (absent: the founding members of the config files, all voters). */
+  membership: Schema.optional(Schema.Array(ClusterMember)),
+  /**
+   * The Paxos member sets from the applied point on, as the core keeps them: what a node
+   * installing this state starts its log with.
+   */
+  configs: Schema.optional(Schema.Array(Schema.Struct({
+    from: Schema.Int,
+    voters: Schema.Array(Schema.Int),
+    learners: Schema.Array(Schema.Int)
+  })))
 })
 export type ClusterStateData = typeof ClusterStateData.Type
 
@@ -172,8 +206,18 @@ export const applyEntry = (state: ClusterStateData, entry: ClusterEntry, at: Log
   switch (entry._tag) {
     case "Noop":
       return [state, accepted]
-    case "Membership":
-      return [{ ...state, members: [...entry.members] }, accepted]
+    case "Membership": {
+      const config = memberSetOf(entry.members)
+      const configs = [...(state.configs ?? [{ from: 0, voters: state.members, learners: [] }])]
+      // Member sets no instance from here on uses go (the one governing this instance stays).
+      while (configs.length > 1 && configs[1]!.from <= at[0]) configs.shift()
+      return [{
+        ...state,
+        members: entry.members.map((m) => m.nodeId),
+        membership: [...entry.members],
+        configs: withConfig(configs, { from: at[0] + CONFIG_WINDOW, ...config })
+      }, accepted]
+    }
     case "MasterLease": {
       if (entry.basedOnVersion !== state.masterVersion) {
         return [state, reject({ _tag: "StaleMasterVersion", expected: state.masterVersion, got: entry.basedOnVersion })]
@@ -339,6 +383,28 @@ export const decodeEntry = (bytes: Uint8Array): ClusterEntry | RejectReason => {
   if (fast !== undefined) return fast
   const entry = decodeClusterEntry(payload.success)
   return Result.isFailure(entry) ? { _tag: "Malformed", message: entry.failure.message } : entry.success
+}
+
+/** The Paxos member set of a membership: its voters, and the rest as learners. */
+export const memberSetOf = (members: ReadonlyArray<ClusterMember>): MemberSet => ({
+  voters: members.filter((m) => m.voter).map((m) => m.nodeId).sort((a, b) => a - b),
+  learners: members.filter((m) => !m.voter).map((m) => m.nodeId).sort((a, b) => a - b)
+})
+
+const MEMBERSHIP_TAG = new TextEncoder().encode("Membership")
+/**
+ * The member set a chosen value sets, if it is a Membership entry (PaxosConfig.membershipOf).
+ * Most values are Binlog entries: only a value whose first bytes hold the tag is decoded.
+ */
+export const membershipOfValue = (value: Uint8Array): MemberSet | undefined => {
+  const head = value.subarray(0, 24)
+  let found = false
+  for (let i = 0; i + MEMBERSHIP_TAG.length <= head.length && !found; i++) {
+    found = MEMBERSHIP_TAG.every((b, j) => head[i + j] === b)
+  }
+  if (!found) return undefined
+  const entry = decodeEntry(value)
+  return entry._tag === "Membership" ? memberSetOf(entry.members) : undefined
 }
 
 /** Applies a chosen value: a malformed one changes nothing and is rejected. */

@@ -35,9 +35,36 @@ import {
 export const sendsBeforePersist = (m: PaxosMessage): boolean =>
   m._tag !== "Promise" && m._tag !== "Accepted" && m._tag !== "Prepare"
 
+/** Who takes part in an instance: voters form its quorums; learners get every message but do not count. */
+export interface MemberSet {
+  readonly voters: ReadonlyArray<number>
+  readonly learners: ReadonlyArray<number>
+}
+
+/** The member set of instances from `from` on (until the next entry's `from`). */
+export interface ConfigEntry extends MemberSet {
+  readonly from: number
+}
+
+/**
+ * Reconfiguration window: a member set chosen at instance k governs instances from
+ * k + CONFIG_WINDOW on (Lamport's alpha). A leader therefore knows the member set of every
+ * instance below its chosen prefix + CONFIG_WINDOW, and never places a value beyond that.
+ * A protocol constant: every node must use the same.
+ */
+export const CONFIG_WINDOW = 16
+
+export const quorumOf = (c: MemberSet): number => Math.floor(c.voters.length / 2) + 1
+
 export interface PaxosConfig {
   readonly nodeId: number
+  /** The founding member set (voters) of instance 0; the log's Membership values change it. */
   readonly members: ReadonlyArray<number>
+  /**
+   * The member set a chosen value sets, if it is a membership change (else undefined).
+   * Pure; every node must classify alike. Without it the member set never changes.
+   */
+  readonly membershipOf?: (value: Uint8Array) => MemberSet | undefined
   /**
    * Batching (group commit): a value goes into an instance at once while fewer than
    * maxInflight are in phase 2; beyond that, values wait and whatever waited goes out as
@@ -108,7 +135,9 @@ export type PersistRecord =
    * Everything below `upTo` is chosen and no longer kept here: the node took a copy of the
    * state it leads to from a peer (Install), its own log there is dropped.
    */
-  | { readonly _tag: "Installed"; readonly upTo: number }
+  | { readonly _tag: "Installed"; readonly upTo: number; readonly configs: ReadonlyArray<ConfigEntry> }
+  /** A membership value was learned chosen: this member set governs instances from `from` on. */
+  | { readonly _tag: "Configured"; readonly config: ConfigEntry }
   | { readonly _tag: "ProposerRound"; readonly round: number }
   | { readonly _tag: "Accepted"; readonly instance: number; readonly ballot: Ballot; readonly value: PaxosValue }
   | { readonly _tag: "Chosen"; readonly instance: number; readonly value: PaxosValue }
@@ -125,6 +154,8 @@ export interface DurableState {
   readonly chosenUpTo: number
   /** Instances below it are no longer stored (compacted, or skipped by an Install); default 0. */
   readonly compactedBelow?: number
+  /** Member sets learned from the log (Configured, Installed), in `from` order; default: the founding members from 0. */
+  readonly configs?: ReadonlyArray<ConfigEntry>
 }
 
 /**
@@ -166,7 +197,7 @@ export type Input =
    * state it leads to from a peer (a node behind every peer's compacted log). Persists an
    * Installed record; instances from `upTo` on are then learned as usual.
    */
-  | { readonly _tag: "Install"; readonly upTo: number }
+  | { readonly _tag: "Install"; readonly upTo: number; readonly configs: ReadonlyArray<ConfigEntry> }
 
 export type ProposalResult =
   | { readonly _tag: "Chosen"; readonly requestId: number; readonly instance: number; readonly index: number }
@@ -226,9 +257,14 @@ const nextRandom = (state: { s: number }): number => {
 
 export class PaxosNode {
   readonly config: PaxosConfig
-  readonly quorum: number
-  private readonly peers: ReadonlyArray<number>
   private readonly rng: { s: number }
+  /** Member sets by the instance they govern from (sorted; the first governs the chosen prefix). */
+  private configs: Array<ConfigEntry>
+  /** Every other node of the member sets from the chosen prefix on (voters and learners): who hears from us. */
+  private peers: ReadonlyArray<number> = []
+  private members = new Set<number>()
+  /** Pipelining stays inside the reconfiguration window. */
+  private readonly maxInflight: number
 
   // Acceptor (durable)
   private promised: Ballot
@@ -257,6 +293,11 @@ export class PaxosNode {
   private role: Role = "follower"
   private ballot: Ballot = ZeroBallot
   private promises = new Map<number, MessageOf<"Promise">>()
+  /** Who promised the current ballot (kept while leading: a new member set's quorum is checked against it). */
+  private promisers = new Set<number>()
+  /** Phase 1's outcome: values to re-propose, by instance, up to recoverTop (placed in order as their member sets become known). */
+  private recovered = new Map<number, PaxosValue>()
+  private recoverTop = -1
   private prepareSentAt = 0
   private nextInstance = 0
   private readonly inflight = new Map<number, Inflight>()
@@ -283,8 +324,13 @@ export class PaxosNode {
 
   constructor(config: PaxosConfig, durable: DurableState, incarnationSeed = 0) {
     this.config = config
-    this.quorum = Math.floor(config.members.length / 2) + 1
-    this.peers = config.members.filter((m) => m !== config.nodeId)
+    this.maxInflight = Math.max(1, Math.min(config.maxInflight, CONFIG_WINDOW - 2))
+    // Learned member sets; the founding one governs until the first of them (an Install's
+    // list starts with the one governing its point).
+    const learned = [...(durable.configs ?? [])].sort((a, b) => a.from - b.from)
+    this.configs = learned.length > 0 && learned[0]!.from <= durable.chosenUpTo
+      ? learned
+      : [{ from: 0, voters: [...config.members], learners: [] }, ...learned]
     this.rng = { s: (config.seed ^ Math.imul(config.nodeId + 1, 0x9e3779b1) ^ incarnationSeed) | 0 }
     this.incarnation = incarnationSeed | 0
     this.promised = durable.promised
@@ -306,9 +352,78 @@ export class PaxosNode {
       }
     }
     this.trimWindow()
+    this.refreshMembers()
+  }
+
+  // ---- member sets ----
+
+  /** The member set of `instance` (known for instances below chosenUpTo + CONFIG_WINDOW). */
+  configAt(instance: number): ConfigEntry {
+    let c = this.configs[0]!
+    for (const e of this.configs) {
+      if (e.from > instance) break
+      c = e
+    }
+    return c
+  }
+
+  /** Every other node of the member sets from the prefix on (voters and learners). */
+  get peerIds(): ReadonlyArray<number> {
+    return this.peers
+  }
+
+  /** Member sets from the chosen prefix on, the one governing it first. */
+  get memberSets(): ReadonlyArray<ConfigEntry> {
+    return this.configs
+  }
+
+  /** Whether `nodes` hold a quorum of `c`'s voters. */
+  private isQuorum(nodes: ReadonlySet<number>, c: MemberSet): boolean {
+    let n = 0
+    for (const v of c.voters) if (nodes.has(v)) n++
+    return n >= quorumOf(c)
+  }
+
+  /** Drops member sets no instance from the prefix on uses, and recomputes who the peers are. */
+  private refreshMembers(): void {
+    while (this.configs.length > 1 && this.configs[1]!.from <= this.chosenUpToValue) this.configs.shift()
+    const all = new Set<number>()
+    for (const c of this.configs) for (const m of [...c.voters, ...c.learners]) all.add(m)
+    this.members = all
+    this.peers = [...all].filter((m) => m !== this.config.nodeId).sort((a, b) => a - b)
+  }
+
+  /** A membership value chosen at `instance` sets the members of instances from instance + CONFIG_WINDOW on. */
+  private noteMembership(instance: number, value: PaxosValue): void {
+    const classify = this.config.membershipOf
+    if (classify === undefined) return
+    let set: MemberSet | undefined
+    for (const v of value.values) set = classify(v) ?? set
+    if (set === undefined) return
+    const entry: ConfigEntry = { from: instance + CONFIG_WINDOW, voters: [...set.voters], learners: [...set.learners] }
+    this.configs = withConfig(this.configs, entry)
+    this.out.persist.push({ _tag: "Configured", config: entry })
+    this.refreshMembers()
   }
 
   // ---- read-only views ----
+
+  /** The quorum of the member set governing the chosen prefix. */
+  get quorum(): number {
+    return quorumOf(this.configAt(this.chosenUpToValue))
+  }
+  /** Whether this node votes in the newest member set it knows. */
+  get isVoter(): boolean {
+    return this.configs[this.configs.length - 1]!.voters.includes(this.config.nodeId)
+  }
+  /**
+   * Whether this node may run phase 1 and lead: it votes where the prefix is (it can
+   * settle what is open there) or in the newest member set (it is needed ahead). A node in
+   * neither, removed or never added, does not.
+   */
+  get mayLead(): boolean {
+    return this.isVoter || this.configAt(this.chosenUpToValue).voters.includes(this.config.nodeId)
+  }
   get chosenUpTo(): number {
     return this.chosenUpToValue
   }
@@ -354,7 +469,7 @@ export class PaxosNode {
   get needsInstall(): number | null {
     if (this.now - this.prefixMovedAt < this.config.installAfterMs) return null
     let lowest: number | null = null
-    for (const p of this.peers) {
+    for (const p of this.informants()) {
       if ((this.peerPrefix.get(p) ?? 0) <= this.chosenUpToValue) continue
       const from = this.peerCompactedBelow.get(p) ?? 0
       if (from <= this.chosenUpToValue) return null
@@ -393,10 +508,15 @@ export class PaxosNode {
         this.compact(Math.min(input.below, this.chosenUpToValue))
         break
       case "Install":
-        this.install(input.upTo)
+        this.install(input.upTo, input.configs)
         break
     }
     this.drainSelf()
+    // Phase 1 may end once catch-up brought the prefix to the promisers'.
+    if (this.role === "preparing") {
+      this.tryLead()
+      this.drainSelf()
+    }
     this.flushCommits()
     const out = this.out
     this.out = emptyOutputs()
@@ -445,6 +565,9 @@ export class PaxosNode {
   // ---- message handling ----
 
   private receive(from: number, m: PaxosMessage): void {
+    // A node outside every member set from the prefix on (removed, or never added) neither
+    // runs phases nor proposes here: it cannot disturb the members.
+    if ((m._tag === "Prepare" || m._tag === "Accept" || m._tag === "Forward") && from !== this.config.nodeId && !this.members.has(from)) return
     switch (m._tag) {
       case "Prepare":
         return this.onPrepare(from, m)
@@ -513,17 +636,24 @@ export class PaxosNode {
     return l.node
   }
 
+  /** Another voter of the newest member set, at random (undefined: none). */
+  private someVoter(): number | undefined {
+    const others = this.configs[this.configs.length - 1]!.voters.filter((v) => v !== this.config.nodeId)
+    return others.length === 0 ? undefined : others[this.random(0, others.length - 1)]
+  }
+
   /** Queued proposals go into our own instances if we lead, else to the active leader, else we run. */
   private proposeQueued(): void {
     if (this.queue.length === 0) return
     if (this.role === "leader") return this.flushQueue()
     if (this.role === "preparing") return
-    const leader = this.activeLeader()
+    // A node that may not run (not a voter) with no leader known hands its proposals to a voter, which runs.
+    const leader = this.activeLeader() ?? (this.mayLead ? undefined : this.someVoter())
     if (leader !== undefined) {
       const batch = this.queue.splice(0)
       this.queuedBytes = 0
       const own = batch.filter((q) => q.origin.node === this.config.nodeId && q.origin.incarnation === this.incarnation)
-      for (const q of own) this.forwarded.set(q.origin.requestId, { at: this.now, leader: this.knownLeader! })
+      for (const q of own) this.forwarded.set(q.origin.requestId, { at: this.now, leader: this.knownLeader ?? ZeroBallot })
       // Proposals forwarded to us by others travel on with their origin, in messages of their own.
       const byOrigin = new Map<string, Array<Queued>>()
       for (const q of batch) {
@@ -620,6 +750,11 @@ export class PaxosNode {
   }
 
   private startPrepare(): void {
+    // Only a voter runs (a learner, or a node removed, hands its proposals to the leader).
+    if (!this.mayLead) {
+      this.stepDown()
+      return
+    }
     const round = Math.max(this.proposerRound, this.highestRoundSeen) + 1
     this.proposerRound = round
     this.highestRoundSeen = round
@@ -634,47 +769,72 @@ export class PaxosNode {
   }
 
   private onPromise(from: number, m: MessageOf<"Promise">): void {
-    if (this.role !== "preparing" || !ballotEquals(m.ballot, this.ballot)) return
-    this.promises.set(from, m)
+    if (!ballotEquals(m.ballot, this.ballot) || this.role === "follower") return
+    // What a promiser knows chosen is chosen, whoever it is.
+    for (const e of m.entries) if (e.ballot === null) this.learn(e.instance, e.value)
     if (m.chosenUpTo > (this.peerChosenUpTo.get(from) ?? 0)) this.peerChosenUpTo.set(from, m.chosenUpTo)
     this.peerPrefix.set(from, m.chosenUpTo)
-    if (this.promises.size < this.quorum) return
+    if (this.role === "leader") {
+      // A late promise (a member set's new voter): it counts from the next instance not yet
+      // placed, with what it accepted there.
+      this.promisers.add(from)
+      for (const e of m.entries) {
+        if (e.ballot === null || e.instance < this.nextInstance) continue
+        this.recover(e.instance, e.ballot, e.value)
+      }
+      this.flushQueue()
+      return
+    }
+    this.promises.set(from, m)
+    this.tryLead()
+  }
 
-    // Instances below the highest chosen prefix are chosen already:
-    // we learn them by catch-up and never propose into them.
+  /** Best (highest-ballot) accepted values from promises, per instance. */
+  private readonly recoveredBallots = new Map<number, Ballot>()
+  private recover(instance: number, ballot: Ballot, value: PaxosValue): void {
+    const cur = this.recoveredBallots.get(instance)
+    if (cur === undefined || compareBallot(ballot, cur) > 0) {
+      this.recoveredBallots.set(instance, ballot)
+      this.recovered.set(instance, value)
+    }
+    if (instance > this.recoverTop) this.recoverTop = instance
+  }
+
+  /**
+   * Phase 1 ends once this node has learned every instance some promiser knows chosen (the
+   * member sets of the instances it will place follow from them) and the promises hold a
+   * quorum of every member set governing [start, start + CONFIG_WINDOW).
+   */
+  private tryLead(): void {
+    if (this.role !== "preparing") return
+    // Instances below the highest chosen prefix are chosen already: we learn them by
+    // catch-up and never propose into them.
     let start = this.chosenUpToValue
     for (const p of this.promises.values()) start = Math.max(start, p.chosenUpTo)
-    const best = new Map<number, PromiseEntry>()
-    let top = start - 1
-    for (const p of this.promises.values()) {
-      for (const e of p.entries) {
-        if (e.ballot === null) {
-          this.learn(e.instance, e.value)
-          continue
-        }
-        if (e.instance < start) continue
-        const cur = best.get(e.instance)
-        if (cur === undefined || (cur.ballot !== null && compareBallot(e.ballot, cur.ballot) > 0)) best.set(e.instance, e)
-        if (e.instance > top) top = e.instance
-      }
+    if (start > this.chosenUpToValue) return
+    const promisers = new Set(this.promises.keys())
+    const first = this.configAt(start)
+    for (const c of this.configs) {
+      if (c.from >= start + CONFIG_WINDOW) break
+      if (c.from < first.from) continue
+      if (!this.isQuorum(promisers, c)) return
     }
-    for (const i of this.chosen.keys()) if (i >= start && i > top) top = i
+    this.recovered = new Map()
+    this.recoveredBallots.clear()
+    this.recoverTop = start - 1
+    for (const p of this.promises.values()) {
+      for (const e of p.entries) if (e.ballot !== null && e.instance >= start) this.recover(e.instance, e.ballot, e.value)
+    }
+    for (const i of this.chosen.keys()) if (i >= start && i > this.recoverTop) this.recoverTop = i
     // Our own batches from an earlier term that no promiser accepted: re-propose them in
     // the same instance (never elsewhere, so no value can be chosen twice).
-    for (const i of this.placed.keys()) if (i > top) top = i
+    for (const i of this.placed.keys()) if (i > this.recoverTop) this.recoverTop = i
 
     this.role = "leader"
+    this.promisers = promisers
     this.promises = new Map()
     this.knownLeader = this.ballot
-    this.nextInstance = top + 1
-    // Re-propose what may have been chosen (highest ballot wins); fill gaps with no-ops.
-    for (let i = start; i <= top; i++) {
-      if (this.chosen.has(i)) continue
-      const e = best.get(i)
-      const value: PaxosValue = e?.value ?? this.placed.get(i)?.value ??
-        { proposer: this.config.nodeId, round: this.ballot.round, seq: this.batchSeq++, values: [] }
-      this.sendAccept(i, value)
-    }
+    this.nextInstance = start
     this.flushQueue()
   }
 
@@ -687,8 +847,11 @@ export class PaxosNode {
     if (this.role !== "leader" || !ballotEquals(m.ballot, this.ballot)) return
     const f = this.inflight.get(m.instance)
     if (f === undefined) return
+    // Only the instance's own voters count (learners accept too, harmlessly).
+    const c = this.configAt(m.instance)
+    if (!c.voters.includes(from)) return
     f.acks.add(from)
-    if (f.acks.size < this.quorum) return
+    if (f.acks.size < quorumOf(c)) return
     this.inflight.delete(m.instance)
     this.learn(m.instance, f.value)
     this.commits.push(m.instance)
@@ -696,7 +859,7 @@ export class PaxosNode {
   }
 
   private onCommit(from: number, m: MessageOf<"Commit">): void {
-    this.noteLeader(m.ballot)
+    if (this.members.has(from)) this.noteLeader(m.ballot)
     let hint = this.peerChosenUpTo.get(from) ?? 0
     for (const i of m.instances) {
       const a = this.accepted.get(i)
@@ -707,7 +870,8 @@ export class PaxosNode {
   }
 
   private onStatus(from: number, m: MessageOf<"Status">): void {
-    if (m.leader !== null) this.noteLeader(m.leader)
+    // A removed leader is not followed (nobody hands it proposals).
+    if (m.leader !== null && this.members.has(from)) this.noteLeader(m.leader)
     const known = this.peerChosenUpTo.get(from) ?? 0
     this.peerChosenUpTo.set(from, Math.max(known, m.chosenUpTo, m.maxChosen + 1))
     this.peerPrefix.set(from, m.chosenUpTo)
@@ -759,6 +923,7 @@ export class PaxosNode {
     if (instance < this.chosenUpToValue || this.chosen.has(instance)) return
     this.chosen.set(instance, value)
     if (instance > this.maxChosen) this.maxChosen = instance
+    this.noteMembership(instance, value)
     // The value accepted here (the same object) is on its way to disk already.
     if (this.accepted.get(instance)?.value !== value) this.out.persist.push({ _tag: "Chosen", instance, value })
     this.inflight.delete(instance)
@@ -793,6 +958,9 @@ export class PaxosNode {
     if (advanced) {
       this.prefixMovedAt = this.now
       this.trimWindow()
+      if (this.configs.length > 1 && this.configs[1]!.from <= this.chosenUpToValue) this.refreshMembers()
+      // The window moved: instances whose member sets are now known may be placed.
+      if (this.role === "leader") this.flushQueue()
     }
   }
 
@@ -815,9 +983,14 @@ export class PaxosNode {
    * below it is dropped: those instances are chosen, whatever with, and a proposal placed
    * there is left to its caller's timeout (its outcome cannot be known here).
    */
-  private install(upTo: number): void {
+  private install(upTo: number, configs: ReadonlyArray<ConfigEntry>): void {
     if (upTo <= this.chosenUpToValue) return
-    this.out.persist.push({ _tag: "Installed", upTo })
+    // The member sets up to there come with the installed state; ours from later
+    // instances (learned beyond the gap) stay.
+    const given = configs.length > 0 ? [...configs] : [this.configAt(upTo)]
+    const last = Math.max(...given.map((c) => c.from))
+    this.configs = [...given, ...this.configs.filter((c) => c.from > last && c.from >= upTo + CONFIG_WINDOW)].sort((a, b) => a.from - b.from)
+    this.out.persist.push({ _tag: "Installed", upTo, configs: this.configs })
     for (const i of [...this.accepted.keys()]) if (i < upTo) this.accepted.delete(i)
     for (const i of [...this.inflight.keys()]) if (i < upTo) this.inflight.delete(i)
     for (const i of [...this.placed.keys()]) if (i < upTo) this.placed.delete(i)
@@ -828,6 +1001,7 @@ export class PaxosNode {
     this.windowBytes = 0
     if (this.maxChosen < upTo - 1) this.maxChosen = upTo - 1
     this.out.installed = upTo
+    this.refreshMembers()
     // Values learned beyond the old prefix may now extend the new one.
     const known = this.chosen.get(upTo)
     if (known !== undefined) {
@@ -852,9 +1026,19 @@ export class PaxosNode {
     }
   }
 
+  /**
+   * Whom this node can learn from: its peers, and any node that told it how far it got (a
+   * node that was just added knows only the member set it started with).
+   */
+  private informants(): ReadonlyArray<number> {
+    const all = new Set(this.peers)
+    for (const p of this.peerChosenUpTo.keys()) if (p !== this.config.nodeId) all.add(p)
+    return [...all].sort((a, b) => a - b)
+  }
+
   private maybeCatchup(): void {
     if (this.now - this.catchupSentAt < this.config.catchupRetryMs) return
-    const ahead = this.peers.filter((p) => (this.peerChosenUpTo.get(p) ?? 0) > this.chosenUpToValue)
+    const ahead = this.informants().filter((p) => (this.peerChosenUpTo.get(p) ?? 0) > this.chosenUpToValue)
     if (ahead.length === 0) return
     // Rotate among peers that are ahead, so one that lacks an entry does not stall us.
     const peer = ahead[this.catchupPeerIndex++ % ahead.length]!
@@ -864,11 +1048,48 @@ export class PaxosNode {
 
   // ---- proposer ----
 
+  /**
+   * Places values in instances, in order, while their member sets are known (below the
+   * prefix + CONFIG_WINDOW) and this ballot holds a quorum of each: first what phase 1
+   * recovered (up to recoverTop, gaps as no-ops), then queued values (at most maxInflight
+   * in flight, one more for an urgent one), then, after a membership change, no-ops until
+   * the window reaches the new member set (so that it takes effect without waiting for traffic).
+   * A member set whose voters did not promise this ballot needs a new phase 1.
+   */
   private flushQueue(): void {
-    while (
-      this.role === "leader" && this.queue.length > 0 &&
-      this.inflight.size < this.config.maxInflight + (this.queue[0]!.urgent ? 1 : 0)
-    ) {
+    while (this.role === "leader") {
+      // A newer leader may have chosen instances we learned by catch-up: never place there.
+      while (this.nextInstance < this.chosenUpToValue || this.chosen.has(this.nextInstance)) this.nextInstance++
+      const instance = this.nextInstance
+      if (instance >= this.chosenUpToValue + CONFIG_WINDOW) return
+      const recovering = instance <= this.recoverTop
+      const pendingConfig = this.configs[this.configs.length - 1]!.from > instance
+      if (!recovering && this.queue.length === 0 && !pendingConfig) return
+      const limit = this.maxInflight + (this.queue[0]?.urgent === true ? 1 : 0)
+      if (!recovering && this.inflight.size >= limit) return
+      // A leader removed from both stops: a voter takes over (and settles any gap left here).
+      if (!this.mayLead) {
+        this.stepDown()
+        return
+      }
+      if (!this.isQuorum(this.promisers, this.configAt(instance))) {
+        this.inflight.clear()
+        this.startPrepare()
+        return
+      }
+      this.nextInstance++
+      if (recovering) {
+        const value: PaxosValue = this.recovered.get(instance) ?? this.placed.get(instance)?.value ??
+          { proposer: this.config.nodeId, round: this.ballot.round, seq: this.batchSeq++, values: [] }
+        this.recovered.delete(instance)
+        this.recoveredBallots.delete(instance)
+        this.sendAccept(instance, value)
+        continue
+      }
+      if (this.queue.length === 0) {
+        this.sendAccept(instance, { proposer: this.config.nodeId, round: this.ballot.round, seq: this.batchSeq++, values: [] })
+        continue
+      }
       const urgent = this.queue[0]!.urgent
       let n = 0
       let bytes = 0
@@ -886,9 +1107,6 @@ export class PaxosNode {
         seq: this.batchSeq++,
         values: batch.map((q) => q.value)
       }
-      // A newer leader may have chosen instances we learned by catch-up: never place there.
-      while (this.nextInstance < this.chosenUpToValue || this.chosen.has(this.nextInstance)) this.nextInstance++
-      const instance = this.nextInstance++
       this.placed.set(instance, { value, origins: batch.map((q) => q.origin), at: this.now })
       this.sendAccept(instance, value)
     }
@@ -899,7 +1117,7 @@ export class PaxosNode {
     if (this.role === "preparing" && this.now - this.prepareSentAt >= c.prepareRetryMs) {
       // Lost messages: ask the silent acceptors again with the same ballot.
       this.prepareSentAt = this.now
-      for (const p of c.members) {
+      for (const p of [this.config.nodeId, ...this.peers]) {
         if (!this.promises.has(p)) this.sendTo(p, { _tag: "Prepare", ballot: this.ballot })
       }
     }
@@ -907,8 +1125,9 @@ export class PaxosNode {
       for (const [instance, f] of this.inflight) {
         if (this.now - f.sentAt < c.acceptRetransmitMs) continue
         f.sentAt = this.now
-        for (const p of this.peers) {
-          if (!f.acks.has(p)) this.sendTo(p, { _tag: "Accept", ballot: this.ballot, instance, value: f.value })
+        // To the instance's voters that have not answered (learners get what they miss by catch-up).
+        for (const p of this.configAt(instance).voters) {
+          if (p !== this.config.nodeId && !f.acks.has(p)) this.sendTo(p, { _tag: "Accept", ballot: this.ballot, instance, value: f.value })
         }
       }
       this.flushQueue()
@@ -927,7 +1146,11 @@ export class PaxosNode {
       // (the leader may never touch the instance), we take over and settle them ourselves.
       let stale = false
       for (const p of this.placed.values()) if (this.now - p.at >= c.leaderTimeoutMs) stale = true
-      if (stale) this.startPrepare()
+      // A gap nobody settles: instances beyond the prefix are chosen, the prefix has not
+      // moved for a while and no leader is heard (the one that left it may have been removed).
+      const gap = this.maxChosen > this.chosenUpToValue && this.now - this.prefixMovedAt >= c.leaderTimeoutMs &&
+        this.now - this.lastLeaderContact >= c.leaderTimeoutMs
+      if ((stale || gap) && this.mayLead) this.startPrepare()
     }
     if (this.now - this.lastStatusAt >= c.statusIntervalMs) {
       this.lastStatusAt = this.now
@@ -956,9 +1179,15 @@ export interface DurableImage {
   chosenUpTo: number
   /** Nothing below it is kept. */
   compactedBelow: number
+  /** Member sets learned (empty: the founding one). */
+  configs: Array<ConfigEntry>
 }
 
-export const emptyDurableImage = (): DurableImage => ({ promised: ZeroBallot, proposerRound: 0, log: new Map(), chosenUpTo: 0, compactedBelow: 0 })
+export const emptyDurableImage = (): DurableImage => ({ promised: ZeroBallot, proposerRound: 0, log: new Map(), chosenUpTo: 0, compactedBelow: 0, configs: [] })
+
+/** Adds a member set to a list kept in `from` order (one per `from`: the later write wins). */
+export const withConfig = (configs: ReadonlyArray<ConfigEntry>, c: ConfigEntry): Array<ConfigEntry> =>
+  [...configs.filter((x) => x.from !== c.from), c].sort((a, b) => a.from - b.from)
 
 /** Drops the values below `below` from a durable image (log compaction: below its chosen prefix only). */
 export const compactImage = (state: DurableImage, below: number): void => {
@@ -986,6 +1215,10 @@ export const applyRecords = (state: DurableImage, records: ReadonlyArray<Persist
       case "Installed":
         if (r.upTo > state.chosenUpTo) state.chosenUpTo = r.upTo
         compactImage(state, r.upTo)
+        state.configs = [...r.configs]
+        break
+      case "Configured":
+        state.configs = withConfig(state.configs, r.config)
         break
     }
   }
@@ -1008,7 +1241,7 @@ export const durableStateOf = (d: DurableImage, window: number): DurableState =>
     } else if (e.ballot === null) chosen.push({ instance, value: e.value })
     else accepted.push({ instance, ballot: e.ballot, value: e.value })
   }
-  return { promised: d.promised, proposerRound: d.proposerRound, accepted, chosen, chosenUpTo, compactedBelow: d.compactedBelow }
+  return { promised: d.promised, proposerRound: d.proposerRound, accepted, chosen, chosenUpTo, compactedBelow: d.compactedBelow, configs: d.configs }
 }
 
 export { valueBytes }

@@ -35,7 +35,7 @@ export const make = (): MemoryNetwork => {
           if (endpoints.get(self) === endpoint) endpoints.delete(self)
         })
       )
-      const peerIds = options.peers.map((p) => p.nodeId)
+      let peerIds = options.peers.map((p) => p.nodeId).filter((id) => id !== self)
       const send = (to: number, message: M) =>
         Effect.sync(() => {
           if (!linked(self, to)) return
@@ -51,7 +51,10 @@ export const make = (): MemoryNetwork => {
         send,
         replyToClient: () => Effect.void,
         inbound,
-        reachable: Effect.sync(() => new Map(peerIds.map((id) => [id, linked(self, id)])))
+        reachable: Effect.sync(() => new Map(peerIds.map((id) => [id, linked(self, id)]))),
+        setPeers: (peers) => Effect.sync(() => {
+          peerIds = peers.map((p) => p.nodeId).filter((id) => id !== self)
+        })
       } satisfies Transport<M>
     })
 

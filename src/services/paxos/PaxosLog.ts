@@ -9,7 +9,9 @@
  */
 import { Context, Data, Effect, Layer, Queue, Schedule, Schema, Scope, Stream } from "effect"
 import {
+  type ConfigEntry,
   defaultPaxosConfig,
+  type MemberSet,
   type Input,
   type Outputs,
   type PaxosConfig,
@@ -162,6 +164,8 @@ export interface PaxosLogOptions {
   readonly acceptClients?: boolean
   /** Log compaction; default: a tail of 1 GiB and 1 day, checked every 5 s. */
   readonly retention?: Partial<Retention>
+  /** Which chosen values change the member set (core.ts, PaxosConfig.membershipOf); none: the members never change. */
+  readonly membershipOf?: (value: Uint8Array) => MemberSet | undefined
 }
 
 /**
@@ -245,9 +249,13 @@ export interface PaxosLogShape {
    * needsInstall, once the layer above has installed a peer's state at `upTo`. Completes
    * once that is durable.
    */
-  readonly install: (upTo: number) => Effect.Effect<void, StorageError>
+  readonly install: (upTo: number, configs?: ReadonlyArray<ConfigEntry>) => Effect.Effect<void, StorageError>
   /** PaxosLogStatus.needsInstall, alone (cheap). */
   readonly needsInstall: Effect.Effect<number | null>
+  /** Peer addresses of members (from the log's membership): new peers are dialled, and accepted. */
+  readonly setAddresses: (members: ReadonlyArray<Member>) => Effect.Effect<void>
+  /** The member sets from the chosen prefix on (the first governs it). */
+  readonly memberSets: Effect.Effect<ReadonlyArray<ConfigEntry>>
 }
 
 /** The instance asked for is below where the stored log starts (compacted). */
@@ -288,8 +296,11 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   const self = options.members.find((m) => m.nodeId === options.nodeId)
   const config: PaxosConfig = {
     ...defaultPaxosConfig(options.nodeId, memberIds, yield* Time.randomId),
-    ...options.tuning
+    ...options.tuning,
+    ...(options.membershipOf !== undefined ? { membershipOf: options.membershipOf } : {})
   }
+  /** Where each node's peer port is: the config's members, then every member set's (setAddresses). */
+  const addressBook = new Map<number, Member>(options.members.map((m) => [m.nodeId, m]))
   const tickMs = options.tickMs ?? 25
   const proposeTimeoutMs = options.proposeTimeoutMs ?? 10_000
   const maxValueBytes = options.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES
@@ -329,6 +340,18 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       stepping = false
       inbox.length = 0
     }
+    if (core.peerIds !== linkedPeers) syncPeers()
+  }
+
+  /** The peers the transport links to: the core's (every member set from the prefix on), by the address book. */
+  let linkedPeers: ReadonlyArray<number> = core.peerIds
+  const syncPeers = () => {
+    linkedPeers = core.peerIds
+    const addresses = linkedPeers.flatMap((id) => {
+      const a = addressBook.get(id)
+      return a === undefined ? [] : [a]
+    })
+    if (transport !== undefined) Effect.runFork(transport.setPeers(addresses))
   }
 
   /** What this node advertises on its heartbeats, and the peers' latest: flags and when heard. */
@@ -492,7 +515,10 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     clusterId: options.clusterId,
     nodeId: options.nodeId,
     listen: options.listen ?? { host: self?.host ?? "127.0.0.1", port: self?.port ?? 0 },
-    peers: options.members.filter((m) => m.nodeId !== options.nodeId),
+    peers: core.peerIds.flatMap((id) => {
+      const a = addressBook.get(id)
+      return a === undefined ? [] : [a]
+    }),
     messageSchema: NodeMessage as Schema.Codec<NodeMessage, unknown>,
     acceptClients: options.acceptClients ?? true,
     fastPath: nodeMessageFastPath,
@@ -642,14 +668,41 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   const retain = (needed: () => number) => Effect.sync(() => {
     neededHere = needed
   })
-  const install = (upTo: number) =>
+  const install = (upTo: number, configs: ReadonlyArray<ConfigEntry> = []) =>
     Effect.suspend(() => {
-      step({ _tag: "Install", upTo })
+      step({ _tag: "Install", upTo, configs })
       const written = lastWrite
       return Effect.tryPromise({ try: () => written, catch: (cause) => cause instanceof StorageError ? cause : new StorageError({ operation: "install", cause }) })
     })
 
-  return PaxosLog.of({ propose, chosen, valueAt, follow, status, lead, address: transport.address, advertise, advertised, retain, install, needsInstall: Effect.sync(() => core.needsInstall) })
+  const setAddresses = (members: ReadonlyArray<Member>) =>
+    Effect.sync(() => {
+      let changed = false
+      for (const m of members) {
+        const known = addressBook.get(m.nodeId)
+        if (known?.host === m.host && known.port === m.port) continue
+        addressBook.set(m.nodeId, { nodeId: m.nodeId, host: m.host, port: m.port })
+        changed = true
+      }
+      if (changed) syncPeers()
+    })
+
+  return PaxosLog.of({
+    propose,
+    chosen,
+    valueAt,
+    follow,
+    status,
+    lead,
+    address: transport.address,
+    advertise,
+    advertised,
+    retain,
+    install,
+    needsInstall: Effect.sync(() => core.needsInstall),
+    setAddresses,
+    memberSets: Effect.sync(() => core.memberSets)
+  })
 })
 
 /**

@@ -28,7 +28,7 @@ import { Context, Data, Effect, Layer } from "effect"
 import { open, type Database, type RootDatabase } from "lmdb"
 import * as fs from "node:fs"
 import { join } from "node:path"
-import { type DurableState, type PersistRecord } from "../../domain/paxos/core.js"
+import { type ConfigEntry, type DurableState, type PersistRecord, withConfig } from "../../domain/paxos/core.js"
 import { type Ballot, type ChosenEntry, compareBallot, type PaxosValue, ZeroBallot } from "../../domain/paxos/messages.js"
 import { encodeWalFrame, readWalFrame, scanWalFrames, WAL_FRAME_HEADER } from "../../domain/paxos/walFrame.js"
 
@@ -100,6 +100,8 @@ interface Meta {
   readonly chosenUpTo: number
   /** Nothing below it is stored any more (compacted, or skipped by an Install). */
   readonly compactedBelow?: number
+  /** Member sets learned from the log (Configured, Installed); absent: only the founding one. */
+  readonly configs?: ReadonlyArray<ConfigEntry>
 }
 
 /** Where the index has caught up to in the log. */
@@ -119,7 +121,7 @@ type Location = readonly [segment: number, offset: number, length: number, ballo
 type WalEntry =
   | PersistRecord
   | { readonly _tag: "ChosenUpTo"; readonly upTo: number }
-  | ({ readonly _tag: "Checkpoint" } & Required<Meta>)
+  | ({ readonly _tag: "Checkpoint" } & Required<Omit<Meta, "configs">> & Pick<Meta, "configs">)
 
 const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 const REPLAY_CHUNK_BYTES = 4 * 1024 * 1024
@@ -302,10 +304,16 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
           if (compareBallot(entry.promised, m.promised) > 0) m = { ...m, promised: entry.promised }
           if (entry.proposerRound > m.proposerRound) m = { ...m, proposerRound: entry.proposerRound }
           if (entry.chosenUpTo > m.chosenUpTo) m = { ...m, chosenUpTo: entry.chosenUpTo }
+          // A checkpoint from before member sets carries none.
+          if (entry.configs !== undefined) for (const c of entry.configs) m = { ...m, configs: withConfig(m.configs ?? [], c) }
           startsAt(entry.compactedBelow)
           break
         case "Installed":
           startsAt(entry.upTo)
+          if (entry.configs !== undefined) m = { ...m, configs: [...entry.configs] }
+          break
+        case "Configured":
+          m = { ...m, configs: withConfig(m.configs ?? [], entry.config) }
           break
         case "Promised":
           if (entry.ballot.round > m.promised.round || (entry.ballot.round === m.promised.round && entry.ballot.node > m.promised.node)) {
@@ -583,7 +591,7 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
         if (key < chosenUpTo || value[3] === null) chosen.push({ instance: key, value: v })
         else accepted.push({ instance: key, ballot: value[3], value: v })
       }
-      return { promised: meta.promised, proposerRound: meta.proposerRound, accepted, chosen, chosenUpTo, compactedBelow }
+      return { promised: meta.promised, proposerRound: meta.proposerRound, accepted, chosen, chosenUpTo, compactedBelow, ...(meta.configs !== undefined ? { configs: meta.configs } : {}) }
     })
 
   /**
@@ -649,7 +657,9 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
         promised: meta.promised,
         proposerRound: meta.proposerRound,
         chosenUpTo: Math.max(meta.chosenUpTo, below),
-        compactedBelow: below
+        compactedBelow: below,
+        // The member sets may have been learned in a segment about to go.
+        ...(meta.configs !== undefined ? { configs: meta.configs } : {})
       }
       await enqueue([{ entry: checkpoint, bytes: encodeWalFrame(checkpoint) }])
       for (const n of doomed) {

@@ -16,7 +16,7 @@
  * with a logged, typed error and nothing else.
  */
 import * as net from "node:net"
-import { Cause, Context, Duration, Effect, Layer, Queue, Result, Schedule, Schema, Scope } from "effect"
+import { Cause, Context, Duration, Effect, Fiber, Layer, Queue, Result, Schedule, Schema, Scope } from "effect"
 import { DEFAULT_MAX_FRAME_BYTES, FrameEncodeError, tryEncodeFrame } from "../../domain/wire/frame.js"
 import * as TcpListener from "../net/TcpListener.js"
 import { forkScopedLogged } from "../fibers.js"
@@ -118,6 +118,11 @@ export interface Transport<M> {
   readonly inbound: Queue.Dequeue<Inbound<M>>
   /** Per configured peer: outbound connection established and hello accepted. */
   readonly reachable: Effect.Effect<ReadonlyMap<number, boolean>>
+  /**
+   * Replaces the peers (a membership change): new ones are dialled and accepted, links to
+   * those gone are closed and their hellos refused from now on.
+   */
+  readonly setPeers: (peers: ReadonlyArray<PeerAddress>) => Effect.Effect<void>
 }
 
 export interface ClientOptions<M> {
@@ -258,6 +263,8 @@ const logClose = (what: string, error: TransportConnectionError) =>
 interface Link {
   readonly peer: PeerAddress
   conn: Connection | undefined
+  /** The fiber running it (dial, reconnect): interrupted when the peer leaves. */
+  fiber?: Fiber.Fiber<unknown, unknown>
 }
 
 export const make = <M>(
@@ -268,14 +275,14 @@ export const make = <M>(
     const maxBuffered = options.maxOutboundBufferBytes ?? DEFAULT_MAX_OUTBOUND_BUFFER_BYTES
     const handshakeTimeout = options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT
     const acceptClients = options.acceptClients ?? false
-    const peerIds = new Set(options.peers.map((p) => p.nodeId))
+    const peerIds = new Set(options.peers.filter((p) => p.nodeId !== options.nodeId).map((p) => p.nodeId))
     const encode = makeEncoder(options.messageSchema, maxFrameBytes, options.fastPath)
 
     const inbound = yield* Queue.unbounded<Inbound<M>>()
     const deliver = options.onInbound ?? ((item: Inbound<M>) => {
       Queue.offerUnsafe(inbound, item)
     })
-    const links = new Map<number, Link>(options.peers.map((peer) => [peer.nodeId, { peer, conn: undefined }]))
+    const links = new Map<number, Link>(options.peers.filter((p) => p.nodeId !== options.nodeId).map((peer) => [peer.nodeId, { peer, conn: undefined }]))
     const clients = new Map<number, Connection>()
     let nextClientId = 1
 
@@ -369,9 +376,33 @@ export const make = <M>(
       )
     }
 
-    for (const link of links.values()) {
-      yield* runLink(link).pipe(forkScopedLogged(`transport: the link to node ${link.peer.nodeId}`))
-    }
+    const transportScope = yield* Effect.scope
+    const startLink = (link: Link) =>
+      Effect.map(runLink(link).pipe(forkScopedLogged(`transport: the link to node ${link.peer.nodeId}`), Scope.provide(transportScope)), (fiber) => {
+        link.fiber = fiber
+      })
+    for (const link of links.values()) yield* startLink(link)
+
+    const setPeers = (peers: ReadonlyArray<PeerAddress>) =>
+      Effect.gen(function*() {
+        const wanted = new Map(peers.filter((p) => p.nodeId !== options.nodeId).map((p) => [p.nodeId, p]))
+        for (const [id, link] of [...links]) {
+          const next = wanted.get(id)
+          if (next !== undefined && next.host === link.peer.host && next.port === link.peer.port) continue
+          // Gone, or moved to another address: closed (and dialled anew below if moved).
+          links.delete(id)
+          peerIds.delete(id)
+          if (link.fiber !== undefined) yield* Fiber.interrupt(link.fiber)
+          link.conn?.close(new TransportClosed({ remote: `${link.peer.host}:${link.peer.port}` }))
+        }
+        for (const [id, peer] of wanted) {
+          peerIds.add(id)
+          if (links.has(id)) continue
+          const link: Link = { peer, conn: undefined }
+          links.set(id, link)
+          yield* startLink(link)
+        }
+      })
 
     // --- API ---------------------------------------------------------------
     const sendOn = (conn: Connection | undefined, message: M, target: string): Effect.Effect<void> => {
@@ -396,7 +427,7 @@ export const make = <M>(
       (): ReadonlyMap<number, boolean> => new Map([...links].map(([id, link]) => [id, link.conn !== undefined]))
     )
 
-    return { address, send, replyToClient, inbound, reachable } satisfies Transport<M>
+    return { address, send, replyToClient, inbound, reachable, setPeers } satisfies Transport<M>
   }).pipe(Effect.annotateLogs({ component: "transport", nodeId: options.nodeId }))
 
 // ---------------------------------------------------------------------------
