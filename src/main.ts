@@ -7,7 +7,8 @@ import { renderStatusTable } from "./domain/cluster/nodeStatus.js"
 import { loadNodeConfig } from "./config/NodeConfig.js"
 import * as NodeLayer from "./layers/NodeLayer.js"
 import { killChildrenOnExit } from "./services/database/MariaDbProcess.js"
-import { fetchStatus, requestRebuild, requestSwitchover } from "./client/StatusClient.js"
+import { fetchStatus, requestRebuild, requestRemoveMember, requestSwitchover } from "./client/StatusClient.js"
+import type { NodeStatus } from "./domain/cluster/nodeStatus.js"
 import * as LocalCluster from "./testing/LocalCluster.js"
 import mysql from "mysql2/promise"
 import { userInfo } from "node:os"
@@ -102,6 +103,59 @@ const adminTargets = (command: string, config: Option.Option<string>, admin: Opt
     : Option.isSome(admin)
     ? Effect.succeed(admin.value.split(",").map((a) => a.trim()).filter((a) => a.length > 0))
     : Effect.fail(new UsageError({ message: `${command} needs --config FILE or --admin host:port,...` }))
+
+/** The serving master's status and admin address, from the nodes `targets` name. */
+const findMaster = (targets: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const answers = yield* Effect.forEach(targets, (a) => fetchStatus(a), { concurrency: "unbounded" })
+    const up = answers.flatMap((s) => ("error" in s ? [] : [s]))
+    if (up.length === 0) return yield* new UsageError({ message: `no node answers (${targets.join(", ")})` })
+    const serving = up.find((s) => s.role === "master")
+    if (serving === undefined) return yield* new UsageError({ message: "no node serves as master now (an election may be under way): try again" })
+    return { status: serving, address: adminAddressOf(serving, serving.nodeId) ?? targets[answers.indexOf(serving)]! }
+  })
+
+const adminAddressOf = (status: NodeStatus, nodeId: number): string | undefined => {
+  const m = status.members.find((x) => x.nodeId === nodeId)
+  return m === undefined ? undefined : `${m.host}:${m.adminPort}`
+}
+
+const memberRemove = Command.make(
+  "remove",
+  {
+    config: configFlag.pipe(Flag.optional),
+    admin: Flag.String("admin").pipe(Flag.withDescription("comma-separated admin addresses host:port of members (instead of --config)"), Flag.optional),
+    id: Flag.Int("id").pipe(Flag.withDescription("the node to remove"))
+  },
+  ({ admin, config, id }) =>
+    Effect.gen(function*() {
+      const targets = yield* adminTargets("member remove", config, admin)
+      let master = yield* findMaster(targets)
+      if (master.status.nodeId === id) {
+        yield* Console.log(`node ${id} is the master: handing over to a caught-up replica first ...`)
+        const done = yield* requestSwitchover(master.address, undefined)
+        yield* Console.log(`node ${done.master} is master (epoch ${done.epoch})`)
+        const address = adminAddressOf(master.status, done.master)
+        if (address === undefined) return yield* new UsageError({ message: `node ${done.master} has no known admin address` })
+        master = { status: master.status, address }
+      }
+      yield* Console.log(`removing node ${id} (asking the master at ${master.address}) ...`)
+      const done = yield* requestRemoveMember(master.address, id)
+      yield* Console.log(
+        `done: node ${id} is no longer a member; members ${done.members.map((m) => `${m.nodeId}${m.voter ? "" : " (learner)"}`).join(", ")}, from log instance ${done.from}`
+      )
+    }).pipe(Effect.tapError((e) =>
+      e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`)
+      : e._tag === "SwitchoverFailed" ? Console.error(`phxmaria: switchover refused by ${e.address}: ${e.message}`)
+      : e._tag === "MembershipFailed" ? Console.error(`phxmaria: ${e.address} refused: ${e.message}`)
+      : Effect.void
+    ))
+).pipe(Command.withDescription("remove a node from the cluster (the master hands over first); it can no longer vote or route"))
+
+const member = Command.make("member").pipe(
+  Command.withDescription("change the cluster's members through the log"),
+  Command.withSubcommands([memberRemove])
+)
 
 const switchover = Command.make(
   "switchover",
@@ -201,7 +255,7 @@ const demo = Command.make(
 
 const app = Command.make("phxmaria").pipe(
   Command.withDescription("a MySQL-compatible, Paxos-replicated cluster on stock MariaDB"),
-  Command.withSubcommands([node, status, switchover, rebuild, demo])
+  Command.withSubcommands([node, status, switchover, member, rebuild, demo])
 )
 
 // The CLI owns the process: a mariadbd it started does not outlive it, even on an exit

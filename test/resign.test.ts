@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
-import { applyEntry, type ClusterEntry, initialClusterState } from "../src/domain/cluster/cluster.js"
+import { applyEntry, type ClusterEntry, encodeEntry, initialClusterState, membershipOfValue } from "../src/domain/cluster/cluster.js"
+import { CONFIG_WINDOW } from "../src/domain/paxos/core.js"
 import { decide, defaultLeaseConfig, holdsLease, initialLeaseView, onApplied, onProposed, onStalled, onState, RESIGN_PROPOSAL_ID } from "../src/domain/cluster/lease.js"
 import { localPosition } from "../src/services/database/NodeDatabase.js"
 import { EventSplitter, splitEvents } from "../src/services/binlog/ChosenBinlog.js"
@@ -121,5 +122,27 @@ describe("a node that was stopped", () => {
     // No master, or this node's own record: nothing to wait out.
     const none = onState(c, v, applyEntry(state, { _tag: "Resign", node: 1, basedOnVersion: 1 })[0], 20)
     expect(onStalled(c, none, resumed)).toBe(none)
+  })
+})
+
+describe("membership in the state machine", () => {
+  const member = (nodeId: number, voter: boolean) => ({ nodeId, host: "127.0.0.1", port: 7000 + nodeId, adminPort: 7100 + nodeId, voter })
+  it("a Membership sets the members and the Paxos member set from CONFIG_WINDOW on; a MasterLease for a node that does not vote is refused", () => {
+    const members = [member(1, true), member(2, true), member(4, false)]
+    const [s, outcome] = applyEntry(initialClusterState([1, 2, 3]), { _tag: "Membership", members }, [40, 0])
+    expect(outcome._tag).toBe("Accepted")
+    expect(s.members).toEqual([1, 2, 4])
+    expect(s.configs).toEqual([{ from: 0, voters: [1, 2, 3], learners: [] }, { from: 40 + CONFIG_WINDOW, voters: [1, 2], learners: [4] }])
+    expect(applyEntry(s, lease(4, 0))[1]).toMatchObject({ _tag: "Rejected", reason: { _tag: "NotMember", node: 4 } })
+    expect(applyEntry(s, lease(3, 0))[1]).toMatchObject({ _tag: "Rejected", reason: { _tag: "NotMember", node: 3 } })
+    expect(applyEntry(s, lease(2, 0))[1]._tag).toBe("Accepted")
+  })
+
+  it("classifies chosen values: only a Membership entry changes the member set", () => {
+    const members = [member(1, true), member(5, false)]
+    expect(membershipOfValue(encodeEntry({ _tag: "Membership", members }))).toEqual({ voters: [1], learners: [5] })
+    expect(membershipOfValue(encodeEntry(lease(1, 0)))).toBeUndefined()
+    expect(membershipOfValue(encodeEntry({ _tag: "Noop", node: 1, nonce: 5 }))).toBeUndefined()
+    expect(membershipOfValue(new Uint8Array([1, 2, 3]))).toBeUndefined()
   })
 })

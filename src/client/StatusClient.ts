@@ -44,6 +44,22 @@ export const requestSwitchover = (address: string, to: number | undefined, timeo
     Effect.flatMap((r) => (r.ok ? Effect.succeed(r.body as SwitchoverAnswer) : Effect.fail(new SwitchoverFailed({ address, message: r.text }))))
   )
 
+export class MembershipFailed extends Data.TaggedError("MembershipFailed")<{ readonly address: string; readonly message: string }> {}
+
+/** DELETE /members/{id} on the master's admin address: the members after, else why not. */
+export const requestRemoveMember = (address: string, id: number, timeoutMs = 30_000) =>
+  Effect.tryPromise({
+    try: async (signal) => {
+      const r = await fetch(`http://${address}/members/${id}`, { method: "DELETE", signal })
+      const body = (await r.json().catch(() => ({}))) as { members?: ReadonlyArray<{ nodeId: number; voter: boolean }>; from?: number; error?: string }
+      return { ok: r.status === 200, body, text: body.error ?? `HTTP ${r.status}` }
+    },
+    catch: (e) => new MembershipFailed({ address, message: e instanceof Error ? e.message : String(e) })
+  }).pipe(
+    Effect.timeoutOrElse({ duration: `${timeoutMs} millis`, orElse: () => Effect.fail(new MembershipFailed({ address, message: "no answer" })) }),
+    Effect.flatMap((r) => (r.ok ? Effect.succeed({ members: r.body.members ?? [], from: r.body.from ?? 0 }) : Effect.fail(new MembershipFailed({ address, message: r.text }))))
+  )
+
 export const fetchStatus = (address: string, timeoutMs = 2_000): Effect.Effect<NodeStatus | { readonly error: string }> =>
   Effect.tryPromise({
     try: (signal) => fetch(`http://${address}/status`, { signal }).then((r) => r.json()),

@@ -5,12 +5,14 @@ import type { NodeStatus } from "../domain/cluster/nodeStatus.js"
 import * as Admin from "../services/admin/Admin.js"
 import * as ClusterState from "../services/cluster/ClusterState.js"
 import * as MasterLease from "../services/cluster/MasterLease.js"
+import * as Membership from "../services/cluster/Membership.js"
 import * as PaxosLog from "../services/paxos/PaxosLog.js"
 import * as PaxosStorage from "../services/paxos/PaxosStorage.js"
 import * as Transport from "../services/paxos/Transport.js"
 import * as DatabaseNode from "./DatabaseNode.js"
 import { leaseConfigOf, type NodeConfig, retentionOf } from "../config/NodeConfig.js"
 import { nodeStatus } from "../services/admin/NodeStatus.js"
+import { membershipOfValue } from "../domain/cluster/cluster.js"
 
 /** This node's Paxos log on its LMDB store (`dataDir/paxos`), over the PeerNetwork given. */
 export const paxosLogLayer = (config: NodeConfig) => {
@@ -22,6 +24,7 @@ export const paxosLogLayer = (config: NodeConfig) => {
     founding: config.bootstrap === true,
     tuning,
     retention: retentionOf(config),
+    membershipOf: membershipOfValue,
     ...(tickMs !== undefined ? { tickMs } : {}),
     ...(proposeTimeoutMs !== undefined ? { proposeTimeoutMs } : {})
   }).pipe(Layer.provide(PaxosStorage.layer(
@@ -77,10 +80,29 @@ const runningNode = (config: NodeConfig) =>
     const cluster = yield* ClusterState.ClusterState
     const database = Option.getOrUndefined(yield* Effect.serviceOption(DatabaseNode.DatabaseNode))
     const status = yield* nodeStatus(config, database?.status)
+    const membership = yield* Membership.make({
+      nodeId: config.nodeId,
+      founding: config.members.map((m) => ({
+        nodeId: m.nodeId,
+        host: m.host,
+        port: m.port,
+        adminPort: m.adminPort,
+        ...(m.rwPort !== undefined ? { rwPort: m.rwPort } : {}),
+        ...(m.roPort !== undefined ? { roPort: m.roPort } : {}),
+        ...(m.forwardRwPort !== undefined ? { forwardRwPort: m.forwardRwPort } : {}),
+        ...(m.forwardRoPort !== undefined ? { forwardRoPort: m.forwardRoPort } : {})
+      }))
+    })
+    const removeMember = (id: number) =>
+      membership.remove(id).pipe(
+        Effect.map((done): Admin.Health => ({ ok: true, body: { removed: id, members: done.members, from: done.from } })),
+        Effect.catch((e) => Effect.succeed<Admin.Health>({ ok: false, body: { error: e.reason } }))
+      )
     const admin = yield* Admin.serve({
       host: self.host,
       port: self.adminPort,
       status,
+      removeMember: { peers: config.members.map((m) => m.host), run: removeMember },
       ...(database === undefined ? {} : {
         replica: database.replicaHealth,
         rebuild: database.rebuild,

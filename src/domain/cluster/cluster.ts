@@ -104,7 +104,9 @@ export const RejectReason = Schema.Union([
   Schema.TaggedStruct("GtidConflict", { gtid: Gtid }),
   /** A part, or the entry completing a transaction, that does not continue the parts so far. */
   Schema.TaggedStruct("PartOutOfOrder", { gtid: Gtid, expected: Schema.Int, got: Schema.Int }),
-  Schema.TaggedStruct("Malformed", { message: Schema.String })
+  Schema.TaggedStruct("Malformed", { message: Schema.String }),
+  /** A MasterLease for a node that does not vote in the log's membership (removed, a learner, or never added). */
+  Schema.TaggedStruct("NotMember", { node: Schema.Int })
 ])
 export type RejectReason = typeof RejectReason.Type
 
@@ -219,6 +221,9 @@ export const applyEntry = (state: ClusterStateData, entry: ClusterEntry, at: Log
       }, accepted]
     }
     case "MasterLease": {
+      if (state.membership !== undefined && !state.membership.some((m) => m.nodeId === entry.node && m.voter)) {
+        return [state, reject({ _tag: "NotMember", node: entry.node })]
+      }
       if (entry.basedOnVersion !== state.masterVersion) {
         return [state, reject({ _tag: "StaleMasterVersion", expected: state.masterVersion, got: entry.basedOnVersion })]
       }

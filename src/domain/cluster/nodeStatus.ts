@@ -85,12 +85,16 @@ export const NodeStatus = Schema.Struct({
     upstreams: Schema.Record(Schema.String, Schema.Number),
     routes: Schema.Struct({ rw: Schema.String, ro: Schema.String })
   })),
+  /** This node in the log's membership: it votes, it only learns, or it is no member (removed). */
+  membership: Schema.optional(Schema.Literals(["voter", "learner", "not a member"])),
+  /** The log's members (the config's until a Membership is chosen). */
   members: Schema.Array(Schema.Struct({
     nodeId: Schema.Int,
     host: Schema.String,
     port: Schema.Int,
     adminPort: Schema.Int,
-    reachable: Schema.Boolean
+    reachable: Schema.Boolean,
+    voter: Schema.optional(Schema.Boolean)
   }))
 })
 export type NodeStatus = typeof NodeStatus.Type

@@ -64,6 +64,8 @@ export const serve = <A>(options: {
    * refused (JSON either way). From loopback and the `peers` addresses only.
    */
   readonly switchover?: { readonly peers: ReadonlyArray<string>; readonly run: (to: number | undefined) => Effect.Effect<Health> }
+  /** DELETE /members/{id}, asked of the master: 200 once the log governs without it, 409 when refused. Loopback and `peers` only. */
+  readonly removeMember?: { readonly peers: ReadonlyArray<string>; readonly run: (id: number) => Effect.Effect<Health> }
 }) =>
   Effect.gen(function*() {
     const run = Effect.runPromise
@@ -93,6 +95,14 @@ export const serve = <A>(options: {
         const to = new URL(req.url ?? "/", "http://admin").searchParams.get("to")
         if (to !== null && !/^[1-9][0-9]{0,9}$/.test(to)) return reply(400, { error: `to: not a node id: ${to.slice(0, 20)}` })
         return void run(options.switchover.run(to === null ? undefined : Number(to))).then(
+          (h) => reply(h.ok ? 200 : 409, h.body),
+          (e) => reply(500, { error: String(e) })
+        )
+      }
+      const memberPath = /^\/members\/([1-9][0-9]{0,9})$/.exec(path ?? "")
+      if (req.method === "DELETE" && memberPath !== null && options.removeMember !== undefined) {
+        if (!fromMember(options.removeMember.peers)) return reply(403, { error: "DELETE /members is taken from this cluster's members only" })
+        return void run(options.removeMember.run(Number(memberPath[1]))).then(
           (h) => reply(h.ok ? 200 : 409, h.body),
           (e) => reply(500, { error: String(e) })
         )

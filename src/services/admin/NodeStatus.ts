@@ -14,6 +14,12 @@ const memory = () => {
   return { rssMb: mb(m.rss), heapTotalMb: mb(m.heapTotal), heapUsedMb: mb(m.heapUsed), externalMb: mb(m.external) }
 }
 
+const membershipOf = (membership: ReadonlyArray<{ readonly nodeId: number; readonly voter: boolean }> | undefined, nodeId: number) => {
+  if (membership === undefined) return "voter" as const
+  const self = membership.find((m) => m.nodeId === nodeId)
+  return self === undefined ? "not a member" as const : self.voter ? "voter" as const : "learner" as const
+}
+
 export const nodeStatus = (
   config: NodeConfig,
   extra: Effect.Effect<Pick<NodeStatus, "database" | "proxy" | "commitPath">> = Effect.succeed({})
@@ -46,7 +52,15 @@ export const nodeStatus = (
         lastGtid: snapshot.state.lastGtid === null ? null : formatGtid(snapshot.state.lastGtid),
         ...(yield* extra),
         memory: memory(),
-        members: config.members.map((m) => ({ nodeId: m.nodeId, host: m.host, port: m.port, adminPort: m.adminPort, reachable: reachable.has(m.nodeId) }))
+        membership: membershipOf(snapshot.state.membership, config.nodeId),
+        members: (snapshot.state.membership ?? config.members.map((m) => ({ ...m, voter: true }))).map((m) => ({
+          nodeId: m.nodeId,
+          host: m.host,
+          port: m.port,
+          adminPort: m.adminPort,
+          reachable: reachable.has(m.nodeId),
+          voter: m.voter
+        }))
       } satisfies NodeStatus
     })
   })

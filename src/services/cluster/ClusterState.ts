@@ -303,6 +303,8 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
       state.master !== before.master || state.masterVersion !== before.masterVersion || state.epoch !== before.epoch ||
       state.leaseMs !== before.leaseMs || state.members !== before.members
     ) Effect.runSync(SubscriptionRef.set(masterRef, snapshot))
+    // The log links to the members it names (a new one is dialled and accepted).
+    if (state.membership !== before.membership && state.membership !== undefined) Effect.runFork(log.setAddresses(state.membership))
     if (progressWaiters.length > 0) {
       const ready = progressWaiters.filter((w) => w.done(snapshot))
       if (ready.length > 0) {
@@ -323,6 +325,7 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
       if ((a.entry?._tag !== "Binlog" && a.entry?._tag !== "BinlogPart") || a.outcome._tag !== "Accepted") PubSub.publishUnsafe(hub, a)
     }
   }
+  if (current.state.membership !== undefined) yield* log.setAddresses(current.state.membership)
   yield* log.follow(current.appliedUpTo, apply)
 
   const propose = (entry: ClusterEntry, timing?: ProposeTiming): Effect.Effect<Outcome, ProposeError> =>
@@ -500,6 +503,7 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
       logStartSeq = (snapshot.state.lastGtid?.seq ?? 0) + 1
       logStartsAfter = snapshot.state.lastGtid
       yield* SubscriptionRef.set(masterRef, snapshot)
+      if (snapshot.state.membership !== undefined) yield* log.setAddresses(snapshot.state.membership)
       const ready = progressWaiters.filter((w) => w.done(snapshot))
       progressWaiters = progressWaiters.filter((w) => !w.done(snapshot))
       for (const w of ready) Deferred.doneUnsafe(w.deferred, Effect.void)

@@ -160,7 +160,11 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
       if (s.role !== "leader") yield* log.lead
     }
     const { ready, lag } = yield* readiness.check
-    const action = decide(config, view, now, ready, lag)
+    // A node that does not vote in the log's membership (a learner, or removed) never runs.
+    const membership = (yield* cluster.current).state.membership
+    const votes = membership === undefined || membership.some((m) => m.nodeId === config.nodeId && m.voter)
+    const decided = decide(config, view, now, ready, lag)
+    const action = decided._tag === "Propose" && !votes ? { _tag: "None" as const } : decided
     if (action._tag === "Propose") {
       const proposalId = yield* Time.randomId
       // The lease counts from now: the moment before the proposal leaves.

@@ -557,7 +557,8 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       const needsInstall = yield* log.needsInstall
       if (needsInstall !== null && offer.snapshot.appliedUpTo > (yield* cluster.current).appliedUpTo) {
         yield* cluster.install(offer.snapshot)
-        yield* log.install(offer.snapshot.appliedUpTo)
+        // The member sets from there on come with the state (the founding ones, if it has none).
+        yield* log.install(offer.snapshot.appliedUpTo, offer.snapshot.state.configs ?? [])
         yield* Effect.logInfo(`installed node ${donor.nodeId}'s state at instance ${offer.snapshot.appliedUpTo}`)
       }
       yield* Effect.logInfo(

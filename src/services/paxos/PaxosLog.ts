@@ -715,7 +715,7 @@ export class PaxosStateMissing extends Data.TaggedError("PaxosStateMissing")<{ r
     return `node ${this.nodeId} has no Paxos state and was not started with --bootstrap (config "bootstrap": true). ` +
       "For the first start of a new cluster, start every node once with --bootstrap. " +
       "If this node's data was lost (a wiped or replaced disk), it must not vote with a blank promise: " +
-      "restore its dataDir, or give it a new nodeId through a membership change (not yet supported)."
+      "restore its dataDir, or remove it (member remove --id N) and add the machine back under a new nodeId (member add: not yet supported)."
   }
 }
 

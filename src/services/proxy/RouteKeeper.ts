@@ -12,7 +12,7 @@ import { MasterLease } from "../cluster/MasterLease.js"
 import { DatabaseRoleCell } from "../database/DatabaseRole.js"
 import { forkScopedLogged } from "../fibers.js"
 import { PaxosLog } from "../paxos/PaxosLog.js"
-import { describeTarget, RoutingTable, sameTarget } from "./Routing.js"
+import { describeTarget, noTarget, RoutingTable, sameTarget } from "./Routing.js"
 
 /** The heartbeat flag of a node whose database serves reads (a replica, not diverged, up). */
 export const SERVES_READS = 1
@@ -66,14 +66,26 @@ export const make = Effect.fnUntraced(function*(options: RouteKeeperOptions) {
     const readable = new Set<number>(paxos.reachable.filter((id) => servingReads.has(id)))
     if (role === "replica") readable.add(options.nodeId)
     else readable.delete(options.nodeId)
-    const routes = routesFor({
-      self: options.nodeId,
-      master,
-      localMariaDb: options.localMariaDb,
-      members: options.members,
-      readable,
-      roFallbackToMaster: options.roFallbackToMaster
-    })
+    // The members as the log names them (their forward ports), else as configured.
+    const membership = snapshot.state.membership
+    const members = membership === undefined ? options.members : membership.flatMap((m) =>
+      m.forwardRwPort === undefined || m.forwardRoPort === undefined ? [] : [{
+        nodeId: m.nodeId,
+        forwardRw: { host: m.host, port: m.forwardRwPort },
+        forwardRo: { host: m.host, port: m.forwardRoPort }
+      }])
+    const removed = membership !== undefined && !membership.some((m) => m.nodeId === options.nodeId)
+    const refusal = `node ${options.nodeId} was removed from the cluster: connect to a member's port instead`
+    const routes = removed
+      ? { rw: noTarget(refusal), ro: noTarget(refusal) }
+      : routesFor({
+        self: options.nodeId,
+        master,
+        localMariaDb: options.localMariaDb,
+        members,
+        readable,
+        roFallbackToMaster: options.roFallbackToMaster
+      })
     const now = yield* table.current
     if (!sameTarget(now.rw, routes.rw) || !sameTarget(now.ro, routes.ro)) {
       yield* table.setAll(routes)
@@ -84,7 +96,7 @@ export const make = Effect.fnUntraced(function*(options: RouteKeeperOptions) {
   const refreshLogged = refresh.pipe(Effect.catchCause((cause) => Effect.logError("routing refresh failed", cause)))
   yield* refreshLogged.pipe(Effect.repeat(Schedule.spaced("1 second")), forkScopedLogged("routing: the refresh loop"))
   yield* cluster.masterChanges.pipe(
-    Stream.changesWith((a, b) => a.state.master === b.state.master),
+    Stream.changesWith((a, b) => a.state.master === b.state.master && a.state.members === b.state.members),
     Stream.runForEach(() => refreshLogged),
     forkScopedLogged("routing: following master changes")
   )

@@ -1,0 +1,97 @@
+/**
+ * Membership changes (docs/architecture.md, "Membership"), asked of the master: the member
+ * set is a value of the log (a Membership entry), and the Paxos core takes it up
+ * CONFIG_WINDOW instances after it is chosen. One change at a time, each checked first: the
+ * node is (or is not) a member, and the new set keeps a majority of its voters reachable.
+ */
+import { Data, Effect, Schedule, Semaphore } from "effect"
+import { type ClusterMember, memberSetOf } from "../../domain/cluster/cluster.js"
+import { quorumOf } from "../../domain/paxos/core.js"
+import { ClusterState } from "./ClusterState.js"
+import { MasterLease } from "./MasterLease.js"
+import { PaxosLog } from "../paxos/PaxosLog.js"
+
+/** Why a membership change was not made (409 with the message). */
+export class MembershipRefused extends Data.TaggedError("MembershipRefused")<{ readonly reason: string }> {
+  override get message() {
+    return this.reason
+  }
+}
+
+export interface MembershipDone {
+  readonly members: ReadonlyArray<ClusterMember>
+  /** The Paxos instance from which the new member set governs. */
+  readonly from: number
+}
+
+/** How long a change waits for the log to take up the new member set. */
+const TAKE_EFFECT_MS = 15_000
+
+export const make = Effect.fnUntraced(function*(options: {
+  readonly nodeId: number
+  /** The founding members (from the config) while the log holds no Membership yet: all voters. */
+  readonly founding: ReadonlyArray<Omit<ClusterMember, "voter">>
+}) {
+  const cluster = yield* ClusterState
+  const log = yield* PaxosLog
+  const lease = yield* MasterLease
+  const lock = yield* Semaphore.make(1)
+  const refused = (reason: string) => new MembershipRefused({ reason })
+
+  const current = Effect.map(cluster.current, (s): ReadonlyArray<ClusterMember> =>
+    s.state.membership ?? options.founding.map((m) => ({ ...m, voter: true })))
+
+  const mustBeMaster = Effect.gen(function*() {
+    if (yield* lease.isMaster) return
+    const master = (yield* cluster.current).state.master
+    return yield* refused(`node ${options.nodeId} is not the master (master: ${master ?? "none"}): ask the master`)
+  })
+
+  /** Proposes `members` as the new set and waits until the log governs by it. */
+  const change = (members: ReadonlyArray<ClusterMember>, why: string) =>
+    Effect.gen(function*() {
+      yield* mustBeMaster
+      const set = memberSetOf(members)
+      if (set.voters.length === 0) return yield* refused("the cluster would have no voter")
+      // The new voters must be able to choose: a majority of them reachable from here.
+      const reachable = new Set([options.nodeId, ...(yield* log.status).reachable])
+      const up = set.voters.filter((v) => reachable.has(v)).length
+      if (up < quorumOf(set)) {
+        return yield* refused(`only ${up} of the new set's ${set.voters.length} voters are reachable (a majority needs ${quorumOf(set)})`)
+      }
+      yield* Effect.logInfo(`membership: ${why}; proposing ${describe(members)}`)
+      const outcome = yield* cluster.propose({ _tag: "Membership", members: [...members] }).pipe(
+        Effect.mapError((e) => refused(`the change was not chosen: ${e.message}`))
+      )
+      if (outcome._tag === "Rejected") return yield* refused(`the change was rejected: ${outcome.reason._tag}`)
+      const key = (ids: ReadonlyArray<number>) => [...ids].sort((a, b) => a - b).join(",")
+      const governing = yield* log.memberSets.pipe(
+        Effect.map((sets) => sets[0]!),
+        Effect.repeat({
+          schedule: Schedule.spaced("10 millis"),
+          until: (c) => key(c.voters) === key(set.voters) && key(c.learners) === key(set.learners)
+        }),
+        Effect.timeoutOrElse({
+          duration: `${TAKE_EFFECT_MS} millis`,
+          orElse: () => Effect.fail(refused(`the change was chosen but the log did not take it up within ${TAKE_EFFECT_MS / 1000} s`))
+        })
+      )
+      yield* Effect.logInfo(`membership: ${describe(members)} governs from instance ${governing.from}`)
+      return { members, from: governing.from } satisfies MembershipDone
+    })
+
+  /** Removes node `id` (not the master: hand over first). */
+  const remove = (id: number) =>
+    lock.withPermits(1)(Effect.gen(function*() {
+      yield* mustBeMaster
+      const members = yield* current
+      if (!members.some((m) => m.nodeId === id)) return yield* refused(`node ${id} is not a member (members: ${members.map((m) => m.nodeId).join(", ")})`)
+      if (id === options.nodeId) return yield* refused(`node ${id} is the master: move the master elsewhere first (switchover)`)
+      return yield* change(members.filter((m) => m.nodeId !== id), `removing node ${id}`)
+    }))
+
+  return { current, remove }
+})
+
+const describe = (members: ReadonlyArray<ClusterMember>) =>
+  members.map((m) => `${m.nodeId}${m.voter ? "" : " (learner)"}`).join(", ")

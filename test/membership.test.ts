@@ -1,0 +1,107 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { execFile } from "node:child_process"
+import { join } from "node:path"
+import mysql from "mysql2/promise"
+import { requestRemoveMember } from "../src/client/StatusClient.js"
+import * as LocalCluster from "../src/testing/LocalCluster.js"
+import { adminQuery, APP_PASSWORD, APP_USER, checksum, createAppUser, idsOn, startWriter, statusOf, waitForMaster } from "./support/dbCluster.js"
+
+const TABLE = "d.t"
+
+const cli = (args: ReadonlyArray<string>) =>
+  Effect.callback<{ readonly code: number; readonly out: string }>((resume) => {
+    execFile(process.execPath, [join(process.cwd(), "dist", "main.js"), ...args], { timeout: 90_000 }, (error, stdout, stderr) =>
+      resume(Effect.succeed({ code: error === null ? 0 : typeof error.code === "number" ? error.code : 1, out: stdout + stderr })))
+  })
+
+/** The error a client gets connecting to `port` (undefined: it connected). */
+const connectError = (port: number) =>
+  Effect.promise(async () => {
+    try {
+      const conn = await mysql.createConnection({ host: "127.0.0.1", port, user: APP_USER, password: APP_PASSWORD, connectTimeout: 2_000 })
+      conn.destroy()
+      return undefined
+    } catch (e) {
+      return e instanceof Error ? e.message : String(e)
+    }
+  })
+
+describe("membership", () => {
+  it.live("5 -> 3 online under writes: the master and a replica are removed, every acknowledged write stays, a removed node neither votes nor routes, and its stale config does not bring it back", () =>
+    Effect.gen(function*() {
+      const c = yield* LocalCluster.make({ nodes: 5, database: true })
+      const first = yield* waitForMaster(c, "a first master", undefined, 90_000)
+      yield* createAppUser(first)
+      yield* adminQuery(first, "CREATE DATABASE d")
+      yield* adminQuery(first, `CREATE TABLE ${TABLE} (id INT PRIMARY KEY, v INT)`)
+      const admin = c.nodes.map((n) => `${n.host}:${n.adminPort}`).join(",")
+
+      let removed: Array<number> = []
+      const writer = yield* Effect.scoped(Effect.gen(function*() {
+        // Through a node that stays (the highest id is never removed here).
+        const keep = c.nodes[c.nodes.length - 1]!
+        const w = yield* startWriter(keep.rwPort!, TABLE, 1_000_000)
+        const flowing = Effect.suspend(() => {
+          const from = w.acked.length
+          return LocalCluster.waitFor("writes to get through", Effect.sync(() => w.acked.length >= from + 20), 60_000)
+        })
+        yield* flowing
+        // Refused: not a member; asked of a node that is not the master.
+        const master = yield* waitForMaster(c, "the master")
+        const replica = c.nodes.find((n) => n !== master && n !== keep)!
+        const notMember = yield* cli(["member", "remove", "--admin", admin, "--id", "9"])
+        expect(notMember.code).not.toBe(0)
+        expect(notMember.out).toMatch(/node 9 is not a member/)
+        const notMaster = yield* Effect.flip(requestRemoveMember(`${replica.host}:${replica.adminPort}`, replica.nodeId))
+        expect(notMaster.message).toMatch(/not the master/)
+
+        // The master: it hands over first.
+        const byCli = yield* cli(["member", "remove", "--admin", admin, "--id", String(master.nodeId)])
+        expect(byCli.code, byCli.out).toBe(0)
+        expect(byCli.out).toMatch(/handing over/)
+        expect(byCli.out).toContain(`done: node ${master.nodeId} is no longer a member`)
+        removed = [master.nodeId]
+        yield* flowing
+        // Then a replica.
+        const next = yield* waitForMaster(c, "the new master")
+        const other = c.nodes.find((n) => n !== next && n !== keep && !removed.includes(n.nodeId))!
+        const again = yield* cli(["member", "remove", "--config", keep.configPath, "--id", String(other.nodeId)])
+        expect(again.code, again.out).toBe(0)
+        removed = [...removed, other.nodeId]
+        yield* flowing
+        return w
+      }))
+
+      const members = c.nodes.filter((n) => !removed.includes(n.nodeId))
+      expect(members.length).toBe(3)
+      // The remaining three agree on the members and hold every acknowledged write.
+      yield* LocalCluster.waitFor("the members to agree on the data", Effect.map(
+        Effect.forEach(members, (n) => checksum(n, TABLE)),
+        (sums) => new Set(sums).size === 1
+      ), 60_000)
+      for (const n of members) {
+        const ids = yield* idsOn(n, TABLE)
+        expect(writer.acked.filter((id) => !ids.has(id)), `node ${n.nodeId}`).toEqual([])
+        const s = yield* statusOf(n)
+        expect("error" in s ? s.error : s.members.map((m) => m.nodeId).sort()).toEqual(members.map((m) => m.nodeId).sort())
+        expect("error" in s ? s.error : s.membership).toBe("voter")
+      }
+      // A removed node knows it: it serves no one, with a clear error, and never runs for master.
+      for (const id of removed) {
+        const n = c.nodes.find((x) => x.nodeId === id)!
+        yield* LocalCluster.waitFor(`node ${id} to know it was removed`, Effect.map(statusOf(n), (s) => !("error" in s) && s.membership === "not a member"), 30_000)
+        expect(yield* connectError(n.rwPort!)).toMatch(/removed from the cluster/)
+        expect(yield* connectError(n.roPort!)).toMatch(/removed from the cluster/)
+      }
+      // Its agent restarted from its (stale) config file: still no member, the cluster unchanged.
+      const stale = c.nodes.find((x) => x.nodeId === removed[1])!
+      yield* stale.kill("SIGKILL")
+      yield* stale.start
+      yield* LocalCluster.waitFor("the restarted node to answer", Effect.map(statusOf(stale), (s) => !("error" in s) && s.membership === "not a member"), 60_000)
+      const master = yield* waitForMaster(c, "a master after the restart")
+      expect(removed).not.toContain(master.nodeId)
+      const s = yield* statusOf(master)
+      expect("error" in s ? s.error : s.members.map((m) => m.nodeId).sort()).toEqual(members.map((m) => m.nodeId).sort())
+    }).pipe(Effect.scoped), { timeout: 420_000 })
+})
