@@ -1,13 +1,13 @@
 #!/usr/bin/env node
 /** The phxmaria command line. */
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
-import { Cause, Console, Data, Effect, Exit, Option } from "effect"
+import { Cause, Console, Data, Effect, Exit, Option, Schedule } from "effect"
 import { Command, Flag } from "effect/cli"
 import { renderStatusTable } from "./domain/cluster/nodeStatus.js"
 import { loadNodeConfig } from "./config/NodeConfig.js"
 import * as NodeLayer from "./layers/NodeLayer.js"
 import { killChildrenOnExit } from "./services/database/MariaDbProcess.js"
-import { fetchStatus, requestRebuild, requestRemoveMember, requestSwitchover } from "./client/StatusClient.js"
+import { fetchStatus, requestAddMember, requestPromoteMember, requestRebuild, requestRemoveMember, requestSwitchover } from "./client/StatusClient.js"
 import type { NodeStatus } from "./domain/cluster/nodeStatus.js"
 import * as LocalCluster from "./testing/LocalCluster.js"
 import mysql from "mysql2/promise"
@@ -25,10 +25,15 @@ const bootstrapFlag = Flag.Boolean("bootstrap").pipe(
   Flag.withDescription("this is the first start of a new cluster: the node may start with no Paxos state")
 )
 
-const node = Command.make("node", { config: configFlag, bootstrap: bootstrapFlag }, ({ bootstrap, config }) =>
+const joinFlag = Flag.Boolean("join").pipe(
+  Flag.withDefault(false),
+  Flag.withDescription("this node joins a running cluster (after `member add`): it may start with no Paxos state")
+)
+
+const node = Command.make("node", { config: configFlag, bootstrap: bootstrapFlag, join: joinFlag }, ({ bootstrap, config, join }) =>
   Effect.gen(function*() {
     const read = yield* readConfig(config)
-    const cfg = bootstrap ? { ...read, bootstrap: true } : read
+    const cfg = { ...read, ...(bootstrap ? { bootstrap: true } : {}), ...(join ? { join: true } : {}) }
     yield* Effect.gen(function*() {
       const running = yield* NodeLayer.RunningNode
       const { addresses } = running
@@ -152,9 +157,66 @@ const memberRemove = Command.make(
     ))
 ).pipe(Command.withDescription("remove a node from the cluster (the master hands over first); it can no longer vote or route"))
 
+/** How long `member add` waits for the new node to catch up before it gives up. */
+const ADD_CATCH_UP_MS = 30 * 60_000
+
+const memberAdd = Command.make(
+  "add",
+  {
+    config: configFlag.pipe(Flag.optional),
+    admin: Flag.String("admin").pipe(Flag.withDescription("comma-separated admin addresses host:port of members (instead of --config)"), Flag.optional),
+    id: Flag.Int("id").pipe(Flag.withDescription("the new node's id")),
+    host: Flag.String("host").pipe(Flag.withDescription("the new node's address")),
+    port: Flag.Int("port").pipe(Flag.withDescription("its peer (Paxos) port")),
+    adminPort: Flag.Int("admin-port").pipe(Flag.withDescription("its admin HTTP port")),
+    rwPort: Flag.Int("rw-port").pipe(Flag.optional),
+    roPort: Flag.Int("ro-port").pipe(Flag.optional),
+    forwardRwPort: Flag.Int("forward-rw-port").pipe(Flag.optional),
+    forwardRoPort: Flag.Int("forward-ro-port").pipe(Flag.optional)
+  },
+  (a) =>
+    Effect.gen(function*() {
+      const targets = yield* adminTargets("member add", a.config, a.admin)
+      const master = yield* findMaster(targets)
+      const optional = { rwPort: a.rwPort, roPort: a.roPort, forwardRwPort: a.forwardRwPort, forwardRoPort: a.forwardRoPort }
+      const fields: Record<string, number | string> = { id: a.id, host: a.host, port: a.port, adminPort: a.adminPort }
+      for (const [k, v] of Object.entries(optional)) if (Option.isSome(v)) fields[k] = v.value
+      yield* Console.log(`adding node ${a.id} (${a.host}:${a.port}) as a learner (asking the master, node ${master.status.nodeId}) ...`)
+      yield* requestAddMember(master.address, fields)
+      yield* Console.log(`node ${a.id} is a learner; waiting for it to catch up (start its agent with --join if it is not running) ...`)
+      const newNode = `${a.host}:${a.adminPort}`
+      let lastLine = ""
+      const caughtUp = Effect.gen(function*() {
+        const s = yield* fetchStatus(newNode, 2_000)
+        const line = "error" in s
+          ? `node ${a.id}: not answering (${s.error})`
+          : s.database?.rebuild != null
+          ? `node ${a.id}: rebuilding, ${s.database.rebuild.phase ?? "replay"} ${s.database.rebuild.percent}%` +
+            (s.database.rebuild.etaS !== undefined ? `, about ${s.database.rebuild.etaS} s left` : "")
+          : `node ${a.id}: ${s.database?.role ?? "log"}, applied instance ${s.appliedInstance}${s.database?.lag != null ? `, ${s.database.lag} transactions behind` : ""}`
+        if (line !== lastLine) yield* Console.log(line)
+        lastLine = line
+        const promoted = yield* Effect.result(requestPromoteMember(master.address, a.id))
+        return promoted._tag === "Success"
+      })
+      yield* caughtUp.pipe(
+        Effect.repeat({ schedule: Schedule.spaced("1 second"), until: (done) => done }),
+        Effect.timeoutOrElse({
+          duration: `${ADD_CATCH_UP_MS} millis`,
+          orElse: () => Effect.fail(new UsageError({ message: `node ${a.id} did not catch up within ${ADD_CATCH_UP_MS / 60_000} min: it stays a learner` }))
+        })
+      )
+      yield* Console.log(`done: node ${a.id} is a voter`)
+    }).pipe(Effect.tapError((e) =>
+      e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`)
+      : e._tag === "MembershipFailed" ? Console.error(`phxmaria: ${e.address} refused: ${e.message}`)
+      : Effect.void
+    ))
+).pipe(Command.withDescription("add a node: a learner first (it copies a replica's database and catches up), then a voter"))
+
 const member = Command.make("member").pipe(
   Command.withDescription("change the cluster's members through the log"),
-  Command.withSubcommands([memberRemove])
+  Command.withSubcommands([memberAdd, memberRemove])
 )
 
 const switchover = Command.make(

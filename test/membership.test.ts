@@ -28,6 +28,49 @@ const connectError = (port: number) =>
   })
 
 describe("membership", () => {
+  it.live("3 -> 4 online under writes: a new node started with --join is added as a learner, catches up, and becomes a voter; then a master can move to it", () =>
+    Effect.gen(function*() {
+      const c = yield* LocalCluster.make({ nodes: 3, database: true })
+      const first = yield* waitForMaster(c, "a first master")
+      yield* createAppUser(first)
+      yield* adminQuery(first, "CREATE DATABASE d")
+      yield* adminQuery(first, `CREATE TABLE ${TABLE} (id INT PRIMARY KEY, v INT)`)
+      const admin = c.nodes.map((n) => `${n.host}:${n.adminPort}`).join(",")
+      const { node, member } = yield* c.addNode(4)
+      const writer = yield* Effect.scoped(Effect.gen(function*() {
+        const w = yield* startWriter(c.nodes[0]!.rwPort!, TABLE, 1_000_000)
+        yield* LocalCluster.waitFor("writes to get through", Effect.sync(() => w.acked.length >= 20), 60_000)
+        yield* node.start
+        // Not a member yet: it serves nobody, and the log has not named it.
+        const before = yield* statusOf(node)
+        expect("error" in before ? before.error : before.membership).toBe("not a member")
+        const added = yield* cli([
+          "member", "add", "--admin", admin, "--id", "4", "--host", member.host, "--port", String(member.port),
+          "--admin-port", String(member.adminPort), "--rw-port", String(member.rwPort!), "--ro-port", String(member.roPort!),
+          "--forward-rw-port", String(member.forwardRwPort!), "--forward-ro-port", String(member.forwardRoPort!)
+        ])
+        expect(added.code, added.out).toBe(0)
+        expect(added.out).toMatch(/is a learner/)
+        expect(added.out).toContain("done: node 4 is a voter")
+        const from = w.acked.length
+        yield* LocalCluster.waitFor("writes after the add", Effect.sync(() => w.acked.length >= from + 20), 60_000)
+        return w
+      }))
+      const all = [...c.nodes, node]
+      for (const n of all) {
+        const s = yield* statusOf(n)
+        expect("error" in s ? s.error : s.members.map((m) => `${m.nodeId}:${m.voter}`).sort()).toEqual(["1:true", "2:true", "3:true", "4:true"])
+      }
+      yield* LocalCluster.waitFor("every node to hold the same rows", Effect.map(Effect.forEach(all, (n) => checksum(n, TABLE)), (sums) => new Set(sums).size === 1), 60_000)
+      const ids = yield* idsOn(node, TABLE)
+      expect(writer.acked.filter((id) => !ids.has(id))).toEqual([])
+      // The new voter can take the master role.
+      const moved = yield* cli(["switchover", "--admin", admin, "--to", "4"])
+      expect(moved.code, moved.out).toBe(0)
+      expect(moved.out).toContain("done: node 4 is master")
+      yield* LocalCluster.waitFor("node 4 to serve as master", Effect.map(statusOf(node), (s) => !("error" in s) && s.database?.role === "master"), 30_000)
+    }).pipe(Effect.scoped), { timeout: 300_000 })
+
   it.live("5 -> 3 online under writes: the master and a replica are removed, every acknowledged write stays, a removed node neither votes nor routes, and its stale config does not bring it back", () =>
     Effect.gen(function*() {
       const c = yield* LocalCluster.make({ nodes: 5, database: true })

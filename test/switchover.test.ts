@@ -41,7 +41,7 @@ describe("switchover", () => {
         const notMaster = yield* Effect.flip(requestSwitchover(addressOf(replica.nodeId), undefined))
         expect(notMaster.message).toMatch(/not the serving master/)
         const noMember = yield* Effect.flip(requestSwitchover(addressOf(master.nodeId), 9))
-        expect(noMember.message).toMatch(/node 9 is not a member/)
+        expect(noMember.message).toMatch(/node 9 is not a voting member/)
         yield* flowing
 
         // By name, through the API, then through the CLI; then to whichever has caught up.

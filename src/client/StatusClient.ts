@@ -48,9 +48,20 @@ export class MembershipFailed extends Data.TaggedError("MembershipFailed")<{ rea
 
 /** DELETE /members/{id} on the master's admin address: the members after, else why not. */
 export const requestRemoveMember = (address: string, id: number, timeoutMs = 30_000) =>
+  requestMembership(address, "DELETE", `/members/${id}`, timeoutMs)
+
+/** POST /members?... (a learner) on the master's admin address. */
+export const requestAddMember = (address: string, member: Readonly<Record<string, number | string>>, timeoutMs = 30_000) =>
+  requestMembership(address, "POST", `/members?${new URLSearchParams(Object.entries(member).map(([k, v]): [string, string] => [k, String(v)]))}`, timeoutMs)
+
+/** POST /members/{id}/voter on the master's admin address. */
+export const requestPromoteMember = (address: string, id: number, timeoutMs = 30_000) =>
+  requestMembership(address, "POST", `/members/${id}/voter`, timeoutMs)
+
+const requestMembership = (address: string, method: "POST" | "DELETE", path: string, timeoutMs: number) =>
   Effect.tryPromise({
     try: async (signal) => {
-      const r = await fetch(`http://${address}/members/${id}`, { method: "DELETE", signal })
+      const r = await fetch(`http://${address}${path}`, { method, signal })
       const body = (await r.json().catch(() => ({}))) as { members?: ReadonlyArray<{ nodeId: number; voter: boolean }>; from?: number; error?: string }
       return { ok: r.status === 200, body, text: body.error ?? `HTTP ${r.status}` }
     },

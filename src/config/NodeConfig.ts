@@ -74,6 +74,12 @@ export const NodeConfig = Schema.Struct({
    * it a node with none refuses to start (its state may have been lost). CLI: --bootstrap.
    */
   bootstrap: Schema.optional(Schema.Boolean),
+  /**
+   * This node joins a running cluster (`member add`): it may start with no Paxos state, and
+   * `members` need name only itself and one existing member; it learns the rest from the
+   * log, and votes only once the log makes it a voter. CLI: --join.
+   */
+  join: Schema.optional(Schema.Boolean),
   paxos: Schema.optional(PaxosTuning),
   lease: Schema.optional(LeaseSettings),
   /** Without it the node runs the log and the lease only (no database, no proxy). */

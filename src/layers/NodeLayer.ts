@@ -1,5 +1,5 @@
 /** Wiring: a whole node, or its parts, as Layers built from a validated config. */
-import { Context, Effect, Layer, Option } from "effect"
+import { Context, Effect, Layer, Option, Schema, Struct } from "effect"
 import { join } from "node:path"
 import type { NodeStatus } from "../domain/cluster/nodeStatus.js"
 import * as Admin from "../services/admin/Admin.js"
@@ -12,7 +12,8 @@ import * as Transport from "../services/paxos/Transport.js"
 import * as DatabaseNode from "./DatabaseNode.js"
 import { leaseConfigOf, type NodeConfig, retentionOf } from "../config/NodeConfig.js"
 import { nodeStatus } from "../services/admin/NodeStatus.js"
-import { membershipOfValue } from "../domain/cluster/cluster.js"
+import { ClusterMember, membershipOfValue } from "../domain/cluster/cluster.js"
+import { CAUGHT_UP } from "../services/proxy/RouteKeeper.js"
 
 /** This node's Paxos log on its LMDB store (`dataDir/paxos`), over the PeerNetwork given. */
 export const paxosLogLayer = (config: NodeConfig) => {
@@ -22,6 +23,7 @@ export const paxosLogLayer = (config: NodeConfig) => {
     nodeId: config.nodeId,
     members: config.members,
     founding: config.bootstrap === true,
+    joining: config.join === true,
     tuning,
     retention: retentionOf(config),
     membershipOf: membershipOfValue,
@@ -38,7 +40,8 @@ export const paxosLogLayer = (config: NodeConfig) => {
  * from a cell the database side sets; without one the node is always ready.
  */
 export const coreLayer = (config: NodeConfig) => {
-  const state = ClusterState.layer({ dir: join(config.dataDir, "state"), members: config.members.map((m) => m.nodeId) }).pipe(
+  // A joiner does not know the founding members: the log tells it.
+  const state = ClusterState.layer({ dir: join(config.dataDir, "state"), members: config.join === true ? [] : config.members.map((m) => m.nodeId) }).pipe(
     Layer.provideMerge(paxosLogLayer(config))
   )
   const readiness = config.mariadb === undefined
@@ -93,16 +96,37 @@ const runningNode = (config: NodeConfig) =>
         ...(m.forwardRoPort !== undefined ? { forwardRoPort: m.forwardRoPort } : {})
       }))
     })
-    const removeMember = (id: number) =>
-      membership.remove(id).pipe(
-        Effect.map((done): Admin.Health => ({ ok: true, body: { removed: id, members: done.members, from: done.from } })),
-        Effect.catch((e) => Effect.succeed<Admin.Health>({ ok: false, body: { error: e.reason } }))
+    const answer = <E extends { readonly message: string }>(change: Effect.Effect<Membership.MembershipDone, E>, extra: Record<string, unknown>) =>
+      change.pipe(
+        Effect.map((done): Admin.Health => ({ ok: true, body: { ...extra, members: done.members, from: done.from } })),
+        Effect.catch((e) => Effect.succeed<Admin.Health>({ ok: false, body: { error: e.message } }))
       )
+    const decodeMember = Schema.decodeUnknownEffect(ClusterMember.mapFields(Struct.omit(["voter"])))
+    // A learner is promoted once it says it has caught up (with a database: its replica applied everything).
+    const caughtUp = (id: number) =>
+      config.mariadb === undefined
+        ? Effect.map(log.status, (s) => s.reachable.includes(id))
+        : Effect.map(log.advertised(2_000), (flags) => ((flags.get(id) ?? 0) & CAUGHT_UP) !== 0)
+    const memberAdmin = {
+      peers: config.members.map((m) => m.host),
+      remove: (id: number) => answer(membership.remove(id), { removed: id }),
+      promote: (id: number) => answer(membership.promote(id, caughtUp(id)), { voter: id }),
+      add: (fields: Readonly<Record<string, number | string>>) => {
+        const { id, ...rest } = fields
+        return answer(
+          decodeMember({ nodeId: id, ...rest }).pipe(
+            Effect.mapError((e) => new Membership.MembershipRefused({ reason: `the new member: ${e.message}` })),
+            Effect.flatMap(membership.add)
+          ),
+          { added: id }
+        )
+      }
+    }
     const admin = yield* Admin.serve({
       host: self.host,
       port: self.adminPort,
       status,
-      removeMember: { peers: config.members.map((m) => m.host), run: removeMember },
+      members: memberAdmin,
       ...(database === undefined ? {} : {
         replica: database.replicaHealth,
         rebuild: database.rebuild,

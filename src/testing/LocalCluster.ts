@@ -52,6 +52,12 @@ export interface LocalCluster {
   readonly dir: string
   readonly clusterId: string
   readonly nodes: ReadonlyArray<LocalNode>
+  /**
+   * A new node (not started): its config names itself and the cluster's first node only
+   * (it learns the rest from the log) and it starts with --join. Add it with `member add`
+   * (its `member` fields are what to pass); it is stopped with the cluster.
+   */
+  readonly addNode: (nodeId: number) => Effect.Effect<{ readonly node: LocalNode; readonly member: NodeConfig["members"][number] }>
 }
 
 export interface LocalClusterOptions {
@@ -213,7 +219,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
   const maxTransactionMb = typeof options.database === "object" ? options.database.maxTransactionMb : undefined
   const rebuildAuto = typeof options.database === "object" ? options.database.rebuildAuto : undefined
 
-  const makeNode = (nodeId: number, peerPort: number, adminPort: number): LocalNode => {
+  const makeNode = (nodeId: number, peerPort: number, adminPort: number, joining = false): LocalNode => {
     const nodeDir = join(dir, `node${nodeId}`)
     mkdirSync(nodeDir, { recursive: true })
     const configPath = join(nodeDir, "config.json")
@@ -222,7 +228,8 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       clusterId,
       nodeId,
       dataDir: join(nodeDir, "data"),
-      members,
+      // A joiner knows itself and one member; the log tells it the rest.
+      members: joining ? [members.find((m) => m.nodeId === nodeId)!, members[0]!] : members.filter((m) => !joiners.has(m.nodeId)),
       ...(options.paxos !== undefined ? { paxos: options.paxos } : {}),
       ...(options.lease !== undefined ? { lease: options.lease } : {}),
       ...(rebuildAuto !== undefined ? { rebuild: { auto: rebuildAuto } } : {}),
@@ -267,9 +274,18 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
 
     const start = Effect.callback<void, LocalClusterError>((resume) => {
       // The first start founds the cluster; a later one must find its state (or refuse).
-      const founding = !startedBefore
+      const founding = !startedBefore && !joining
       startedBefore = true
-      const args = [...AGENT_NODE_ARGS, ...(options.nodeArgs ?? []), mainJs, "node", "--config", configPath, ...(founding ? ["--bootstrap"] : [])]
+      const args = [
+        ...AGENT_NODE_ARGS,
+        ...(options.nodeArgs ?? []),
+        mainJs,
+        "node",
+        "--config",
+        configPath,
+        ...(founding ? ["--bootstrap"] : []),
+        ...(joining ? ["--join"] : [])
+      ]
       const c = spawn(process.execPath, args, {
         stdio: ["ignore", "pipe", "pipe"],
         env: { ...AGENT_ENV, ...process.env }
@@ -331,14 +347,34 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
     }
   }
 
+  const joiners = new Set<number>()
   const nodes = members.map((m) => makeNode(m.nodeId, m.port, m.adminPort))
+  const added: Array<LocalNode> = []
   // Stop every process when the scope closes, whatever happened (SIGKILL if SIGTERM is not
   // enough), and any mariadbd an agent killed with SIGKILL left behind.
   yield* Effect.addFinalizer(() =>
-    Effect.forEach(nodes, (n) => Effect.andThen(n.kill("SIGTERM"), killOrphanMariaDb(n)), { concurrency: "unbounded", discard: true })
+    Effect.forEach([...nodes, ...added], (n) => Effect.andThen(n.kill("SIGTERM"), killOrphanMariaDb(n)), { concurrency: "unbounded", discard: true })
   )
   yield* Effect.forEach(nodes, (n) => n.start, { concurrency: "unbounded", discard: true })
-  return { dir, clusterId, nodes } satisfies LocalCluster
+  const addNode = (nodeId: number) =>
+    Effect.gen(function*() {
+      const host = hostOf(nodeId)
+      const base = { nodeId, host, port: yield* freePort(host), adminPort: yield* freePort(host) }
+      const member: NodeConfig["members"][number] = !withDb ? base : {
+        ...base,
+        rwPort: yield* freePort(host),
+        roPort: yield* freePort(host),
+        forwardRwPort: yield* freePort(host),
+        forwardRoPort: yield* freePort(host)
+      }
+      if (withDb) databases.set(nodeId, { port: yield* freePort(), binlogServerPort: yield* freePort() })
+      members.push(member)
+      joiners.add(nodeId)
+      const node = makeNode(nodeId, member.port, member.adminPort, true)
+      added.push(node)
+      return { node, member }
+    }).pipe(Effect.orDie)
+  return { dir, clusterId, nodes, addNode } satisfies LocalCluster
 })
 
 /** Polls `check` until it returns true, up to `timeoutMs`. */

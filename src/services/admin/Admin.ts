@@ -64,8 +64,18 @@ export const serve = <A>(options: {
    * refused (JSON either way). From loopback and the `peers` addresses only.
    */
   readonly switchover?: { readonly peers: ReadonlyArray<string>; readonly run: (to: number | undefined) => Effect.Effect<Health> }
-  /** DELETE /members/{id}, asked of the master: 200 once the log governs without it, 409 when refused. Loopback and `peers` only. */
-  readonly removeMember?: { readonly peers: ReadonlyArray<string>; readonly run: (id: number) => Effect.Effect<Health> }
+  /**
+   * Membership changes, asked of the master (loopback and `peers` only), each 200 once the
+   * log governs by the new set, 409 when refused: DELETE /members/{id}; POST
+   * /members?id=&host=&port=&adminPort=[&rwPort=&roPort=&forwardRwPort=&forwardRoPort=]
+   * (a learner); POST /members/{id}/voter.
+   */
+  readonly members?: {
+    readonly peers: ReadonlyArray<string>
+    readonly remove: (id: number) => Effect.Effect<Health>
+    readonly add: (member: Readonly<Record<string, number | string>>) => Effect.Effect<Health>
+    readonly promote: (id: number) => Effect.Effect<Health>
+  }
 }) =>
   Effect.gen(function*() {
     const run = Effect.runPromise
@@ -99,13 +109,27 @@ export const serve = <A>(options: {
           (e) => reply(500, { error: String(e) })
         )
       }
-      const memberPath = /^\/members\/([1-9][0-9]{0,9})$/.exec(path ?? "")
-      if (req.method === "DELETE" && memberPath !== null && options.removeMember !== undefined) {
-        if (!fromMember(options.removeMember.peers)) return reply(403, { error: "DELETE /members is taken from this cluster's members only" })
-        return void run(options.removeMember.run(Number(memberPath[1]))).then(
-          (h) => reply(h.ok ? 200 : 409, h.body),
-          (e) => reply(500, { error: String(e) })
-        )
+      const members = options.members
+      const memberPath = /^\/members(?:\/([1-9][0-9]{0,9})(\/voter)?)?$/.exec(path ?? "")
+      if (members !== undefined && memberPath !== null && (req.method === "POST" || req.method === "DELETE")) {
+        if (!fromMember(members.peers)) return reply(403, { error: "/members is taken from this cluster's members only" })
+        const answer = (h: Effect.Effect<Health>) => void run(h).then((r) => reply(r.ok ? 200 : 409, r.body), (e) => reply(500, { error: String(e) }))
+        const [, id, voter] = memberPath
+        if (req.method === "DELETE" && id !== undefined && voter === undefined) return answer(members.remove(Number(id)))
+        if (req.method === "POST" && id !== undefined && voter !== undefined) return answer(members.promote(Number(id)))
+        if (req.method === "POST" && id === undefined) {
+          const query = new URL(req.url ?? "/", "http://admin").searchParams
+          const fields: Record<string, number | string> = {}
+          for (const key of ["id", "host", "port", "adminPort", "rwPort", "roPort", "forwardRwPort", "forwardRoPort"]) {
+            const v = query.get(key)
+            if (v === null) continue
+            if (key === "host") fields[key] = v.slice(0, 255)
+            else if (/^[0-9]{1,10}$/.test(v)) fields[key] = Number(v)
+            else return reply(400, { error: `${key}: not a number` })
+          }
+          return answer(members.add(fields))
+        }
+        return reply(405, { error: "method not allowed" })
       }
       if (req.method !== "GET") return reply(405, { error: "method not allowed" })
       if (path === "/backup" && options.backup !== undefined) {

@@ -14,8 +14,9 @@ const memory = () => {
   return { rssMb: mb(m.rss), heapTotalMb: mb(m.heapTotal), heapUsedMb: mb(m.heapUsed), externalMb: mb(m.external) }
 }
 
-const membershipOf = (membership: ReadonlyArray<{ readonly nodeId: number; readonly voter: boolean }> | undefined, nodeId: number) => {
-  if (membership === undefined) return "voter" as const
+const membershipOf = (membership: ReadonlyArray<{ readonly nodeId: number; readonly voter: boolean }> | undefined, nodeId: number, joining: boolean) => {
+  // No Membership yet: the founding members vote; a joiner is none until the log names it.
+  if (membership === undefined) return joining ? "not a member" as const : "voter" as const
   const self = membership.find((m) => m.nodeId === nodeId)
   return self === undefined ? "not a member" as const : self.voter ? "voter" as const : "learner" as const
 }
@@ -52,7 +53,7 @@ export const nodeStatus = (
         lastGtid: snapshot.state.lastGtid === null ? null : formatGtid(snapshot.state.lastGtid),
         ...(yield* extra),
         memory: memory(),
-        membership: membershipOf(snapshot.state.membership, config.nodeId),
+        membership: membershipOf(snapshot.state.membership, config.nodeId, config.join === true),
         members: (snapshot.state.membership ?? config.members.map((m) => ({ ...m, voter: true }))).map((m) => ({
           nodeId: m.nodeId,
           host: m.host,

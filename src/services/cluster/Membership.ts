@@ -90,7 +90,28 @@ export const make = Effect.fnUntraced(function*(options: {
       return yield* change(members.filter((m) => m.nodeId !== id), `removing node ${id}`)
     }))
 
-  return { current, remove }
+  /** Adds a node as a learner: it gets the log (and a copy of a peer's database) but does not vote yet. */
+  const add = (member: Omit<ClusterMember, "voter">) =>
+    lock.withPermits(1)(Effect.gen(function*() {
+      yield* mustBeMaster
+      const members = yield* current
+      if (members.some((m) => m.nodeId === member.nodeId)) return yield* refused(`node ${member.nodeId} is a member already`)
+      return yield* change([...members, { ...member, voter: false }], `adding node ${member.nodeId} as a learner`)
+    }))
+
+  /** Makes a learner a voter, once it has caught up (it says so on its heartbeat). */
+  const promote = (id: number, caughtUp: Effect.Effect<boolean>) =>
+    lock.withPermits(1)(Effect.gen(function*() {
+      yield* mustBeMaster
+      const members = yield* current
+      const m = members.find((x) => x.nodeId === id)
+      if (m === undefined) return yield* refused(`node ${id} is not a member: add it first`)
+      if (m.voter) return { members, from: 0 } satisfies MembershipDone
+      if (!(yield* caughtUp)) return yield* refused(`node ${id} has not caught up with the log yet`)
+      return yield* change(members.map((x) => x.nodeId === id ? { ...x, voter: true } : x), `making node ${id} a voter`)
+    }))
+
+  return { current, remove, add, promote }
 })
 
 const describe = (members: ReadonlyArray<ClusterMember>) =>

@@ -570,11 +570,16 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       copying = undefined
     })))
 
+  /** The members as the log names them (with their admin ports), else as configured. */
+  const membersNow = Effect.map(cluster.current, (s) =>
+    s.state.membership?.map((m) => ({ nodeId: m.nodeId, host: m.host, adminPort: m.adminPort, voter: m.voter })) ??
+      (options.donors ?? []).map((d) => ({ ...d, voter: true })))
+
   /** Donors in order of preference: replicas that serve reads, then the master; never this node. */
   const donorsNow = Effect.gen(function*() {
     const flags = yield* log.advertised(5_000)
     const master = (yield* cluster.current).state.master
-    const others = (options.donors ?? []).filter((d) => d.nodeId !== nodeId)
+    const others = (yield* membersNow).filter((d) => d.nodeId !== nodeId)
     const readable = others.filter((d) => ((flags.get(d.nodeId) ?? 0) & SERVES_READS) !== 0)
     return [...readable, ...others.filter((d) => d.nodeId === master && !readable.includes(d))]
   })
@@ -694,8 +699,11 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
 
   const refused = (reason: string) => new SwitchoverRefused({ reason })
   /** The members a switchover may hand over to (caught up: they say so on their heartbeats). */
-  const caughtUpPeers = Effect.map(log.advertised(2_000), (flags) =>
-    (options.donors ?? []).map((d) => d.nodeId).filter((id) => id !== nodeId && ((flags.get(id) ?? 0) & CAUGHT_UP) !== 0))
+  const caughtUpPeers = Effect.gen(function*() {
+    const flags = yield* log.advertised(2_000)
+    // Only a voter may take the lease.
+    return (yield* membersNow).filter((d) => d.voter).map((d) => d.nodeId).filter((id) => id !== nodeId && ((flags.get(id) ?? 0) & CAUGHT_UP) !== 0)
+  })
 
   const switchover = (to: number | undefined) =>
     Effect.gen(function*() {
@@ -703,9 +711,9 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
         const master = (yield* cluster.current).state.master
         return yield* refused(`node ${nodeId} is not the serving master (role ${role}; master: ${master ?? "none"})`)
       }
-      const members = (options.donors ?? []).map((d) => d.nodeId)
+      const members = (yield* membersNow).filter((d) => d.voter).map((d) => d.nodeId)
       if (to === nodeId) return yield* refused(`node ${nodeId} is the master already`)
-      if (to !== undefined && !members.includes(to)) return yield* refused(`node ${to} is not a member (members: ${members.join(", ")})`)
+      if (to !== undefined && !members.includes(to)) return yield* refused(`node ${to} is not a voting member (voters: ${members.join(", ")})`)
       if (to === undefined && members.length < 2) return yield* refused("there is no other member to hand over to")
       // A target behind is waited for (bounded): RW stays open meanwhile.
       const picked = yield* Effect.map(caughtUpPeers, (ids) => to === undefined ? ids[0] : ids.includes(to) ? to : undefined).pipe(

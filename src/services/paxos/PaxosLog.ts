@@ -161,6 +161,14 @@ export interface PaxosLogOptions {
    * blank state fails the layer with PaxosStateMissing.
    */
   readonly founding?: boolean
+  /**
+   * This node joins a running cluster: it may start with no Paxos state, and until the log
+   * names it (it learns the member sets from the log or an install) it has no member set
+   * of its own: it neither votes nor runs, and it links to every address it knows.
+   * A node the log already names a voter when it first learns of itself lost its state:
+   * it stops (PaxosStateMissing).
+   */
+  readonly joining?: boolean
   readonly acceptClients?: boolean
   /** Log compaction; default: a tail of 1 GiB and 1 day, checked every 5 s. */
   readonly retention?: Partial<Retention>
@@ -306,8 +314,14 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   const maxValueBytes = options.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES
   const network = yield* Transport.PeerNetwork
   const durable = yield* storage.load(config.memoryWindow, config.memoryWindowBytes)
-  if (options.founding === false && isBlank(durable)) return yield* new PaxosStateMissing({ nodeId: options.nodeId })
-  const core = new PaxosNode(config, durable, yield* Time.randomId)
+  const blank = isBlank(durable)
+  const joining = options.joining === true && blank
+  if (options.founding === false && blank && !joining) return yield* new PaxosStateMissing({ nodeId: options.nodeId })
+  // A joiner knows no member set: the founding one is not its to know.
+  const core = new PaxosNode(joining ? { ...config, members: [] } : config, durable, yield* Time.randomId)
+  /** Still to learn whether the log names this node (a joiner): until then it links to every address known. */
+  let awaitingSelf = joining
+  const namesSelf = () => core.memberSets.some((c) => c.voters.includes(options.nodeId) || c.learners.includes(options.nodeId))
 
   const pending = new Map<number, Pending>()
   let nextRequestId = 1
@@ -340,17 +354,30 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       stepping = false
       inbox.length = 0
     }
-    if (core.peerIds !== linkedPeers) syncPeers()
+    if (core.peerIds !== linkedPeers || awaitingSelf) syncPeers()
   }
 
   /** The peers the transport links to: the core's (every member set from the prefix on), by the address book. */
   let linkedPeers: ReadonlyArray<number> = core.peerIds
+  let linkedKey = ""
   const syncPeers = () => {
     linkedPeers = core.peerIds
-    const addresses = linkedPeers.flatMap((id) => {
+    if (awaitingSelf && namesSelf()) {
+      awaitingSelf = false
+      // Named a voter at once: it voted before and lost its state (a blank promise is unsafe).
+      if (core.isVoter && core.configAt(core.chosenUpTo).voters.includes(options.nodeId)) {
+        failure = new StorageError({ operation: "join", cause: new PaxosStateMissing({ nodeId: options.nodeId }).message })
+        Effect.runFork(Effect.logError(`node ${options.nodeId} joined with no Paxos state, but the log names it a voter: it stops`))
+      }
+    }
+    const ids = awaitingSelf ? [...new Set([...linkedPeers, ...addressBook.keys()])].filter((id) => id !== options.nodeId) : linkedPeers
+    const addresses = ids.flatMap((id) => {
       const a = addressBook.get(id)
       return a === undefined ? [] : [a]
     })
+    const key = addresses.map((a) => `${a.nodeId}@${a.host}:${a.port}`).join(",")
+    if (key === linkedKey) return
+    linkedKey = key
     if (transport !== undefined) Effect.runFork(transport.setPeers(addresses))
   }
 
@@ -515,7 +542,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     clusterId: options.clusterId,
     nodeId: options.nodeId,
     listen: options.listen ?? { host: self?.host ?? "127.0.0.1", port: self?.port ?? 0 },
-    peers: core.peerIds.flatMap((id) => {
+    peers: (joining ? [...addressBook.keys()].filter((id) => id !== options.nodeId) : core.peerIds).flatMap((id) => {
       const a = addressBook.get(id)
       return a === undefined ? [] : [a]
     }),
