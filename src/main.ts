@@ -4,7 +4,7 @@ import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import { Cause, Console, Data, Effect, Exit, Option, Schedule } from "effect"
 import { Command, Flag } from "effect/cli"
 import { renderStatusTable } from "./domain/cluster/nodeStatus.js"
-import { loadNodeConfig } from "./config/NodeConfig.js"
+import { type ConfigFileError, loadNodeConfig } from "./config/NodeConfig.js"
 import * as NodeLayer from "./layers/NodeLayer.js"
 import { killChildrenOnExit } from "./services/database/MariaDbProcess.js"
 import { fetchStatus, requestAddMember, requestPromoteMember, requestRebuild, requestRemoveMember, requestSwitchover } from "./client/StatusClient.js"
@@ -102,7 +102,7 @@ const rebuild = Command.make(
 ))
 
 /** The admin addresses `--config` (its members) or `--admin` (a list) name. */
-const adminTargets = (command: string, config: Option.Option<string>, admin: Option.Option<string>) =>
+const adminTargets = (command: string, config: Option.Option<string>, admin: Option.Option<string>): Effect.Effect<ReadonlyArray<string>, UsageError | ConfigFileError> =>
   Option.isSome(config)
     ? Effect.map(readConfig(config.value), (c) => c.members.map((m) => `${m.host}:${m.adminPort}`))
     : Option.isSome(admin)
@@ -115,9 +115,16 @@ const findMaster = (targets: ReadonlyArray<string>) =>
     const answers = yield* Effect.forEach(targets, (a) => fetchStatus(a), { concurrency: "unbounded" })
     const up = answers.flatMap((s) => ("error" in s ? [] : [s]))
     if (up.length === 0) return yield* new UsageError({ message: `no node answers (${targets.join(", ")})` })
-    const serving = up.find((s) => s.role === "master")
-    if (serving === undefined) return yield* new UsageError({ message: "no node serves as master now (an election may be under way): try again" })
-    return { status: serving, address: adminAddressOf(serving, serving.nodeId) ?? targets[answers.indexOf(serving)]! }
+    const listed = up.find((s) => s.role === "master")
+    if (listed !== undefined) return { status: listed, address: adminAddressOf(listed, listed.nodeId) ?? targets[answers.indexOf(listed)]! }
+    // The master may be a member not listed (added since): the nodes say who it is and where.
+    for (const s of up) {
+      const address = s.master === null ? undefined : adminAddressOf(s, s.master)
+      if (address === undefined) continue
+      const m = yield* fetchStatus(address)
+      if (!("error" in m) && m.role === "master") return { status: m, address }
+    }
+    return yield* new UsageError({ message: "no node serves as master now (an election may be under way): try again" })
   })
 
 const adminAddressOf = (status: NodeStatus, nodeId: number): string | undefined => {
@@ -125,98 +132,127 @@ const adminAddressOf = (status: NodeStatus, nodeId: number): string | undefined 
   return m === undefined ? undefined : `${m.host}:${m.adminPort}`
 }
 
-const memberRemove = Command.make(
-  "remove",
-  {
-    config: configFlag.pipe(Flag.optional),
-    admin: Flag.String("admin").pipe(Flag.withDescription("comma-separated admin addresses host:port of members (instead of --config)"), Flag.optional),
-    id: Flag.Int("id").pipe(Flag.withDescription("the node to remove"))
-  },
-  ({ admin, config, id }) =>
-    Effect.gen(function*() {
-      const targets = yield* adminTargets("member remove", config, admin)
-      let master = yield* findMaster(targets)
-      if (master.status.nodeId === id) {
-        yield* Console.log(`node ${id} is the master: handing over to a caught-up replica first ...`)
-        const done = yield* requestSwitchover(master.address, undefined)
-        yield* Console.log(`node ${done.master} is master (epoch ${done.epoch})`)
-        const address = adminAddressOf(master.status, done.master)
-        if (address === undefined) return yield* new UsageError({ message: `node ${done.master} has no known admin address` })
-        master = { status: master.status, address }
-      }
-      yield* Console.log(`removing node ${id} (asking the master at ${master.address}) ...`)
-      const done = yield* requestRemoveMember(master.address, id)
-      yield* Console.log(
-        `done: node ${id} is no longer a member; members ${done.members.map((m) => `${m.nodeId}${m.voter ? "" : " (learner)"}`).join(", ")}, from log instance ${done.from}`
-      )
-    }).pipe(Effect.tapError((e) =>
-      e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`)
-      : e._tag === "SwitchoverFailed" ? Console.error(`phxmaria: switchover refused by ${e.address}: ${e.message}`)
-      : e._tag === "MembershipFailed" ? Console.error(`phxmaria: ${e.address} refused: ${e.message}`)
-      : Effect.void
-    ))
-).pipe(Command.withDescription("remove a node from the cluster (the master hands over first); it can no longer vote or route"))
+/** Removes node `id` through the master (a master `id` hands over first). */
+const removeMember = (targets: ReadonlyArray<string>, id: number) =>
+  Effect.gen(function*() {
+    let master = yield* findMaster(targets)
+    if (master.status.nodeId === id) {
+      yield* Console.log(`node ${id} is the master: handing over to a caught-up replica first ...`)
+      const done = yield* requestSwitchover(master.address, undefined)
+      yield* Console.log(`node ${done.master} is master (epoch ${done.epoch})`)
+      const address = adminAddressOf(master.status, done.master)
+      if (address === undefined) return yield* new UsageError({ message: `node ${done.master} has no known admin address` })
+      master = { status: master.status, address }
+    }
+    yield* Console.log(`removing node ${id} (asking the master at ${master.address}) ...`)
+    const done = yield* requestRemoveMember(master.address, id)
+    yield* Console.log(
+      `done: node ${id} is no longer a member; members ${done.members.map((m) => `${m.nodeId}${m.voter ? "" : " (learner)"}`).join(", ")}, from log instance ${done.from}`
+    )
+  })
 
 /** How long `member add` waits for the new node to catch up before it gives up. */
 const ADD_CATCH_UP_MS = 30 * 60_000
 
+/** Adds a node through the master: a learner, then (once it has caught up) a voter; progress is printed. */
+const addMember = (targets: ReadonlyArray<string>, fields: Readonly<Record<string, number | string>>) =>
+  Effect.gen(function*() {
+    const id = Number(fields.id)
+    const master = yield* findMaster(targets)
+    yield* Console.log(`adding node ${id} (${fields.host}:${fields.port}) as a learner (asking the master, node ${master.status.nodeId}) ...`)
+    yield* requestAddMember(master.address, fields)
+    yield* Console.log(`node ${id} is a learner; waiting for it to catch up (start its agent with --join if it is not running) ...`)
+    const newNode = `${fields.host}:${fields.adminPort}`
+    let lastLine = ""
+    const caughtUp = Effect.gen(function*() {
+      const s = yield* fetchStatus(newNode, 2_000)
+      const line = "error" in s
+        ? `node ${id}: not answering (${s.error})`
+        : s.database?.rebuild != null
+        ? `node ${id}: rebuilding, ${s.database.rebuild.phase ?? "replay"} ${s.database.rebuild.percent}%` +
+          (s.database.rebuild.etaS !== undefined ? `, about ${s.database.rebuild.etaS} s left` : "")
+        : `node ${id}: ${s.database?.role ?? "log"}, applied instance ${s.appliedInstance}${s.database?.lag != null ? `, ${s.database.lag} transactions behind` : ""}`
+      if (line !== lastLine) yield* Console.log(line)
+      lastLine = line
+      const promoted = yield* Effect.result(requestPromoteMember(master.address, id))
+      return promoted._tag === "Success"
+    })
+    yield* caughtUp.pipe(
+      Effect.repeat({ schedule: Schedule.spaced("1 second"), until: (done) => done }),
+      Effect.timeoutOrElse({
+        duration: `${ADD_CATCH_UP_MS} millis`,
+        orElse: () => Effect.fail(new UsageError({ message: `node ${id} did not catch up within ${ADD_CATCH_UP_MS / 60_000} min: it stays a learner` }))
+      })
+    )
+    yield* Console.log(`done: node ${id} is a voter`)
+  })
+
+const reportMemberError = (e: { readonly _tag: string; readonly message: string; readonly address?: string }) =>
+  e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`)
+  : e._tag === "SwitchoverFailed" ? Console.error(`phxmaria: switchover refused by ${e.address}: ${e.message}`)
+  : e._tag === "MembershipFailed" ? Console.error(`phxmaria: ${e.address} refused: ${e.message}`)
+  : Effect.void
+
+const targetFlags = {
+  config: configFlag.pipe(Flag.optional),
+  admin: Flag.String("admin").pipe(Flag.withDescription("comma-separated admin addresses host:port of members (instead of --config)"), Flag.optional)
+}
+/** The new node's address flags (`member add`, `member replace`). */
+const newNodeFlags = {
+  host: Flag.String("host").pipe(Flag.withDescription("the new node's address")),
+  port: Flag.Int("port").pipe(Flag.withDescription("its peer (Paxos) port")),
+  adminPort: Flag.Int("admin-port").pipe(Flag.withDescription("its admin HTTP port")),
+  rwPort: Flag.Int("rw-port").pipe(Flag.optional),
+  roPort: Flag.Int("ro-port").pipe(Flag.optional),
+  forwardRwPort: Flag.Int("forward-rw-port").pipe(Flag.optional),
+  forwardRoPort: Flag.Int("forward-ro-port").pipe(Flag.optional)
+}
+type NewNode = { readonly host: string; readonly port: number; readonly adminPort: number } & Record<
+  "rwPort" | "roPort" | "forwardRwPort" | "forwardRoPort",
+  Option.Option<number>
+>
+const newNodeFields = (id: number, a: NewNode): Record<string, number | string> => {
+  const fields: Record<string, number | string> = { id, host: a.host, port: a.port, adminPort: a.adminPort }
+  for (const k of ["rwPort", "roPort", "forwardRwPort", "forwardRoPort"] as const) if (Option.isSome(a[k])) fields[k] = a[k].value
+  return fields
+}
+
+const memberRemove = Command.make(
+  "remove",
+  { ...targetFlags, id: Flag.Int("id").pipe(Flag.withDescription("the node to remove")) },
+  ({ admin, config, id }) =>
+    Effect.flatMap(adminTargets("member remove", config, admin), (targets) => removeMember(targets, id)).pipe(Effect.tapError(reportMemberError))
+).pipe(Command.withDescription("remove a node from the cluster (the master hands over first); it can no longer vote or route"))
+
 const memberAdd = Command.make(
   "add",
+  { ...targetFlags, id: Flag.Int("id").pipe(Flag.withDescription("the new node's id")), ...newNodeFlags },
+  (a) =>
+    Effect.flatMap(adminTargets("member add", a.config, a.admin), (targets) => addMember(targets, newNodeFields(a.id, a))).pipe(
+      Effect.tapError(reportMemberError)
+    )
+).pipe(Command.withDescription("add a node: a learner first (it copies a replica's database and catches up), then a voter"))
+
+const memberReplace = Command.make(
+  "replace",
   {
-    config: configFlag.pipe(Flag.optional),
-    admin: Flag.String("admin").pipe(Flag.withDescription("comma-separated admin addresses host:port of members (instead of --config)"), Flag.optional),
-    id: Flag.Int("id").pipe(Flag.withDescription("the new node's id")),
-    host: Flag.String("host").pipe(Flag.withDescription("the new node's address")),
-    port: Flag.Int("port").pipe(Flag.withDescription("its peer (Paxos) port")),
-    adminPort: Flag.Int("admin-port").pipe(Flag.withDescription("its admin HTTP port")),
-    rwPort: Flag.Int("rw-port").pipe(Flag.optional),
-    roPort: Flag.Int("ro-port").pipe(Flag.optional),
-    forwardRwPort: Flag.Int("forward-rw-port").pipe(Flag.optional),
-    forwardRoPort: Flag.Int("forward-ro-port").pipe(Flag.optional)
+    ...targetFlags,
+    id: Flag.Int("id").pipe(Flag.withDescription("the node to replace")),
+    newId: Flag.Int("new-id").pipe(Flag.withDescription("the new node's id")),
+    ...newNodeFlags
   },
   (a) =>
     Effect.gen(function*() {
-      const targets = yield* adminTargets("member add", a.config, a.admin)
-      const master = yield* findMaster(targets)
-      const optional = { rwPort: a.rwPort, roPort: a.roPort, forwardRwPort: a.forwardRwPort, forwardRoPort: a.forwardRoPort }
-      const fields: Record<string, number | string> = { id: a.id, host: a.host, port: a.port, adminPort: a.adminPort }
-      for (const [k, v] of Object.entries(optional)) if (Option.isSome(v)) fields[k] = v.value
-      yield* Console.log(`adding node ${a.id} (${a.host}:${a.port}) as a learner (asking the master, node ${master.status.nodeId}) ...`)
-      yield* requestAddMember(master.address, fields)
-      yield* Console.log(`node ${a.id} is a learner; waiting for it to catch up (start its agent with --join if it is not running) ...`)
-      const newNode = `${a.host}:${a.adminPort}`
-      let lastLine = ""
-      const caughtUp = Effect.gen(function*() {
-        const s = yield* fetchStatus(newNode, 2_000)
-        const line = "error" in s
-          ? `node ${a.id}: not answering (${s.error})`
-          : s.database?.rebuild != null
-          ? `node ${a.id}: rebuilding, ${s.database.rebuild.phase ?? "replay"} ${s.database.rebuild.percent}%` +
-            (s.database.rebuild.etaS !== undefined ? `, about ${s.database.rebuild.etaS} s left` : "")
-          : `node ${a.id}: ${s.database?.role ?? "log"}, applied instance ${s.appliedInstance}${s.database?.lag != null ? `, ${s.database.lag} transactions behind` : ""}`
-        if (line !== lastLine) yield* Console.log(line)
-        lastLine = line
-        const promoted = yield* Effect.result(requestPromoteMember(master.address, a.id))
-        return promoted._tag === "Success"
-      })
-      yield* caughtUp.pipe(
-        Effect.repeat({ schedule: Schedule.spaced("1 second"), until: (done) => done }),
-        Effect.timeoutOrElse({
-          duration: `${ADD_CATCH_UP_MS} millis`,
-          orElse: () => Effect.fail(new UsageError({ message: `node ${a.id} did not catch up within ${ADD_CATCH_UP_MS / 60_000} min: it stays a learner` }))
-        })
-      )
-      yield* Console.log(`done: node ${a.id} is a voter`)
-    }).pipe(Effect.tapError((e) =>
-      e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`)
-      : e._tag === "MembershipFailed" ? Console.error(`phxmaria: ${e.address} refused: ${e.message}`)
-      : Effect.void
-    ))
-).pipe(Command.withDescription("add a node: a learner first (it copies a replica's database and catches up), then a voter"))
+      const targets = yield* adminTargets("member replace", a.config, a.admin)
+      // Added first (a voter once caught up), then the old one goes: the voters never drop below the set's majority.
+      yield* addMember(targets, newNodeFields(a.newId, a))
+      yield* removeMember([...targets, `${a.host}:${a.adminPort}`], a.id)
+    }).pipe(Effect.tapError(reportMemberError))
+).pipe(Command.withDescription("replace a node by a new one: the new one is added (and caught up) first, then the old one removed"))
 
 const member = Command.make("member").pipe(
   Command.withDescription("change the cluster's members through the log"),
-  Command.withSubcommands([memberAdd, memberRemove])
+  Command.withSubcommands([memberAdd, memberRemove, memberReplace])
 )
 
 const switchover = Command.make(

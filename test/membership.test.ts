@@ -28,7 +28,7 @@ const connectError = (port: number) =>
   })
 
 describe("membership", () => {
-  it.live("3 -> 4 online under writes: a new node started with --join is added as a learner, catches up, and becomes a voter; then a master can move to it", () =>
+  it.live("3 -> 4 online under writes: a new node started with --join is added as a learner, catches up, and becomes a voter; a master can move to it; member replace swaps node 1 for a new node 5", () =>
     Effect.gen(function*() {
       const c = yield* LocalCluster.make({ nodes: 3, database: true })
       const first = yield* waitForMaster(c, "a first master")
@@ -69,6 +69,24 @@ describe("membership", () => {
       expect(moved.code, moved.out).toBe(0)
       expect(moved.out).toContain("done: node 4 is master")
       yield* LocalCluster.waitFor("node 4 to serve as master", Effect.map(statusOf(node), (s) => !("error" in s) && s.database?.role === "master"), 30_000)
+
+      // Replace node 1 by a new machine, node 5, in one command (added and caught up first, then node 1 goes).
+      const five = yield* c.addNode(5)
+      yield* five.node.start
+      const m5 = five.member
+      const replaced = yield* cli([
+        "member", "replace", "--admin", admin, "--id", "1", "--new-id", "5", "--host", m5.host, "--port", String(m5.port),
+        "--admin-port", String(m5.adminPort), "--rw-port", String(m5.rwPort!), "--ro-port", String(m5.roPort!),
+        "--forward-rw-port", String(m5.forwardRwPort!), "--forward-ro-port", String(m5.forwardRoPort!)
+      ])
+      expect(replaced.code, replaced.out).toBe(0)
+      expect(replaced.out).toContain("done: node 5 is a voter")
+      expect(replaced.out).toContain("done: node 1 is no longer a member")
+      const after = [c.nodes[1]!, c.nodes[2]!, node, five.node]
+      yield* LocalCluster.waitFor("the four members to hold the same rows", Effect.map(Effect.forEach(after, (n) => checksum(n, TABLE)), (sums) => new Set(sums).size === 1), 60_000)
+      const s5 = yield* statusOf(five.node)
+      expect("error" in s5 ? s5.error : s5.members.map((m) => `${m.nodeId}:${m.voter}`).sort()).toEqual(["2:true", "3:true", "4:true", "5:true"])
+      expect(yield* connectError(c.nodes[0]!.rwPort!)).toMatch(/removed from the cluster/)
     }).pipe(Effect.scoped), { timeout: 300_000 })
 
   it.live("5 -> 3 online under writes: the master and a replica are removed, every acknowledged write stays, a removed node neither votes nor routes, and its stale config does not bring it back", () =>
