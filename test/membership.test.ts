@@ -64,6 +64,8 @@ describe("membership", () => {
       yield* LocalCluster.waitFor("every node to hold the same rows", Effect.map(Effect.forEach(all, (n) => checksum(n, TABLE)), (sums) => new Set(sums).size === 1), 60_000)
       const ids = yield* idsOn(node, TABLE)
       expect(writer.acked.filter((id) => !ids.has(id))).toEqual([])
+      // Provisioned by a copy of a peer's database, not by replaying the whole log.
+      expect(node.output()).toMatch(/rebuild: copied \d+ MB from node \d/)
       // The new voter can take the master role.
       const moved = yield* cli(["switchover", "--admin", admin, "--to", "4"])
       expect(moved.code, moved.out).toBe(0)

@@ -225,13 +225,16 @@ export const layer = (config: NodeConfig) => {
     ro: Routing.noTarget("the cluster is starting")
   })
   const binlog = binlogServerLayer(config, settings).pipe(Layer.provide(chosenBinlogLayer(config, settings)))
-  const routes = routeKeeperLayer(config, settings).pipe(Layer.provideMerge(DatabaseRole.layer))
+  // One proxy (the same layer value, built once): the route keeper also tells it the members.
+  const proxy = proxyLayer(config, settings)
+  const routes = routeKeeperLayer(config, settings).pipe(Layer.provideMerge(DatabaseRole.layer), Layer.provide(proxy))
   const database = NodeDatabase.layer({
     nodeId: config.nodeId,
     rebuildAuto: config.rebuild?.auto ?? true,
+    copyWhenEmpty: config.join === true,
     donors: config.members.map((m) => ({ nodeId: m.nodeId, host: m.host, adminPort: m.adminPort }))
   }).pipe(
-    Layer.provideMerge(Layer.mergeAll(binlog, routes, commitPathLayer, proxyLayer(config, settings)))
+    Layer.provideMerge(Layer.mergeAll(binlog, routes, commitPathLayer, proxy))
   )
   return reportLayer(config).pipe(
     Layer.provideMerge(database),

@@ -146,6 +146,11 @@ export interface NodeDatabaseOptions {
   readonly tickMs?: number
   /** Rebuild a diverged (or left-behind) managed server from a peer's copy; default true. */
   readonly rebuildAuto?: boolean
+  /**
+   * A new node (it joins with --join): an empty database in a cluster that has data takes a
+   * copy of a peer's (a rebuild) instead of replaying the whole log.
+   */
+  readonly copyWhenEmpty?: boolean
   /** Where the cluster's members serve GET /backup (their admin ports): the donors of a rebuild. */
   readonly donors?: ReadonlyArray<{ readonly nodeId: number; readonly host: string; readonly adminPort: number }>
 }
@@ -351,6 +356,9 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     )
     if (behind !== null) return yield* markDiverged(behindLog(behind))
     let extra = yield* extraOverLog
+    if (options.copyWhenEmpty === true && extra === undefined && local === null && (yield* cluster.current).state.lastGtid !== null && rebuiltAt === -Infinity) {
+      return yield* markDiverged("a new node with an empty database: it takes a copy of a peer's instead of replaying the whole log")
+    }
     // Commits still waiting for an ACK could be ones that arrived after the comparison:
     // a crash restart settles them too (prepared ones are truncated, chosen ones come back
     // by replication).

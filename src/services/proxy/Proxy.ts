@@ -88,6 +88,8 @@ export interface ProxyShape {
   readonly refuseRo: (refuse: boolean) => Effect.Effect<void>
   /** Forward RW listener: closes every RW relay it holds; returns how many. */
   readonly closeAllRw: Effect.Effect<number>
+  /** The members' addresses the forward listeners accept (the log's membership), besides the configured ones. */
+  readonly addMemberHosts: (hosts: ReadonlyArray<string>) => Effect.Effect<void>
 }
 
 export class Proxy extends Context.Service<Proxy, ProxyShape>()("phxmaria/Proxy") {}
@@ -615,6 +617,10 @@ export const make = (
       refuseRo: (refuse) =>
         Effect.sync(() => {
           refusingRo = refuse
+        }),
+      addMemberHosts: (hosts) =>
+        Effect.sync(() => {
+          for (const h of hosts) members.add(PP.unmapIPv4(h))
         }),
       closeAllRw: Effect.sync(() => {
         if (forwardRwState === undefined) return 0

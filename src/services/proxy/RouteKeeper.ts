@@ -13,6 +13,7 @@ import { DatabaseRoleCell } from "../database/DatabaseRole.js"
 import { forkScopedLogged } from "../fibers.js"
 import { PaxosLog } from "../paxos/PaxosLog.js"
 import { describeTarget, noTarget, RoutingTable, sameTarget } from "./Routing.js"
+import { Proxy } from "./Proxy.js"
 
 /** The heartbeat flag of a node whose database serves reads (a replica, not diverged, up). */
 export const SERVES_READS = 1
@@ -46,6 +47,7 @@ export const make = Effect.fnUntraced(function*(options: RouteKeeperOptions) {
   const log = yield* PaxosLog
   const lease = yield* MasterLease
   const roleCell = yield* DatabaseRoleCell
+  const proxy = yield* Proxy
 
   const peersServingReads = Effect.map(log.advertised(HEARTBEAT_MAX_AGE_MS), (flags) =>
     new Set([...flags].filter(([, f]) => (f & SERVES_READS) !== 0).map(([id]) => id)))
@@ -74,6 +76,8 @@ export const make = Effect.fnUntraced(function*(options: RouteKeeperOptions) {
         forwardRw: { host: m.host, port: m.forwardRwPort },
         forwardRo: { host: m.host, port: m.forwardRoPort }
       }])
+    // A member added since the config was written may relay to our forward ports.
+    if (membership !== undefined) yield* proxy.addMemberHosts(membership.map((m) => m.host))
     const removed = membership !== undefined && !membership.some((m) => m.nodeId === options.nodeId)
     const refusal = `node ${options.nodeId} was removed from the cluster: connect to a member's port instead`
     const routes = removed
