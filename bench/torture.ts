@@ -17,7 +17,7 @@ import mysql from "mysql2/promise"
 import type { Op } from "../src/domain/checkers/history.js"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
 import { adminQuery, servingMaster, statuses } from "../test/support/dbCluster.js"
-import { type Fault, FAULTS, inject, type Injected, iptablesUsable, removeRules } from "./torture/faults.js"
+import { type Fault, FAULTS, inject, type Injected, iptablesUsable, type Members, removeRules } from "./torture/faults.js"
 import { now, PASSWORD, USER, type WorkloadName, WORKLOADS, workloads } from "./torture/workloads.js"
 
 class TortureError extends Data.TaggedError("TortureError")<{ readonly message: string }> {}
@@ -82,6 +82,9 @@ const runOnce = (index: number) =>
         dir,
         host: options.fault === "partition" || options.fault === "mixed" ? "per-node" : "127.0.0.1"
       })
+      // The members now: a membership fault adds and removes nodes; the checks look at these.
+      const members: Members = { nodes: [...cluster.nodes], nextId: cluster.nodes.length + 1 }
+      const current = (): LocalCluster.LocalCluster => ({ ...cluster, nodes: members.nodes })
       let master: LocalCluster.LocalNode | undefined
       yield* LocalCluster.waitFor("a first master", Effect.map(servingMaster(cluster), (m) => (master = m) !== undefined), 60_000)
       yield* adminQuery(master!, `CREATE USER IF NOT EXISTS '${USER}'@'%' IDENTIFIED BY '${PASSWORD}'`)
@@ -124,9 +127,10 @@ const runOnce = (index: number) =>
       if (options.fault !== "none") {
         yield* Effect.sleep("1 second")
         while (now() < deadline - 3_000) {
-          const m = yield* servingMaster(cluster)
-          const injected: Injected = yield* inject(options.fault, cluster, m, random)
+          const m = yield* servingMaster(current())
+          const injected: Injected = yield* inject(options.fault, cluster, m, random, members)
           faults.push({ atMs: Math.round(now() - t0), what: injected.description })
+          if (process.env.TORTURE_VERBOSE === "1") process.stderr.write(`  ${Math.round(now() - t0)} ms: ${injected.description}\n`)
           yield* Effect.sleep(`${1_000 + Math.floor(random() * 3_000)} millis`)
           yield* injected.heal
           faults.push({ atMs: Math.round(now() - t0), what: `healed: ${injected.description}` })
@@ -137,8 +141,8 @@ const runOnce = (index: number) =>
       yield* Effect.promise(() => clients)
       // Everything back: agents running, nothing stopped, no rules.
       removeRules()
-      for (const n of cluster.nodes) if (n.pid() === undefined) yield* n.start
-      const recoveredAt = yield* LocalCluster.waitFor("recovery", recovered(cluster), 120_000).pipe(
+      for (const n of members.nodes) if (n.pid() === undefined) yield* n.start
+      const recoveredAt = yield* LocalCluster.waitFor("recovery", recovered(current()), 120_000).pipe(
         Effect.as(now()),
         Effect.catch(() => Effect.succeed(undefined))
       )
@@ -148,7 +152,7 @@ const runOnce = (index: number) =>
       }
       // Every node holds the same data as the master (a wiped node too), within a bound: a
       // replica reports lag 0 from its last check, a moment before its last commit shows.
-      const sums = Effect.forEach(cluster.nodes, (n) =>
+      const sums = Effect.forEach(members.nodes, (n) =>
         Effect.map(adminQuery<{ Table: string; Checksum: unknown }>(n, "CHECKSUM TABLE " + TABLES[options.workload]), (rows) =>
           rows.map((r) => String(r.Checksum)).join(",")))
       const same = yield* LocalCluster.waitFor("every node to hold the same tables", Effect.map(sums, (xs) => new Set(xs).size === 1), 30_000).pipe(
@@ -158,7 +162,7 @@ const runOnce = (index: number) =>
       if (!same) {
         return { ok: false, anomalies: ["the nodes' tables differ after recovery"], lostAckedWrites: 0, recoveryMs, error: undefined, cluster }
       }
-      const m = (yield* servingMaster(cluster))!
+      const m = (yield* servingMaster(current()))!
       const check = yield* Effect.tryPromise({
         try: async () => {
           const conn = await mysql.createConnection({ host: m.host, port: m.rwPort!, user: USER, password: PASSWORD })

@@ -6,7 +6,7 @@ RUNS=${RUNS:-20}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-30}
 status=0
 for workload in bank append register; do
-  for fault in kill pause partition restart-all wipe switchover mixed; do
+  for fault in kill pause partition restart-all wipe switchover membership mixed; do
     node build-bench/bench/torture.js --workload "$workload" --fault "$fault" --runs "$RUNS" --seconds "$SECONDS_PER_RUN" | tail -n 1 || status=1
   done
 done

@@ -44,6 +44,16 @@ describe("fault suite (short form)", () => {
     expect(summary).toMatchObject({ bench: "torture", runs: 1, failedRuns: 0, lostAckedWrites: 0, anomalies: 0, recoveredRuns: 1 })
   })
 
+  it("bank under membership changes and switchovers: nodes added, removed and replaced online, masters moved, nothing lost", { timeout: 300_000 }, async () => {
+    build()
+    const { output, summary } = await torture(["--workload", "bank", "--fault", "membership", "--runs", "1", "--seconds", "20"])
+    console.log(output)
+    expect(summary).toMatchObject({ bench: "torture", runs: 1, failedRuns: 0, lostAckedWrites: 0, anomalies: 0, recoveredRuns: 1 })
+    const moved = await torture(["--workload", "bank", "--fault", "switchover", "--runs", "1", "--seconds", "15"])
+    console.log(moved.output)
+    expect(moved.summary).toMatchObject({ bench: "torture", runs: 1, failedRuns: 0, lostAckedWrites: 0, anomalies: 0, recoveredRuns: 1 })
+  })
+
   it.skipIf(noPartitions !== undefined)(`bank under partitions: no anomaly, no lost write${noPartitions !== undefined ? ` (skipped: ${noPartitions})` : ""}`, { timeout: 300_000 }, async () => {
     build()
     const { output, summary } = await torture(["--workload", "bank", "--fault", "partition", "--runs", "2", "--seconds", "12"])

@@ -3,7 +3,8 @@
  * SIGSTOP of the master's processes beyond the lease, network partitions as iptables DROP
  * rules between the nodes' own loopback addresses, a restart of every node at once, and a
  * wipe (a node stopped, its MariaDB datadir deleted, then started: it must come back by itself),
- * and a planned switchover (POST /switchover to the master, to a random node or any).
+ * a planned switchover (POST /switchover to the master, to a random node or any), and a
+ * membership change (a new node added, a member removed, or one replaced by a new node).
  * Every fault has a heal; iptables rules are tagged and only ours are ever removed.
  */
 import { execFileSync } from "node:child_process"
@@ -11,9 +12,10 @@ import { readFileSync, rmSync } from "node:fs"
 import { dirname } from "node:path"
 import { Effect } from "effect"
 import * as LocalCluster from "../../src/testing/LocalCluster.js"
-import { requestSwitchover } from "../../src/client/StatusClient.js"
+import { requestAddMember, requestPromoteMember, requestRemoveMember, requestSwitchover } from "../../src/client/StatusClient.js"
+import { Schedule } from "effect"
 
-export const FAULTS = ["none", "kill", "pause", "partition", "restart-all", "wipe", "switchover", "mixed"] as const
+export const FAULTS = ["none", "kill", "pause", "partition", "restart-all", "wipe", "switchover", "membership", "mixed"] as const
 export type Fault = (typeof FAULTS)[number]
 
 const TAG = `phxmaria-torture-${process.pid}`
@@ -84,15 +86,50 @@ export interface Injected {
 
 const pick = <A>(xs: ReadonlyArray<A>, random: () => number): A => xs[Math.floor(random() * xs.length)]!
 
+/** The members now (a membership fault changes them), and the id the next new node gets. */
+export interface Members {
+  nodes: Array<LocalCluster.LocalNode>
+  nextId: number
+}
+
+const adminOf = (n: LocalCluster.LocalNode) => `${n.host}:${n.adminPort}`
+
+/** A new node started with --join, added as a learner, then a voter once caught up (through `master`). */
+const addNode = (cluster: LocalCluster.LocalCluster, members: Members, master: LocalCluster.LocalNode) =>
+  Effect.gen(function*() {
+    const { node, member } = yield* cluster.addNode(members.nextId++)
+    yield* node.start
+    yield* requestAddMember(adminOf(master), {
+      id: member.nodeId, host: member.host, port: member.port, adminPort: member.adminPort,
+      rwPort: member.rwPort!, roPort: member.roPort!, forwardRwPort: member.forwardRwPort!, forwardRoPort: member.forwardRoPort!
+    })
+    yield* requestPromoteMember(adminOf(master), member.nodeId).pipe(Effect.retry({ schedule: Schedule.spaced("500 millis"), times: 240 }))
+    members.nodes.push(node)
+    return node
+  })
+
+/** Removes `target` (a master hands over first); it stays running, outside the cluster. */
+const removeNode = (members: Members, master: LocalCluster.LocalNode, target: LocalCluster.LocalNode) =>
+  Effect.gen(function*() {
+    let via = master
+    if (target === master) {
+      const done = yield* requestSwitchover(adminOf(master), undefined)
+      via = members.nodes.find((n) => n.nodeId === done.master)!
+    }
+    yield* requestRemoveMember(adminOf(via), target.nodeId)
+    members.nodes = members.nodes.filter((n) => n !== target)
+  })
+
 /** Injects one fault of `kind` ("mixed": any of them) on the cluster, given who is master now. */
 export const inject = (
   kind: Exclude<Fault, "none">,
   cluster: LocalCluster.LocalCluster,
   master: LocalCluster.LocalNode | undefined,
-  random: () => number
+  random: () => number,
+  members: Members = { nodes: [...cluster.nodes], nextId: cluster.nodes.length + 1 }
 ): Effect.Effect<Injected, unknown> =>
   Effect.gen(function*() {
-    const nodes = cluster.nodes
+    const nodes = members.nodes
     const concrete = kind === "mixed" ? pick(["kill", "pause", "partition", "restart-all", "switchover"] as const, random) : kind
     const target = master !== undefined && random() < 0.7 ? master : pick(nodes, random)
     switch (concrete) {
@@ -134,6 +171,26 @@ export const inject = (
         yield* LocalCluster.killOrphanMariaDb(target)
         rmSync(dirname(target.mariadb!.pidFile), { recursive: true, force: true })
         return { description: `wipe node ${target.nodeId}'s MariaDB datadir`, heal: target.start }
+      }
+      case "membership": {
+        if (master === undefined) return { description: "membership change skipped: no master", heal: Effect.void }
+        const founding = cluster.nodes.length
+        const op = nodes.length > founding ? "remove" : random() < 0.5 ? "add" : "replace"
+        const outcome = yield* Effect.result(Effect.gen(function*() {
+          if (op === "add") return `added node ${(yield* addNode(cluster, members, master)).nodeId}`
+          const target = pick(nodes, random)
+          if (op === "remove") {
+            yield* removeNode(members, master, target)
+            return `removed node ${target.nodeId}${target === master ? " (the master, after a switchover)" : ""}`
+          }
+          const added = yield* addNode(cluster, members, master)
+          yield* removeNode(members, master, target)
+          return `replaced node ${target.nodeId} by node ${added.nodeId}`
+        }))
+        return {
+          description: `membership ${op}: ${outcome._tag === "Success" ? outcome.success : `refused (${String((outcome.failure as { message?: string }).message ?? outcome.failure)})`}`,
+          heal: Effect.void
+        }
       }
       case "switchover": {
         if (master === undefined) return { description: "switchover skipped: no master", heal: Effect.void }

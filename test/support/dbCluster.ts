@@ -23,7 +23,7 @@ export const statusOf = (n: LocalCluster.LocalNode) => fetchStatus(`${n.host}:${
 export const servingMaster = (c: LocalCluster.LocalCluster) =>
   Effect.map(statuses(c), (ss) => {
     const m = ss.filter(ok).filter((s) => s.database?.role === "master")
-    return m.length === 1 ? c.nodes[m[0]!.nodeId - 1] : undefined
+    return m.length === 1 ? c.nodes.find((n) => n.nodeId === m[0]!.nodeId) : undefined
   })
 
 export const waitForMaster = (c: LocalCluster.LocalCluster, what: string, exclude?: number, timeoutMs = 30_000) =>
