@@ -311,12 +311,12 @@ const createDemoUser = (socket: string) =>
 const demo = Command.make(
   "demo",
   {
-    nodes: Flag.Int("nodes").pipe(Flag.withDescription("how many nodes (3 or 5)"), Flag.withDefault(3)),
+    nodes: Flag.Int("nodes").pipe(Flag.withDescription("how many nodes (1, 3, 5 or 7)"), Flag.withDefault(3)),
     dir: Flag.String("dir").pipe(Flag.withDescription("work directory to keep (default: a temp dir removed at exit)"), Flag.optional)
   },
   ({ dir, nodes }) =>
     Effect.gen(function*() {
-      if (nodes !== 3 && nodes !== 5) return yield* new UsageError({ message: "--nodes must be 3 or 5" })
+      if (![1, 3, 5, 7].includes(nodes)) return yield* new UsageError({ message: "--nodes must be 1 (a development node), 3, 5 or 7" })
       yield* Console.log(`starting ${nodes} nodes (each: mariadbd + agent) on 127.0.0.1 ...`)
       const cluster = yield* LocalCluster.make({
         nodes,

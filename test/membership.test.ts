@@ -28,6 +28,24 @@ const connectError = (port: number) =>
   })
 
 describe("membership", () => {
+  it.live("a cluster of one node (development) is its own majority: it serves writes, and refuses to remove its only voter", () =>
+    Effect.gen(function*() {
+      const c = yield* LocalCluster.make({ nodes: 1, database: true })
+      const only = yield* waitForMaster(c, "the only node as master", undefined, 60_000)
+      yield* createAppUser(only)
+      yield* adminQuery(only, "CREATE DATABASE d")
+      yield* adminQuery(only, `CREATE TABLE ${TABLE} (id INT PRIMARY KEY, v INT)`)
+      const w = yield* Effect.scoped(Effect.gen(function*() {
+        const w = yield* startWriter(only.rwPort!, TABLE, 1_000_000)
+        yield* LocalCluster.waitFor("writes to get through", Effect.sync(() => w.acked.length >= 20), 30_000)
+        return w
+      }))
+      const ids = yield* idsOn(only, TABLE)
+      expect(w.acked.filter((id) => !ids.has(id))).toEqual([])
+      const refused = yield* Effect.flip(requestRemoveMember(`${only.host}:${only.adminPort}`, 1))
+      expect(refused.message).toMatch(/master/)
+    }).pipe(Effect.scoped), { timeout: 120_000 })
+
   it.live("3 -> 4 online under writes: a new node started with --join is added as a learner, catches up, and becomes a voter; a master can move to it; member replace swaps node 1 for a new node 5", () =>
     Effect.gen(function*() {
       const c = yield* LocalCluster.make({ nodes: 3, database: true })
