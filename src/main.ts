@@ -7,7 +7,15 @@ import { renderStatusTable } from "./domain/cluster/nodeStatus.js"
 import { type ConfigFileError, loadNodeConfig } from "./config/NodeConfig.js"
 import * as NodeLayer from "./layers/NodeLayer.js"
 import { killChildrenOnExit } from "./services/database/MariaDbProcess.js"
-import { fetchStatus, requestAddMember, requestPromoteMember, requestRebuild, requestRemoveMember, requestSwitchover } from "./client/StatusClient.js"
+import {
+  fetchStatus,
+  requestAddMember,
+  requestPromoteMember,
+  requestRebuild,
+  requestRemoveMember,
+  requestReplaceMember,
+  requestSwitchover
+} from "./client/StatusClient.js"
 import type { NodeStatus } from "./domain/cluster/nodeStatus.js"
 import * as LocalCluster from "./testing/LocalCluster.js"
 import mysql from "mysql2/promise"
@@ -151,6 +159,22 @@ const removeMember = (targets: ReadonlyArray<string>, id: number) =>
     )
   })
 
+/** Prints a joining node's progress (copy, replay, lag) when it changes. */
+const progressOf = (address: string, id: number) => {
+  let lastLine = ""
+  return Effect.gen(function*() {
+    const s = yield* fetchStatus(address, 2_000)
+    const line = "error" in s
+      ? `node ${id}: not answering (${s.error})`
+      : s.database?.rebuild != null
+      ? `node ${id}: rebuilding, ${s.database.rebuild.phase ?? "replay"} ${s.database.rebuild.percent}%` +
+        (s.database.rebuild.etaS !== undefined ? `, about ${s.database.rebuild.etaS} s left` : "")
+      : `node ${id}: ${s.database?.role ?? "log"}, applied instance ${s.appliedInstance}${s.database?.lag != null ? `, ${s.database.lag} transactions behind` : ""}`
+    if (line !== lastLine) yield* Console.log(line)
+    lastLine = line
+  })
+}
+
 /** How long `member add` waits for the new node to catch up before it gives up. */
 const ADD_CATCH_UP_MS = 30 * 60_000
 
@@ -162,18 +186,9 @@ const addMember = (targets: ReadonlyArray<string>, fields: Readonly<Record<strin
     yield* Console.log(`adding node ${id} (${fields.host}:${fields.port}) as a learner (asking the master, node ${master.status.nodeId}) ...`)
     yield* requestAddMember(master.address, fields)
     yield* Console.log(`node ${id} is a learner; waiting for it to catch up (start its agent with --join if it is not running) ...`)
-    const newNode = `${fields.host}:${fields.adminPort}`
-    let lastLine = ""
+    const progress = progressOf(`${fields.host}:${fields.adminPort}`, id)
     const caughtUp = Effect.gen(function*() {
-      const s = yield* fetchStatus(newNode, 2_000)
-      const line = "error" in s
-        ? `node ${id}: not answering (${s.error})`
-        : s.database?.rebuild != null
-        ? `node ${id}: rebuilding, ${s.database.rebuild.phase ?? "replay"} ${s.database.rebuild.percent}%` +
-          (s.database.rebuild.etaS !== undefined ? `, about ${s.database.rebuild.etaS} s left` : "")
-        : `node ${id}: ${s.database?.role ?? "log"}, applied instance ${s.appliedInstance}${s.database?.lag != null ? `, ${s.database.lag} transactions behind` : ""}`
-      if (line !== lastLine) yield* Console.log(line)
-      lastLine = line
+      yield* progress
       const promoted = yield* Effect.result(requestPromoteMember(master.address, id))
       return promoted._tag === "Success"
     })
@@ -244,9 +259,23 @@ const memberReplace = Command.make(
   (a) =>
     Effect.gen(function*() {
       const targets = yield* adminTargets("member replace", a.config, a.admin)
-      // Added first (a voter once caught up), then the old one goes: the voters never drop below the set's majority.
-      yield* addMember(targets, newNodeFields(a.newId, a))
-      yield* removeMember([...targets, `${a.host}:${a.adminPort}`], a.id)
+      let master = yield* findMaster(targets)
+      if (master.status.nodeId === a.id) {
+        yield* Console.log(`node ${a.id} is the master: handing over to a caught-up replica first ...`)
+        const done = yield* requestSwitchover(master.address, undefined)
+        master = yield* findMaster([...targets, adminAddressOf(master.status, done.master) ?? master.address])
+      }
+      // The master adds the new node, makes it a voter once caught up, then removes the old
+      // one (POST /members/replace): the voters never drop below the set's majority.
+      yield* Console.log(`replacing node ${a.id} by node ${a.newId} (asking the master, node ${master.status.nodeId}); start node ${a.newId} with --join ...`)
+      const progress = progressOf(`${a.host}:${a.adminPort}`, a.newId)
+      const done = yield* requestReplaceMember(master.address, a.id, newNodeFields(a.newId, a)).pipe(
+        Effect.raceFirst(Effect.andThen(progress.pipe(Effect.repeat(Schedule.spaced("1 second"))), Effect.never))
+      )
+      yield* Console.log(`done: node ${a.newId} is a voter`)
+      yield* Console.log(
+        `done: node ${a.id} is no longer a member; members ${done.members.map((m) => `${m.nodeId}${m.voter ? "" : " (learner)"}`).join(", ")}, from log instance ${done.from}`
+      )
     }).pipe(Effect.tapError(reportMemberError))
 ).pipe(Command.withDescription("replace a node by a new one: the new one is added (and caught up) first, then the old one removed"))
 

@@ -181,6 +181,9 @@ describe("MariaDbServer", () => {
         queryTimeout: "1 second"
       })
       process.kill(pid, "SIGSTOP")
+      // The signal is delivered asynchronously: on a busy machine a thread could still answer.
+      const stopped = Effect.sync(() => fs.readFileSync(`/proc/${pid}/stat`, "utf8").replace(/^.*\) /s, "").startsWith("T"))
+      yield* stopped.pipe(Effect.repeat({ schedule: Schedule.spaced("5 millis"), until: (s) => s }), Effect.timeout("5 seconds"))
       const timedOut = yield* failureOf("a query to a SIGSTOPped server", impatient.query("SELECT 1")).pipe(
         Effect.ensuring(Effect.sync(() => process.kill(pid, "SIGCONT")))
       )

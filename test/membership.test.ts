@@ -107,7 +107,24 @@ describe("membership", () => {
       const s5 = yield* statusOf(five.node)
       expect("error" in s5 ? s5.error : s5.members.map((m) => `${m.nodeId}:${m.voter}`).sort()).toEqual(["2:true", "3:true", "4:true", "5:true"])
       expect(yield* connectError(c.nodes[0]!.rwPort!)).toMatch(/removed from the cluster/)
+
+      // And back to three: 3 -> 4 -> 5 (during the replace) -> 4 -> 3.
+      const back = yield* cli(["member", "remove", "--admin", `${node.host}:${node.adminPort}`, "--id", "2"])
+      expect(back.code, back.out).toBe(0)
+      const three = [c.nodes[2]!, node, five.node]
+      yield* LocalCluster.waitFor("the three members to hold the same rows", Effect.map(Effect.forEach(three, (n) => checksum(n, TABLE)), (sums) => new Set(sums).size === 1), 60_000)
+      const s3 = yield* statusOf(node)
+      expect("error" in s3 ? s3.error : s3.members.map((m) => m.nodeId).sort()).toEqual([3, 4, 5])
     }).pipe(Effect.scoped), { timeout: 300_000 })
+
+  it.live("seven members elect one master and keep it (a log-only cluster)", () =>
+    Effect.gen(function*() {
+      const c = yield* LocalCluster.make({ nodes: 7 })
+      const masters = Effect.map(Effect.forEach(c.nodes, statusOf), (ss) => ss.filter((s) => !("error" in s) && s.role === "master").length)
+      yield* LocalCluster.waitFor("one master among seven", Effect.map(masters, (n) => n === 1), 60_000)
+      const [s] = yield* Effect.forEach([c.nodes[0]!], statusOf)
+      expect("error" in s! ? s.error : s!.members.length).toBe(7)
+    }).pipe(Effect.scoped), { timeout: 120_000 })
 
   it.live("5 -> 3 online under writes: the master and a replica are removed, every acknowledged write stays, a removed node neither votes nor routes, and its stale config does not bring it back", () =>
     Effect.gen(function*() {

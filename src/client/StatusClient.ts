@@ -54,6 +54,10 @@ export const requestRemoveMember = (address: string, id: number, timeoutMs = 30_
 export const requestAddMember = (address: string, member: Readonly<Record<string, number | string>>, timeoutMs = 30_000) =>
   requestMembership(address, "POST", `/members?${new URLSearchParams(Object.entries(member).map(([k, v]): [string, string] => [k, String(v)]))}`, timeoutMs)
 
+/** POST /members/replace?old=X&... on the master's admin address: waits while the new node catches up (long). */
+export const requestReplaceMember = (address: string, old: number, member: Readonly<Record<string, number | string>>, timeoutMs = 31 * 60_000) =>
+  requestMembership(address, "POST", `/members/replace?${new URLSearchParams([["old", String(old)], ...Object.entries(member).map(([k, v]): [string, string] => [k, String(v)])])}`, timeoutMs)
+
 /** POST /members/{id}/voter on the master's admin address. */
 export const requestPromoteMember = (address: string, id: number, timeoutMs = 30_000) =>
   requestMembership(address, "POST", `/members/${id}/voter`, timeoutMs)

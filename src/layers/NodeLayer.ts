@@ -107,20 +107,22 @@ const runningNode = (config: NodeConfig) =>
       config.mariadb === undefined
         ? Effect.map(log.status, (s) => s.reachable.includes(id))
         : Effect.map(log.advertised(2_000), (flags) => ((flags.get(id) ?? 0) & CAUGHT_UP) !== 0)
+    const newMember = (fields: Readonly<Record<string, number | string>>) => {
+      const { id, ...rest } = fields
+      return decodeMember({ nodeId: id, ...rest }).pipe(
+        Effect.mapError((e) => new Membership.MembershipRefused({ reason: `the new member: ${e.message}` }))
+      )
+    }
     const memberAdmin = {
       peers: config.members.map((m) => m.host),
       remove: (id: number) => answer(membership.remove(id), { removed: id }),
       promote: (id: number) => answer(membership.promote(id, caughtUp(id)), { voter: id }),
-      add: (fields: Readonly<Record<string, number | string>>) => {
-        const { id, ...rest } = fields
-        return answer(
-          decodeMember({ nodeId: id, ...rest }).pipe(
-            Effect.mapError((e) => new Membership.MembershipRefused({ reason: `the new member: ${e.message}` })),
-            Effect.flatMap(membership.add)
-          ),
-          { added: id }
+      add: (fields: Readonly<Record<string, number | string>>) => answer(Effect.flatMap(newMember(fields), membership.add), { added: fields.id }),
+      replace: (old: number, fields: Readonly<Record<string, number | string>>) =>
+        answer(
+          Effect.flatMap(newMember(fields), (m) => membership.replace(old, m, caughtUp(m.nodeId))),
+          { replaced: old, by: fields.id }
         )
-      }
     }
     const admin = yield* Admin.serve({
       host: self.host,

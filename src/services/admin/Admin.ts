@@ -75,6 +75,8 @@ export const serve = <A>(options: {
     readonly remove: (id: number) => Effect.Effect<Health>
     readonly add: (member: Readonly<Record<string, number | string>>) => Effect.Effect<Health>
     readonly promote: (id: number) => Effect.Effect<Health>
+    /** POST /members/replace?old=X&id=N&host=...: the new node added and caught up, then X removed. */
+    readonly replace: (old: number, member: Readonly<Record<string, number | string>>) => Effect.Effect<Health>
   }
 }) =>
   Effect.gen(function*() {
@@ -110,22 +112,27 @@ export const serve = <A>(options: {
         )
       }
       const members = options.members
-      const memberPath = /^\/members(?:\/([1-9][0-9]{0,9})(\/voter)?)?$/.exec(path ?? "")
+      const memberPath = /^\/members(?:\/([1-9][0-9]{0,9})(\/voter)?|\/(replace))?$/.exec(path ?? "")
       if (members !== undefined && memberPath !== null && (req.method === "POST" || req.method === "DELETE")) {
         if (!fromMember(members.peers)) return reply(403, { error: "/members is taken from this cluster's members only" })
         const answer = (h: Effect.Effect<Health>) => void run(h).then((r) => reply(r.ok ? 200 : 409, r.body), (e) => reply(500, { error: String(e) }))
-        const [, id, voter] = memberPath
+        const [, id, voter, replace] = memberPath
         if (req.method === "DELETE" && id !== undefined && voter === undefined) return answer(members.remove(Number(id)))
         if (req.method === "POST" && id !== undefined && voter !== undefined) return answer(members.promote(Number(id)))
         if (req.method === "POST" && id === undefined) {
           const query = new URL(req.url ?? "/", "http://admin").searchParams
           const fields: Record<string, number | string> = {}
-          for (const key of ["id", "host", "port", "adminPort", "rwPort", "roPort", "forwardRwPort", "forwardRoPort"]) {
+          for (const key of ["old", "id", "host", "port", "adminPort", "rwPort", "roPort", "forwardRwPort", "forwardRoPort"]) {
             const v = query.get(key)
             if (v === null) continue
             if (key === "host") fields[key] = v.slice(0, 255)
             else if (/^[0-9]{1,10}$/.test(v)) fields[key] = Number(v)
             else return reply(400, { error: `${key}: not a number` })
+          }
+          if (replace !== undefined) {
+            const { old, ...member } = fields
+            if (typeof old !== "number") return reply(400, { error: "old: the node to replace is needed" })
+            return answer(members.replace(old, member))
           }
           return answer(members.add(fields))
         }

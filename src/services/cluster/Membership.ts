@@ -111,7 +111,33 @@ export const make = Effect.fnUntraced(function*(options: {
       return yield* change(members.map((x) => x.nodeId === id ? { ...x, voter: true } : x), `making node ${id} a voter`)
     }))
 
-  return { current, remove, add, promote }
+  /** How long a replace waits for the new node to catch up before it gives up (it stays a learner). */
+  const REPLACE_CATCH_UP_MS = 30 * 60_000
+
+  /**
+   * Replaces node `old` by a new node: added as a learner, made a voter once caught up,
+   * then `old` removed (in that order, so the voters never lose their majority). The master
+   * itself is not replaced here: hand it over first.
+   */
+  const replace = (old: number, member: Omit<ClusterMember, "voter">, caughtUp: Effect.Effect<boolean>) =>
+    Effect.gen(function*() {
+      yield* mustBeMaster
+      const members = yield* current
+      if (!members.some((m) => m.nodeId === old)) return yield* refused(`node ${old} is not a member`)
+      if (old === options.nodeId) return yield* refused(`node ${old} is the master: move the master elsewhere first (switchover)`)
+      if (!members.some((m) => m.nodeId === member.nodeId)) yield* add(member)
+      yield* caughtUp.pipe(
+        Effect.repeat({ schedule: Schedule.spaced("500 millis"), until: (ok) => ok }),
+        Effect.timeoutOrElse({
+          duration: `${REPLACE_CATCH_UP_MS} millis`,
+          orElse: () => Effect.fail(refused(`node ${member.nodeId} did not catch up within 30 min: it stays a learner, node ${old} stays`))
+        })
+      )
+      yield* promote(member.nodeId, caughtUp)
+      return yield* remove(old)
+    })
+
+  return { current, remove, add, promote, replace }
 })
 
 const describe = (members: ReadonlyArray<ClusterMember>) =>
