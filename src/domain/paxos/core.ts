@@ -198,6 +198,12 @@ export type Input =
    * Installed record; instances from `upTo` on are then learned as usual.
    */
   | { readonly _tag: "Install"; readonly upTo: number; readonly configs: ReadonlyArray<ConfigEntry> }
+  /**
+   * Stop (or resume) asking peers for chosen values this node lacks: the layer above is
+   * taking a copy of a peer's state that will be installed (catching up the log meanwhile
+   * would only load the peers).
+   */
+  | { readonly _tag: "PauseCatchup"; readonly paused: boolean }
 
 export type ProposalResult =
   | { readonly _tag: "Chosen"; readonly requestId: number; readonly instance: number; readonly index: number }
@@ -509,6 +515,9 @@ export class PaxosNode {
         break
       case "Install":
         this.install(input.upTo, input.configs)
+        break
+      case "PauseCatchup":
+        this.catchupPaused = input.paused
         break
     }
     this.drainSelf()
@@ -1036,8 +1045,10 @@ export class PaxosNode {
     return [...all].sort((a, b) => a - b)
   }
 
+  private catchupPaused = false
+
   private maybeCatchup(): void {
-    if (this.now - this.catchupSentAt < this.config.catchupRetryMs) return
+    if (this.catchupPaused || this.now - this.catchupSentAt < this.config.catchupRetryMs) return
     const ahead = this.informants().filter((p) => (this.peerChosenUpTo.get(p) ?? 0) > this.chosenUpToValue)
     if (ahead.length === 0) return
     // Rotate among peers that are ahead, so one that lacks an entry does not stall us.

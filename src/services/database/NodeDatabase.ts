@@ -34,6 +34,7 @@ import { DatabaseRoleCell, type DbRole } from "./DatabaseRole.js"
 import { afterFailure, copyProgress, mayServeRw, nextStep, pauseMs, readinessOf, rebuildProgress } from "../../domain/cluster/databaseRole.js"
 import { LocalMariaDb } from "./LocalMariaDb.js"
 import { fetchCopy } from "./PeerCopy.js"
+import { fetchStatus } from "../../client/StatusClient.js"
 import { CAUGHT_UP, SERVES_READS } from "../proxy/RouteKeeper.js"
 import { MasterLease, ReadinessCell } from "../cluster/MasterLease.js"
 import { Proxy } from "../proxy/Proxy.js"
@@ -349,6 +350,17 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     yield* setRole("calibrating")
     yield* waitUp
     yield* q("SET GLOBAL read_only = ON")
+    // A new node with an empty database takes a copy (with the donor's state) at once: it
+    // need not learn the whole log first.
+    if (options.copyWhenEmpty === true && rebuiltAt === -Infinity && (yield* readLocal).gtid === null && (yield* cluster.current).appliedUpTo === 0) {
+      joiningEmpty = true
+      // Until the copy's state is installed, the log is not fetched from the peers.
+      if (pausedCatchup === undefined) {
+        pausedCatchup = yield* Scope.make()
+        yield* log.pauseCatchup.pipe(Scope.provide(pausedCatchup))
+      }
+      return yield* markDiverged("a new node with an empty database: it takes a copy of a peer's instead of replaying the whole log")
+    }
     // A node the log left behind never applies the barrier: it learns so from its peers.
     const behind = yield* Effect.raceFirst(
       Effect.as(barrier, null),
@@ -356,9 +368,6 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     )
     if (behind !== null) return yield* markDiverged(behindLog(behind))
     let extra = yield* extraOverLog
-    if (options.copyWhenEmpty === true && extra === undefined && local === null && (yield* cluster.current).state.lastGtid !== null && rebuiltAt === -Infinity) {
-      return yield* markDiverged("a new node with an empty database: it takes a copy of a peer's instead of replaying the whole log")
-    }
     // Commits still waiting for an ACK could be ones that arrived after the comparison:
     // a crash restart settles them too (prepared ones are truncated, chosen ones come back
     // by replication).
@@ -534,6 +543,9 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
    * role machine starts over on the new server.
    */
   let rebuiltAt = -Infinity
+  /** This node joined with an empty database: its first copy brings the donor's state too. */
+  let joiningEmpty = false
+  let pausedCatchup: Scope.Closeable | undefined
   let rebuildRequested = false
   /** The rebuild whose replay is under way: why, when, and how many transactions the log had then. */
   let rebuilding: { readonly reason: string; readonly startedAt: number; readonly from: number; readonly target: number } | undefined
@@ -554,6 +566,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   /** A copy of one donor's database in place of this one (and its state, when the log left this node behind). */
   const copyFrom = (donor: { readonly nodeId: number; readonly host: string; readonly adminPort: number }, reason: string) =>
     Effect.scoped(Effect.gen(function*() {
+
       const offer = yield* fetchCopy(donor.host, donor.adminPort)
       const state = { reason, donor: donor.nodeId, startedAt: monotonicMs(), copied: 0, total: offer.dataBytes }
       copying = state
@@ -563,7 +576,8 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       const restored = yield* restore(offer.body)
       // Behind every peer's log: this node takes the donor's state from where the copy began.
       const needsInstall = yield* log.needsInstall
-      if (needsInstall !== null && offer.snapshot.appliedUpTo > (yield* cluster.current).appliedUpTo) {
+      // Behind every peer's log, or new: this node starts from the donor's state.
+      if ((needsInstall !== null || joiningEmpty) && offer.snapshot.appliedUpTo > (yield* cluster.current).appliedUpTo) {
         yield* cluster.install(offer.snapshot)
         // The member sets from there on come with the state (the founding ones, if it has none).
         yield* log.install(offer.snapshot.appliedUpTo, offer.snapshot.state.configs ?? [])
@@ -578,10 +592,21 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       copying = undefined
     })))
 
-  /** The members as the log names them (with their admin ports), else as configured. */
-  const membersNow = Effect.map(cluster.current, (s) =>
-    s.state.membership?.map((m) => ({ nodeId: m.nodeId, host: m.host, adminPort: m.adminPort, voter: m.voter })) ??
-      (options.donors ?? []).map((d) => ({ ...d, voter: true })))
+  /**
+   * The members as the log names them (with their admin ports); a new node that has not
+   * learned them yet asks a configured member's /status; else as configured.
+   */
+  const membersNow = Effect.gen(function*() {
+    const known = (yield* cluster.current).state.membership
+    if (known !== undefined) return known.map((m) => ({ nodeId: m.nodeId, host: m.host, adminPort: m.adminPort, voter: m.voter }))
+    const configured = (options.donors ?? []).map((d) => ({ ...d, voter: true }))
+    if (options.copyWhenEmpty !== true) return configured
+    for (const d of configured.filter((x) => x.nodeId !== nodeId)) {
+      const s = yield* fetchStatus(`${d.host}:${d.adminPort}`, 2_000)
+      if (!("error" in s)) return s.members.map((m) => ({ nodeId: m.nodeId, host: m.host, adminPort: m.adminPort, voter: m.voter ?? true }))
+    }
+    return configured
+  })
 
   /** Donors in order of preference: replicas that serve reads, then the master; never this node. */
   const donorsNow = Effect.gen(function*() {
@@ -589,7 +614,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     const master = (yield* cluster.current).state.master
     const others = (yield* membersNow).filter((d) => d.nodeId !== nodeId)
     const readable = others.filter((d) => ((flags.get(d.nodeId) ?? 0) & SERVES_READS) !== 0)
-    return [...readable, ...others.filter((d) => d.nodeId === master && !readable.includes(d))]
+    return { readable, all: [...readable, ...others.filter((d) => d.nodeId === master && !readable.includes(d))] }
   })
 
   const rebuild = Effect.gen(function*() {
@@ -600,13 +625,25 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     // Off the routes first: nobody is sent to a server about to be set aside.
     yield* setRole("starting")
     let copied: { readonly gtid: Gtid | null; readonly aside: string } | undefined
-    for (const donor of yield* donorsNow) {
+    // A new node hears the members' read flags only once it is added: it waits for a
+    // replica to copy (bounded), and takes the master's only if none turns up.
+    const donors = joiningEmpty
+      ? (yield* donorsNow.pipe(
+        Effect.repeat({ schedule: Schedule.spaced("500 millis"), until: (d) => d.readable.length > 0 }),
+        Effect.timeoutOrElse({ duration: "60 seconds", orElse: () => donorsNow })
+      )).all
+      : (yield* donorsNow).all
+    for (const donor of donors) {
       const r = yield* Effect.result(copyFrom(donor, reason))
       if (r._tag === "Success") {
         copied = r.success
         break
       }
       yield* Effect.logWarning(`rebuild: no copy from node ${donor.nodeId}: ${r.failure.message}`)
+    }
+    if (pausedCatchup !== undefined) {
+      yield* Scope.close(pausedCatchup, Exit.void)
+      pausedCatchup = undefined
     }
     let aside: string
     if (copied !== undefined) aside = copied.aside

@@ -264,6 +264,8 @@ export interface PaxosLogShape {
   readonly setAddresses: (members: ReadonlyArray<Member>) => Effect.Effect<void>
   /** The member sets from the chosen prefix on (the first governs it). */
   readonly memberSets: Effect.Effect<ReadonlyArray<ConfigEntry>>
+  /** Stops asking peers for what this node lacks while the scope is open (a copy to install is on its way). */
+  readonly pauseCatchup: Effect.Effect<void, never, Scope.Scope>
 }
 
 /** The instance asked for is below where the stored log starts (compacted). */
@@ -548,6 +550,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     }),
     messageSchema: NodeMessage as Schema.Codec<NodeMessage, unknown>,
     acceptClients: options.acceptClients ?? true,
+    acceptUnknownPeers: () => awaitingSelf,
     fastPath: nodeMessageFastPath,
     onInbound
   })
@@ -728,7 +731,11 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     install,
     needsInstall: Effect.sync(() => core.needsInstall),
     setAddresses,
-    memberSets: Effect.sync(() => core.memberSets)
+    memberSets: Effect.sync(() => core.memberSets),
+    pauseCatchup: Effect.acquireRelease(
+      Effect.sync(() => step({ _tag: "PauseCatchup", paused: true })),
+      () => Effect.sync(() => step({ _tag: "PauseCatchup", paused: false }))
+    )
   })
 })
 

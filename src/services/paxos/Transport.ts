@@ -72,6 +72,8 @@ export interface TransportOptions<M> {
   readonly messageSchema: Schema.Codec<M, unknown>
   /** Largest accepted payload; default 64 MiB. */
   readonly maxFrameBytes?: number
+  /** While true, peers of the cluster not configured are accepted too (a node joining knows no members yet). */
+  readonly acceptUnknownPeers?: () => boolean
   /** Whether dialers with role "client" are accepted; default false. */
   readonly acceptClients?: boolean
   /** Bytes queued on one connection beyond which sends are dropped; default 64 MiB. */
@@ -297,7 +299,7 @@ export const make = <M>(
           const hello = yield* listenerHandshake(conn, {
             clusterId: options.clusterId,
             nodeId: options.nodeId,
-            peerIds,
+            peerIds: options.acceptUnknownPeers?.() === true ? { has: (id: number) => id !== options.nodeId } as ReadonlySet<number> : peerIds,
             acceptClients,
             maxFrameBytes,
             timeout: handshakeTimeout
