@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { applyEntry, type ClusterEntry, encodeEntry, initialClusterState, membershipOfValue } from "../src/domain/cluster/cluster.js"
+import { applyEntry, type ClusterEntry, encodeEntry, initialClusterState, MAX_LEASE_MS, membershipOfValue } from "../src/domain/cluster/cluster.js"
 import { CONFIG_WINDOW } from "../src/domain/paxos/core.js"
 import { decide, defaultLeaseConfig, holdsLease, initialLeaseView, onApplied, onProposed, onStalled, onState, RESIGN_PROPOSAL_ID } from "../src/domain/cluster/lease.js"
 import { localPosition } from "../src/services/database/NodeDatabase.js"
@@ -136,6 +136,10 @@ describe("membership in the state machine", () => {
     expect(applyEntry(s, lease(4, 0))[1]).toMatchObject({ _tag: "Rejected", reason: { _tag: "NotMember", node: 4 } })
     expect(applyEntry(s, lease(3, 0))[1]).toMatchObject({ _tag: "Rejected", reason: { _tag: "NotMember", node: 3 } })
     expect(applyEntry(s, lease(2, 0))[1]._tag).toBe("Accepted")
+    // A lease longer than the cap is refused (a forged one would stop elections that long).
+    const long = { _tag: "MasterLease" as const, node: 2, basedOnVersion: 0, leaseMs: MAX_LEASE_MS + 1, proposalId: 9 }
+    expect(applyEntry(s, long)[1]).toMatchObject({ _tag: "Rejected", reason: { _tag: "LeaseTooLong", max: MAX_LEASE_MS } })
+    expect(applyEntry(s, { ...long, leaseMs: MAX_LEASE_MS })[1]._tag).toBe("Accepted")
   })
 
   it("classifies chosen values: only a Membership entry changes the member set", () => {

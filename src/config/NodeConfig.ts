@@ -51,7 +51,7 @@ export const ProxySettings = Schema.Struct({
 })
 
 export const LeaseSettings = Schema.Struct({
-  leaseMs: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isGreaterThanOrEqualTo(200)))),
+  leaseMs: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isBetween({ minimum: 200, maximum: 60_000 })))),
   renewEveryMs: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isGreaterThan(0)))),
   marginMs: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isGreaterThanOrEqualTo(0))))
 })

@@ -106,7 +106,9 @@ export const RejectReason = Schema.Union([
   Schema.TaggedStruct("PartOutOfOrder", { gtid: Gtid, expected: Schema.Int, got: Schema.Int }),
   Schema.TaggedStruct("Malformed", { message: Schema.String }),
   /** A MasterLease for a node that does not vote in the log's membership (removed, a learner, or never added). */
-  Schema.TaggedStruct("NotMember", { node: Schema.Int })
+  Schema.TaggedStruct("NotMember", { node: Schema.Int }),
+  /** A MasterLease longer than MAX_LEASE_MS: one entry must not stop elections for long. */
+  Schema.TaggedStruct("LeaseTooLong", { leaseMs: Schema.Int, max: Schema.Int })
 ])
 export type RejectReason = typeof RejectReason.Type
 
@@ -115,6 +117,12 @@ export type Outcome =
   /** A retry of a Binlog entry that is already in the log with the same content. */
   | { readonly _tag: "AlreadyAccepted" }
   | { readonly _tag: "Rejected"; readonly reason: RejectReason }
+
+/**
+ * The longest lease a MasterLease may carry (also the bound of `lease.leaseMs`): every other
+ * node waits a lease out, so a longer one, even forged, would stop elections for that long.
+ */
+export const MAX_LEASE_MS = 60_000
 
 /** Digests of the most recent transactions, to recognise a retried Binlog entry. */
 export const RECENT_TXNS = 4096
@@ -221,6 +229,7 @@ export const applyEntry = (state: ClusterStateData, entry: ClusterEntry, at: Log
       }, accepted]
     }
     case "MasterLease": {
+      if (entry.leaseMs > MAX_LEASE_MS) return [state, reject({ _tag: "LeaseTooLong", leaseMs: entry.leaseMs, max: MAX_LEASE_MS })]
       if (state.membership !== undefined && !state.membership.some((m) => m.nodeId === entry.node && m.voter)) {
         return [state, reject({ _tag: "NotMember", node: entry.node })]
       }
