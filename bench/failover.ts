@@ -10,7 +10,18 @@
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
-import { adminQuery, createAppUser, idsOn, mariadbPid, startWriter, waitConverged, waitForMaster, type Writer } from "../test/support/dbCluster.js"
+import {
+  ackedMissing,
+  adminQuery,
+  createAppUser,
+  mariadbPid,
+  printNodeWarnings,
+  startWriter,
+  waitConverged,
+  waitForMaster,
+  type Writer,
+  writesFlowing
+} from "../test/support/dbCluster.js"
 
 const runs = Number(process.env.FAILOVER_RUNS ?? 10)
 // startWriter numbers its ids from 1: one table per writer keeps them unique.
@@ -50,11 +61,7 @@ const program = Effect.gen(function*() {
   const writers = yield* Effect.scoped(Effect.gen(function*() {
     const writers = yield* Effect.forEach(c.nodes, (n) => startWriter(n.rwPort!, tableOf(n.nodeId), 10_000_000))
     // Each kill hits a steady load: every writer, whatever node it goes through, is writing.
-    const flowing = (what: string) =>
-      Effect.suspend(() => {
-        const from = writers.map((w) => w.acked.length)
-        return LocalCluster.waitFor(what, Effect.sync(() => writers.every((w, j) => w.acked.length >= from[j]! + 20)), 30_000)
-      })
+    const flowing = (what: string) => writesFlowing(writers, what)
     for (let i = 0; i < runs; i++) {
       yield* flowing("every writer to get writes through")
       const master = yield* waitForMaster(c, "a serving master")
@@ -79,8 +86,7 @@ const program = Effect.gen(function*() {
   let lost = 0
   for (const [i, w] of writers.entries()) {
     const table = tableOf(c.nodes[i]!.nodeId)
-    const onNodes = yield* Effect.forEach(c.nodes, (n) => idsOn(n, table))
-    const missing = w.acked.filter((id) => onNodes.some((ids) => !ids.has(id)))
+    const missing = yield* ackedMissing(c.nodes, w, table)
     lost += missing.length
     process.stderr.write(`${table}: ${w.acked.length} acked, ${w.indeterminate.length} indeterminate, ${missing.length} acked missing${missing.length > 0 ? ` (${missing.slice(0, 10).join(",")})` : ""}\n`)
   }
@@ -92,13 +98,6 @@ const program = Effect.gen(function*() {
     rtoMaxMs: sorted[sorted.length - 1],
     lostAckedWrites: lost
   }))
-}).pipe(
-  Effect.tapError(() =>
-    Effect.sync(() => {
-      for (const n of cluster?.nodes ?? []) {
-        process.stderr.write(`--- node ${n.nodeId}\n${n.output().split("\n").filter((l) => /WARN|ERROR/.test(l)).slice(-20).join("\n")}\n`)
-      }
-    }))
-)
+}).pipe(Effect.tapError(() => printNodeWarnings(cluster?.nodes ?? [])))
 
 NodeRuntime.runMain(Effect.scoped(program))

@@ -11,7 +11,7 @@ import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
 import { requestSwitchover } from "../src/client/StatusClient.js"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
-import { adminQuery, createAppUser, idsOn, startWriter, waitConverged, waitForMaster } from "../test/support/dbCluster.js"
+import { ackedMissing, adminQuery, createAppUser, printNodeWarnings, startWriter, waitConverged, waitForMaster, writesFlowing } from "../test/support/dbCluster.js"
 
 const runs = Number(process.env.SWITCHOVER_RUNS ?? 10)
 const THREADS = 8
@@ -43,11 +43,7 @@ const program = Effect.gen(function*() {
   const writers = yield* Effect.scoped(Effect.gen(function*() {
     const writers = yield* Effect.forEach(Array.from({ length: THREADS }, (_, t) => t), (t) =>
       startWriter(c.nodes[t % c.nodes.length]!.rwPort!, tableOf(t), 10_000_000))
-    const flowing = (what: string) =>
-      Effect.suspend(() => {
-        const from = writers.map((w) => w.acked.length)
-        return LocalCluster.waitFor(what, Effect.sync(() => writers.every((w, j) => w.acked.length >= from[j]! + 20)), 30_000)
-      })
+    const flowing = (what: string) => writesFlowing(writers, what)
     for (let i = 0; i < runs; i++) {
       yield* flowing("every writer to get writes through")
       const master = yield* waitForMaster(c, "a serving master")
@@ -66,8 +62,7 @@ const program = Effect.gen(function*() {
   yield* waitConverged(c, 60_000)
   let lost = 0
   for (const [t, w] of writers.entries()) {
-    const onNodes = yield* Effect.forEach(c.nodes, (n) => idsOn(n, tableOf(t)))
-    const missing = w.acked.filter((id) => onNodes.some((ids) => !ids.has(id)))
+    const missing = yield* ackedMissing(c.nodes, w, tableOf(t))
     lost += missing.length
     process.stderr.write(`${tableOf(t)}: ${w.acked.length} acked, ${w.indeterminate.length} indeterminate, ${missing.length} acked missing\n`)
   }
@@ -79,13 +74,6 @@ const program = Effect.gen(function*() {
     unavailableMaxMs: sorted[sorted.length - 1],
     lostAckedWrites: lost
   }))
-}).pipe(
-  Effect.tapError(() =>
-    Effect.sync(() => {
-      for (const n of cluster?.nodes ?? []) {
-        process.stderr.write(`--- node ${n.nodeId}\n${n.output().split("\n").filter((l) => /WARN|ERROR/.test(l)).slice(-20).join("\n")}\n`)
-      }
-    }))
-)
+}).pipe(Effect.tapError(() => printNodeWarnings(cluster?.nodes ?? [])))
 
 NodeRuntime.runMain(Effect.scoped(program))

@@ -17,6 +17,7 @@ import {
   requestSwitchover
 } from "./client/StatusClient.js"
 import type { NodeStatus } from "./domain/cluster/nodeStatus.js"
+import { describeMembers } from "./domain/cluster/cluster.js"
 import * as LocalCluster from "./testing/LocalCluster.js"
 import mysql from "mysql2/promise"
 import { userInfo } from "node:os"
@@ -140,22 +141,27 @@ const adminAddressOf = (status: NodeStatus, nodeId: number): string | undefined 
   return m === undefined ? undefined : `${m.host}:${m.adminPort}`
 }
 
+/** The serving master, moved off node `id` first (a switchover to a caught-up replica) if it is that node. */
+const masterOtherThan = (targets: ReadonlyArray<string>, id: number) =>
+  Effect.gen(function*() {
+    const master = yield* findMaster(targets)
+    if (master.status.nodeId !== id) return master
+    yield* Console.log(`node ${id} is the master: handing over to a caught-up replica first ...`)
+    const done = yield* requestSwitchover(master.address, undefined)
+    yield* Console.log(`node ${done.master} is master (epoch ${done.epoch})`)
+    const address = adminAddressOf(master.status, done.master)
+    if (address === undefined) return yield* new UsageError({ message: `node ${done.master} has no known admin address` })
+    return yield* findMaster([address, ...targets])
+  })
+
 /** Removes node `id` through the master (a master `id` hands over first). */
 const removeMember = (targets: ReadonlyArray<string>, id: number) =>
   Effect.gen(function*() {
-    let master = yield* findMaster(targets)
-    if (master.status.nodeId === id) {
-      yield* Console.log(`node ${id} is the master: handing over to a caught-up replica first ...`)
-      const done = yield* requestSwitchover(master.address, undefined)
-      yield* Console.log(`node ${done.master} is master (epoch ${done.epoch})`)
-      const address = adminAddressOf(master.status, done.master)
-      if (address === undefined) return yield* new UsageError({ message: `node ${done.master} has no known admin address` })
-      master = { status: master.status, address }
-    }
+    const master = yield* masterOtherThan(targets, id)
     yield* Console.log(`removing node ${id} (asking the master at ${master.address}) ...`)
     const done = yield* requestRemoveMember(master.address, id)
     yield* Console.log(
-      `done: node ${id} is no longer a member; members ${done.members.map((m) => `${m.nodeId}${m.voter ? "" : " (learner)"}`).join(", ")}, from log instance ${done.from}`
+      `done: node ${id} is no longer a member; members ${describeMembers(done.members)}, from log instance ${done.from}`
     )
   })
 
@@ -259,12 +265,7 @@ const memberReplace = Command.make(
   (a) =>
     Effect.gen(function*() {
       const targets = yield* adminTargets("member replace", a.config, a.admin)
-      let master = yield* findMaster(targets)
-      if (master.status.nodeId === a.id) {
-        yield* Console.log(`node ${a.id} is the master: handing over to a caught-up replica first ...`)
-        const done = yield* requestSwitchover(master.address, undefined)
-        master = yield* findMaster([...targets, adminAddressOf(master.status, done.master) ?? master.address])
-      }
+      const master = yield* masterOtherThan(targets, a.id)
       // The master adds the new node, makes it a voter once caught up, then removes the old
       // one (POST /members/replace): the voters never drop below the set's majority.
       yield* Console.log(`replacing node ${a.id} by node ${a.newId} (asking the master, node ${master.status.nodeId}); start node ${a.newId} with --join ...`)
@@ -274,7 +275,7 @@ const memberReplace = Command.make(
       )
       yield* Console.log(`done: node ${a.newId} is a voter`)
       yield* Console.log(
-        `done: node ${a.id} is no longer a member; members ${done.members.map((m) => `${m.nodeId}${m.voter ? "" : " (learner)"}`).join(", ")}, from log instance ${done.from}`
+        `done: node ${a.id} is no longer a member; members ${describeMembers(done.members)}, from log instance ${done.from}`
       )
     }).pipe(Effect.tapError(reportMemberError))
 ).pipe(Command.withDescription("replace a node by a new one: the new one is added (and caught up) first, then the old one removed"))

@@ -1,17 +1,17 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
-import { execFile } from "node:child_process"
 import { existsSync, readFileSync } from "node:fs"
 import { join } from "node:path"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
 import {
   adminQuery,
   checksum,
+  clusterWithTable,
   connect,
-  createAppUser,
   idsOn,
   mariadbPid,
   run,
+  runCli,
   startWriter,
   statuses,
   statusOf,
@@ -30,12 +30,7 @@ const cluster = (
     const database = rebuildAuto === undefined
       ? true
       : { rebuildAuto }
-    const c = yield* LocalCluster.make({ nodes: 3, database, ...rest })
-    const master = yield* waitForMaster(c, "a first master")
-    yield* createAppUser(master)
-    yield* adminQuery(master, "CREATE DATABASE IF NOT EXISTS d")
-    yield* adminQuery(master, `CREATE TABLE IF NOT EXISTS ${TABLE} (id INT PRIMARY KEY, v INT)`)
-    return { c, master }
+    return yield* clusterWithTable({ nodes: 3, database, ...rest }, TABLE)
   })
 
 /** Every acknowledged write is on every node, and every node holds the same rows. */
@@ -177,11 +172,7 @@ describe("the whole node: managed MariaDB, Paxos-replicated commits, proxy", () 
       yield* expectConsistent(c, [1, 2, 3])
 
       // An operator's rebuild: the master refuses it, a replica takes it and comes back equal.
-      const cli = (node: LocalCluster.LocalNode) =>
-        Effect.promise(() =>
-          new Promise<{ code: number; out: string }>((resolve) =>
-            execFile(process.execPath, [join(process.cwd(), "dist", "main.js"), "rebuild", "--config", node.configPath], (error, stdout, stderr) =>
-              resolve({ code: error === null ? 0 : (error as { code?: number }).code ?? 1, out: stdout + stderr }))))
+      const cli = (node: LocalCluster.LocalNode) => runCli(["rebuild", "--config", node.configPath])
       const refused = yield* cli(master)
       expect(refused.code).not.toBe(0)
       expect(refused.out).toContain("may serve RW")

@@ -1,19 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { execFile } from "node:child_process"
-import { join } from "node:path"
 import mysql from "mysql2/promise"
 import { requestRemoveMember } from "../src/client/StatusClient.js"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
-import { adminQuery, APP_PASSWORD, APP_USER, checksum, createAppUser, idsOn, startWriter, statusOf, waitForMaster } from "./support/dbCluster.js"
+import { APP_PASSWORD, APP_USER, checksum, clusterWithTable, idsOn, runCli, startWriter, statusOf, waitForMaster, writesFlowing } from "./support/dbCluster.js"
 
 const TABLE = "d.t"
 
-const cli = (args: ReadonlyArray<string>) =>
-  Effect.callback<{ readonly code: number; readonly out: string }>((resume) => {
-    execFile(process.execPath, [join(process.cwd(), "dist", "main.js"), ...args], { timeout: 90_000 }, (error, stdout, stderr) =>
-      resume(Effect.succeed({ code: error === null ? 0 : typeof error.code === "number" ? error.code : 1, out: stdout + stderr })))
-  })
 
 /** The error a client gets connecting to `port` (undefined: it connected). */
 const connectError = (port: number) =>
@@ -30,11 +23,7 @@ const connectError = (port: number) =>
 describe("membership", () => {
   it.live("a cluster of one node (development) is its own majority: it serves writes, and refuses to remove its only voter", () =>
     Effect.gen(function*() {
-      const c = yield* LocalCluster.make({ nodes: 1, database: true })
-      const only = yield* waitForMaster(c, "the only node as master", undefined, 60_000)
-      yield* createAppUser(only)
-      yield* adminQuery(only, "CREATE DATABASE d")
-      yield* adminQuery(only, `CREATE TABLE ${TABLE} (id INT PRIMARY KEY, v INT)`)
+      const { master: only } = yield* clusterWithTable({ nodes: 1, database: true }, TABLE, 60_000)
       const w = yield* Effect.scoped(Effect.gen(function*() {
         const w = yield* startWriter(only.rwPort!, TABLE, 1_000_000)
         yield* LocalCluster.waitFor("writes to get through", Effect.sync(() => w.acked.length >= 20), 30_000)
@@ -48,11 +37,7 @@ describe("membership", () => {
 
   it.live("3 -> 4 online under writes: a new node started with --join is added as a learner, catches up, and becomes a voter; a master can move to it; member replace swaps node 1 for a new node 5", () =>
     Effect.gen(function*() {
-      const c = yield* LocalCluster.make({ nodes: 3, database: true })
-      const first = yield* waitForMaster(c, "a first master")
-      yield* createAppUser(first)
-      yield* adminQuery(first, "CREATE DATABASE d")
-      yield* adminQuery(first, `CREATE TABLE ${TABLE} (id INT PRIMARY KEY, v INT)`)
+      const { c } = yield* clusterWithTable({ nodes: 3, database: true }, TABLE)
       const admin = c.nodes.map((n) => `${n.host}:${n.adminPort}`).join(",")
       const { node, member } = yield* c.addNode(4)
       const writer = yield* Effect.scoped(Effect.gen(function*() {
@@ -62,7 +47,7 @@ describe("membership", () => {
         // Not a member yet: it serves nobody, and the log has not named it.
         const before = yield* statusOf(node)
         expect("error" in before ? before.error : before.membership).toBe("not a member")
-        const added = yield* cli([
+        const added = yield* runCli([
           "member", "add", "--admin", admin, "--id", "4", "--host", member.host, "--port", String(member.port),
           "--admin-port", String(member.adminPort), "--rw-port", String(member.rwPort!), "--ro-port", String(member.roPort!),
           "--forward-rw-port", String(member.forwardRwPort!), "--forward-ro-port", String(member.forwardRoPort!)
@@ -85,7 +70,7 @@ describe("membership", () => {
       // Provisioned by a copy of a peer's database, not by replaying the whole log.
       expect(node.output()).toMatch(/rebuild: copied \d+ MB from node \d/)
       // The new voter can take the master role.
-      const moved = yield* cli(["switchover", "--admin", admin, "--to", "4"])
+      const moved = yield* runCli(["switchover", "--admin", admin, "--to", "4"])
       expect(moved.code, moved.out).toBe(0)
       expect(moved.out).toContain("done: node 4 is master")
       yield* LocalCluster.waitFor("node 4 to serve as master", Effect.map(statusOf(node), (s) => !("error" in s) && s.database?.role === "master"), 30_000)
@@ -94,7 +79,7 @@ describe("membership", () => {
       const five = yield* c.addNode(5)
       yield* five.node.start
       const m5 = five.member
-      const replaced = yield* cli([
+      const replaced = yield* runCli([
         "member", "replace", "--admin", admin, "--id", "1", "--new-id", "5", "--host", m5.host, "--port", String(m5.port),
         "--admin-port", String(m5.adminPort), "--rw-port", String(m5.rwPort!), "--ro-port", String(m5.roPort!),
         "--forward-rw-port", String(m5.forwardRwPort!), "--forward-ro-port", String(m5.forwardRoPort!)
@@ -109,7 +94,7 @@ describe("membership", () => {
       expect(yield* connectError(c.nodes[0]!.rwPort!)).toMatch(/removed from the cluster/)
 
       // And back to three: 3 -> 4 -> 5 (during the replace) -> 4 -> 3.
-      const back = yield* cli(["member", "remove", "--admin", `${node.host}:${node.adminPort}`, "--id", "2"])
+      const back = yield* runCli(["member", "remove", "--admin", `${node.host}:${node.adminPort}`, "--id", "2"])
       expect(back.code, back.out).toBe(0)
       const three = [c.nodes[2]!, node, five.node]
       yield* LocalCluster.waitFor("the three members to hold the same rows", Effect.map(Effect.forEach(three, (n) => checksum(n, TABLE)), (sums) => new Set(sums).size === 1), 60_000)
@@ -128,11 +113,7 @@ describe("membership", () => {
 
   it.live("5 -> 3 online under writes: the master and a replica are removed, every acknowledged write stays, a removed node neither votes nor routes, and its stale config does not bring it back", () =>
     Effect.gen(function*() {
-      const c = yield* LocalCluster.make({ nodes: 5, database: true })
-      const first = yield* waitForMaster(c, "a first master", undefined, 90_000)
-      yield* createAppUser(first)
-      yield* adminQuery(first, "CREATE DATABASE d")
-      yield* adminQuery(first, `CREATE TABLE ${TABLE} (id INT PRIMARY KEY, v INT)`)
+      const { c } = yield* clusterWithTable({ nodes: 5, database: true }, TABLE, 90_000)
       const admin = c.nodes.map((n) => `${n.host}:${n.adminPort}`).join(",")
 
       let removed: Array<number> = []
@@ -140,22 +121,19 @@ describe("membership", () => {
         // Through a node that stays (the highest id is never removed here).
         const keep = c.nodes[c.nodes.length - 1]!
         const w = yield* startWriter(keep.rwPort!, TABLE, 1_000_000)
-        const flowing = Effect.suspend(() => {
-          const from = w.acked.length
-          return LocalCluster.waitFor("writes to get through", Effect.sync(() => w.acked.length >= from + 20), 60_000)
-        })
+        const flowing = writesFlowing([w], "writes to get through", 60_000)
         yield* flowing
         // Refused: not a member; asked of a node that is not the master.
         const master = yield* waitForMaster(c, "the master")
         const replica = c.nodes.find((n) => n !== master && n !== keep)!
-        const notMember = yield* cli(["member", "remove", "--admin", admin, "--id", "9"])
+        const notMember = yield* runCli(["member", "remove", "--admin", admin, "--id", "9"])
         expect(notMember.code).not.toBe(0)
         expect(notMember.out).toMatch(/node 9 is not a member/)
         const notMaster = yield* Effect.flip(requestRemoveMember(`${replica.host}:${replica.adminPort}`, replica.nodeId))
         expect(notMaster.message).toMatch(/not the master/)
 
         // The master: it hands over first.
-        const byCli = yield* cli(["member", "remove", "--admin", admin, "--id", String(master.nodeId)])
+        const byCli = yield* runCli(["member", "remove", "--admin", admin, "--id", String(master.nodeId)])
         expect(byCli.code, byCli.out).toBe(0)
         expect(byCli.out).toMatch(/handing over/)
         expect(byCli.out).toContain(`done: node ${master.nodeId} is no longer a member`)
@@ -164,7 +142,7 @@ describe("membership", () => {
         // Then a replica.
         const next = yield* waitForMaster(c, "the new master")
         const other = c.nodes.find((n) => n !== next && n !== keep && !removed.includes(n.nodeId))!
-        const again = yield* cli(["member", "remove", "--config", keep.configPath, "--id", String(other.nodeId)])
+        const again = yield* runCli(["member", "remove", "--config", keep.configPath, "--id", String(other.nodeId)])
         expect(again.code, again.out).toBe(0)
         removed = [...removed, other.nodeId]
         yield* flowing

@@ -1,19 +1,13 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { execFile } from "node:child_process"
-import { join } from "node:path"
 import { requestSwitchover } from "../src/client/StatusClient.js"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
-import { adminQuery, createAppUser, idsOn, startWriter, statuses, waitConverged, waitForMaster } from "./support/dbCluster.js"
+import { ackedMissing, adminQuery, createAppUser, runCli, startWriter, statuses, waitConverged, waitForMaster, writesFlowing } from "./support/dbCluster.js"
 
 const tableOf = (nodeId: number) => `d.t${nodeId}`
 
 /** `node dist/main.js switchover ...`: exit code and output. */
-const cli = (args: ReadonlyArray<string>) =>
-  Effect.callback<{ readonly code: number; readonly out: string }>((resume) => {
-    execFile(process.execPath, [join(process.cwd(), "dist", "main.js"), "switchover", ...args], { timeout: 90_000 }, (error, stdout, stderr) =>
-      resume(Effect.succeed({ code: error === null ? 0 : typeof error.code === "number" ? error.code : 1, out: stdout + stderr })))
-  })
+const cli = (args: ReadonlyArray<string>) => runCli(["switchover", ...args])
 
 describe("switchover", () => {
   it.live("moves the master to the node asked for (or a caught-up one) under a write load, losing no acknowledged write; refuses what it cannot do", () =>
@@ -30,10 +24,7 @@ describe("switchover", () => {
       const writers = yield* Effect.scoped(Effect.gen(function*() {
         // One writer through each node's RW port: one always goes through the master.
         const writers = yield* Effect.forEach(c.nodes, (n) => startWriter(n.rwPort!, tableOf(n.nodeId), 1_000_000))
-        const flowing = Effect.suspend(() => {
-          const from = writers.map((w) => w.acked.length)
-          return LocalCluster.waitFor("every writer to get writes through", Effect.sync(() => writers.every((w, j) => w.acked.length >= from[j]! + 20)), 30_000)
-        })
+        const flowing = writesFlowing(writers, "every writer to get writes through")
         yield* flowing
         // Refused: a node that is not the master, a target that is no member; RW stays open.
         const master = yield* waitForMaster(c, "the master")
@@ -74,8 +65,7 @@ describe("switchover", () => {
       yield* waitConverged(c, 60_000)
       for (const [i, w] of writers.entries()) {
         const table = tableOf(c.nodes[i]!.nodeId)
-        const onNodes = yield* Effect.forEach(c.nodes, (n) => idsOn(n, table))
-        const missing = w.acked.filter((id) => onNodes.some((ids) => !ids.has(id)))
+        const missing = yield* ackedMissing(c.nodes, w, table)
         expect(missing, `${table}: acknowledged writes missing`).toEqual([])
         expect(w.acked.length).toBeGreaterThan(50)
       }

@@ -85,16 +85,7 @@ const runningNode = (config: NodeConfig) =>
     const status = yield* nodeStatus(config, database?.status)
     const membership = yield* Membership.make({
       nodeId: config.nodeId,
-      founding: config.members.map((m) => ({
-        nodeId: m.nodeId,
-        host: m.host,
-        port: m.port,
-        adminPort: m.adminPort,
-        ...(m.rwPort !== undefined ? { rwPort: m.rwPort } : {}),
-        ...(m.roPort !== undefined ? { roPort: m.roPort } : {}),
-        ...(m.forwardRwPort !== undefined ? { forwardRwPort: m.forwardRwPort } : {}),
-        ...(m.forwardRoPort !== undefined ? { forwardRoPort: m.forwardRoPort } : {})
-      }))
+      founding: config.members
     })
     const answer = <E extends { readonly message: string }>(change: Effect.Effect<Membership.MembershipDone, E>, extra: Record<string, unknown>) =>
       change.pipe(

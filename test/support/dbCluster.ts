@@ -1,6 +1,8 @@
 /** Helpers for tests and benchmarks against a LocalCluster whose nodes run MariaDB. */
 import { Data, Effect } from "effect"
+import { execFile } from "node:child_process"
 import { readFileSync } from "node:fs"
+import { join } from "node:path"
 import mysql from "mysql2/promise"
 import type { NodeStatus } from "../../src/domain/cluster/nodeStatus.js"
 import * as LocalCluster from "../../src/testing/LocalCluster.js"
@@ -160,3 +162,40 @@ export const startWriter = (port: number, table: string, maxWrites = 100_000, ho
 /** Ids of `table` on a node. */
 export const idsOn = (n: LocalCluster.LocalNode, table: string) =>
   Effect.map(adminQuery<{ id: number }>(n, `SELECT id FROM ${table}`), (rows) => new Set(rows.map((r) => Number(r.id))))
+
+/** Waits (bounded) until every writer has `count` more writes acknowledged than when it began. */
+export const writesFlowing = (writers: ReadonlyArray<Writer>, what: string, timeoutMs = 30_000, count = 20) =>
+  Effect.suspend(() => {
+    const from = writers.map((w) => w.acked.length)
+    return LocalCluster.waitFor(what, Effect.sync(() => writers.every((w, j) => w.acked.length >= from[j]! + count)), timeoutMs)
+  })
+
+/** The writer's acknowledged ids that some of `nodes` lacks in `table`. */
+export const ackedMissing = (nodes: ReadonlyArray<LocalCluster.LocalNode>, writer: Writer, table: string) =>
+  Effect.map(Effect.forEach(nodes, (n) => idsOn(n, table)), (onNodes) => writer.acked.filter((id) => onNodes.some((ids) => !ids.has(id))))
+
+/** Each node's last warnings and errors, on stderr (what a failed benchmark or run leaves to read). */
+export const printNodeWarnings = (nodes: ReadonlyArray<LocalCluster.LocalNode>) =>
+  Effect.sync(() => {
+    for (const n of nodes) {
+      process.stderr.write(`--- node ${n.nodeId}\n${n.output().split("\n").filter((l) => /WARN|ERROR/.test(l)).slice(-20).join("\n")}\n`)
+    }
+  })
+
+/** `node dist/main.js ARGS` (built first): its exit code and output (stdout, then stderr). */
+export const runCli = (args: ReadonlyArray<string>) =>
+  Effect.callback<{ readonly code: number; readonly out: string }>((resume) => {
+    execFile(process.execPath, [join(process.cwd(), "dist", "main.js"), ...args], { timeout: 90_000 }, (error, stdout, stderr) =>
+      resume(Effect.succeed({ code: error === null ? 0 : typeof error.code === "number" ? error.code : 1, out: stdout + stderr })))
+  })
+
+/** A cluster with MariaDB, a master serving, the app user and `table` (`db.name`: id INT PRIMARY KEY, v INT). */
+export const clusterWithTable = (options: LocalCluster.LocalClusterOptions, table: string, masterTimeoutMs?: number) =>
+  Effect.gen(function*() {
+    const c = yield* LocalCluster.make(options)
+    const master = yield* waitForMaster(c, "a first master", undefined, masterTimeoutMs)
+    yield* createAppUser(master)
+    yield* adminQuery(master, `CREATE DATABASE IF NOT EXISTS ${table.split(".")[0]}`)
+    yield* adminQuery(master, `CREATE TABLE IF NOT EXISTS ${table} (id INT PRIMARY KEY, v INT)`)
+    return { c, master }
+  })

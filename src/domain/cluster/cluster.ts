@@ -399,6 +399,10 @@ export const decodeEntry = (bytes: Uint8Array): ClusterEntry | RejectReason => {
   return Result.isFailure(entry) ? { _tag: "Malformed", message: entry.failure.message } : entry.success
 }
 
+/** Members for people: "1, 2, 4 (learner)". */
+export const describeMembers = (members: ReadonlyArray<{ readonly nodeId: number; readonly voter: boolean }>) =>
+  members.map((m) => `${m.nodeId}${m.voter ? "" : " (learner)"}`).join(", ")
+
 /** The Paxos member set of a membership: its voters, and the rest as learners. */
 export const memberSetOf = (members: ReadonlyArray<ClusterMember>): MemberSet => ({
   voters: members.filter((m) => m.voter).map((m) => m.nodeId).sort((a, b) => a - b),

@@ -301,8 +301,11 @@ export class PaxosNode {
   private promises = new Map<number, MessageOf<"Promise">>()
   /** Who promised the current ballot (kept while leading: a new member set's quorum is checked against it). */
   private promisers = new Set<number>()
-  /** Phase 1's outcome: values to re-propose, by instance, up to recoverTop (placed in order as their member sets become known). */
-  private recovered = new Map<number, PaxosValue>()
+  /**
+   * Phase 1's outcome: the highest-ballot value reported per instance, to re-propose up to
+   * recoverTop (placed in order as their member sets become known).
+   */
+  private readonly recovered = new Map<number, { readonly ballot: Ballot; readonly value: PaxosValue }>()
   private recoverTop = -1
   private prepareSentAt = 0
   private nextInstance = 0
@@ -798,14 +801,10 @@ export class PaxosNode {
     this.tryLead()
   }
 
-  /** Best (highest-ballot) accepted values from promises, per instance. */
-  private readonly recoveredBallots = new Map<number, Ballot>()
+  /** Keeps the highest-ballot accepted value reported for an instance. */
   private recover(instance: number, ballot: Ballot, value: PaxosValue): void {
-    const cur = this.recoveredBallots.get(instance)
-    if (cur === undefined || compareBallot(ballot, cur) > 0) {
-      this.recoveredBallots.set(instance, ballot)
-      this.recovered.set(instance, value)
-    }
+    const cur = this.recovered.get(instance)
+    if (cur === undefined || compareBallot(ballot, cur.ballot) > 0) this.recovered.set(instance, { ballot, value })
     if (instance > this.recoverTop) this.recoverTop = instance
   }
 
@@ -828,8 +827,7 @@ export class PaxosNode {
       if (c.from < first.from) continue
       if (!this.isQuorum(promisers, c)) return
     }
-    this.recovered = new Map()
-    this.recoveredBallots.clear()
+    this.recovered.clear()
     this.recoverTop = start - 1
     for (const p of this.promises.values()) {
       for (const e of p.entries) if (e.ballot !== null && e.instance >= start) this.recover(e.instance, e.ballot, e.value)
@@ -1090,10 +1088,9 @@ export class PaxosNode {
       }
       this.nextInstance++
       if (recovering) {
-        const value: PaxosValue = this.recovered.get(instance) ?? this.placed.get(instance)?.value ??
+        const value: PaxosValue = this.recovered.get(instance)?.value ?? this.placed.get(instance)?.value ??
           { proposer: this.config.nodeId, round: this.ballot.round, seq: this.batchSeq++, values: [] }
         this.recovered.delete(instance)
-        this.recoveredBallots.delete(instance)
         this.sendAccept(instance, value)
         continue
       }

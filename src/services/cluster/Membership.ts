@@ -5,7 +5,7 @@
  * node is (or is not) a member, and the new set keeps a majority of its voters reachable.
  */
 import { Data, Effect, Schedule, Semaphore } from "effect"
-import { type ClusterMember, memberSetOf } from "../../domain/cluster/cluster.js"
+import { type ClusterMember, describeMembers, memberSetOf } from "../../domain/cluster/cluster.js"
 import { quorumOf } from "../../domain/paxos/core.js"
 import { ClusterState } from "./ClusterState.js"
 import { MasterLease } from "./MasterLease.js"
@@ -59,7 +59,7 @@ export const make = Effect.fnUntraced(function*(options: {
       if (up < quorumOf(set)) {
         return yield* refused(`only ${up} of the new set's ${set.voters.length} voters are reachable (a majority needs ${quorumOf(set)})`)
       }
-      yield* Effect.logInfo(`membership: ${why}; proposing ${describe(members)}`)
+      yield* Effect.logInfo(`membership: ${why}; proposing ${describeMembers(members)}`)
       const outcome = yield* cluster.propose({ _tag: "Membership", members: [...members] }).pipe(
         Effect.mapError((e) => refused(`the change was not chosen: ${e.message}`))
       )
@@ -76,7 +76,7 @@ export const make = Effect.fnUntraced(function*(options: {
           orElse: () => Effect.fail(refused(`the change was chosen but the log did not take it up within ${TAKE_EFFECT_MS / 1000} s`))
         })
       )
-      yield* Effect.logInfo(`membership: ${describe(members)} governs from instance ${governing.from}`)
+      yield* Effect.logInfo(`membership: ${describeMembers(members)} governs from instance ${governing.from}`)
       return { members, from: governing.from } satisfies MembershipDone
     })
 
@@ -139,6 +139,3 @@ export const make = Effect.fnUntraced(function*(options: {
 
   return { current, remove, add, promote, replace }
 })
-
-const describe = (members: ReadonlyArray<ClusterMember>) =>
-  members.map((m) => `${m.nodeId}${m.voter ? "" : " (learner)"}`).join(", ")
