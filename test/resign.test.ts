@@ -1,11 +1,11 @@
 import { describe, expect, it } from "@effect/vitest"
 import { applyEntry, type ClusterEntry, encodeEntry, initialClusterState, MAX_LEASE_MS, membershipOfValue } from "../src/domain/cluster/cluster.js"
 import { CONFIG_WINDOW } from "../src/domain/paxos/core.js"
-import { decide, defaultLeaseConfig, holdsLease, initialLeaseView, onApplied, onProposed, onStalled, onState, RESIGN_PROPOSAL_ID } from "../src/domain/cluster/lease.js"
+import { decide, defaultLeaseConfig, holdsLease, initialLeaseView, onApplied, onOutcome, onProposed, onResigning, onStalled, onState } from "../src/domain/cluster/lease.js"
 import { localPosition } from "../src/services/database/NodeDatabase.js"
 import { EventSplitter, splitEvents } from "../src/services/binlog/ChosenBinlog.js"
 
-const lease = (node: number, basedOnVersion: number): ClusterEntry => ({ _tag: "MasterLease", node, basedOnVersion, leaseMs: 2000, proposalId: 7 })
+const lease = (node: number, basedOnVersion: number, proposalId = 7): ClusterEntry => ({ _tag: "MasterLease", node, basedOnVersion, leaseMs: 2000, proposalId })
 
 describe("Resign: a master gives its lease up early", () => {
   it("is accepted only from the current master at the current version; the next master gets a new epoch", () => {
@@ -33,7 +33,8 @@ describe("Resign: a master gives its lease up early", () => {
     // Proposing the resignation ends holding at once (the next master may be elected before
     // this node applies it); with no outcome in time it is sent again.
     expect(holdsLease(c, v, 100)).toBe(true)
-    const resigning = onProposed(v, 1, RESIGN_PROPOSAL_ID, 100)
+    const resigning = onResigning(c, v, 1, 100)
+    expect(resigning.heldFrom).toBeUndefined()
     expect(holdsLease(c, resigning, 101)).toBe(false)
     expect(decide(c, resigning, 101, false, 0)._tag).toBe("None")
     expect(decide(c, resigning, 100 + c.proposeTimeoutMs, true, 0)).toEqual({ _tag: "Resign", basedOnVersion: 1 })
@@ -44,6 +45,39 @@ describe("Resign: a master gives its lease up early", () => {
     ;[state] = applyEntry(state, { _tag: "Resign", node: 1, basedOnVersion: 1 })
     v2 = onState(c2, v2, state, 210)
     expect(decide(c2, v2, 211, true, 0)).toEqual({ _tag: "Propose", basedOnVersion: 2 })
+  })
+})
+
+describe("Resign gives the lease up locally at once", () => {
+  it("a node that resigned never holds again in that term: not when ready again, not when a late renewal is chosen, not after a failed outcome", () => {
+    const c = defaultLeaseConfig(1, 2000)
+    const members = [1, 2, 3]
+    let [state] = applyEntry(initialClusterState(members), lease(1, 0))
+    let v = onProposed(initialLeaseView(initialClusterState(members), 0), 0, 7, 0)
+    v = onState(c, v, state, 5)
+    v = onApplied(c, v, lease(1, 0), { _tag: "Accepted" }, 5)
+    expect(holdsLease(c, v, 10)).toBe(true)
+    // A renewal goes out, gets no outcome in time, and the database stops serving: resign.
+    v = onProposed(v, 1, 8, c.renewEveryMs)
+    const t = c.renewEveryMs + c.proposeTimeoutMs
+    expect(decide(c, v, t, false, 0)).toEqual({ _tag: "Resign", basedOnVersion: 1 })
+    v = onResigning(c, v, 1, t)
+    expect(v.heldFrom).toBeUndefined()
+    for (let at = t; at < 2000; at += 50) expect(holdsLease(c, v, at)).toBe(false)
+    // The abandoned renewal is chosen after all: our record again, but not our lease.
+    ;[state] = applyEntry(state, lease(1, 1, 8))
+    v = onState(c, v, state, t + 10)
+    v = onApplied(c, v, lease(1, 1, 8), { _tag: "Accepted" }, t + 10)
+    v = onOutcome(c, v, "failed", t + 20)
+    expect(holdsLease(c, v, t + 30)).toBe(false)
+    // Ready again within the would-be lease: it re-sends the Resign (on the new version), never renews.
+    const later = t + 30
+    expect(decide(c, v, later, true, 0)).toEqual({ _tag: "Resign", basedOnVersion: 2 })
+    // The Resign is chosen: no master, and holding needs a new MasterLease of ours (a new epoch).
+    ;[state] = applyEntry(state, { _tag: "Resign", node: 1, basedOnVersion: 2 })
+    v = onState(c, v, state, later + 10)
+    expect([v.master, v.resignUntil, holdsLease(c, v, later + 10)]).toEqual([null, undefined, false])
+    expect(decide(c, v, later + 20, true, 0)).toEqual({ _tag: "Propose", basedOnVersion: 3 })
   })
 })
 

@@ -18,7 +18,6 @@ import {
 import {
   decide,
   holdsLease,
-  RESIGN_PROPOSAL_ID,
   initialLeaseView,
   type LeaseConfig,
   type LeaseView,
@@ -26,6 +25,7 @@ import {
   onHandOver,
   onOutcome,
   onProposed,
+  onResigning,
   onState
 } from "../../src/domain/cluster/lease.js"
 import { type Durable, durableStateOf, simPaxosConfig, storedValue } from "./paxosSim.js"
@@ -207,14 +207,14 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
       // As MasterLease.handOver: holding ends now, the Resign names the successor.
       handovers++
       awaitingSuccessor = n.handOverTo
-      n.lease = onHandOver(n.lease, n.handOverTo, t)
+      n.lease = onHandOver(c, n.lease, n.handOverTo, t)
       const value = encodeEntry({ _tag: "Resign", node: n.id, basedOnVersion: n.lease.masterVersion, successor: n.handOverTo })
       handle(n, n.core!.step({ _tag: "Propose", requestId: ++n.requestSeq, value }, now))
     }
     n.handOverTo = undefined
     const action = decide(c, n.lease, t, now >= n.unreadyUntil, 0)
     if (action._tag === "Resign") {
-      n.lease = { ...onProposed(n.lease, action.basedOnVersion, RESIGN_PROPOSAL_ID, t), handingTo: n.lease.handingTo }
+      n.lease = onResigning(c, n.lease, action.basedOnVersion, t)
       const value = encodeEntry({
         _tag: "Resign",
         node: n.id,

@@ -4,6 +4,7 @@
  * deterministic: no clocks, no randomness, no I/O.
  */
 import { Result, Schema } from "effect"
+import { createHash } from "node:crypto"
 import { decodePayload, encodeFrame, FRAME_HEADER_BYTES } from "../wire/frame.js"
 import { followsOn, Gtid, gtidEquals } from "./gtid.js"
 import { CONFIG_WINDOW, type MemberSet, withConfig } from "../paxos/core.js"
@@ -146,8 +147,11 @@ export const ClusterStateData = Schema.Struct({
   leaseMs: Schema.Int,
   lastGtid: Schema.NullOr(Gtid),
   members: Schema.Array(Schema.Int),
-  /** (gtid seq, digest) of the last RECENT_TXNS transactions, oldest first. */
-  recent: Schema.Array(Schema.Tuple([Schema.Int, Schema.Int])),
+  /**
+   * (gtid seq, digest) of the last RECENT_TXNS transactions, oldest first. A number is a
+   * digest from before SHA-256: it matches nothing, so such a retry is refused, never ACKed.
+   */
+  recent: Schema.Array(Schema.Tuple([Schema.Int, Schema.Union([Schema.String, Schema.Number])])),
   /** A large transaction whose parts are being accepted (absent in snapshots from before parts). */
   partial: Schema.optional(Schema.NullOr(PartialTxn)),
   /** With no master after a switchover's Resign: the node handed over to (cleared by the next MasterLease). */
@@ -178,31 +182,14 @@ export const initialClusterState = (members: ReadonlyArray<number>): ClusterStat
   successor: null
 })
 
-const fnv = (h: number, byte: number) => Math.imul(h ^ byte, 0x01000193)
-
 /**
- * A transaction's digest (FNV-1a), compared only with itself: over the server id and, when
- * the bytes are binlog events with CRC32 checksums (as captured), each event's header and
- * checksum (the checksum covers every byte of the event, so this tells content apart at a
- * cost per event, not per byte); over every byte otherwise.
+ * A transaction's digest, compared only with itself to tell a retried entry from another
+ * transaction under the same GTID: SHA-256 over every byte of its events (truncated to 132
+ * bits), with the server id and part count. A 32-bit digest was a real risk: a collision
+ * ACKs a transaction that is not in the log.
  */
-export const txnDigest = (t: BinlogTxn): number => {
-  const seed = Math.imul(0x811c9dc5 ^ t.gtid.server ^ ((t.parts ?? 0) << 8), 0x01000193)
-  const b = t.events
-  let h = seed
-  let at = 0
-  while (at + 23 <= b.length) {
-    const length = (b[at + 9]! | (b[at + 10]! << 8) | (b[at + 11]! << 16) | (b[at + 12]! << 24)) >>> 0
-    if (length < 23 || at + length > b.length) break
-    for (let i = at; i < at + 19; i++) h = fnv(h, b[i]!)
-    for (let i = at + length - 4; i < at + length; i++) h = fnv(h, b[i]!)
-    at += length
-  }
-  if (at === b.length && at > 0) return h >>> 0
-  h = seed
-  for (let i = 0; i < b.length; i++) h = fnv(h, b[i]!)
-  return h >>> 0
-}
+export const txnDigest = (t: BinlogTxn): string =>
+  `${t.gtid.server}.${t.parts ?? 0}.${createHash("sha256").update(t.events).digest("base64url").slice(0, 22)}`
 
 const reject = (reason: RejectReason): Outcome => ({ _tag: "Rejected", reason })
 const accepted: Outcome = { _tag: "Accepted" }

@@ -45,6 +45,11 @@ export interface LeaseView {
   readonly successor: number | null
   /** Set while this node hands its lease over (its Resign names this successor). */
   readonly handingTo?: number | undefined
+  /**
+   * Set while this node resigns: until when its Resign is re-sent (where its lease would
+   * have ended). heldFrom is cleared on resigning, so nothing can count the lease as ours again.
+   */
+  readonly resignUntil?: number | undefined
 }
 
 /** A node starting with `state` from disk counts any lease in it as just learned. */
@@ -67,12 +72,15 @@ const leaseRuns = (c: LeaseConfig, v: LeaseView, now: number): boolean =>
   v.master === c.nodeId && v.heldFrom !== undefined && now < v.heldFrom + c.leaseMs - c.marginMs
 
 /**
- * Whether this node holds the lease now, in its own count: its lease runs and it has not
- * given it up. A node stops holding the moment it proposes Resign (it has fenced itself
- * first): once chosen, another node may take over at once, before this one applies it.
+ * Whether this node holds the lease now, in its own count: its lease runs. A node stops
+ * holding the moment it proposes Resign (it has fenced itself first; see `onResigning`):
+ * once chosen, another node may take over at once, before this one applies it.
  */
-export const holdsLease = (c: LeaseConfig, v: LeaseView, now: number): boolean =>
-  leaseRuns(c, v, now) && v.proposing?.proposalId !== RESIGN_PROPOSAL_ID
+export const holdsLease = (c: LeaseConfig, v: LeaseView, now: number): boolean => leaseRuns(c, v, now)
+
+/** Whether this node is resigning: its own record still stands and its lease would still run. */
+const resigning = (c: LeaseConfig, v: LeaseView, now: number): boolean =>
+  v.master === c.nodeId && v.resignUntil !== undefined && now < v.resignUntil
 
 /**
  * When the current lease lapses in this node's view (no master: already, unless a
@@ -108,8 +116,9 @@ export const onState = (c: LeaseConfig, v: LeaseView, state: ClusterStateData, n
     learnedAt: now,
     recordLeaseMs: state.leaseMs,
     successor: state.master === null ? state.successor ?? null : null,
-    // A renewal chosen while handing over keeps the handover going (its Resign is re-sent).
+    // A renewal chosen while resigning or handing over keeps it going (its Resign is re-sent).
     handingTo: state.master === c.nodeId ? v.handingTo : undefined,
+    resignUntil: state.master === c.nodeId ? v.resignUntil : undefined,
     // Another node's lease ends ours at once; our own renewal keeps heldFrom until its outcome.
     heldFrom: state.master === c.nodeId ? v.heldFrom : undefined
   }
@@ -149,13 +158,11 @@ export const decide = (c: LeaseConfig, v: LeaseView, now: number, ready: boolean
   // A proposal that is taking too long is abandoned: if it is chosen after all, we do not
   // count it as ours (safe: we only under-count), and its stale version makes ours lose.
   if (v.proposing !== undefined && now - v.proposing.sentAt < c.proposeTimeoutMs) return { _tag: "None" }
-  if (leaseRuns(c, v, now)) {
-    // Not ready: resign (again, if the last resignation got no outcome in time).
-    if (!ready || v.proposing?.proposalId === RESIGN_PROPOSAL_ID) {
-      return { _tag: "Resign", basedOnVersion: v.masterVersion, ...(v.handingTo !== undefined ? { successor: v.handingTo } : {}) }
-    }
-    return now >= v.nextRenewAt ? { _tag: "Propose", basedOnVersion: v.masterVersion } : { _tag: "None" }
+  // Resigning (the last Resign got no outcome in time), or not ready while holding: resign.
+  if (resigning(c, v, now) || (leaseRuns(c, v, now) && !ready)) {
+    return { _tag: "Resign", basedOnVersion: v.masterVersion, ...(v.handingTo !== undefined ? { successor: v.handingTo } : {}) }
   }
+  if (leaseRuns(c, v, now)) return now >= v.nextRenewAt ? { _tag: "Propose", basedOnVersion: v.masterVersion } : { _tag: "None" }
   // A master that restarted (no heldFrom) waits like everyone else.
   if (!ready) return { _tag: "None" }
   if (now < lapsesAt(c, v) + lag * c.behindPenaltyMs) return { _tag: "None" }
@@ -169,12 +176,22 @@ export const onProposed = (v: LeaseView, basedOnVersion: number, proposalId: num
 })
 
 /**
+ * This node proposes Resign (decide said so): it gives the lease up locally at once
+ * (heldFrom cleared), and re-sends the Resign until it is chosen or the lease would have ended.
+ */
+export const onResigning = (c: LeaseConfig, v: LeaseView, basedOnVersion: number, now: number): LeaseView => ({
+  ...onProposed(v, basedOnVersion, RESIGN_PROPOSAL_ID, now),
+  heldFrom: undefined,
+  resignUntil: v.resignUntil ?? (v.heldFrom !== undefined ? v.heldFrom + c.leaseMs - c.marginMs : now)
+})
+
+/**
  * A switchover: the holder gives its lease to `successor` (it has fenced itself and its
  * last transactions are in the log). It stops holding at once, like a Resign; the Resign it
  * proposes (and re-proposes, see `decide`) names the successor.
  */
-export const onHandOver = (v: LeaseView, successor: number, now: number): LeaseView => ({
-  ...onProposed(v, v.masterVersion, RESIGN_PROPOSAL_ID, now),
+export const onHandOver = (c: LeaseConfig, v: LeaseView, successor: number, now: number): LeaseView => ({
+  ...onResigning(c, v, v.masterVersion, now),
   handingTo: successor
 })
 
@@ -192,6 +209,8 @@ export const nextCheckAt = (c: LeaseConfig, v: LeaseView, now: number): number =
   if (holdsLease(c, v, now)) {
     consider(v.nextRenewAt)
     consider(v.heldFrom! + c.leaseMs - c.marginMs)
+  } else if (resigning(c, v, now)) {
+    consider(v.resignUntil!)
   } else {
     consider(lapsesAt(c, v))
     consider(v.nextRenewAt)

@@ -7,7 +7,6 @@ import { Context, Data, Effect, Layer, PubSub, Queue, Ref, Stream } from "effect
 import {
   decide,
   holdsLease,
-  RESIGN_PROPOSAL_ID,
   initialLeaseView,
   type LeaseConfig,
   nextCheckAt,
@@ -17,6 +16,7 @@ import {
   onHandOver,
   onOutcome,
   onProposed,
+  onResigning,
   onState,
   remainingMs
 } from "../../domain/cluster/lease.js"
@@ -185,7 +185,7 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
     }
     if (action._tag === "Resign") {
       // Marked as in flight so it is sent once per proposeTimeout, not on every step.
-      view = { ...onProposed(view, action.basedOnVersion, RESIGN_PROPOSAL_ID, now), handingTo: view.handingTo }
+      view = onResigning(config, view, action.basedOnVersion, now)
       yield* proposeResign(action.basedOnVersion, action.successor)
     }
     yield* observe
@@ -213,7 +213,7 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
       Effect.gen(function*() {
         const now = monotonicMs()
         if (!holdsLease(config, view, now)) return yield* new NotLeaseHolder({ master: view.master })
-        view = onHandOver(view, successor, now)
+        view = onHandOver(config, view, successor, now)
         yield* Effect.logInfo(`handing the master lease over to node ${successor}`)
         yield* observe
         yield* proposeResign(view.masterVersion, successor)
