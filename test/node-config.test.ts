@@ -4,7 +4,7 @@ import { execFile } from "node:child_process"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { loadNodeConfig } from "../src/config/NodeConfig.js"
+import { decodeNodeConfig, loadNodeConfig } from "../src/config/NodeConfig.js"
 
 const withFile = (name: string, text: string) =>
   Effect.acquireRelease(
@@ -25,6 +25,24 @@ const good = {
 }
 
 describe("node config", () => {
+  it.effect("refuses extraConfig keys that override a safety setting, in any spelling mariadbd accepts, and names them", () =>
+    Effect.gen(function*() {
+      const withExtra = (extraConfig: Record<string, string | number | boolean>) => ({
+        ...good,
+        members: [{ ...good.members[0], rwPort: 1, roPort: 2, forwardRwPort: 3, forwardRoPort: 4 }],
+        mariadb: { port: 3306, binlogServerPort: 3307, extraConfig }
+      })
+      const refused = (extra: Record<string, string | number | boolean>) =>
+        decodeNodeConfig(withExtra(extra)).pipe(Effect.flip, Effect.map((e) => e.message))
+      expect(yield* refused({ sync_binlog: 0, max_connections: 500 })).toMatch(/may not set sync_binlog:/)
+      for (const key of ["rpl-semi-sync-master-timeout", "loose-init-rpl-role", "BIND_ADDRESS", "innodb_flush_log_at_trx", "skip-log-bin", "proxy_protocol_networks", "enforce-storage-engine"]) {
+        expect(yield* refused({ [key]: 1 })).toContain(`may not set ${key}`)
+      }
+      // Tuning is still free.
+      const ok = yield* decodeNodeConfig(withExtra({ innodb_buffer_pool_size: "1G", max_connections: 500, "character-set-server": "utf8mb4" }))
+      expect(ok.mariadb?.extraConfig?.max_connections).toBe(500)
+    }))
+
   it.effect("reads JSON and YAML", () =>
     Effect.gen(function*() {
       const json = yield* loadNodeConfig(yield* withFile("n.json", JSON.stringify(good)))

@@ -1,4 +1,5 @@
 /** A node's configuration (a JSON or YAML file, or data from an embedding app), validated with Schema. */
+import { protectedServerOptions } from "../domain/mysql/serverOptions.js"
 import { Data, Effect, Schema } from "effect"
 import { readFileSync } from "node:fs"
 import { parse as parseYaml } from "yaml"
@@ -127,6 +128,12 @@ export const decodeNodeConfig = (input: unknown, source = "config"): Effect.Effe
       if (config.mariadb.mode === "attach" && config.mariadb.user === undefined) {
         return yield* invalid("mariadb.mode attach needs mariadb.user (and password or socket)")
       }
+    }
+    const refused = protectedServerOptions(config.mariadb?.extraConfig ?? {})
+    if (refused.length > 0) {
+      return yield* invalid(
+        `mariadb.extraConfig may not set ${refused.join(", ")}: the cluster's safety rests on the agent's own value (docs/operations.md, "MariaDB settings the agent owns")`
+      )
     }
     const lease = leaseConfigOf(config)
     if (lease.marginMs >= lease.leaseMs / 2 || lease.renewEveryMs >= lease.leaseMs - lease.marginMs) {

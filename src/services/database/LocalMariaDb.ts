@@ -3,6 +3,7 @@
  * data dir) or attached (the operator runs it), with the node-local replication login its
  * capture client and binlog server share.
  */
+import { protectedServerOptions } from "../../domain/mysql/serverOptions.js"
 import { Context, Data, Effect, Layer, Schedule, type Scope } from "effect"
 import { spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
@@ -146,6 +147,9 @@ export const managedServerConfig = (
   // 314 MB transaction with it, ~100 MB without). The chosen log carries every byte of it.
   binlog_annotate_row_events: "OFF",
   "bind-address": "127.0.0.1",
+  // Every table InnoDB: a MyISAM/Aria write takes effect before the commit waits for the
+  // log and cannot be truncated after a crash (docs/operations.md, "What a crash keeps").
+  enforce_storage_engine: "InnoDB",
   // Crash recovery drops prepared, un-ACKed transactions (never committed forward).
   "init-rpl-role": "SLAVE",
   rpl_semi_sync_slave_enabled: "ON",
@@ -214,6 +218,14 @@ export interface LocalMariaDbOptions {
 
 export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
   const managed = options.mode === "managed"
+  const refused = protectedServerOptions(options.extraConfig ?? {})
+  if (managed && refused.length > 0) {
+    return yield* new MariaDbServer.MariaDbStartError({
+      stage: "config",
+      message: `extraConfig may not set ${refused.join(", ")}: the cluster's safety rests on the agent's own value`,
+      dir: join(options.dataDir, "mariadb")
+    })
+  }
   const server = managed
     ? yield* MariaDbServer.makeManaged({
       dir: join(options.dataDir, "mariadb"),
