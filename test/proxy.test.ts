@@ -214,6 +214,33 @@ describe("Proxy", () => {
       yield* close(c2)
     }))
 
+  it.live("the RW gate is asked on every chunk to this node's own MariaDB: closed, the next query closes the connection (RW port and forward port), RO untouched", () =>
+    Effect.gen(function*() {
+      let open = true
+      const a = yield* startProxy({ rw: local(dbA), ro: local(dbA) }, {
+        forwardRwPort: 0,
+        members: ["127.0.0.1"],
+        localMariaDb: { host: dbA.host, port: dbA.port },
+        rwGate: () => open
+      })
+      const b = yield* startProxy({ rw: { kind: "forward", host: "127.0.0.1", port: a.proxy.addresses.forwardRw!.port }, ro: local(dbB) })
+      const direct = yield* connect(a.proxy.addresses.rw!.port)
+      const forwarded = yield* connect(b.proxy.addresses.rw!.port)
+      const reader = yield* connect(a.proxy.addresses.ro!.port)
+      for (const c of [direct, forwarded, reader]) expect(yield* one<{ sid: number }>(c, "SELECT @@server_id AS sid")).toEqual({ sid: dbA.serverId })
+      open = false
+      for (const c of [direct, forwarded]) {
+        const failed = yield* Effect.promise(() => c.query("SELECT 1").then(() => "answered", (e: Error) => e.message))
+        expect(failed).not.toBe("answered")
+        yield* socketClosed(c).pipe(Effect.timeout("2 seconds"))
+      }
+      expect(yield* one<{ sid: number }>(reader, "SELECT @@server_id AS sid")).toEqual({ sid: dbA.serverId })
+      // A new RW connection is closed before its first byte reaches MariaDB.
+      const refused = yield* connectError(a.proxy.addresses.rw!.port)
+      expect(refused.message).not.toBe("")
+      yield* close(reader)
+    }))
+
   it.live("a client disconnect rolls the transaction back; KILL closes the client", () =>
     Effect.gen(function*() {
       const { proxy } = yield* startProxy({ rw: local(dbA), ro: local(dbA) })

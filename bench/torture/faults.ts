@@ -50,7 +50,7 @@ export const removeRules = () => {
 process.on("exit", removeRules)
 
 /** Drops traffic between every node of `a` and every node of `b`, both ways. */
-const cut = (a: ReadonlyArray<LocalCluster.LocalNode>, b: ReadonlyArray<LocalCluster.LocalNode>) => {
+export const cut = (a: ReadonlyArray<LocalCluster.LocalNode>, b: ReadonlyArray<LocalCluster.LocalNode>) => {
   for (const x of a) {
     for (const y of b) {
       for (const rule of [[x.host, y.host], [y.host, x.host]] as const) {

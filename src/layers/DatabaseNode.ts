@@ -6,6 +6,7 @@
  * route by).
  */
 import { Context, Effect, Layer, Schedule, type Scope, Stream } from "effect"
+import { MasterLease } from "../services/cluster/MasterLease.js"
 import { type NodeConfig, retentionOf } from "../config/NodeConfig.js"
 import type { NodeStatus } from "../domain/cluster/nodeStatus.js"
 import { parseGtid } from "../domain/cluster/gtid.js"
@@ -112,7 +113,7 @@ export const binlogServerLayer = (config: NodeConfig, settings: Settings) =>
 /** The client ports (RW, RO) and forward ports; RW refused until this node is promoted. */
 export const proxyLayer = (config: NodeConfig, settings: Settings) => {
   const self = config.members.find((m) => m.nodeId === config.nodeId)!
-  return Proxy.layer({
+  return Layer.unwrap(Effect.map(MasterLease, (lease) => Proxy.layer({
     host: config.proxy?.listenHost ?? self.host,
     rwPort: self.rwPort!,
     roPort: self.roPort!,
@@ -123,8 +124,9 @@ export const proxyLayer = (config: NodeConfig, settings: Settings) => {
     proxyProtocol: config.proxy?.proxyProtocol,
     connectTimeout: config.proxy?.connectTimeoutMs === undefined ? undefined : `${config.proxy.connectTimeoutMs} millis`,
     maxConnections: config.proxy?.maxConnections,
-    refuseRwInitially: true
-  })
+    refuseRwInitially: true,
+    rwGate: lease.holdsNow
+  })))
 }
 
 export const routeKeeperLayer = (config: NodeConfig, settings: Settings) =>

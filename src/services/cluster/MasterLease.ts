@@ -82,6 +82,8 @@ export interface LeaseStatus {
 export interface MasterLeaseShape {
   /** Whether this node holds the lease right now, in its own count. */
   readonly isMaster: Effect.Effect<boolean>
+  /** The same, synchronously: for a check on every chunk of the RW relay (Proxy's rwGate). */
+  readonly holdsNow: () => boolean
   readonly status: Effect.Effect<LeaseStatus>
   /**
    * A switchover: gives the lease to `successor` now (the caller fenced this node and its
@@ -209,6 +211,7 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
 
   return MasterLease.of({
     isMaster: Effect.sync(() => holdsLease(config, view, monotonicMs())),
+    holdsNow: () => holdsLease(config, view, monotonicMs()),
     handOver: (successor) =>
       Effect.gen(function*() {
         const now = monotonicMs()

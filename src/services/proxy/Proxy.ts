@@ -59,7 +59,17 @@ export interface ProxyOptions {
   readonly maxConnections?: number | undefined
   /** Whether the forward RW listener starts refusing RW relays; default false. */
   readonly refuseRwInitially?: boolean | undefined
+  /**
+   * Asked, synchronously, before every chunk a RW client sends to this node's own MariaDB
+   * (the RW port routed locally, and the forward RW port): false closes that connection.
+   * The node's lease (MasterLease.holdsNow): an agent resumed after a stall past its lease
+   * handles queued socket reads before any timer, so only a check on the data path keeps
+   * them from a database another master has moved past. Default: always open.
+   */
+  readonly rwGate?: (() => boolean) | undefined
 }
+
+const LEASE_CLOSED = "this node no longer holds the master lease"
 
 export type ListenerName = "rw" | "ro" | "forwardRw" | "forwardRo"
 
@@ -270,7 +280,7 @@ class Conn {
    * Relays `client` <-> `upstream` (already connected). `first` is written upstream
    * before any client byte (the PROXY header and bytes read past a received header).
    */
-  relay(upstream: net.Socket, first: ReadonlyArray<Uint8Array>): void {
+  relay(upstream: net.Socket, first: ReadonlyArray<Uint8Array>, gate?: () => boolean): void {
     this.upstream = upstream
     this.upstreamClosed = false
     const client = this.client
@@ -285,9 +295,14 @@ class Conn {
       upstream.destroy()
       return
     }
+    if (gate !== undefined && !gate()) {
+      this.destroy(LEASE_CLOSED)
+      return
+    }
     for (const b of first) if (b.length > 0) upstream.write(b)
-    const pipe = (from: net.Socket, to: net.Socket) => {
+    const pipe = (from: net.Socket, to: net.Socket, gate?: () => boolean) => {
       from.on("data", (chunk: Buffer) => {
+        if (gate !== undefined && !gate()) return this.destroy(LEASE_CLOSED)
         if (!to.write(chunk)) from.pause()
       })
       to.on("drain", () => {
@@ -295,7 +310,7 @@ class Conn {
       })
       from.once("end", () => this.closeOther(to))
     }
-    pipe(client, upstream)
+    pipe(client, upstream, gate)
     pipe(upstream, client)
     if (upstream.writableNeedDrain) client.pause()
     else client.resume()
@@ -411,8 +426,11 @@ export const make = (
       return s
     }
 
-    const logEnd = (conn: Conn, listener: ListenerName) =>
-      Effect.logDebug(new ProxyRelayClosed({ listener, remote: conn.remote, reason: conn.closeReason ?? "closed" }).message)
+    const logEnd = (conn: Conn, listener: ListenerName) => {
+      const message = new ProxyRelayClosed({ listener, remote: conn.remote, reason: conn.closeReason ?? "closed" }).message
+      // Closed by the lease gate: worth seeing (it follows a stall of this agent).
+      return conn.closeReason === LEASE_CLOSED ? Effect.logWarning(message) : Effect.logDebug(message)
+    }
 
     /**
      * Header for `source` -> `destination` (none when off). Fails when the address cannot be
@@ -464,7 +482,8 @@ export const make = (
       port: number,
       label: string,
       first: Effect.Effect<ReadonlyArray<Uint8Array>, PP.ProxyHeaderError>,
-      localAddress?: string
+      localAddress?: string,
+      gate?: () => boolean
     ): Effect.Effect<void> =>
       Effect.gen(function*() {
         const up = yield* Effect.result(connect(host, port, label, connectTimeout, localAddress))
@@ -489,7 +508,7 @@ export const make = (
         }
         countUpstream(label, 1)
         upstream.once("close", () => countUpstream(label, -1))
-        conn.relay(upstream, bytes.success)
+        conn.relay(upstream, bytes.success, gate)
       })
 
     // --- client listeners ---------------------------------------------------
@@ -508,7 +527,8 @@ export const make = (
           const label = describeTarget(target)
           // To another member from this node's own address: its forward port accepts members only.
           yield* connectAndRelay(state, conn, target.host, target.port, label, headerBytes(conn.source, conn.destination),
-            target.kind === "forward" && !isWildcard(options.host) ? options.host : undefined)
+            target.kind === "forward" && !isWildcard(options.host) ? options.host : undefined,
+            role === "rw" && target.kind === "local" ? options.rwGate : undefined)
         }))
 
     // --- forward listeners --------------------------------------------------
@@ -555,7 +575,8 @@ export const make = (
           }
           const label = `local ${local.host}:${local.port}`
           yield* connectAndRelay(state, conn, local.host, local.port, label,
-            Effect.map(headerBytes(header.source, header.destination), (h) => [...h, rest]))
+            Effect.map(headerBytes(header.source, header.destination), (h) => [...h, rest]), undefined,
+            role === "rw" ? options.rwGate : undefined)
         }))
     }
 

@@ -1,0 +1,80 @@
+/**
+ * Ways a client could read, or keep, a write that is not in the chosen log (issue 15's
+ * safety part): an agent resumed after a stall past its lease, with queries queued on its
+ * open RW connections.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { readFileSync } from "node:fs"
+import { join } from "node:path"
+import type mysql from "mysql2/promise"
+import { cut, iptablesUsable, removeRules } from "../bench/torture/faults.js"
+import { adminQuery, clusterWithTable, connect, run, statuses, waitConverged, waitForMaster } from "./support/dbCluster.js"
+
+const TABLE = "d.r"
+
+/** A query sent now; its outcome (rows, or the error) is read later. */
+const sendNow = (conn: mysql.Connection, sql: string) => {
+  const outcome = conn.query(sql).then(
+    ([rows]) => ({ rows: rows as ReadonlyArray<Record<string, unknown>> }),
+    (e: unknown) => ({ error: e instanceof Error ? e.message : String(e) })
+  )
+  return Effect.promise(() => outcome)
+}
+
+/** SIGSTOPs a process for the scope (SIGCONT when it closes, also when the test fails). */
+const stopped = (pid: number) =>
+  Effect.acquireRelease(Effect.sync(() => process.kill(pid, "SIGSTOP")), () =>
+    Effect.sync(() => {
+      try {
+        process.kill(pid, "SIGCONT")
+      } catch {
+        // Already gone.
+      }
+    }))
+
+const noPartitions = iptablesUsable()
+
+describe("no read or write reaches a database past its master's lease", () => {
+  it.live.skipIf(noPartitions !== undefined)("an agent stopped past its lease, with a read and a write queued on its open RW connections, relays neither when it resumes", () =>
+    Effect.gen(function*() {
+      const { c, master } = yield* clusterWithTable({ nodes: 3, host: "per-node", database: true, lease: { leaseMs: 1_000 } }, TABLE)
+      yield* adminQuery(master, `INSERT INTO ${TABLE} VALUES (1, 0)`)
+      yield* waitConverged(c, 60_000)
+      // Every statement the old master's mariadbd gets is in its general log (kept across its restarts).
+      const generalLog = join(c.dir, "general-" + master.nodeId + ".log")
+      yield* adminQuery(master, `SET GLOBAL general_log_file = '${generalLog}', GLOBAL general_log = 1`)
+      // Two connections through the master's own RW port (relayed to its local MariaDB).
+      const reader = yield* connect(master.rwPort!, { host: master.host })
+      const writer = yield* connect(master.rwPort!, { host: master.host })
+      expect(yield* run(reader, `SELECT v FROM ${TABLE} WHERE id = 1`)).toEqual([{ v: 0 }])
+
+      const others = c.nodes.filter((n) => n.nodeId !== master.nodeId)
+      const [readOutcome, writeOutcome] = yield* Effect.scoped(Effect.gen(function*() {
+        // Cut off from its peers: on resuming it hears of no new master, and only its own
+        // lease says it may not serve (the test's clients still reach it from 127.0.0.1).
+        yield* Effect.acquireRelease(Effect.sync(() => cut([master], others)), () => Effect.sync(removeRules))
+        const [read, write] = yield* Effect.scoped(Effect.gen(function*() {
+          yield* stopped(master.pid()!)
+          // Queued in the stopped agent's socket buffers; its mariadbd still runs, with read_only OFF.
+          const read = sendNow(reader, `SELECT /* queued-read */ v FROM ${TABLE} WHERE id = 1`)
+          const write = sendNow(writer, `UPDATE /* queued-write */ ${TABLE} SET v = 99 WHERE id = 1`)
+          const next = yield* waitForMaster(c, "a new master while the old one's agent is stopped", master.nodeId, 30_000)
+          const fresh = yield* connect(next.rwPort!, { host: next.host })
+          yield* run(fresh, `UPDATE ${TABLE} SET v = 1 WHERE id = 1`)
+          return [read, write] as const
+        }))
+        // Resumed (SIGCONT as that scope closed), still cut off: the queued bytes come first.
+        return [yield* read, yield* write] as const
+      }))
+      expect(readOutcome, "the queued read must not return the value from before the new master's write").not.toEqual({ rows: [{ v: 0 }] })
+      expect("error" in writeOutcome, `the queued write must fail, got ${JSON.stringify(writeOutcome)}`).toBe(true)
+      const seen = readFileSync(generalLog, "utf8")
+      expect(seen, "the old master's mariadbd got a statement queued after its lease").not.toMatch(/queued-(read|write)/)
+
+      yield* waitConverged(c, 60_000)
+      for (const n of c.nodes) expect(yield* adminQuery(n, `SELECT v FROM ${TABLE} WHERE id = 1`), `node ${n.nodeId}`).toEqual([{ v: 1 }])
+      for (const s of yield* statuses(c)) expect("error" in s ? s.error : s.database?.diverged ?? null).toBeNull()
+    }).pipe(Effect.scoped), { timeout: 240_000 })
+})
+
