@@ -8,6 +8,7 @@ import { Effect } from "effect"
 import { readFileSync } from "node:fs"
 import { join } from "node:path"
 import type mysql from "mysql2/promise"
+import * as LocalCluster from "../src/testing/LocalCluster.js"
 import { cut, iptablesUsable, removeRules } from "../bench/torture/faults.js"
 import { adminQuery, clusterWithTable, connect, run, statuses, waitConverged, waitForMaster } from "./support/dbCluster.js"
 
@@ -78,3 +79,35 @@ describe("no read or write reaches a database past its master's lease", () => {
     }).pipe(Effect.scoped), { timeout: 240_000 })
 })
 
+
+describe("KILL cannot end a commit's wait for the log", () => {
+  it.live("a session KILLs another's commit that waits for a majority: the row stays invisible until the log has chosen it", () =>
+    Effect.gen(function*() {
+      const { c, master } = yield* clusterWithTable({ nodes: 3, database: true, lease: { leaseMs: 4_000 } }, TABLE)
+      yield* waitConverged(c, 60_000)
+      const victim = yield* connect(master.rwPort!)
+      const killer = yield* connect(master.rwPort!)
+      const reader = yield* connect(master.rwPort!)
+      const [{ id }] = (yield* run<{ id: number }>(victim, "SELECT CONNECTION_ID() AS id")) as [{ id: number }]
+      const replicas = c.nodes.filter((n) => n.nodeId !== master.nodeId)
+      const [killed, seenWhileWaiting] = yield* Effect.scoped(Effect.gen(function*() {
+        // No majority: the commit waits for its ACK (the master keeps its lease a while).
+        for (const r of replicas) yield* stopped(r.pid()!)
+        const insert = sendNow(victim, `INSERT INTO ${TABLE} VALUES (7, 7)`)
+        yield* LocalCluster.waitFor("the INSERT to wait for its ACK", Effect.map(
+          adminQuery<{ n: number }>(master, "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST WHERE STATE LIKE 'Waiting for semi-sync ACK%'"),
+          (rows) => Number(rows[0]?.n) === 1
+        ), 10_000)
+        const killed = yield* sendNow(killer, `KILL QUERY ${id}`)
+        yield* insert
+        const seen = yield* sendNow(reader, `SELECT COUNT(*) AS n FROM ${TABLE} WHERE id = 7`)
+        return [killed, seen] as const
+      }))
+      expect(killed).toEqual({ rows: expect.anything() })
+      expect(seenWhileWaiting, "a row whose commit was killed before the log chose it was visible").not.toEqual({ rows: [{ n: 1 }] })
+      // Replicas back: the entry is chosen, and the row is on every node.
+      yield* waitConverged(c, 60_000)
+      for (const n of c.nodes) expect(yield* adminQuery(n, `SELECT COUNT(*) AS n FROM ${TABLE} WHERE id = 7`), `node ${n.nodeId}`).toEqual([{ n: 1 }])
+      for (const s of yield* statuses(c)) expect("error" in s ? s.error : s.database?.diverged ?? null).toBeNull()
+    }).pipe(Effect.scoped), { timeout: 240_000 })
+})

@@ -263,6 +263,40 @@ describe("Proxy", () => {
       yield* eventually(Effect.map(proxy.stats, (s) => s.listeners.rw?.open === 0))
     }))
 
+  it.live("KILL through the proxy closes the victim's connection and never reaches MariaDB; other users' sessions and other forms are refused", () =>
+    Effect.gen(function*() {
+      const { proxy } = yield* startProxy({ rw: local(dbA), ro: local(dbA) })
+      const port = proxy.addresses.rw!.port
+      const victim = yield* connect(port)
+      const { id } = yield* one<{ id: number }>(victim, "SELECT CONNECTION_ID() AS id")
+      const killer = yield* connect(proxy.addresses.ro!.port)
+      const killsBefore = Number((yield* dbA.query("SHOW GLOBAL STATUS LIKE 'Com_kill'"))[0]!.Value)
+      const answer = yield* Effect.promise(() => killer.query(`KILL QUERY ${id}`).then(() => "ok", (e: Error) => e.message))
+      expect(answer).toBe("ok")
+      yield* socketClosed(victim).pipe(Effect.timeout("2 seconds"))
+      // Refused, each with its own error: no such session, other forms, KILL inside a statement.
+      for (const [sql, error] of [
+        [`KILL ${id + 100000}`, /Unknown thread id/],
+        ["KILL USER app", /this form of KILL/],
+        ["SELECT 1; KILL 5", /on its own/],
+        ["/*!KILL 5*/", /on its own/]
+      ] as const) {
+        const got = yield* Effect.promise(() => killer.query(sql).then(() => "answered", (e: Error) => e.message))
+        expect(got, sql).toMatch(error)
+      }
+      // Another user's session: refused, and it stays open.
+      const other = yield* connect(port, { user: "only2", localAddress: "127.0.0.2" })
+      const otherId = (yield* one<{ id: number }>(other, "SELECT CONNECTION_ID() AS id")).id
+      const denied = yield* Effect.promise(() => killer.query(`KILL ${otherId}`).then(() => "answered", (e: Error) => e.message))
+      expect(denied).toMatch(/not owner of thread/)
+      expect(yield* one<{ n: number }>(other, "SELECT 1 AS n")).toEqual({ n: 1 })
+      // The killer's own connection still works, and MariaDB never ran a KILL.
+      expect(yield* one<{ n: number }>(killer, "SELECT 2 AS n")).toEqual({ n: 2 })
+      expect(Number((yield* dbA.query("SHOW GLOBAL STATUS LIKE 'Com_kill'"))[0]!.Value)).toBe(killsBefore)
+      yield* close(other)
+      yield* close(killer)
+    }))
+
   it.live("a routing change closes RW connections to the old target; new ones reach the new one", () =>
     Effect.gen(function*() {
       const { proxy, routing } = yield* startProxy({ rw: local(dbA), ro: local(dbB) })

@@ -22,7 +22,8 @@ import * as net from "node:net"
 import { Context, Data, Duration, Effect, Layer, Result, Stream } from "effect"
 import type * as Scope from "effect/Scope"
 import { encodePackets } from "../../domain/mysql/packet.js"
-import { buildErr } from "../../domain/mysql/protocol.js"
+import { buildErr, buildOk } from "../../domain/mysql/protocol.js"
+import { ClientCommandWatch, handshakeThreadId } from "../../domain/mysql/killWatch.js"
 import * as PP from "../../domain/mysql/proxyProtocol.js"
 import { describeTarget, type Role, Routing, sameTarget, type Target } from "./Routing.js"
 import * as TcpListener from "../net/TcpListener.js"
@@ -70,6 +71,17 @@ export interface ProxyOptions {
 }
 
 const LEASE_CLOSED = "this node no longer holds the master lease"
+
+/** What a relay to this node's own MariaDB is given (Conn.relay). */
+interface LocalRelay {
+  /** Asked before every client chunk (RW only): false closes the connection. */
+  readonly gate: (() => boolean) | undefined
+  readonly onThread: (conn: Conn, threadId: number) => void
+  readonly onKill: (killer: Conn, threadId: number, seq: number) => void
+}
+
+const ER_NO_SUCH_THREAD = 1094
+const ER_KILL_DENIED = 1095
 
 export type ListenerName = "rw" | "ro" | "forwardRw" | "forwardRo"
 
@@ -280,7 +292,18 @@ class Conn {
    * Relays `client` <-> `upstream` (already connected). `first` is written upstream
    * before any client byte (the PROXY header and bytes read past a received header).
    */
-  relay(upstream: net.Socket, first: ReadonlyArray<Uint8Array>, gate?: () => boolean): void {
+  /** The MariaDB thread id of this relay's session (to the local MariaDB only). */
+  threadId: number | undefined = undefined
+  /** Set on relays to the local MariaDB: KILL never reaches it (see killWatch.ts). */
+  watch: ClientCommandWatch | undefined = undefined
+
+  /** Answers the client with an OK or ERR packet (the reply to its command `seq`). */
+  reply(seq: number, payload: Uint8Array): void {
+    if (!this.clientGone) this.client.write(encodePackets((seq + 1) & 0xff, payload).bytes)
+  }
+
+  relay(upstream: net.Socket, first: ReadonlyArray<Uint8Array>, local?: LocalRelay, clientBytes?: Uint8Array): void {
+    const gate = local?.gate
     this.upstream = upstream
     this.upstreamClosed = false
     const client = this.client
@@ -300,9 +323,34 @@ class Conn {
       return
     }
     for (const b of first) if (b.length > 0) upstream.write(b)
-    const pipe = (from: net.Socket, to: net.Socket, gate?: () => boolean) => {
+    if (local !== undefined) {
+      this.watch = new ClientCommandWatch()
+      // The server's greeting carries the session's thread id (what a KILL names).
+      upstream.once("data", (chunk: Buffer) => {
+        this.threadId = handshakeThreadId(chunk)
+        if (this.threadId !== undefined) local.onThread(this, this.threadId)
+      })
+    }
+    /** A client chunk on its way to the upstream: the lease gate, then the KILL watch. */
+    const fromClient = (chunk: Uint8Array) => {
+      if (gate !== undefined && !gate()) return this.destroy(LEASE_CLOSED)
+      const watch = this.watch
+      if (watch === undefined) {
+        if (!upstream.write(chunk)) client.pause()
+        return
+      }
+      for (const v of watch.push(chunk)) {
+        if (v._tag === "Forward") {
+          if (!upstream.write(v.bytes)) client.pause()
+        } else if (v._tag === "Kill") local!.onKill(this, v.threadId, v.seq)
+        else if (v._tag === "Refuse") this.reply(v.seq, buildErr(v))
+        else return this.destroy(v.reason)
+      }
+    }
+    if (clientBytes !== undefined && clientBytes.length > 0) fromClient(clientBytes)
+    const pipe = (from: net.Socket, to: net.Socket) => {
       from.on("data", (chunk: Buffer) => {
-        if (gate !== undefined && !gate()) return this.destroy(LEASE_CLOSED)
+        if (from === client) return fromClient(chunk)
         if (!to.write(chunk)) from.pause()
       })
       to.on("drain", () => {
@@ -310,7 +358,7 @@ class Conn {
       })
       from.once("end", () => this.closeOther(to))
     }
-    pipe(client, upstream, gate)
+    pipe(client, upstream)
     pipe(upstream, client)
     if (upstream.writableNeedDrain) client.pause()
     else client.resume()
@@ -469,10 +517,39 @@ export const make = (
         Effect.andThen(logEnd(conn, state.name)),
         Effect.ensuring(Effect.sync(() => {
           state.conns.delete(conn)
+          if (conn.threadId !== undefined && byThread.get(conn.threadId) === conn) byThread.delete(conn.threadId)
           conn.destroy()
         }))
       )
     }
+
+    /**
+     * Sessions on this node's MariaDB by thread id. A KILL from a client is done here, by
+     * closing the victim's relay: MariaDB's own KILL would end a commit's semi-sync wait and
+     * show the transaction before the log has chosen it; a closed connection leaves the
+     * server thread waiting (docs/architecture.md, "KILL and the semi-sync wait").
+     */
+    const byThread = new Map<number, Conn>()
+    const onKill = (killer: Conn, threadId: number, seq: number) => {
+      const victim = byThread.get(threadId)
+      if (victim === undefined || victim.clientGone) {
+        return killer.reply(seq, buildErr({ code: ER_NO_SUCH_THREAD, sqlState: "HY000", message: `Unknown thread id: ${threadId}` }))
+      }
+      if (victim.watch?.user === undefined || victim.watch.user !== killer.watch?.user) {
+        return killer.reply(seq, buildErr({
+          code: ER_KILL_DENIED,
+          sqlState: "HY000",
+          message: `You are not owner of thread ${threadId} (through the cluster's proxy a session may kill only sessions of its own user)`
+        }))
+      }
+      killer.reply(seq, buildOk())
+      victim.destroy(`KILL from thread ${killer.threadId ?? "?"}: connection closed (its server thread is not killed)`)
+    }
+    const localRelay = (role: Role): LocalRelay => ({
+      gate: role === "rw" ? options.rwGate : undefined,
+      onThread: (conn, threadId) => byThread.set(threadId, conn),
+      onKill
+    })
 
     /** Connects to `target`, relays `first` + the client; ERR to the client if unreachable. */
     const connectAndRelay = (
@@ -483,7 +560,8 @@ export const make = (
       label: string,
       first: Effect.Effect<ReadonlyArray<Uint8Array>, PP.ProxyHeaderError>,
       localAddress?: string,
-      gate?: () => boolean
+      local?: LocalRelay,
+      clientBytes?: Uint8Array
     ): Effect.Effect<void> =>
       Effect.gen(function*() {
         const up = yield* Effect.result(connect(host, port, label, connectTimeout, localAddress))
@@ -508,7 +586,7 @@ export const make = (
         }
         countUpstream(label, 1)
         upstream.once("close", () => countUpstream(label, -1))
-        conn.relay(upstream, bytes.success, gate)
+        conn.relay(upstream, bytes.success, local, clientBytes)
       })
 
     // --- client listeners ---------------------------------------------------
@@ -528,7 +606,7 @@ export const make = (
           // To another member from this node's own address: its forward port accepts members only.
           yield* connectAndRelay(state, conn, target.host, target.port, label, headerBytes(conn.source, conn.destination),
             target.kind === "forward" && !isWildcard(options.host) ? options.host : undefined,
-            role === "rw" && target.kind === "local" ? options.rwGate : undefined)
+            target.kind === "local" ? localRelay(role) : undefined)
         }))
 
     // --- forward listeners --------------------------------------------------
@@ -575,8 +653,8 @@ export const make = (
           }
           const label = `local ${local.host}:${local.port}`
           yield* connectAndRelay(state, conn, local.host, local.port, label,
-            Effect.map(headerBytes(header.source, header.destination), (h) => [...h, rest]), undefined,
-            role === "rw" ? options.rwGate : undefined)
+            Effect.map(headerBytes(header.source, header.destination), (h) => h), undefined,
+            localRelay(role), rest)
         }))
     }
 

@@ -1,0 +1,269 @@
+/**
+ * Watches a client's byte stream to MariaDB, packet by packet, for KILL (docs/architecture.md,
+ * "KILL and the semi-sync wait"). MariaDB ends a commit's semi-sync wait when its session is
+ * killed, and the transaction becomes visible before the log has chosen it; closing the
+ * client's connection instead leaves the server thread waiting. So the proxy never lets a
+ * KILL reach MariaDB: `KILL [CONNECTION|QUERY] id` and COM_PROCESS_KILL come back as a `Kill`
+ * verdict (the proxy closes the victim's relay), any other statement with the keyword KILL
+ * is refused. KILL is a reserved word: outside string literals, quoted identifiers and
+ * comments it can only be a KILL statement (or a syntax error).
+ *
+ * Pure. Packets are passed on whole, once complete; until a client asks for TLS, after
+ * which its bytes are opaque and go through unread.
+ */
+import { concatBytes, fromUtf8 } from "./packet.js"
+
+export type Verdict =
+  | { readonly _tag: "Forward"; readonly bytes: Uint8Array }
+  /** A KILL of `threadId`: answer the client (packet sequence `seq`), never forward it. */
+  | { readonly _tag: "Kill"; readonly threadId: number; readonly seq: number }
+  /** A statement that is not let through: answer it with this error (sequence `seq`). */
+  | { readonly _tag: "Refuse"; readonly code: number; readonly sqlState: string; readonly message: string; readonly seq: number }
+  /** KILL inside a statement of more than one packet, part of it already sent: drop the connection. */
+  | { readonly _tag: "Close"; readonly reason: string }
+
+const COM_QUERY = 0x03
+const COM_PROCESS_KILL = 0x0c
+const COM_CHANGE_USER = 0x11
+const COM_STMT_PREPARE = 0x16
+const CLIENT_SSL = 0x800
+const MAX_PAYLOAD = 0xffffff
+/** ER_NOT_SUPPORTED_YET */
+const ERR_NOT_SUPPORTED = 1235
+
+const KILL_ALONE = /^KILL\s+(?:(?:HARD|SOFT)\s+)?(?:(?:CONNECTION|QUERY)\s+)?(\d+)\s*;?\s*$/i
+
+const enum Mode {
+  Code,
+  Single,
+  Double,
+  Backtick,
+  Block,
+  Line,
+  /** After "--": a comment only if whitespace or a control character follows. */
+  Dashes
+}
+
+const isWordByte = (b: number) =>
+  (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b === 0x5f || b === 0x24 || b >= 0x80
+const KILL = [0x4b, 0x49, 0x4c, 0x4c]
+
+class Lexer {
+  private mode = Mode.Code
+  private escaped = false
+  /** The current word's bytes so far, upper-cased (only its first five matter). */
+  private word: Array<number> = []
+  private inWord = false
+  /** The previous byte (for two-byte openers and closers that straddle parts). */
+  private prev = -1
+  /** Digits still skipped after "/*!" (an executable comment's version: "/*!50000KILL" is KILL). */
+  private versionDigits = 0
+  constructor(private readonly backslashEscapes: boolean) {}
+
+  private endWord(): boolean {
+    const kill = this.inWord && this.word.length === 4 && this.word.every((b, i) => b === KILL[i])
+    this.inWord = false
+    this.word = []
+    return kill
+  }
+
+  feed(text: Uint8Array): boolean {
+    let found = false
+    for (let i = 0; i < text.length; i++) {
+      const b = text[i]!
+      const prev = this.prev
+      this.prev = b
+      if (this.mode === Mode.Dashes) {
+        // The byte after "--": code, unless the "--" began a comment.
+        this.mode = b <= 0x20 ? Mode.Line : Mode.Code
+        if (this.mode === Mode.Line) continue
+      }
+      switch (this.mode) {
+        case Mode.Code: {
+          if (this.versionDigits > 0) {
+            if (b >= 0x30 && b <= 0x39) {
+              this.versionDigits--
+              continue
+            }
+            this.versionDigits = 0
+          }
+          if (isWordByte(b)) {
+            if (!this.inWord) {
+              this.inWord = true
+              this.word = []
+            }
+            if (this.word.length < 5) this.word.push(b >= 0x61 && b <= 0x7a ? b - 0x20 : b)
+            continue
+          }
+          if (this.endWord()) found = true
+          if (b === 0x27) this.mode = Mode.Single
+          else if (b === 0x22) this.mode = Mode.Double
+          else if (b === 0x60) this.mode = Mode.Backtick
+          else if (b === 0x23) this.mode = Mode.Line
+          else if (b === 0x2a && prev === 0x2f) {
+            // "/*": a plain comment, unless "/*!" or "/*M!" (executable: stays code).
+            this.mode = Mode.Block
+            this.prev = -1
+          } else if (prev === 0x2d && b === 0x2d) {
+            this.mode = Mode.Dashes
+            this.prev = -1
+          }
+          continue
+        }
+        case Mode.Single:
+        case Mode.Double:
+        case Mode.Backtick: {
+          const close = this.mode === Mode.Single ? 0x27 : this.mode === Mode.Double ? 0x22 : 0x60
+          if (this.escaped) this.escaped = false
+          else if (b === 0x5c && this.backslashEscapes && this.mode !== Mode.Backtick) this.escaped = true
+          else if (b === close) this.mode = Mode.Code
+          continue
+        }
+        case Mode.Block: {
+          // Right after "/*": "!" or "M!" makes it executable code (after its version digits).
+          if ((prev === -1 || prev === -2) && b === 0x21) {
+            this.mode = Mode.Code
+            this.versionDigits = 6
+          } else if (prev === -1 && (b === 0x4d || b === 0x6d)) this.prev = -2
+          else if (prev === 0x2a && b === 0x2f) this.mode = Mode.Code
+          continue
+        }
+        case Mode.Line:
+          if (b === 0x0a) this.mode = Mode.Code
+          continue
+      }
+    }
+    return found
+  }
+
+  /** The text ended: a word at its very end counts too. */
+  finish(): boolean {
+    return this.mode === Mode.Code && this.endWord()
+  }
+}
+
+/**
+ * Whether a statement text holds the keyword KILL outside string literals, quoted
+ * identifiers and comments (the text of executable comments, `/*! ... *\/`, counts:
+ * MariaDB runs it). Lexed both with and without backslash escapes (NO_BACKSLASH_ESCAPES,
+ * multi-byte charsets whose second bytes may be a backslash), so no sql_mode hides one.
+ */
+export const holdsKill = (text: Uint8Array): boolean => {
+  const lexers = [new Lexer(true), new Lexer(false)]
+  return lexers.some((l) => l.feed(text) || l.finish())
+}
+
+/** The user name of a HandshakeResponse41 or COM_CHANGE_USER (NUL-terminated at `at`). */
+const nulString = (payload: Uint8Array, at: number): string | undefined => {
+  const end = payload.indexOf(0, at)
+  return end < 0 ? undefined : fromUtf8(payload.subarray(at, end))
+}
+
+/** Follows one client connection's stream (after any PROXY header). */
+export class ClientCommandWatch {
+  private phase: "handshake" | "commands" | "opaque" = "handshake"
+  private chunks: Array<Uint8Array> = []
+  private buffered = 0
+  /** Set while a statement runs on into further packets (its text is 16 MiB or more). */
+  private continued: Lexer[] | undefined = undefined
+  /** The login user (from the handshake response, or a COM_CHANGE_USER). */
+  user: string | undefined = undefined
+
+  push(chunk: Uint8Array): ReadonlyArray<Verdict> {
+    if (this.phase === "opaque") return [{ _tag: "Forward", bytes: chunk }]
+    this.chunks.push(chunk)
+    this.buffered += chunk.length
+    const out: Array<Verdict> = []
+    while (this.buffered >= 4) {
+      const head = this.peek(4)
+      const length = head[0]! | (head[1]! << 8) | (head[2]! << 16)
+      if (this.buffered < 4 + length) break
+      const packet = this.take(4 + length)
+      out.push(this.onPacket(packet, head[3]!, packet.subarray(4)))
+      if ((this.phase as string) === "opaque" && this.buffered > 0) {
+        out.push({ _tag: "Forward", bytes: this.take(this.buffered) })
+      }
+    }
+    return out
+  }
+
+  private peek(n: number): Uint8Array {
+    if (this.chunks[0]!.length >= n) return this.chunks[0]!.subarray(0, n)
+    return concatBytes(this.chunks).subarray(0, n)
+  }
+
+  private take(n: number): Uint8Array {
+    const whole = this.chunks.length === 1 ? this.chunks[0]! : concatBytes(this.chunks)
+    const taken = whole.subarray(0, n)
+    const rest = whole.subarray(n)
+    this.chunks = rest.length > 0 ? [rest] : []
+    this.buffered = rest.length
+    return taken
+  }
+
+  private onPacket(packet: Uint8Array, seq: number, payload: Uint8Array): Verdict {
+    const forward: Verdict = { _tag: "Forward", bytes: packet }
+    if (this.phase === "handshake") {
+      const caps = payload.length >= 4 ? (payload[0]! | (payload[1]! << 8)) : 0
+      if ((caps & CLIENT_SSL) !== 0 && payload.length <= 32) {
+        // An SSL request: what follows is TLS, for MariaDB to read.
+        this.phase = "opaque"
+        return forward
+      }
+      this.user = nulString(payload, 32)
+      this.phase = "commands"
+      return forward
+    }
+    if (this.continued !== undefined) {
+      // A further packet of a long statement: the start is already upstream.
+      const found = this.continued.some((l) => l.feed(payload))
+      if (payload.length < MAX_PAYLOAD) {
+        const atEnd = this.continued.some((l) => l.finish())
+        this.continued = undefined
+        if (found || atEnd) return { _tag: "Close", reason: "a statement with KILL in it" }
+      } else if (found) return { _tag: "Close", reason: "a statement with KILL in it" }
+      return forward
+    }
+    if (seq !== 0 || payload.length === 0) return forward
+    const command = payload[0]!
+    if (command === COM_PROCESS_KILL && payload.length >= 5) {
+      const id = (payload[1]! | (payload[2]! << 8) | (payload[3]! << 16) | (payload[4]! << 24)) >>> 0
+      return { _tag: "Kill", threadId: id, seq }
+    }
+    if (command === COM_CHANGE_USER) {
+      this.user = nulString(payload, 1)
+      return forward
+    }
+    if (command !== COM_QUERY && command !== COM_STMT_PREPARE) return forward
+    const text = payload.subarray(1)
+    if (payload.length === MAX_PAYLOAD) {
+      const lexers = [new Lexer(true), new Lexer(false)]
+      if (lexers.some((l) => l.feed(text))) return this.refuse(seq, "a statement of 16 MiB or more with KILL in it")
+      this.continued = lexers
+      return forward
+    }
+    if (!holdsKill(text)) return forward
+    const sql = fromUtf8(text).trim()
+    const alone = command === COM_QUERY ? KILL_ALONE.exec(sql) : null
+    if (alone !== null) return { _tag: "Kill", threadId: Number(alone[1]), seq }
+    return this.refuse(seq, /^KILL\b/i.test(sql) && command === COM_QUERY ? "this form of KILL" : "KILL inside another statement")
+  }
+
+  private refuse(seq: number, what: string): Verdict {
+    return {
+      _tag: "Refuse",
+      code: ERR_NOT_SUPPORTED,
+      sqlState: "42000",
+      message: `${what} is not let through the cluster's proxy: send KILL [CONNECTION|QUERY] <id> on its own (it closes that session's connection)`,
+      seq
+    }
+  }
+}
+
+/** The connection (thread) id in a server's first packet (HandshakeV10), if it is one. */
+export const handshakeThreadId = (packet: Uint8Array): number | undefined => {
+  if (packet.length < 5 || packet[4] !== 10) return undefined
+  const end = packet.indexOf(0, 5)
+  if (end < 0 || end + 5 > packet.length) return undefined
+  return (packet[end + 1]! | (packet[end + 2]! << 8) | (packet[end + 3]! << 16) | (packet[end + 4]! << 24)) >>> 0
+}

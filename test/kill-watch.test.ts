@@ -1,0 +1,60 @@
+import { describe, expect, it } from "@effect/vitest"
+import { ClientCommandWatch, handshakeThreadId, holdsKill } from "../src/domain/mysql/killWatch.js"
+import { buildHandshakeResponse41, buildHandshakeV10, CLIENT_CAPABILITIES } from "../src/domain/mysql/protocol.js"
+import { encodePackets, utf8 } from "../src/domain/mysql/packet.js"
+import { Rng } from "./support/sim.js"
+
+const text = (s: string) => utf8(s)
+const packet = (seq: number, payload: Uint8Array) => encodePackets(seq, payload).bytes
+const query = (sql: string, command = 0x03) => packet(0, new Uint8Array([command, ...text(sql)]))
+const login = (user: string) =>
+  packet(1, buildHandshakeResponse41({ username: user, authResponse: new Uint8Array(20), authPluginName: "mysql_native_password" }))
+
+describe("KILL in SQL text", () => {
+  it("finds the keyword KILL outside literals, quoted identifiers and comments, in every sql_mode", () => {
+    const kills = [
+      "KILL 5", "kill query 5", "SELECT 1; KILL 5", "/*!KILL 5*/", "/*!50000KILL 5*/", "/*M!100100 KILL 5*/", "SELECT 1--1; KILL 5",
+      "SELECT '\\' KILL 5 -- '", "SELECT \"a\\\" KILL 5 #\"", "CREATE PROCEDURE p() KILL 5", "KILL\n5", "x/**/KILL/**/5", "SELECT 'a''b' ; KILL 5"
+    ]
+    for (const s of kills) expect(holdsKill(text(s)), s).toBe(true)
+    const clean = [
+      "SELECT 'KILL 5'", "SELECT \"kill\"", "SELECT `kill` FROM t", "SELECT 1 -- KILL 5", "SELECT 1 # KILL 5", "SELECT /* KILL 5 */ 1",
+      "SELECT killer, skill, KILLS, kill_id FROM t", "INSERT INTO t VALUES ('it''s KILL')", "SELECT 1KILL"
+    ]
+    for (const s of clean) expect(holdsKill(text(s)), s).toBe(false)
+  })
+})
+
+describe("ClientCommandWatch", () => {
+  it("passes packets on whole, at any cut of the stream, and answers KILL instead of forwarding it", () => {
+    const stream = [login("app"), query("SELECT 1"), query("KILL QUERY 42"), query("SELECT 'KILL'"), packet(0, new Uint8Array([0x0c, 7, 0, 0, 0])), query("SELECT 1; kill 9"), query("PREPARE s FROM 'KILL 1'")]
+    const joined = new Uint8Array(stream.reduce((n, p) => n + p.length, 0))
+    stream.reduce((at, p) => (joined.set(p, at), at + p.length), 0)
+    const rng = new Rng(7)
+    for (let run = 0; run < 200; run++) {
+      const w = new ClientCommandWatch()
+      const verdicts = []
+      for (let at = 0; at < joined.length;) {
+        const n = rng.int(1, 40)
+        verdicts.push(...w.push(joined.subarray(at, at + n)))
+        at += n
+      }
+      const tags = verdicts.map((v) => v._tag === "Kill" ? `Kill ${v.threadId}` : v._tag)
+      expect(tags, `run ${run}`).toEqual(["Forward", "Forward", "Kill 42", "Forward", "Kill 7", "Refuse", "Forward"])
+      expect(w.user).toBe("app")
+      const forwarded = verdicts.flatMap((v) => (v._tag === "Forward" ? [...v.bytes] : []))
+      expect(forwarded).toEqual([...login("app"), ...query("SELECT 1"), ...query("SELECT 'KILL'"), ...query("PREPARE s FROM 'KILL 1'")])
+    }
+  })
+
+  it("passes a TLS client's bytes through unread after its SSL request; reads the thread id from the server's greeting", () => {
+    const w = new ClientCommandWatch()
+    const sslRequest = new Uint8Array(32)
+    new DataView(sslRequest.buffer).setUint32(0, CLIENT_CAPABILITIES | 0x800, true)
+    const tls = new Uint8Array([0x16, 0x03, 0x01, 0x02, 0x00, ...text("KILL 5")])
+    expect(w.push(new Uint8Array([...packet(1, sslRequest), ...tls])).map((v) => v._tag)).toEqual(["Forward", "Forward"])
+    expect(w.push(query("KILL 5")).map((v) => v._tag)).toEqual(["Forward"])
+    const greeting = packet(0, buildHandshakeV10({ serverVersion: "10.11.19-MariaDB", connectionId: 123456, authPluginData: new Uint8Array(20).fill(7) }))
+    expect(handshakeThreadId(greeting)).toBe(123456)
+  })
+})
