@@ -54,6 +54,13 @@ describe("fault suite (short form)", () => {
     expect(moved.summary).toMatchObject({ bench: "torture", runs: 1, failedRuns: 0, lostAckedWrites: 0, anomalies: 0, recoveredRuns: 1 })
   })
 
+  it("register under kill-query (a client KILLs another's waiting commit while the majority is away): linearizable, nothing lost", { timeout: 300_000 }, async () => {
+    build()
+    const { output, summary } = await torture(["--workload", "register", "--fault", "kill-query", "--runs", "1", "--seconds", "12"])
+    console.log(output)
+    expect(summary).toMatchObject({ bench: "torture", runs: 1, failedRuns: 0, lostAckedWrites: 0, anomalies: 0, recoveredRuns: 1 })
+  })
+
   it.skipIf(noPartitions !== undefined)(`bank under partitions: no anomaly, no lost write${noPartitions !== undefined ? ` (skipped: ${noPartitions})` : ""}`, { timeout: 300_000 }, async () => {
     build()
     const { output, summary } = await torture(["--workload", "bank", "--fault", "partition", "--runs", "2", "--seconds", "12"])

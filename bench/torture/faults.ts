@@ -14,8 +14,11 @@ import { Effect } from "effect"
 import * as LocalCluster from "../../src/testing/LocalCluster.js"
 import { requestAddMember, requestPromoteMember, requestRemoveMember, requestSwitchover } from "../../src/client/StatusClient.js"
 import { Schedule } from "effect"
+import mysql from "mysql2/promise"
+import { adminQuery } from "../../test/support/dbCluster.js"
+import { PASSWORD, USER } from "./workloads.js"
 
-export const FAULTS = ["none", "kill", "pause", "partition", "restart-all", "wipe", "switchover", "membership", "mixed"] as const
+export const FAULTS = ["none", "kill", "pause", "partition", "restart-all", "wipe", "switchover", "membership", "kill-query", "mixed"] as const
 export type Fault = (typeof FAULTS)[number]
 
 const TAG = `phxmaria-torture-${process.pid}`
@@ -130,9 +133,38 @@ export const inject = (
 ): Effect.Effect<Injected, unknown> =>
   Effect.gen(function*() {
     const nodes = members.nodes
-    const concrete = kind === "mixed" ? pick(["kill", "pause", "partition", "restart-all", "switchover"] as const, random) : kind
+    const concrete = kind === "mixed" ? pick(["kill", "pause", "partition", "restart-all", "switchover", "kill-query"] as const, random) : kind
     const target = master !== undefined && random() < 0.7 ? master : pick(nodes, random)
     switch (concrete) {
+      case "kill-query": {
+        // The majority away (agents stopped): a commit on the master waits for its ACK, and
+        // a client of the same user KILLs it through the RW port (as a driver's query timeout does).
+        if (master === undefined) return { description: "kill-query skipped: no master", heal: Effect.void }
+        const pids = nodes.filter((n) => n !== master).map((n) => n.pid())
+        for (const p of pids) signal(p, "SIGSTOP")
+        const heal = Effect.sync(() => {
+          for (const p of pids) signal(p, "SIGCONT")
+        })
+        const waiting = yield* adminQuery<{ ID: number; USER: string }>(master,
+          "SELECT ID, USER FROM information_schema.PROCESSLIST WHERE STATE LIKE 'Waiting for semi-sync ACK%'").pipe(
+          Effect.repeat({ schedule: Schedule.spaced("20 millis"), until: (rows) => rows.length > 0, times: 150 }),
+          Effect.orElseSucceed(() => [])
+        )
+        const victim = waiting.find((r) => r.USER === USER)
+        if (victim === undefined) return { description: "kill-query: no commit of the workload was waiting", heal }
+        const answer = yield* Effect.promise(async () => {
+          const conn = await mysql.createConnection({ host: master.host, port: master.rwPort!, user: USER, password: PASSWORD, connectTimeout: 2_000 })
+          try {
+            await conn.query(`KILL QUERY ${Number(victim.ID)}`)
+            return "OK"
+          } catch (e) {
+            return e instanceof Error ? e.message : String(e)
+          } finally {
+            conn.destroy()
+          }
+        }).pipe(Effect.orElseSucceed(() => "no connection"))
+        return { description: `kill-query: KILL QUERY ${victim.ID} (a waiting commit) on node ${master.nodeId}, majority stopped: ${answer}`, heal }
+      }
       case "kill": {
         if (random() < 0.5) {
           signal(mariadbPid(target), "SIGKILL")
