@@ -39,7 +39,7 @@ const program = Effect.scoped(Effect.gen(function*() {
     yield* Effect.sleep("10 seconds") // the measuring window itself, not a wait for a condition
     const beforeTps = (acked() - a0) / ((performance.now() - t0) / 1000)
     yield* node.start
-    const masterAdmin = `${master.host}:${master.adminPort}`
+    const masterAdmin = { address: `${master.host}:${master.adminPort}`, token: c.adminToken }
     const start = performance.now()
     const a1 = acked()
     yield* requestAddMember(masterAdmin, { id: 4, host: member.host, port: member.port, adminPort: member.adminPort, rwPort: member.rwPort!, roPort: member.roPort!, forwardRwPort: member.forwardRwPort!, forwardRoPort: member.forwardRoPort! })

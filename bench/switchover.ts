@@ -48,7 +48,7 @@ const program = Effect.gen(function*() {
       yield* flowing("every writer to get writes through")
       const master = yield* waitForMaster(c, "a serving master")
       const t0 = Date.now()
-      const done = yield* requestSwitchover(`${master.host}:${master.adminPort}`, undefined)
+      const done = yield* requestSwitchover({ address: `${master.host}:${master.adminPort}`, token: c.adminToken }, undefined)
       const t1 = Date.now()
       // Until every writer got a write through again (those whose connection was closed reconnect).
       yield* flowing("every writer to get writes through after the switchover")

@@ -4,7 +4,7 @@ import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import { Cause, Console, Data, Effect, Exit, Option, Schedule } from "effect"
 import { Command, Flag } from "effect/cli"
 import { renderStatusTable } from "./domain/cluster/nodeStatus.js"
-import { type ConfigFileError, loadNodeConfig } from "./config/NodeConfig.js"
+import { adminTokenOf, type ConfigFileError, loadNodeConfig } from "./config/NodeConfig.js"
 import * as NodeLayer from "./layers/NodeLayer.js"
 import { killChildrenOnExit } from "./services/database/MariaDbProcess.js"
 import {
@@ -84,13 +84,28 @@ const status = Command.make(
     }).pipe(Effect.tapError((e) => e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`) : Effect.void))
 ).pipe(Command.withDescription("show every node's role, epoch, lease and log positions as a table"))
 
+/** The admin token flag of the commands that change something. */
+const tokenFlag = Flag.String("token").pipe(
+  Flag.withDescription("the cluster's admin token (default: from --config, else $PHXMARIA_ADMIN_TOKEN)"),
+  Flag.optional
+)
+
+/** The admin token: --token, else the config file's (admin.token / admin.tokenFile), else $PHXMARIA_ADMIN_TOKEN. */
+const adminTokenFrom = (token: Option.Option<string>, config: Option.Option<string>): Effect.Effect<string | undefined, ConfigFileError> =>
+  Option.isSome(token)
+    ? Effect.succeed(token.value)
+    : Option.isSome(config)
+    ? Effect.map(readConfig(config.value), (c) => adminTokenOf(c) ?? process.env.PHXMARIA_ADMIN_TOKEN)
+    : Effect.succeed(process.env.PHXMARIA_ADMIN_TOKEN)
+
 const rebuild = Command.make(
   "rebuild",
   {
     config: configFlag.pipe(Flag.optional),
-    admin: Flag.String("admin").pipe(Flag.withDescription("the node's admin address host:port (instead of --config)"), Flag.optional)
+    admin: Flag.String("admin").pipe(Flag.withDescription("the node's admin address host:port (instead of --config)"), Flag.optional),
+    token: tokenFlag
   },
-  ({ admin, config }) =>
+  ({ admin, config, token }) =>
     Effect.gen(function*() {
       const address = Option.isSome(config)
         ? yield* Effect.map(readConfig(config.value), (c) => {
@@ -100,7 +115,7 @@ const rebuild = Command.make(
         : Option.isSome(admin)
         ? admin.value.trim()
         : yield* Effect.fail(new UsageError({ message: "rebuild needs --config FILE or --admin host:port" }))
-      yield* Console.log(yield* requestRebuild(address))
+      yield* Console.log(yield* requestRebuild({ address, token: yield* adminTokenFrom(token, config) }))
     }).pipe(Effect.tapError((e) =>
       e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`)
       : e._tag === "RebuildRefused" ? Console.error(`phxmaria: ${e.address} did not take the rebuild: ${e.message}`)
@@ -119,19 +134,22 @@ const adminTargets = (command: string, config: Option.Option<string>, admin: Opt
     : Effect.fail(new UsageError({ message: `${command} needs --config FILE or --admin host:port,...` }))
 
 /** The serving master's status and admin address, from the nodes `targets` name. */
-const findMaster = (targets: ReadonlyArray<string>) =>
+const findMaster = (targets: ReadonlyArray<string>, token: string | undefined) =>
   Effect.gen(function*() {
     const answers = yield* Effect.forEach(targets, (a) => fetchStatus(a), { concurrency: "unbounded" })
     const up = answers.flatMap((s) => ("error" in s ? [] : [s]))
     if (up.length === 0) return yield* new UsageError({ message: `no node answers (${targets.join(", ")})` })
     const listed = up.find((s) => s.role === "master")
-    if (listed !== undefined) return { status: listed, address: adminAddressOf(listed, listed.nodeId) ?? targets[answers.indexOf(listed)]! }
+    if (listed !== undefined) {
+      const address = adminAddressOf(listed, listed.nodeId) ?? targets[answers.indexOf(listed)]!
+      return { status: listed, address, admin: { address, token } }
+    }
     // The master may be a member not listed (added since): the nodes say who it is and where.
     for (const s of up) {
       const address = s.master === null ? undefined : adminAddressOf(s, s.master)
       if (address === undefined) continue
       const m = yield* fetchStatus(address)
-      if (!("error" in m) && m.role === "master") return { status: m, address }
+      if (!("error" in m) && m.role === "master") return { status: m, address, admin: { address, token } }
     }
     return yield* new UsageError({ message: "no node serves as master now (an election may be under way): try again" })
   })
@@ -142,24 +160,24 @@ const adminAddressOf = (status: NodeStatus, nodeId: number): string | undefined 
 }
 
 /** The serving master, moved off node `id` first (a switchover to a caught-up replica) if it is that node. */
-const masterOtherThan = (targets: ReadonlyArray<string>, id: number) =>
+const masterOtherThan = (targets: ReadonlyArray<string>, token: string | undefined, id: number) =>
   Effect.gen(function*() {
-    const master = yield* findMaster(targets)
+    const master = yield* findMaster(targets, token)
     if (master.status.nodeId !== id) return master
     yield* Console.log(`node ${id} is the master: handing over to a caught-up replica first ...`)
-    const done = yield* requestSwitchover(master.address, undefined)
+    const done = yield* requestSwitchover(master.admin, undefined)
     yield* Console.log(`node ${done.master} is master (epoch ${done.epoch})`)
     const address = adminAddressOf(master.status, done.master)
     if (address === undefined) return yield* new UsageError({ message: `node ${done.master} has no known admin address` })
-    return yield* findMaster([address, ...targets])
+    return yield* findMaster([address, ...targets], token)
   })
 
 /** Removes node `id` through the master (a master `id` hands over first). */
-const removeMember = (targets: ReadonlyArray<string>, id: number) =>
+const removeMember = (targets: ReadonlyArray<string>, token: string | undefined, id: number) =>
   Effect.gen(function*() {
-    const master = yield* masterOtherThan(targets, id)
+    const master = yield* masterOtherThan(targets, token, id)
     yield* Console.log(`removing node ${id} (asking the master at ${master.address}) ...`)
-    const done = yield* requestRemoveMember(master.address, id)
+    const done = yield* requestRemoveMember(master.admin, id)
     yield* Console.log(
       `done: node ${id} is no longer a member; members ${describeMembers(done.members)}, from log instance ${done.from}`
     )
@@ -185,17 +203,17 @@ const progressOf = (address: string, id: number) => {
 const ADD_CATCH_UP_MS = 30 * 60_000
 
 /** Adds a node through the master: a learner, then (once it has caught up) a voter; progress is printed. */
-const addMember = (targets: ReadonlyArray<string>, fields: Readonly<Record<string, number | string>>) =>
+const addMember = (targets: ReadonlyArray<string>, token: string | undefined, fields: Readonly<Record<string, number | string>>) =>
   Effect.gen(function*() {
     const id = Number(fields.id)
-    const master = yield* findMaster(targets)
+    const master = yield* findMaster(targets, token)
     yield* Console.log(`adding node ${id} (${fields.host}:${fields.port}) as a learner (asking the master, node ${master.status.nodeId}) ...`)
-    yield* requestAddMember(master.address, fields)
+    yield* requestAddMember(master.admin, fields)
     yield* Console.log(`node ${id} is a learner; waiting for it to catch up (start its agent with --join if it is not running) ...`)
     const progress = progressOf(`${fields.host}:${fields.adminPort}`, id)
     const caughtUp = Effect.gen(function*() {
       yield* progress
-      const promoted = yield* Effect.result(requestPromoteMember(master.address, id))
+      const promoted = yield* Effect.result(requestPromoteMember(master.admin, id))
       return promoted._tag === "Success"
     })
     yield* caughtUp.pipe(
@@ -216,7 +234,8 @@ const reportMemberError = (e: { readonly _tag: string; readonly message: string;
 
 const targetFlags = {
   config: configFlag.pipe(Flag.optional),
-  admin: Flag.String("admin").pipe(Flag.withDescription("comma-separated admin addresses host:port of members (instead of --config)"), Flag.optional)
+  admin: Flag.String("admin").pipe(Flag.withDescription("comma-separated admin addresses host:port of members (instead of --config)"), Flag.optional),
+  token: tokenFlag
 }
 /** The new node's address flags (`member add`, `member replace`). */
 const newNodeFlags = {
@@ -241,17 +260,19 @@ const newNodeFields = (id: number, a: NewNode): Record<string, number | string> 
 const memberRemove = Command.make(
   "remove",
   { ...targetFlags, id: Flag.Int("id").pipe(Flag.withDescription("the node to remove")) },
-  ({ admin, config, id }) =>
-    Effect.flatMap(adminTargets("member remove", config, admin), (targets) => removeMember(targets, id)).pipe(Effect.tapError(reportMemberError))
+  ({ admin, config, id, token }) =>
+    Effect.gen(function*() {
+      yield* removeMember(yield* adminTargets("member remove", config, admin), yield* adminTokenFrom(token, config), id)
+    }).pipe(Effect.tapError(reportMemberError))
 ).pipe(Command.withDescription("remove a node from the cluster (the master hands over first); it can no longer vote or route"))
 
 const memberAdd = Command.make(
   "add",
   { ...targetFlags, id: Flag.Int("id").pipe(Flag.withDescription("the new node's id")), ...newNodeFlags },
   (a) =>
-    Effect.flatMap(adminTargets("member add", a.config, a.admin), (targets) => addMember(targets, newNodeFields(a.id, a))).pipe(
-      Effect.tapError(reportMemberError)
-    )
+    Effect.gen(function*() {
+      yield* addMember(yield* adminTargets("member add", a.config, a.admin), yield* adminTokenFrom(a.token, a.config), newNodeFields(a.id, a))
+    }).pipe(Effect.tapError(reportMemberError))
 ).pipe(Command.withDescription("add a node: a learner first (it copies a replica's database and catches up), then a voter"))
 
 const memberReplace = Command.make(
@@ -265,12 +286,12 @@ const memberReplace = Command.make(
   (a) =>
     Effect.gen(function*() {
       const targets = yield* adminTargets("member replace", a.config, a.admin)
-      const master = yield* masterOtherThan(targets, a.id)
+      const master = yield* masterOtherThan(targets, yield* adminTokenFrom(a.token, a.config), a.id)
       // The master adds the new node, makes it a voter once caught up, then removes the old
       // one (POST /members/replace): the voters never drop below the set's majority.
       yield* Console.log(`replacing node ${a.id} by node ${a.newId} (asking the master, node ${master.status.nodeId}); start node ${a.newId} with --join ...`)
       const progress = progressOf(`${a.host}:${a.adminPort}`, a.newId)
-      const done = yield* requestReplaceMember(master.address, a.id, newNodeFields(a.newId, a)).pipe(
+      const done = yield* requestReplaceMember(master.admin, a.id, newNodeFields(a.newId, a)).pipe(
         Effect.raceFirst(Effect.andThen(progress.pipe(Effect.repeat(Schedule.spaced("1 second"))), Effect.never))
       )
       yield* Console.log(`done: node ${a.newId} is a voter`)
@@ -290,9 +311,10 @@ const switchover = Command.make(
   {
     config: configFlag.pipe(Flag.optional),
     admin: Flag.String("admin").pipe(Flag.withDescription("comma-separated admin addresses host:port of members (instead of --config)"), Flag.optional),
-    to: Flag.Int("to").pipe(Flag.withDescription("the node to make master (default: a replica that has caught up)"), Flag.optional)
+    to: Flag.Int("to").pipe(Flag.withDescription("the node to make master (default: a replica that has caught up)"), Flag.optional),
+    token: tokenFlag
   },
-  ({ admin, config, to }) =>
+  ({ admin, config, to, token }) =>
     Effect.gen(function*() {
       const targets = yield* adminTargets("switchover", config, admin)
       const answers = yield* Effect.forEach(targets, (a) => fetchStatus(a), { concurrency: "unbounded" })
@@ -304,7 +326,7 @@ const switchover = Command.make(
       const address = self === undefined ? targets[answers.indexOf(serving)]! : `${self.host}:${self.adminPort}`
       const target = Option.getOrUndefined(to)
       yield* Console.log(`node ${serving.nodeId} is master (epoch ${serving.epoch}); asking it to hand over to ${target === undefined ? "a caught-up replica" : `node ${target}`} ...`)
-      const done = yield* requestSwitchover(address, target)
+      const done = yield* requestSwitchover({ address, token: yield* adminTokenFrom(token, config) }, target)
       yield* Console.log(`done: node ${done.master} is master (epoch ${done.epoch}), ${done.handoverMs} ms after RW closed on node ${done.from}`)
     }).pipe(Effect.tapError((e) =>
       e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`)
@@ -371,6 +393,7 @@ const demo = Command.make(
         ]),
         "",
         `status:  node dist/main.js status --admin ${cluster.nodes.map((n) => `127.0.0.1:${n.adminPort}`).join(",")}`,
+        `changes (switchover, member, rebuild) need the admin token: --config ${cluster.nodes[0]!.configPath} (or --token ${cluster.adminToken})`,
         "Ctrl-C stops every process."
       ]
       yield* Console.log(lines.join("\n"))

@@ -23,7 +23,7 @@ const connectError = (port: number) =>
 describe("membership", () => {
   it.live("a cluster of one node (development) is its own majority: it serves writes, and refuses to remove its only voter", () =>
     Effect.gen(function*() {
-      const { master: only } = yield* clusterWithTable({ nodes: 1, database: true }, TABLE, 60_000)
+      const { c, master: only } = yield* clusterWithTable({ nodes: 1, database: true }, TABLE, 60_000)
       const w = yield* Effect.scoped(Effect.gen(function*() {
         const w = yield* startWriter(only.rwPort!, TABLE, 1_000_000)
         yield* LocalCluster.waitFor("writes to get through", Effect.sync(() => w.acked.length >= 20), 30_000)
@@ -31,8 +31,18 @@ describe("membership", () => {
       }))
       const ids = yield* idsOn(only, TABLE)
       expect(w.acked.filter((id) => !ids.has(id))).toEqual([])
-      const refused = yield* Effect.flip(requestRemoveMember(`${only.host}:${only.adminPort}`, 1))
+      // Every call that changes something needs the admin token: none or a wrong one gets 401.
+      const address = `${only.host}:${only.adminPort}`
+      const statusWithout = yield* Effect.promise(() => fetch(`http://${address}/members/1`, { method: "DELETE" }).then((r) => r.status))
+      expect(statusWithout).toBe(401)
+      const noToken = yield* Effect.flip(requestRemoveMember(address, 1))
+      expect(noToken.message).toMatch(/needs the cluster's admin token/)
+      const wrongToken = yield* Effect.flip(requestRemoveMember({ address, token: `${c.adminToken}x` }, 1))
+      expect(wrongToken.message).toMatch(/needs the cluster's admin token/)
+      const refused = yield* Effect.flip(requestRemoveMember({ address, token: c.adminToken }, 1))
       expect(refused.message).toMatch(/master/)
+      // Reading stays open.
+      expect(yield* Effect.promise(() => fetch(`http://${address}/status`).then((r) => r.status))).toBe(200)
     }).pipe(Effect.scoped), { timeout: 120_000 })
 
   it.live("3 -> 4 online under writes: a new node started with --join is added as a learner, catches up, and becomes a voter; a master can move to it; member replace swaps node 1 for a new node 5", () =>
@@ -48,7 +58,7 @@ describe("membership", () => {
         const before = yield* statusOf(node)
         expect("error" in before ? before.error : before.membership).toBe("not a member")
         const added = yield* runCli([
-          "member", "add", "--admin", admin, "--id", "4", "--host", member.host, "--port", String(member.port),
+          "member", "add", "--admin", admin, "--token", c.adminToken, "--id", "4", "--host", member.host, "--port", String(member.port),
           "--admin-port", String(member.adminPort), "--rw-port", String(member.rwPort!), "--ro-port", String(member.roPort!),
           "--forward-rw-port", String(member.forwardRwPort!), "--forward-ro-port", String(member.forwardRoPort!)
         ])
@@ -70,7 +80,7 @@ describe("membership", () => {
       // Provisioned by a copy of a peer's database, not by replaying the whole log.
       expect(node.output()).toMatch(/rebuild: copied \d+ MB from node \d/)
       // The new voter can take the master role.
-      const moved = yield* runCli(["switchover", "--admin", admin, "--to", "4"])
+      const moved = yield* runCli(["switchover", "--admin", admin, "--token", c.adminToken, "--to", "4"])
       expect(moved.code, moved.out).toBe(0)
       expect(moved.out).toContain("done: node 4 is master")
       yield* LocalCluster.waitFor("node 4 to serve as master", Effect.map(statusOf(node), (s) => !("error" in s) && s.database?.role === "master"), 30_000)
@@ -80,7 +90,7 @@ describe("membership", () => {
       yield* five.node.start
       const m5 = five.member
       const replaced = yield* runCli([
-        "member", "replace", "--admin", admin, "--id", "1", "--new-id", "5", "--host", m5.host, "--port", String(m5.port),
+        "member", "replace", "--admin", admin, "--token", c.adminToken, "--id", "1", "--new-id", "5", "--host", m5.host, "--port", String(m5.port),
         "--admin-port", String(m5.adminPort), "--rw-port", String(m5.rwPort!), "--ro-port", String(m5.roPort!),
         "--forward-rw-port", String(m5.forwardRwPort!), "--forward-ro-port", String(m5.forwardRoPort!)
       ])
@@ -94,7 +104,7 @@ describe("membership", () => {
       expect(yield* connectError(c.nodes[0]!.rwPort!)).toMatch(/removed from the cluster/)
 
       // And back to three: 3 -> 4 -> 5 (during the replace) -> 4 -> 3.
-      const back = yield* runCli(["member", "remove", "--admin", `${node.host}:${node.adminPort}`, "--id", "2"])
+      const back = yield* runCli(["member", "remove", "--admin", `${node.host}:${node.adminPort}`, "--token", c.adminToken, "--id", "2"])
       expect(back.code, back.out).toBe(0)
       const three = [c.nodes[2]!, node, five.node]
       yield* LocalCluster.waitFor("the three members to hold the same rows", Effect.map(Effect.forEach(three, (n) => checksum(n, TABLE)), (sums) => new Set(sums).size === 1), 60_000)
@@ -126,14 +136,14 @@ describe("membership", () => {
         // Refused: not a member; asked of a node that is not the master.
         const master = yield* waitForMaster(c, "the master")
         const replica = c.nodes.find((n) => n !== master && n !== keep)!
-        const notMember = yield* runCli(["member", "remove", "--admin", admin, "--id", "9"])
+        const notMember = yield* runCli(["member", "remove", "--admin", admin, "--token", c.adminToken, "--id", "9"])
         expect(notMember.code).not.toBe(0)
         expect(notMember.out).toMatch(/node 9 is not a member/)
-        const notMaster = yield* Effect.flip(requestRemoveMember(`${replica.host}:${replica.adminPort}`, replica.nodeId))
+        const notMaster = yield* Effect.flip(requestRemoveMember({ address: `${replica.host}:${replica.adminPort}`, token: c.adminToken }, replica.nodeId))
         expect(notMaster.message).toMatch(/not the master/)
 
         // The master: it hands over first.
-        const byCli = yield* runCli(["member", "remove", "--admin", admin, "--id", String(master.nodeId)])
+        const byCli = yield* runCli(["member", "remove", "--admin", admin, "--token", c.adminToken, "--id", String(master.nodeId)])
         expect(byCli.code, byCli.out).toBe(0)
         expect(byCli.out).toMatch(/handing over/)
         expect(byCli.out).toContain(`done: node ${master.nodeId} is no longer a member`)

@@ -4,7 +4,7 @@ import { execFile } from "node:child_process"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { decodeNodeConfig, loadNodeConfig } from "../src/config/NodeConfig.js"
+import { adminTokenOf, decodeNodeConfig, loadNodeConfig } from "../src/config/NodeConfig.js"
 
 const withFile = (name: string, text: string) =>
   Effect.acquireRelease(
@@ -42,6 +42,22 @@ describe("node config", () => {
       const ok = yield* decodeNodeConfig(withExtra({ innodb_buffer_pool_size: "1G", max_connections: 500, "character-set-server": "utf8mb4" }))
       expect(ok.mariadb?.extraConfig?.max_connections).toBe(500)
     }))
+
+  it.effect("takes the admin token inline or from a file, not both, and refuses one under 16 characters", () =>
+    Effect.gen(function*() {
+      const message = (admin: unknown) => decodeNodeConfig({ ...good, admin }).pipe(Effect.flip, Effect.map((e) => e.message))
+      expect(yield* message({ token: "short" })).toMatch(/admin/)
+      const file = yield* withFile("token", "  0123456789abcdef0123\n")
+      expect(yield* message({ token: "0123456789abcdef", tokenFile: file })).toMatch(/not both/)
+      expect(yield* message({ tokenFile: `${file}.missing` })).toMatch(/admin.tokenFile/)
+      const inline = yield* decodeNodeConfig({ ...good, admin: { token: "0123456789abcdef" } })
+      expect(adminTokenOf(inline)).toBe("0123456789abcdef")
+      const fromFile = yield* decodeNodeConfig({ ...good, admin: { tokenFile: file } })
+      expect(adminTokenOf(fromFile)).toBe("0123456789abcdef0123")
+      const short = yield* withFile("short", "abc\n")
+      expect(yield* message({ tokenFile: short })).toMatch(/at least 16 characters/)
+      expect(adminTokenOf(yield* decodeNodeConfig(good))).toBeUndefined()
+    }).pipe(Effect.scoped))
 
   it.effect("reads JSON and YAML", () =>
     Effect.gen(function*() {

@@ -19,7 +19,7 @@ describe("switchover", () => {
       for (const n of c.nodes) yield* adminQuery(first, `CREATE TABLE ${tableOf(n.nodeId)} (id INT PRIMARY KEY, v INT)`)
       yield* waitConverged(c, 60_000)
       const admin = c.nodes.map((n) => `${n.host}:${n.adminPort}`).join(",")
-      const addressOf = (id: number) => { const n = c.nodes.find((x) => x.nodeId === id)!; return `${n.host}:${n.adminPort}` }
+      const addressOf = (id: number) => { const n = c.nodes.find((x) => x.nodeId === id)!; return { address: `${n.host}:${n.adminPort}`, token: c.adminToken } }
 
       const writers = yield* Effect.scoped(Effect.gen(function*() {
         // One writer through each node's RW port: one always goes through the master.
@@ -43,7 +43,7 @@ describe("switchover", () => {
         yield* flowing
 
         const next = c.nodes.find((n) => n.nodeId !== target)!.nodeId
-        const byCli = yield* cli(["--admin", admin, "--to", String(next)])
+        const byCli = yield* cli(["--admin", admin, "--token", c.adminToken, "--to", String(next)])
         expect(byCli.code, byCli.out).toBe(0)
         expect(byCli.out).toContain(`node ${target} is master`)
         expect(byCli.out).toContain(`done: node ${next} is master`)

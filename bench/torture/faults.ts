@@ -95,31 +95,32 @@ export interface Members {
   nextId: number
 }
 
-const adminOf = (n: LocalCluster.LocalNode) => `${n.host}:${n.adminPort}`
+/** A node's admin endpoint, with the cluster's token (membership and switchover change something). */
+const adminOf = (cluster: LocalCluster.LocalCluster, n: LocalCluster.LocalNode) => ({ address: `${n.host}:${n.adminPort}`, token: cluster.adminToken })
 
 /** A new node started with --join, added as a learner, then a voter once caught up (through `master`). */
 const addNode = (cluster: LocalCluster.LocalCluster, members: Members, master: LocalCluster.LocalNode) =>
   Effect.gen(function*() {
     const { node, member } = yield* cluster.addNode(members.nextId++)
     yield* node.start
-    yield* requestAddMember(adminOf(master), {
+    yield* requestAddMember(adminOf(cluster, master), {
       id: member.nodeId, host: member.host, port: member.port, adminPort: member.adminPort,
       rwPort: member.rwPort!, roPort: member.roPort!, forwardRwPort: member.forwardRwPort!, forwardRoPort: member.forwardRoPort!
     })
-    yield* requestPromoteMember(adminOf(master), member.nodeId).pipe(Effect.retry({ schedule: Schedule.spaced("500 millis"), times: 240 }))
+    yield* requestPromoteMember(adminOf(cluster, master), member.nodeId).pipe(Effect.retry({ schedule: Schedule.spaced("500 millis"), times: 240 }))
     members.nodes.push(node)
     return node
   })
 
 /** Removes `target` (a master hands over first); it stays running, outside the cluster. */
-const removeNode = (members: Members, master: LocalCluster.LocalNode, target: LocalCluster.LocalNode) =>
+const removeNode = (cluster: LocalCluster.LocalCluster, members: Members, master: LocalCluster.LocalNode, target: LocalCluster.LocalNode) =>
   Effect.gen(function*() {
     let via = master
     if (target === master) {
-      const done = yield* requestSwitchover(adminOf(master), undefined)
+      const done = yield* requestSwitchover(adminOf(cluster, master), undefined)
       via = members.nodes.find((n) => n.nodeId === done.master)!
     }
-    yield* requestRemoveMember(adminOf(via), target.nodeId)
+    yield* requestRemoveMember(adminOf(cluster, via), target.nodeId)
     members.nodes = members.nodes.filter((n) => n !== target)
   })
 
@@ -212,11 +213,11 @@ export const inject = (
           if (op === "add") return `added node ${(yield* addNode(cluster, members, master)).nodeId}`
           const target = pick(nodes, random)
           if (op === "remove") {
-            yield* removeNode(members, master, target)
+            yield* removeNode(cluster, members, master, target)
             return `removed node ${target.nodeId}${target === master ? " (the master, after a switchover)" : ""}`
           }
           const added = yield* addNode(cluster, members, master)
-          yield* removeNode(members, master, target)
+          yield* removeNode(cluster, members, master, target)
           return `replaced node ${target.nodeId} by node ${added.nodeId}`
         }))
         return {
@@ -229,7 +230,7 @@ export const inject = (
         const others = nodes.filter((n) => n !== master)
         const to = random() < 0.5 ? pick(others, random).nodeId : undefined
         // Refused (a target behind, an election meanwhile) is an outcome too: the checker judges the data.
-        const outcome = yield* Effect.result(requestSwitchover(`${master.host}:${master.adminPort}`, to))
+        const outcome = yield* Effect.result(requestSwitchover(adminOf(cluster, master), to))
         return {
           description: `switchover from node ${master.nodeId} to ${to === undefined ? "any" : `node ${to}`}: ` +
             (outcome._tag === "Success" ? `node ${outcome.success.master} master after ${outcome.success.handoverMs} ms` : `refused (${outcome.failure.message})`),

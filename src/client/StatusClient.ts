@@ -4,13 +4,27 @@ import { NodeStatus } from "../domain/cluster/nodeStatus.js"
 
 const decode = Schema.decodeUnknownEffect(NodeStatus)
 
+/**
+ * A node's admin address ("host:port"), with the cluster's admin token that calls which
+ * change something need (docs/operations.md, "Admin HTTP").
+ */
+export type AdminEndpoint = string | { readonly address: string; readonly token?: string | undefined }
+
+const addressOf = (e: AdminEndpoint) => (typeof e === "string" ? e : e.address)
+/** fetch() options for a call to `e` (the Authorization header when a token is known). */
+const requestInit = (e: AdminEndpoint, method: string, signal: AbortSignal): RequestInit => {
+  const token = typeof e === "string" ? undefined : e.token
+  return { method, signal, ...(token !== undefined ? { headers: { authorization: `Bearer ${token}` } } : {}) }
+}
+
 export class RebuildRefused extends Data.TaggedError("RebuildRefused")<{ readonly address: string; readonly message: string }> {}
 
 /** POST /rebuild to one node's admin address: what it said when it took the request, else why not. */
-export const requestRebuild = (address: string, timeoutMs = 5_000): Effect.Effect<string, RebuildRefused> =>
-  Effect.tryPromise({
+export const requestRebuild = (endpoint: AdminEndpoint, timeoutMs = 5_000): Effect.Effect<string, RebuildRefused> => {
+  const address = addressOf(endpoint)
+  return Effect.tryPromise({
     try: async (signal) => {
-      const r = await fetch(`http://${address}/rebuild`, { method: "POST", signal })
+      const r = await fetch(`http://${address}/rebuild`, requestInit(endpoint, "POST", signal))
       const body = (await r.json().catch(() => ({}))) as { message?: string; error?: string }
       return { ok: r.status === 202, text: body.message ?? body.error ?? `HTTP ${r.status}` }
     },
@@ -19,6 +33,7 @@ export const requestRebuild = (address: string, timeoutMs = 5_000): Effect.Effec
     Effect.timeoutOrElse({ duration: `${timeoutMs} millis`, orElse: () => Effect.fail(new RebuildRefused({ address, message: "no answer" })) }),
     Effect.flatMap((r) => (r.ok ? Effect.succeed(r.text) : Effect.fail(new RebuildRefused({ address, message: r.text }))))
   )
+}
 
 export class SwitchoverFailed extends Data.TaggedError("SwitchoverFailed")<{ readonly address: string; readonly message: string }> {}
 
@@ -31,10 +46,11 @@ export interface SwitchoverAnswer {
 }
 
 /** POST /switchover[?to=N] to the master's admin address: what was done, else why not. */
-export const requestSwitchover = (address: string, to: number | undefined, timeoutMs = 60_000): Effect.Effect<SwitchoverAnswer, SwitchoverFailed> =>
-  Effect.tryPromise({
+export const requestSwitchover = (endpoint: AdminEndpoint, to: number | undefined, timeoutMs = 60_000): Effect.Effect<SwitchoverAnswer, SwitchoverFailed> => {
+  const address = addressOf(endpoint)
+  return Effect.tryPromise({
     try: async (signal) => {
-      const r = await fetch(`http://${address}/switchover${to === undefined ? "" : `?to=${to}`}`, { method: "POST", signal })
+      const r = await fetch(`http://${address}/switchover${to === undefined ? "" : `?to=${to}`}`, requestInit(endpoint, "POST", signal))
       const body = (await r.json().catch(() => ({}))) as Partial<SwitchoverAnswer> & { error?: string }
       return { ok: r.status === 200, body, text: body.error ?? `HTTP ${r.status}` }
     },
@@ -43,29 +59,31 @@ export const requestSwitchover = (address: string, to: number | undefined, timeo
     Effect.timeoutOrElse({ duration: `${timeoutMs} millis`, orElse: () => Effect.fail(new SwitchoverFailed({ address, message: "no answer" })) }),
     Effect.flatMap((r) => (r.ok ? Effect.succeed(r.body as SwitchoverAnswer) : Effect.fail(new SwitchoverFailed({ address, message: r.text }))))
   )
+}
 
 export class MembershipFailed extends Data.TaggedError("MembershipFailed")<{ readonly address: string; readonly message: string }> {}
 
 /** DELETE /members/{id} on the master's admin address: the members after, else why not. */
-export const requestRemoveMember = (address: string, id: number, timeoutMs = 30_000) =>
+export const requestRemoveMember = (address: AdminEndpoint, id: number, timeoutMs = 30_000) =>
   requestMembership(address, "DELETE", `/members/${id}`, timeoutMs)
 
 /** POST /members?... (a learner) on the master's admin address. */
-export const requestAddMember = (address: string, member: Readonly<Record<string, number | string>>, timeoutMs = 30_000) =>
+export const requestAddMember = (address: AdminEndpoint, member: Readonly<Record<string, number | string>>, timeoutMs = 30_000) =>
   requestMembership(address, "POST", `/members?${new URLSearchParams(Object.entries(member).map(([k, v]): [string, string] => [k, String(v)]))}`, timeoutMs)
 
 /** POST /members/replace?old=X&... on the master's admin address: waits while the new node catches up (long). */
-export const requestReplaceMember = (address: string, old: number, member: Readonly<Record<string, number | string>>, timeoutMs = 31 * 60_000) =>
+export const requestReplaceMember = (address: AdminEndpoint, old: number, member: Readonly<Record<string, number | string>>, timeoutMs = 31 * 60_000) =>
   requestMembership(address, "POST", `/members/replace?${new URLSearchParams([["old", String(old)], ...Object.entries(member).map(([k, v]): [string, string] => [k, String(v)])])}`, timeoutMs)
 
 /** POST /members/{id}/voter on the master's admin address. */
-export const requestPromoteMember = (address: string, id: number, timeoutMs = 30_000) =>
+export const requestPromoteMember = (address: AdminEndpoint, id: number, timeoutMs = 30_000) =>
   requestMembership(address, "POST", `/members/${id}/voter`, timeoutMs)
 
-const requestMembership = (address: string, method: "POST" | "DELETE", path: string, timeoutMs: number) =>
-  Effect.tryPromise({
+const requestMembership = (endpoint: AdminEndpoint, method: "POST" | "DELETE", path: string, timeoutMs: number) => {
+  const address = addressOf(endpoint)
+  return Effect.tryPromise({
     try: async (signal) => {
-      const r = await fetch(`http://${address}${path}`, { method, signal })
+      const r = await fetch(`http://${address}${path}`, requestInit(endpoint, method, signal))
       const body = (await r.json().catch(() => ({}))) as { members?: ReadonlyArray<{ nodeId: number; voter: boolean }>; from?: number; error?: string }
       return { ok: r.status === 200, body, text: body.error ?? `HTTP ${r.status}` }
     },
@@ -74,6 +92,7 @@ const requestMembership = (address: string, method: "POST" | "DELETE", path: str
     Effect.timeoutOrElse({ duration: `${timeoutMs} millis`, orElse: () => Effect.fail(new MembershipFailed({ address, message: "no answer" })) }),
     Effect.flatMap((r) => (r.ok ? Effect.succeed({ members: r.body.members ?? [], from: r.body.from ?? 0 }) : Effect.fail(new MembershipFailed({ address, message: r.text }))))
   )
+}
 
 export const fetchStatus = (address: string, timeoutMs = 2_000): Effect.Effect<NodeStatus | { readonly error: string }> =>
   Effect.tryPromise({

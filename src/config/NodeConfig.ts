@@ -96,6 +96,15 @@ export const NodeConfig = Schema.Struct({
     retainSeconds: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isGreaterThanOrEqualTo(1)))),
     segmentMb: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isBetween({ minimum: 1, maximum: 1024 }))))
   })),
+  /**
+   * The admin HTTP port (docs/operations.md, "Admin HTTP"): every call that changes
+   * something, and GET /backup, needs the cluster's admin token (the same on every node),
+   * given here or in a file (mode 0600) that holds only it.
+   */
+  admin: Schema.optional(Schema.Struct({
+    token: Schema.optional(Schema.String.pipe(Schema.check(Schema.isMinLength(16)))),
+    tokenFile: Schema.optional(Schema.String)
+  })),
   /** A diverged managed server is set aside and rebuilt from the chosen log (`auto`, default true). */
   rebuild: Schema.optional(Schema.Struct({ auto: Schema.optional(Schema.Boolean) })),
   proxy: Schema.optional(ProxySettings)
@@ -129,6 +138,12 @@ export const decodeNodeConfig = (input: unknown, source = "config"): Effect.Effe
         return yield* invalid("mariadb.mode attach needs mariadb.user (and password or socket)")
       }
     }
+    if (config.admin?.token !== undefined && config.admin.tokenFile !== undefined) return yield* invalid("admin: give token or tokenFile, not both")
+    if (config.admin?.tokenFile !== undefined) {
+      const file = config.admin.tokenFile
+      const token = yield* Effect.try({ try: () => readFileSync(file, "utf8").trim(), catch: (e) => invalid(`admin.tokenFile: ${String(e)}`) })
+      if (token.length < 16) return yield* invalid(`admin.tokenFile ${file}: the token must be at least 16 characters`)
+    }
     const refused = protectedServerOptions(config.mariadb?.extraConfig ?? {})
     if (refused.length > 0) {
       return yield* invalid(
@@ -156,6 +171,10 @@ export const loadNodeConfig = (path: string): Effect.Effect<NodeConfig, ConfigFi
     })
     return yield* decodeNodeConfig(parsed, path)
   })
+
+/** The cluster's admin token from the config (admin.token, or the file admin.tokenFile names), if any. */
+export const adminTokenOf = (config: NodeConfig): string | undefined =>
+  config.admin?.token ?? (config.admin?.tokenFile !== undefined ? readFileSync(config.admin.tokenFile, "utf8").trim() : undefined)
 
 export const DEFAULT_RETAIN_MB = 1024
 export const DEFAULT_RETAIN_SECONDS = 86_400

@@ -7,7 +7,7 @@
  */
 import { Context, Effect, Layer, Schedule, type Scope, Stream } from "effect"
 import { MasterLease } from "../services/cluster/MasterLease.js"
-import { type NodeConfig, retentionOf } from "../config/NodeConfig.js"
+import { adminTokenOf, type NodeConfig, retentionOf } from "../config/NodeConfig.js"
 import type { NodeStatus } from "../domain/cluster/nodeStatus.js"
 import { parseGtid } from "../domain/cluster/gtid.js"
 import { type Health, OfferRefused, type StreamOffer } from "../services/admin/Admin.js"
@@ -234,7 +234,8 @@ export const layer = (config: NodeConfig) => {
     nodeId: config.nodeId,
     rebuildAuto: config.rebuild?.auto ?? true,
     copyWhenEmpty: config.join === true,
-    donors: config.members.map((m) => ({ nodeId: m.nodeId, host: m.host, adminPort: m.adminPort }))
+    donors: config.members.map((m) => ({ nodeId: m.nodeId, host: m.host, adminPort: m.adminPort })),
+    adminToken: adminTokenOf(config)
   }).pipe(
     Layer.provideMerge(Layer.mergeAll(binlog, routes, commitPathLayer, proxy))
   )

@@ -10,7 +10,7 @@ import * as PaxosLog from "../services/paxos/PaxosLog.js"
 import * as PaxosStorage from "../services/paxos/PaxosStorage.js"
 import * as Transport from "../services/paxos/Transport.js"
 import * as DatabaseNode from "./DatabaseNode.js"
-import { leaseConfigOf, type NodeConfig, retentionOf } from "../config/NodeConfig.js"
+import { adminTokenOf, leaseConfigOf, type NodeConfig, retentionOf } from "../config/NodeConfig.js"
 import { nodeStatus } from "../services/admin/NodeStatus.js"
 import { ClusterMember, membershipOfValue } from "../domain/cluster/cluster.js"
 import { CAUGHT_UP } from "../services/proxy/RouteKeeper.js"
@@ -115,9 +115,14 @@ const runningNode = (config: NodeConfig) =>
           { replaced: old, by: fields.id }
         )
     }
+    const adminToken = adminTokenOf(config)
+    if (adminToken === undefined) {
+      yield* Effect.logWarning("no admin token (admin.token or admin.tokenFile): switchover, membership, rebuild and peers' copies of this database are refused over HTTP")
+    }
     const admin = yield* Admin.serve({
       host: self.host,
       port: self.adminPort,
+      token: adminToken,
       status,
       members: memberAdmin,
       ...(database === undefined ? {} : {

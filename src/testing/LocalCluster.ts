@@ -6,6 +6,7 @@
 import { Data, Effect, Schedule } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
+import { randomBytes } from "node:crypto"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
@@ -51,6 +52,8 @@ export interface LocalNode {
 export interface LocalCluster {
   readonly dir: string
   readonly clusterId: string
+  /** The admin token every node's config carries (`admin.token`): mutating admin calls need it. */
+  readonly adminToken: string
   readonly nodes: ReadonlyArray<LocalNode>
   /**
    * A new node (not started): its config names itself and the cluster's first node only
@@ -63,6 +66,8 @@ export interface LocalCluster {
 export interface LocalClusterOptions {
   readonly nodes: number
   readonly clusterId?: string
+  /** The cluster's admin token (default: 24 random bytes, hex). */
+  readonly adminToken?: string
   /** One address for all nodes (default 127.0.0.1), or "per-node": 127.0.0.11, .12, ... (for partitions). */
   readonly host?: string | "per-node"
   /** Keep the directory after the scope closes (e.g. to inspect a failure). */
@@ -187,6 +192,7 @@ export const killOrphanMariaDb = (node: LocalNode): Effect.Effect<void> =>
 export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
   const hostOf = (nodeId: number) => options.host === "per-node" ? `127.0.0.${10 + nodeId}` : options.host ?? "127.0.0.1"
   const clusterId = options.clusterId ?? "local"
+  const adminToken = options.adminToken ?? randomBytes(24).toString("hex")
   const mainJs = options.agentEntry ?? defaultAgentEntry()
   if (mainJs === undefined) return yield* new LocalClusterError({ message: "dist/main.js not found: run `npm run build` first" })
   const given = options.dir
@@ -230,6 +236,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       dataDir: join(nodeDir, "data"),
       // A joiner knows itself and one member; the log tells it the rest.
       members: joining ? [members.find((m) => m.nodeId === nodeId)!, members[0]!] : members.filter((m) => !joiners.has(m.nodeId)),
+      admin: { token: adminToken },
       ...(options.paxos !== undefined ? { paxos: options.paxos } : {}),
       ...(options.lease !== undefined ? { lease: options.lease } : {}),
       ...(rebuildAuto !== undefined ? { rebuild: { auto: rebuildAuto } } : {}),
@@ -374,7 +381,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       added.push(node)
       return { node, member }
     }).pipe(Effect.orDie)
-  return { dir, clusterId, nodes, addNode } satisfies LocalCluster
+  return { dir, clusterId, adminToken, nodes, addNode } satisfies LocalCluster
 })
 
 /** Polls `check` until it returns true, up to `timeoutMs`. */

@@ -4,6 +4,7 @@
  * connection (Node's parser rejects it) and is logged.
  */
 import { Data, Effect, Exit, Scope } from "effect"
+import { timingSafeEqual } from "node:crypto"
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
 import type { Socket } from "node:net"
 import type { Readable } from "node:stream"
@@ -38,19 +39,34 @@ export interface Health {
   readonly body: unknown
 }
 
+/** Why a request's Authorization header does not carry the admin token (undefined: it does). */
+const tokenRefusal = (token: string | undefined, authorization: string | undefined): string | undefined => {
+  if (token === undefined) return "this node has no admin token (admin.token or admin.tokenFile): it takes no changes over HTTP"
+  const given = Buffer.from(authorization?.startsWith("Bearer ") ? authorization.slice(7) : "")
+  const wanted = Buffer.from(token)
+  return given.length === wanted.length && timingSafeEqual(given, wanted)
+    ? undefined
+    : "this call needs the cluster's admin token (Authorization: Bearer ...; the CLI reads it from --config, --token or PHXMARIA_ADMIN_TOKEN)"
+}
+
 /**
  * Serves GET /status (evaluated per request) and, when given, GET /replica (200 only on a
  * replica whose database serves reads: for load balancers and for the peers' RO routing)
  * until the scope closes.
  */
 export const serve = <A>(options: {
+  /**
+   * The cluster's admin token: every POST and DELETE, and GET /backup (a copy of the
+   * database), needs it as `Authorization: Bearer <token>`; without one configured they are refused.
+   */
+  readonly token?: string | undefined
   readonly host: string
   readonly port: number
   readonly status: Effect.Effect<A>
   readonly replica?: Effect.Effect<Health>
   /**
-   * POST /rebuild: 202 when taken, 409 when refused. Destructive and the port has no
-   * authentication yet, so only loopback callers (the CLI on this machine) are heard.
+   * POST /rebuild: 202 when taken, 409 when refused. Destructive, so besides the token only
+   * loopback callers (the CLI on this machine) are heard.
    */
   readonly rebuild?: Effect.Effect<Health>
   /**
@@ -95,6 +111,15 @@ export const serve = <A>(options: {
         res.writeHead(400, { "content-type": "application/json", connection: "close" })
         res.end(JSON.stringify({ error: "requests take no body" }), () => req.socket.destroy())
         return
+      }
+      // Every call that changes something, and the copy of the database, needs the admin token.
+      const changes = req.method === "POST" || req.method === "DELETE" || path === "/backup"
+      if (changes) {
+        const refusal = tokenRefusal(options.token, req.headers.authorization)
+        if (refusal !== undefined) {
+          res.writeHead(401, { "content-type": "application/json", "www-authenticate": "Bearer" })
+          return void res.end(JSON.stringify({ error: refusal }))
+        }
       }
       if (req.method === "POST" && path === "/rebuild" && options.rebuild !== undefined) {
         if (!isLoopback(req.socket.remoteAddress)) return reply(403, { error: "POST /rebuild is taken from this machine only (loopback)" })

@@ -154,6 +154,8 @@ export interface NodeDatabaseOptions {
   readonly copyWhenEmpty?: boolean
   /** Where the cluster's members serve GET /backup (their admin ports): the donors of a rebuild. */
   readonly donors?: ReadonlyArray<{ readonly nodeId: number; readonly host: string; readonly adminPort: number }>
+  /** The cluster's admin token, which GET /backup needs. */
+  readonly adminToken?: string | undefined
 }
 
 /** Why a node whose peers compacted their logs past its own cannot serve. */
@@ -567,7 +569,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   const copyFrom = (donor: { readonly nodeId: number; readonly host: string; readonly adminPort: number }, reason: string) =>
     Effect.scoped(Effect.gen(function*() {
 
-      const offer = yield* fetchCopy(donor.host, donor.adminPort)
+      const offer = yield* fetchCopy(donor.host, donor.adminPort, options.adminToken)
       const state = { reason, donor: donor.nodeId, startedAt: monotonicMs(), copied: 0, total: offer.dataBytes }
       copying = state
       offer.body.on("data", (chunk: Buffer) => {

@@ -26,12 +26,13 @@ export const encodeSnapshot = (snapshot: ClusterSnapshot): string =>
 const decodeSnapshot = Schema.decodeUnknownSync(ClusterSnapshotData)
 
 /** Asks `host:port` for a copy; the response is destroyed when the scope closes. */
-export const fetchCopy = (host: string, port: number): Effect.Effect<PeerCopy, CopyFailed, Scope.Scope> => {
+export const fetchCopy = (host: string, port: number, token?: string): Effect.Effect<PeerCopy, CopyFailed, Scope.Scope> => {
   const donor = `${host}:${port}`
   return Effect.acquireRelease(
     Effect.callback<IncomingMessage, CopyFailed>((resume) => {
       // The snapshot header carries the state's recent-transaction digests: well over Node's 16 KiB default.
-      const req = request({ host, port, path: "/backup", method: "GET", timeout: 120_000, maxHeaderSize: 8 * 1024 * 1024 }, (res) =>
+      const req = request({ host, port, path: "/backup", method: "GET", timeout: 120_000, maxHeaderSize: 8 * 1024 * 1024,
+        ...(token !== undefined ? { headers: { authorization: `Bearer ${token}` } } : {}) }, (res) =>
         resume(Effect.succeed(res)))
       req.on("timeout", () => req.destroy(new Error("no answer within 120 s")))
       req.on("error", (e) => resume(Effect.fail(new CopyFailed({ donor, message: e.message }))))
