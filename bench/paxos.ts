@@ -24,7 +24,7 @@ const round2 = (x: number) => Math.round(x * 100) / 100
 
 const program = Effect.gen(function*() {
   const tuning = process.env.BENCH_PAXOS_TUNING
-  const cluster = yield* LocalCluster.make({ nodes, clusterId: "bench", ...(tuning ? { paxos: JSON.parse(tuning) } : {}) })
+  const cluster = yield* LocalCluster.make({ nodes, clusterId: "bench", paxos: { acceptClients: true, ...(tuning ? JSON.parse(tuning) : {}) } })
   // Propose through the master: the lease holder leads the Paxos log, so nothing is forwarded.
   const masterId = yield* Effect.forEach(cluster.nodes, (n) => fetchStatus(`127.0.0.1:${n.adminPort}`, 500)).pipe(
     Effect.map((ss) => ss.flatMap((st) => ("error" in st || st.role !== "master" ? [] : [st.nodeId]))),

@@ -64,6 +64,13 @@ else
   apt_install mariadb-backup
 fi
 
+# 1a'. openssl: `certs` (and demo) make the cluster's CA and node certificates with it.
+if have openssl; then
+  log "openssl: present"
+else
+  apt_install openssl
+fi
+
 # 1b. Benchmark tools (npm run bench:proxy): sysbench and haproxy, used as plain programs.
 if have sysbench && have haproxy; then
   log "sysbench, haproxy: present"

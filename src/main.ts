@@ -19,6 +19,7 @@ import {
 import type { NodeStatus } from "./domain/cluster/nodeStatus.js"
 import { describeMembers } from "./domain/cluster/cluster.js"
 import * as LocalCluster from "./testing/LocalCluster.js"
+import * as Certificates from "./services/tls/Certificates.js"
 import mysql from "mysql2/promise"
 import { userInfo } from "node:os"
 
@@ -374,6 +375,7 @@ const demo = Command.make(
         nodes,
         clusterId: "demo",
         database: true,
+        tls: true,
         ...(Option.isSome(dir) ? { dir: dir.value } : {})
       })
       const statusOf = (n: LocalCluster.LocalNode) => fetchStatus(`127.0.0.1:${n.adminPort}`, 1_000)
@@ -392,6 +394,7 @@ const demo = Command.make(
           `  mariadb -h127.0.0.1 -P${n.rwPort} -u${DEMO_USER} -p${DEMO_PASSWORD}`
         ]),
         "",
+        `peers speak mutual TLS with the cluster's own CA (${cluster.dir}/tls)`,
         `status:  node dist/main.js status --admin ${cluster.nodes.map((n) => `127.0.0.1:${n.adminPort}`).join(",")}`,
         `changes (switchover, member, rebuild) need the admin token: --config ${cluster.nodes[0]!.configPath} (or --token ${cluster.adminToken})`,
         "Ctrl-C stops every process."
@@ -404,9 +407,37 @@ const demo = Command.make(
     )
 ).pipe(Command.withDescription("start a local cluster (3 MariaDB servers and their agents) and print how to connect"))
 
+const certs = Command.make(
+  "certs",
+  {
+    out: Flag.String("out").pipe(Flag.withDescription("directory for ca.crt, ca.key and node-N.crt/.key (created 0700; an existing CA in it is reused)")),
+    nodes: Flag.String("nodes").pipe(Flag.withDescription("node ids to issue certificates for, e.g. 1,2,3")),
+    hosts: Flag.String("hosts").pipe(Flag.withDescription("each node's address, in the order of --nodes (IP or DNS names in the certificate, for MySQL clients that verify the server)"), Flag.optional),
+    cluster: Flag.String("cluster").pipe(Flag.withDescription("the cluster id, written into the CA's name"), Flag.withDefault("phxmaria"))
+  },
+  ({ cluster, hosts, nodes, out }) =>
+    Effect.gen(function*() {
+      const ids = nodes.split(",").map((x) => x.trim())
+      if (ids.some((x) => !/^[1-9][0-9]{0,5}$/.test(x))) return yield* new UsageError({ message: `--nodes: not a list of node ids: ${nodes}` })
+      const addresses = Option.isSome(hosts) ? hosts.value.split(",").map((h) => h.trim()) : []
+      if (addresses.length > 0 && addresses.length !== ids.length) return yield* new UsageError({ message: "--hosts needs one address per node in --nodes" })
+      const issued = yield* Certificates.issue({
+        dir: out,
+        clusterId: cluster,
+        nodes: ids.map(Number),
+        hosts: new Map(addresses.map((h, i) => [Number(ids[i]), [h]]))
+      })
+      yield* Console.log([
+        `CA: ${issued.ca} (keep ${issued.ca.replace(/\.crt$/, ".key")} offline or at least private: it issues members)`,
+        ...issued.nodes.map((n) => `node ${n.nodeId}: ${n.cert}, ${n.key}`),
+        `in node N's config: "tls": { "ca": "${issued.ca}", "cert": ".../node-N.crt", "key": ".../node-N.key" }`
+      ].join("\n"))
+    }).pipe(Effect.tapError((e) => Console.error(`phxmaria certs: ${e.message}`)))
+).pipe(Command.withDescription("create the cluster's CA and a certificate for each node (mutual TLS between agents)"))
+
 const app = Command.make("phxmaria").pipe(
   Command.withDescription("a MySQL-compatible, Paxos-replicated cluster on stock MariaDB"),
-  Command.withSubcommands([node, status, switchover, member, rebuild, demo])
+  Command.withSubcommands([node, status, switchover, member, rebuild, certs, demo])
 )
 
 // The CLI owns the process: a mariadbd it started does not outlive it, even on an exit

@@ -38,6 +38,9 @@ describe("node config", () => {
       for (const key of ["rpl-semi-sync-master-timeout", "loose-init-rpl-role", "BIND_ADDRESS", "innodb_flush_log_at_trx", "skip-log-bin", "proxy_protocol_networks", "enforce-storage-engine"]) {
         expect(yield* refused({ [key]: 1 })).toContain(`may not set ${key}`)
       }
+      // No Paxos clients next to a database: a client could propose binlog entries.
+      const clients = yield* decodeNodeConfig({ ...withExtra({}), paxos: { acceptClients: true } }).pipe(Effect.flip)
+      expect(clients.message).toMatch(/paxos.acceptClients is refused with mariadb/)
       // Tuning is still free.
       const ok = yield* decodeNodeConfig(withExtra({ innodb_buffer_pool_size: "1G", max_connections: 500, "character-set-server": "utf8mb4" }))
       expect(ok.mariadb?.extraConfig?.max_connections).toBe(500)

@@ -15,7 +15,7 @@ import { join } from "node:path"
 describe("Paxos log across processes", () => {
   it.live("keeps one identical log through a SIGKILL and restart", () =>
     Effect.gen(function*() {
-      const cluster = yield* LocalCluster.make({ nodes: 3, clusterId: "paxos-it" })
+      const cluster = yield* LocalCluster.make({ nodes: 3, clusterId: "paxos-it", paxos: { acceptClients: true } })
       const confirmed = yield* Ref.make(new Map<string, Position>())
       const client = (nodeIndex: number) => {
         const node = cluster.nodes[nodeIndex]!

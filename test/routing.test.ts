@@ -17,15 +17,15 @@ const view = (self: number, master: number | null, readable: ReadonlyArray<numbe
 describe("routing policy", () => {
   it("sends RW to the master, locally or through its forward port", () => {
     expect(routesFor(view(1, 1, [1, 2, 3])).rw).toEqual({ kind: "local", host: "127.0.0.1", port: 3306 })
-    expect(routesFor(view(2, 1, [1, 2, 3])).rw).toEqual({ kind: "forward", host: "127.0.0.11", port: 7200 })
+    expect(routesFor(view(2, 1, [1, 2, 3])).rw).toEqual({ kind: "forward", host: "127.0.0.11", port: 7200, nodeId: 1 })
     expect(routesFor(view(2, null, [1, 2, 3])).rw).toMatchObject({ kind: "none", reason: expect.stringContaining("no master") })
   })
 
   it("sends RO to this replica, else another replica, else the master if allowed", () => {
     expect(routesFor(view(2, 1, [1, 2, 3])).ro).toEqual({ kind: "local", host: "127.0.0.1", port: 3306 })
-    expect(routesFor(view(1, 1, [1, 2, 3])).ro).toEqual({ kind: "forward", host: "127.0.0.12", port: 7300 })
-    expect(routesFor(view(2, 1, [1, 3])).ro).toEqual({ kind: "forward", host: "127.0.0.13", port: 7300 })
-    expect(routesFor(view(2, 1, [1])).ro).toEqual({ kind: "forward", host: "127.0.0.11", port: 7300 })
+    expect(routesFor(view(1, 1, [1, 2, 3])).ro).toEqual({ kind: "forward", host: "127.0.0.12", port: 7300, nodeId: 2 })
+    expect(routesFor(view(2, 1, [1, 3])).ro).toEqual({ kind: "forward", host: "127.0.0.13", port: 7300, nodeId: 3 })
+    expect(routesFor(view(2, 1, [1])).ro).toEqual({ kind: "forward", host: "127.0.0.11", port: 7300, nodeId: 1 })
     expect(routesFor(view(1, 1, [1])).ro).toEqual({ kind: "local", host: "127.0.0.1", port: 3306 })
     expect(routesFor(view(2, 1, [1], false)).ro).toMatchObject({ kind: "none", reason: expect.stringContaining("no replica") })
   })

@@ -4,6 +4,7 @@ import { Data, Effect, Schema } from "effect"
 import { readFileSync } from "node:fs"
 import { parse as parseYaml } from "yaml"
 import { defaultLeaseConfig, type LeaseConfig } from "../domain/cluster/lease.js"
+import * as PeerTls from "../services/tls/PeerTls.js"
 
 const Port = Schema.Int.pipe(Schema.check(Schema.isBetween({ minimum: 0, maximum: 65535 })))
 const NodeId = Schema.Int.pipe(Schema.check(Schema.isGreaterThan(0)))
@@ -62,7 +63,9 @@ export const PaxosTuning = Schema.Struct({
   batchMaxBytes: Schema.optional(Schema.Int),
   maxInflight: Schema.optional(Schema.Int),
   tickMs: Schema.optional(Schema.Number),
-  proposeTimeoutMs: Schema.optional(Schema.Number)
+  proposeTimeoutMs: Schema.optional(Schema.Number),
+  /** Take proposals from PaxosClient connections on the peer port (a log-only cluster; refused with mariadb). */
+  acceptClients: Schema.optional(Schema.Boolean)
 })
 
 export const NodeConfig = Schema.Struct({
@@ -83,6 +86,11 @@ export const NodeConfig = Schema.Struct({
   join: Schema.optional(Schema.Boolean),
   paxos: Schema.optional(PaxosTuning),
   lease: Schema.optional(LeaseSettings),
+  /**
+   * Mutual TLS between agents (docs/operations.md, "Peer TLS"): PEM files of the cluster's
+   * CA, and of this node's certificate (naming node-<nodeId>) and key. `certs` makes them.
+   */
+  tls: Schema.optional(Schema.Struct({ ca: Schema.String, cert: Schema.String, key: Schema.String })),
   /** Without it the node runs the log and the lease only (no database, no proxy). */
   mariadb: Schema.optional(MariaDbSettings),
   /**
@@ -138,6 +146,10 @@ export const decodeNodeConfig = (input: unknown, source = "config"): Effect.Effe
         return yield* invalid("mariadb.mode attach needs mariadb.user (and password or socket)")
       }
     }
+    if (config.mariadb !== undefined && config.paxos?.acceptClients === true) {
+      return yield* invalid("paxos.acceptClients is refused with mariadb: a client of the log could propose binlog entries every replica executes")
+    }
+    if (config.tls !== undefined) yield* PeerTls.load(config.tls, config.nodeId).pipe(Effect.mapError((e) => invalid(e.message)))
     if (config.admin?.token !== undefined && config.admin.tokenFile !== undefined) return yield* invalid("admin: give token or tokenFile, not both")
     if (config.admin?.tokenFile !== undefined) {
       const file = config.admin.tokenFile

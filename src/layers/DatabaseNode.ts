@@ -7,6 +7,7 @@
  */
 import { Context, Effect, Layer, Schedule, type Scope, Stream } from "effect"
 import { MasterLease } from "../services/cluster/MasterLease.js"
+import * as PeerTls from "../services/tls/PeerTls.js"
 import { adminTokenOf, type NodeConfig, retentionOf } from "../config/NodeConfig.js"
 import type { NodeStatus } from "../domain/cluster/nodeStatus.js"
 import { parseGtid } from "../domain/cluster/gtid.js"
@@ -113,7 +114,8 @@ export const binlogServerLayer = (config: NodeConfig, settings: Settings) =>
 /** The client ports (RW, RO) and forward ports; RW refused until this node is promoted. */
 export const proxyLayer = (config: NodeConfig, settings: Settings) => {
   const self = config.members.find((m) => m.nodeId === config.nodeId)!
-  return Layer.unwrap(Effect.map(MasterLease, (lease) => Proxy.layer({
+  return Layer.unwrap(Effect.map(Effect.all([MasterLease, PeerTls.loadOptional(config.tls, config.nodeId)]), ([lease, tls]) => Proxy.layer({
+    tls,
     host: config.proxy?.listenHost ?? self.host,
     rwPort: self.rwPort!,
     roPort: self.roPort!,

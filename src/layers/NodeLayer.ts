@@ -9,6 +9,7 @@ import * as Membership from "../services/cluster/Membership.js"
 import * as PaxosLog from "../services/paxos/PaxosLog.js"
 import * as PaxosStorage from "../services/paxos/PaxosStorage.js"
 import * as Transport from "../services/paxos/Transport.js"
+import * as PeerTls from "../services/tls/PeerTls.js"
 import * as DatabaseNode from "./DatabaseNode.js"
 import { adminTokenOf, leaseConfigOf, type NodeConfig, retentionOf } from "../config/NodeConfig.js"
 import { nodeStatus } from "../services/admin/NodeStatus.js"
@@ -17,9 +18,11 @@ import { CAUGHT_UP } from "../services/proxy/RouteKeeper.js"
 
 /** This node's Paxos log on its LMDB store (`dataDir/paxos`), over the PeerNetwork given. */
 export const paxosLogLayer = (config: NodeConfig) => {
-  const { tickMs, proposeTimeoutMs, ...tuning } = config.paxos ?? {}
-  return PaxosLog.layer({
+  const { tickMs, proposeTimeoutMs, acceptClients, ...tuning } = config.paxos ?? {}
+  return Layer.unwrap(Effect.map(PeerTls.loadOptional(config.tls, config.nodeId), (tls) => PaxosLog.layer({
     clusterId: config.clusterId,
+    tls,
+    ...(acceptClients !== undefined ? { acceptClients } : {}),
     nodeId: config.nodeId,
     members: config.members,
     founding: config.bootstrap === true,
@@ -29,7 +32,7 @@ export const paxosLogLayer = (config: NodeConfig) => {
     membershipOf: membershipOfValue,
     ...(tickMs !== undefined ? { tickMs } : {}),
     ...(proposeTimeoutMs !== undefined ? { proposeTimeoutMs } : {})
-  }).pipe(Layer.provide(PaxosStorage.layer(
+  }))).pipe(Layer.provide(PaxosStorage.layer(
     join(config.dataDir, "paxos"),
     config.log?.segmentMb !== undefined ? { segmentBytes: config.log.segmentMb * 1024 * 1024 } : {}
   )))

@@ -13,6 +13,7 @@ import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import type { NodeConfig } from "../config/NodeConfig.js"
 import { killStaleServer } from "../services/database/MariaDbProcess.js"
+import * as Certificates from "../services/tls/Certificates.js"
 
 export class LocalClusterError extends Data.TaggedError("LocalClusterError")<{
   readonly nodeId?: number
@@ -66,6 +67,8 @@ export interface LocalCluster {
 export interface LocalClusterOptions {
   readonly nodes: number
   readonly clusterId?: string
+  /** Mutual TLS between the agents: a CA and node certificates made in `dir/tls` (`certs`). */
+  readonly tls?: boolean
   /** The cluster's admin token (default: 24 random bytes, hex). */
   readonly adminToken?: string
   /** One address for all nodes (default 127.0.0.1), or "per-node": 127.0.0.11, .12, ... (for partitions). */
@@ -221,6 +224,15 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
     })
     databases.set(i + 1, { port: yield* freePort(), binlogServerPort: yield* freePort() })
   }
+  const tlsDir = join(dir, "tls")
+  const issueCerts = (ids: ReadonlyArray<number>) =>
+    options.tls !== true ? Effect.void : Certificates.issue({
+      dir: tlsDir,
+      clusterId,
+      nodes: ids,
+      hosts: new Map(ids.map((id) => [id, [hostOf(id)]]))
+    }).pipe(Effect.mapError((e) => new LocalClusterError({ message: e.message })), Effect.asVoid)
+  yield* issueCerts(members.map((m) => m.nodeId))
   const extraConfig = typeof options.database === "object" ? options.database.extraConfig : undefined
   const maxTransactionMb = typeof options.database === "object" ? options.database.maxTransactionMb : undefined
   const rebuildAuto = typeof options.database === "object" ? options.database.rebuildAuto : undefined
@@ -237,6 +249,9 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       // A joiner knows itself and one member; the log tells it the rest.
       members: joining ? [members.find((m) => m.nodeId === nodeId)!, members[0]!] : members.filter((m) => !joiners.has(m.nodeId)),
       admin: { token: adminToken },
+      ...(options.tls === true
+        ? { tls: { ca: join(tlsDir, "ca.crt"), cert: join(tlsDir, `node-${nodeId}.crt`), key: join(tlsDir, `node-${nodeId}.key`) } }
+        : {}),
       ...(options.paxos !== undefined ? { paxos: options.paxos } : {}),
       ...(options.lease !== undefined ? { lease: options.lease } : {}),
       ...(rebuildAuto !== undefined ? { rebuild: { auto: rebuildAuto } } : {}),
@@ -375,6 +390,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
         forwardRoPort: yield* freePort(host)
       }
       if (withDb) databases.set(nodeId, { port: yield* freePort(), binlogServerPort: yield* freePort() })
+      yield* issueCerts([nodeId])
       members.push(member)
       joiners.add(nodeId)
       const node = makeNode(nodeId, member.port, member.adminPort, true)

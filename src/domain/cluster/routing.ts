@@ -10,8 +10,8 @@ export type Role = "rw" | "ro"
 export type Target =
   /** This node's MariaDB: the proxy connects to it directly. */
   | { readonly kind: "local"; readonly host: string; readonly port: number }
-  /** Another node's agent, on its forward port for the role. */
-  | { readonly kind: "forward"; readonly host: string; readonly port: number }
+  /** Another node's agent, on its forward port for the role (with peer TLS its certificate must name `nodeId`). */
+  | { readonly kind: "forward"; readonly host: string; readonly port: number; readonly nodeId?: number }
   /** No target: new connections get an ERR with this reason (e.g. "no master available"). */
   | { readonly kind: "none"; readonly reason: string }
 
@@ -40,7 +40,7 @@ const forwardOf = (view: RoutingView, nodeId: number, role: Role): Target | unde
   const m = view.members.find((x) => x.nodeId === nodeId)
   if (m === undefined) return undefined
   const a = role === "rw" ? m.forwardRw : m.forwardRo
-  return { kind: "forward", host: a.host, port: a.port }
+  return { kind: "forward", host: a.host, port: a.port, nodeId }
 }
 
 const local = (view: RoutingView): Target => ({ kind: "local", ...view.localMariaDb })

@@ -101,6 +101,11 @@ export interface ListenerHandshakeOptions {
   /** The frame bound once the hello is accepted. */
   readonly maxFrameBytes: number
   readonly timeout: Duration.Input
+  /**
+   * With mutual TLS: the node id the dialer's certificate names (0: not a node
+   * certificate). A peer's hello must claim that node: a certificate is not a pass for others.
+   */
+  readonly certifiedNodeId?: number | undefined
 }
 
 /** Listener side: wait for the hello, refuse it (HelloRejected) or answer HelloOk; gives the accepted hello. */
@@ -129,6 +134,8 @@ export const listenerHandshake = (
       ? handshakeError(remote, "ClusterMismatch", `cluster id ${JSON.stringify(hello.clusterId.slice(0, 100))} is not ours`)
       : hello.role === "peer" && !peerIds.has(hello.nodeId)
       ? handshakeError(remote, "UnknownNode", `node ${hello.nodeId} is not a configured peer`)
+      : hello.role === "peer" && options.certifiedNodeId !== undefined && options.certifiedNodeId !== hello.nodeId
+      ? handshakeError(remote, "NotCertified", `claims node ${hello.nodeId}, but its certificate ${options.certifiedNodeId === 0 ? "names no node" : `is node ${options.certifiedNodeId}'s`}`)
       : hello.role === "client" && !acceptClients
       ? handshakeError(remote, "ClientsNotAccepted", "this listener does not accept clients")
       : undefined

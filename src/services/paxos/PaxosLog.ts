@@ -27,6 +27,7 @@ import { PaxosStorage, StorageError } from "./PaxosStorage.js"
 import * as Transport from "./Transport.js"
 import { forkScopedLogged } from "../fibers.js"
 import * as Time from "../time.js"
+import type { PeerTls } from "../tls/PeerTls.js"
 
 /** A client (bench, tests, later the agent's tools) proposes over the peer port. */
 export const ClientMessage = Schema.Union([
@@ -169,7 +170,10 @@ export interface PaxosLogOptions {
    * it stops (PaxosStateMissing).
    */
   readonly joining?: boolean
+  /** Take proposals from dialers with role "client" (PaxosClient); default false. Never with a database: a client could inject binlog entries. */
   readonly acceptClients?: boolean
+  /** Mutual TLS with the cluster's CA on the peer port and links (Transport). */
+  readonly tls?: PeerTls | undefined
   /** Log compaction; default: a tail of 1 GiB and 1 day, checked every 5 s. */
   readonly retention?: Partial<Retention>
   /** Which chosen values change the member set (core.ts, PaxosConfig.membershipOf); none: the members never change. */
@@ -549,7 +553,8 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       return a === undefined ? [] : [a]
     }),
     messageSchema: NodeMessage as Schema.Codec<NodeMessage, unknown>,
-    acceptClients: options.acceptClients ?? true,
+    acceptClients: options.acceptClients ?? false,
+    tls: options.tls,
     acceptUnknownPeers: () => awaitingSelf,
     fastPath: nodeMessageFastPath,
     onInbound

@@ -16,6 +16,8 @@
  * with a logged, typed error and nothing else.
  */
 import * as net from "node:net"
+import * as tls from "node:tls"
+import * as PeerTls from "../tls/PeerTls.js"
 import { Cause, Context, Duration, Effect, Fiber, Layer, Queue, Result, Schedule, Schema, Scope } from "effect"
 import { DEFAULT_MAX_FRAME_BYTES, FrameEncodeError, tryEncodeFrame } from "../../domain/wire/frame.js"
 import * as TcpListener from "../net/TcpListener.js"
@@ -83,6 +85,11 @@ export interface TransportOptions<M> {
   /** Cheaper codec for the hottest messages; the schema still handles everything else. */
   readonly fastPath?: FastPath<M>
   /**
+   * Mutual TLS with the cluster's CA: the listener drops dialers without a certificate in
+   * the TLS handshake, and a peer's hello must claim the node its certificate names.
+   */
+  readonly tls?: PeerTls.PeerTls | undefined
+  /**
    * Receives every inbound message in the socket callback instead of {@link Transport.inbound}
    * (which then stays empty): saves a queue and a fiber hop per message. Must not block.
    */
@@ -138,6 +145,8 @@ export interface ClientOptions<M> {
   readonly fastPath?: FastPath<M>
   /** Receives messages in the socket callback instead of {@link ClientConnection.inbound} (then only ended on close). */
   readonly onMessage?: (message: M) => void
+  /** A certificate of the cluster's CA, for a listener that requires mutual TLS. */
+  readonly tls?: PeerTls.PeerTls | undefined
 }
 
 export interface ClientConnection<M> {
@@ -167,17 +176,19 @@ const dial = (
   host: string,
   port: number,
   maxBufferedBytes: number,
-  localAddress?: string
+  localAddress?: string,
+  secure?: tls.ConnectionOptions
 ): Effect.Effect<Connection, TransportConnectError, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.callback<Connection, TransportConnectError>((resume) => {
-      const socket = net.connect({ host, port, ...(localAddress !== undefined ? { localAddress } : {}) })
+      const at = { host, port, ...(localAddress !== undefined ? { localAddress } : {}) }
+      const socket: net.Socket = secure === undefined ? net.connect(at) : tls.connect({ ...at, ...secure })
       const onError = (cause: Error) => {
         socket.destroy()
         resume(Effect.fail(new TransportConnectError({ host, port, cause })))
       }
       socket.once("error", onError)
-      socket.once("connect", () => {
+      socket.once(secure === undefined ? "connect" : "secureConnect", () => {
         // The Connection attaches its own error handler before ours goes.
         const conn = new Connection(socket, `${host}:${port}`, HANDSHAKE_MAX_FRAME_BYTES, maxBufferedBytes)
         socket.off("error", onError)
@@ -302,7 +313,8 @@ export const make = <M>(
             peerIds: options.acceptUnknownPeers?.() === true ? { has: (id: number) => id !== options.nodeId } as ReadonlySet<number> : peerIds,
             acceptClients,
             maxFrameBytes,
-            timeout: handshakeTimeout
+            timeout: handshakeTimeout,
+            ...(options.tls !== undefined ? { certifiedNodeId: PeerTls.peerNodeId(conn.socket as tls.TLSSocket) ?? 0 } : {})
           })
           if (hello.role === "peer") {
             const from = hello.nodeId
@@ -333,7 +345,8 @@ export const make = <M>(
       component: "transport",
       listenError: (cause) => new TransportListenError({ host: options.listen.host, port: options.listen.port, cause }),
       // Construct synchronously: it attaches the socket's error handler.
-      onSocket: (socket) => handleInbound(new Connection(socket, TcpListener.remoteOf(socket), HANDSHAKE_MAX_FRAME_BYTES, maxBuffered))
+      onSocket: (socket) => handleInbound(new Connection(socket, TcpListener.remoteOf(socket), HANDSHAKE_MAX_FRAME_BYTES, maxBuffered)),
+      tls: options.tls === undefined ? undefined : PeerTls.serverOptions(options.tls)
     })
     const address = listener.address
 
@@ -348,7 +361,7 @@ export const make = <M>(
       const session = Effect.scoped(
         Effect.gen(function*() {
           // From our own listen address: peers (and partition rules) see which node this is.
-          const conn = yield* dial(host, port, maxBuffered, sourceAddress)
+          const conn = yield* dial(host, port, maxBuffered, sourceAddress, options.tls === undefined ? undefined : PeerTls.clientOptions(options.tls, nodeId))
           yield* dialerHandshake(conn, hello, maxFrameBytes, handshakeTimeout, nodeId)
           // The peer never writes on our outbound connection after HelloOk.
           conn.setReceiver(() => handshakeError(conn.remote, "UnexpectedFrame", "frame on an outbound peer link"))
@@ -444,7 +457,8 @@ export const connectClient = <M>(
     const { host, port } = options
     const maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
     const encode = makeEncoder(options.messageSchema, maxFrameBytes, options.fastPath)
-    const conn = yield* dial(host, port, options.maxOutboundBufferBytes ?? DEFAULT_MAX_OUTBOUND_BUFFER_BYTES)
+    const conn = yield* dial(host, port, options.maxOutboundBufferBytes ?? DEFAULT_MAX_OUTBOUND_BUFFER_BYTES, undefined,
+      options.tls === undefined ? undefined : PeerTls.clientOptions(options.tls, undefined))
     yield* dialerHandshake(
       conn,
       { _tag: "Hello", clusterId: options.clusterId, nodeId: 0, role: "client" },

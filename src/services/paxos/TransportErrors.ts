@@ -32,6 +32,7 @@ export type HandshakeFailure =
   | "ClusterMismatch"
   | "UnknownNode"
   | "ClientsNotAccepted"
+  | "NotCertified" // a TLS peer claims a node its certificate does not name
   | "Rejected" // the listener said no (dialer side)
   | "WrongNode" // the listener is not the node configured at that address
   | "UnexpectedFrame" // a frame where the protocol has none

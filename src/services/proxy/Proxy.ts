@@ -19,6 +19,7 @@
  * that one connection; the process never crashes on input.
  */
 import * as net from "node:net"
+import * as tls from "node:tls"
 import { Context, Data, Duration, Effect, Layer, Result, Stream } from "effect"
 import type * as Scope from "effect/Scope"
 import { encodePackets } from "../../domain/mysql/packet.js"
@@ -27,6 +28,7 @@ import { ClientCommandWatch, handshakeThreadId } from "../../domain/mysql/killWa
 import * as PP from "../../domain/mysql/proxyProtocol.js"
 import { describeTarget, type Role, Routing, sameTarget, type Target } from "./Routing.js"
 import * as TcpListener from "../net/TcpListener.js"
+import * as PeerTls from "../tls/PeerTls.js"
 import { forkScopedLogged } from "../fibers.js"
 import { describeCause } from "../../domain/describe.js"
 import { isWildcard } from "../../domain/wire/address.js"
@@ -68,6 +70,12 @@ export interface ProxyOptions {
    * them from a database another master has moved past. Default: always open.
    */
   readonly rwGate?: (() => boolean) | undefined
+  /**
+   * Mutual TLS between members (docs/operations.md, "Peer TLS"): the forward ports take only
+   * dialers holding a node certificate of the cluster's CA, and this proxy dials another
+   * member's forward port over TLS, checking that its certificate names that node.
+   */
+  readonly tls?: PeerTls.PeerTls | undefined
 }
 
 const LEASE_CLOSED = "this node no longer holds the master lease"
@@ -372,10 +380,12 @@ const connect = (
   port: number,
   label: string,
   timeout: Duration.Input,
-  localAddress: string | undefined
+  localAddress: string | undefined,
+  secure?: tls.ConnectionOptions
 ): Effect.Effect<net.Socket, ProxyUpstreamError> =>
   Effect.callback<net.Socket, ProxyUpstreamError>((resume) => {
-    const socket = net.connect({ host, port, noDelay: true, ...(localAddress !== undefined ? { localAddress } : {}) })
+    const at = { host, port, noDelay: true, ...(localAddress !== undefined ? { localAddress } : {}) }
+    const socket: net.Socket = secure === undefined ? net.connect(at) : tls.connect({ ...at, ...secure })
     // Never an unhandled 'error' between connect and the relay's own handlers.
     socket.on("error", () => {})
     socket.pause()
@@ -387,7 +397,7 @@ const connect = (
       resume(Effect.fail(new ProxyUpstreamError({ upstream: label, reason: e.message })))
     }
     socket.once("error", onError)
-    socket.once("connect", () => {
+    socket.once(secure === undefined ? "connect" : "secureConnect", () => {
       if (settled) return
       settled = true
       socket.off("error", onError)
@@ -561,10 +571,11 @@ export const make = (
       first: Effect.Effect<ReadonlyArray<Uint8Array>, PP.ProxyHeaderError>,
       localAddress?: string,
       local?: LocalRelay,
-      clientBytes?: Uint8Array
+      clientBytes?: Uint8Array,
+      secure?: tls.ConnectionOptions
     ): Effect.Effect<void> =>
       Effect.gen(function*() {
-        const up = yield* Effect.result(connect(host, port, label, connectTimeout, localAddress))
+        const up = yield* Effect.result(connect(host, port, label, connectTimeout, localAddress, secure))
         if (Result.isFailure(up)) {
           state.refused++
           yield* Effect.logWarning(`proxy ${state.name}: ${up.failure.message} (client ${conn.remote})`, up.failure)
@@ -606,18 +617,25 @@ export const make = (
           // To another member from this node's own address: its forward port accepts members only.
           yield* connectAndRelay(state, conn, target.host, target.port, label, headerBytes(conn.source, conn.destination),
             target.kind === "forward" && !isWildcard(options.host) ? options.host : undefined,
-            target.kind === "local" ? localRelay(role) : undefined)
+            target.kind === "local" ? localRelay(role) : undefined, undefined,
+            target.kind === "forward" && options.tls !== undefined ? PeerTls.clientOptions(options.tls, target.nodeId) : undefined)
         }))
 
     // --- forward listeners --------------------------------------------------
     const onForward = (state: ListenerState, role: Role) => (socket: net.Socket): Effect.Effect<void> => {
       const peer = PP.unmapIPv4(socket.remoteAddress ?? "")
-      if (!members.has(peer)) {
+      // With TLS the handshake already required the cluster CA; the certificate must also be a node's.
+      const refusal = !members.has(peer)
+        ? "not a cluster member"
+        : options.tls !== undefined && PeerTls.peerNodeId(socket as tls.TLSSocket) === undefined
+        ? "its certificate names no node of the cluster"
+        : undefined
+      if (refusal !== undefined) {
         socket.on("error", () => {})
         socket.destroy()
         state.accepted++
         state.refused++
-        return Effect.logWarning(new ProxyForwardPeerError({ listener: state.name, remote: TcpListener.remoteOf(socket), reason: "not a cluster member" }).message)
+        return Effect.logWarning(new ProxyForwardPeerError({ listener: state.name, remote: TcpListener.remoteOf(socket), reason: refusal }).message)
       }
       return withConn(state, socket, (conn) =>
         Effect.gen(function*() {
@@ -660,12 +678,13 @@ export const make = (
 
     // --- listeners ------------------------------------------------------------
     const addresses: Partial<Record<ListenerName, { readonly host: string; readonly port: number }>> = {}
-    const open = (name: ListenerName, port: number, onSocket: (state: ListenerState) => (s: net.Socket) => Effect.Effect<void>) =>
+    const open = (name: ListenerName, port: number, onSocket: (state: ListenerState) => (s: net.Socket) => Effect.Effect<void>, secure?: tls.TlsOptions) =>
       Effect.gen(function*() {
         const state = stateOf(name)
         const l = yield* TcpListener.listen({
           host: options.host,
           port,
+          tls: secure,
           component: `proxy ${name}`,
           listenError: (cause) => new ProxyListenError({ listener: name, host: options.host, port, cause }),
           onSocket: onSocket(state)
@@ -674,12 +693,13 @@ export const make = (
         return state
       })
 
+    const forwardTls = options.tls === undefined ? undefined : PeerTls.serverOptions(options.tls)
     const rwState = yield* open("rw", options.rwPort, (s) => onClient(s, "rw"))
     yield* open("ro", options.roPort, (s) => onClient(s, "ro"))
     const forwardRwState = options.forwardRwPort === undefined
       ? undefined
-      : yield* open("forwardRw", options.forwardRwPort, (s) => onForward(s, "rw"))
-    if (options.forwardRoPort !== undefined) yield* open("forwardRo", options.forwardRoPort, (s) => onForward(s, "ro"))
+      : yield* open("forwardRw", options.forwardRwPort, (s) => onForward(s, "rw"), forwardTls)
+    if (options.forwardRoPort !== undefined) yield* open("forwardRo", options.forwardRoPort, (s) => onForward(s, "ro"), forwardTls)
 
     // Master switch: every RW connection to a target other than the current one closes.
     yield* routing.changes.pipe(
