@@ -9,7 +9,9 @@ import { encodeFrame } from "../src/domain/wire/frame.js"
 import * as Transport from "../src/services/paxos/Transport.js"
 import * as Certificates from "../src/services/tls/Certificates.js"
 import * as PeerTls from "../src/services/tls/PeerTls.js"
-import { clusterWithTable, runCli, startWriter, waitForMaster, writesFlowing } from "./support/dbCluster.js"
+import * as LocalCluster from "../src/testing/LocalCluster.js"
+import mysql from "mysql2/promise"
+import { APP_PASSWORD, APP_USER, clusterWithTable, runCli, startWriter, waitForMaster, writesFlowing } from "./support/dbCluster.js"
 
 const Ping = Schema.TaggedStruct("Ping", { n: Schema.Int })
 type Ping = typeof Ping.Type
@@ -93,14 +95,13 @@ describe("peer TLS", () => {
 
       // The real member gets through, and its messages arrive.
       const two = yield* open(2, tls2, [{ nodeId: 1, port }])
-      yield* two.send(1, { _tag: "Ping", n: 7 }).pipe(
-        Effect.andThen(Queue.take(one.inbound)),
-        Effect.timeout("10 seconds"),
-        Effect.retry({ times: 3 })
-      ).pipe(Effect.map((m) => expect(m).toMatchObject({ _tag: "Peer", from: 2, message: { n: 7 } })))
+      yield* LocalCluster.waitFor("node 2's TLS link to node 1", Effect.map(two.reachable, (r) => r.get(1) === true), 10_000)
+      yield* two.send(1, { _tag: "Ping", n: 7 })
+      const got = yield* Queue.take(one.inbound).pipe(Effect.timeout("10 seconds"))
+      expect(got).toMatchObject({ _tag: "Peer", from: 2, message: { n: 7 } })
     }).pipe(Effect.scoped), { timeout: 60_000 })
 
-  it.live("a cluster with TLS between agents: writes through a replica's RW port go over TLS to the master; a forward port takes no plain connection, and `certs` makes the files", () =>
+  it.live("a cluster with TLS between agents: writes through a replica's RW port go over TLS to the master; a forward port takes no plain connection, MariaDB takes PROXY headers from the agent only, and `certs` makes the files", () =>
     Effect.gen(function*() {
       const { c } = yield* clusterWithTable({ nodes: 3, database: true, tls: true }, "d.t", 60_000)
       const master = yield* waitForMaster(c, "the master")
@@ -114,6 +115,31 @@ describe("peer TLS", () => {
       expect(forged.received.toString("latin1")).not.toMatch(/MariaDB/)
       const peerPlain = yield* session(master.peerPort, hello(replica.nodeId))
       expect(peerPlain.received.includes("HelloOk")).toBe(false)
+      // MariaDB takes PROXY headers from the agent only (its Unix socket): through the RW port
+      // it sees this client's own address and port; over its TCP port a header is refused.
+      const seen = yield* Effect.promise(async () => {
+        const conn = await mysql.createConnection({ host: "127.0.0.1", port: master.rwPort!, user: APP_USER, password: APP_PASSWORD })
+        const [rows] = await conn.query("SELECT HOST AS h FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()")
+        const local = (conn as unknown as { connection: { stream: net.Socket } }).connection.stream.localPort
+        await conn.end()
+        return { host: (rows as Array<{ h: string }>)[0]!.h, local }
+      })
+      expect(seen.host).toBe(`127.0.0.1:${seen.local}`)
+      const faked = yield* Effect.promise(() =>
+        mysql.createConnection({
+          user: APP_USER,
+          password: APP_PASSWORD,
+          stream: () => {
+            const s = net.connect({ host: "127.0.0.1", port: master.mariadb!.port })
+            s.write("PROXY TCP4 10.9.9.9 127.0.0.1 5555 3306\r\n")
+            return s
+          }
+        }).then((c) => (c.destroy(), "connected"), (e: Error) => e.message)
+      )
+      expect(faked).toMatch(/Proxy header is not accepted/)
+      // Every row image is under dataDir, which no other local user may enter; the config holds the admin token.
+      expect(statSync(join(master.dir, "data")).mode & 0o077).toBe(0)
+      expect(statSync(master.configPath).mode & 0o077).toBe(0)
       // Nothing broke: the master still serves.
       expect((yield* waitForMaster(c, "the master after the probes")).nodeId).toBe(master.nodeId)
 

@@ -21,6 +21,8 @@ import { CommitPath, commitPathLayer } from "../services/binlog/BinlogSync.js"
 import * as ChosenBinlog from "../services/binlog/ChosenBinlog.js"
 import * as DatabaseRole from "../services/database/DatabaseRole.js"
 import * as LocalMariaDb from "../services/database/LocalMariaDb.js"
+import { layoutOf } from "../services/database/MariaDbLayout.js"
+import type { LocalMariaDbAddress } from "../domain/cluster/routing.js"
 import * as NodeDatabase from "../services/database/NodeDatabase.js"
 import { PaxosLog } from "../services/paxos/PaxosLog.js"
 import * as Proxy from "../services/proxy/Proxy.js"
@@ -111,6 +113,16 @@ export const binlogServerLayer = (config: NodeConfig, settings: Settings) =>
     })
   )
 
+/**
+ * The proxy's way to this node's MariaDB: a managed server over its Unix socket, the only
+ * place it takes PROXY headers from (docs/mariadb.md, "PROXY protocol"); an attached one
+ * over TCP (its proxy_protocol_networks is the operator's).
+ */
+const localMariaDbAddress = (config: NodeConfig, settings: Settings): LocalMariaDbAddress =>
+  (settings.mode ?? "managed") === "managed"
+    ? { host: "127.0.0.1", port: settings.port, socket: layoutOf(LocalMariaDb.managedDirOf(config.dataDir)).socket }
+    : { host: "127.0.0.1", port: settings.port }
+
 /** The client ports (RW, RO) and forward ports; RW refused until this node is promoted. */
 export const proxyLayer = (config: NodeConfig, settings: Settings) => {
   const self = config.members.find((m) => m.nodeId === config.nodeId)!
@@ -122,7 +134,7 @@ export const proxyLayer = (config: NodeConfig, settings: Settings) => {
     forwardRwPort: self.forwardRwPort,
     forwardRoPort: self.forwardRoPort,
     members: config.members.map((m) => m.host),
-    localMariaDb: { host: "127.0.0.1", port: settings.port },
+    localMariaDb: localMariaDbAddress(config, settings),
     proxyProtocol: config.proxy?.proxyProtocol,
     connectTimeout: config.proxy?.connectTimeoutMs === undefined ? undefined : `${config.proxy.connectTimeoutMs} millis`,
     maxConnections: config.proxy?.maxConnections,
@@ -134,7 +146,7 @@ export const proxyLayer = (config: NodeConfig, settings: Settings) => {
 export const routeKeeperLayer = (config: NodeConfig, settings: Settings) =>
   RouteKeeper.layer({
     nodeId: config.nodeId,
-    localMariaDb: { host: "127.0.0.1", port: settings.port },
+    localMariaDb: localMariaDbAddress(config, settings),
     members: config.members.map((m) => ({
       nodeId: m.nodeId,
       forwardRw: { host: m.host, port: m.forwardRwPort! },

@@ -1,5 +1,6 @@
 /** Wiring: a whole node, or its parts, as Layers built from a validated config. */
-import { Context, Effect, Layer, Option, Schema, Struct } from "effect"
+import { Context, Data, Effect, Layer, Option, Schema, Struct } from "effect"
+import { chmodSync, mkdirSync } from "node:fs"
 import { join } from "node:path"
 import type { NodeStatus } from "../domain/cluster/nodeStatus.js"
 import * as Admin from "../services/admin/Admin.js"
@@ -154,11 +155,30 @@ const runningNode = (config: NodeConfig) =>
  * HTTP, with the log, state and lease services exposed too. Peers are reached over TCP
  * unless another PeerNetwork is given.
  */
+export class DataDirError extends Data.TaggedError("DataDirError")<{ readonly dir: string; readonly reason: string }> {
+  override get message() {
+    return `dataDir ${this.dir}: ${this.reason}`
+  }
+}
+
+/**
+ * The node's dataDir, created if missing and made 0700: it holds every row image (the
+ * Paxos log, the state store, MariaDB's files), so no other local user may read it.
+ */
+const privateDataDir = (config: NodeConfig) =>
+  Layer.effectDiscard(Effect.try({
+    try: () => {
+      mkdirSync(config.dataDir, { recursive: true, mode: 0o700 })
+      chmodSync(config.dataDir, 0o700)
+    },
+    catch: (e) => new DataDirError({ dir: config.dataDir, reason: e instanceof Error ? e.message : String(e) })
+  }))
+
 export const layer = (config: NodeConfig, network: Layer.Layer<Transport.PeerNetwork> = Transport.tcpLayer) => {
   const core = coreLayer(config)
   const running = Layer.effect(RunningNode, runningNode(config))
   const withDatabase = config.mariadb === undefined
     ? running.pipe(Layer.provideMerge(core))
     : running.pipe(Layer.provideMerge(DatabaseNode.layer(config)), Layer.provideMerge(core))
-  return withDatabase.pipe(Layer.provide(network))
+  return withDatabase.pipe(Layer.provide(network), Layer.provide(privateDataDir(config)))
 }

@@ -239,7 +239,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
 
   const makeNode = (nodeId: number, peerPort: number, adminPort: number, joining = false): LocalNode => {
     const nodeDir = join(dir, `node${nodeId}`)
-    mkdirSync(nodeDir, { recursive: true })
+    mkdirSync(nodeDir, { recursive: true, mode: 0o700 })
     const configPath = join(nodeDir, "config.json")
     const database = databases.get(nodeId)
     const config: NodeConfig = {
@@ -268,7 +268,8 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
     }
     const mariadbDir = join(nodeDir, "data", "mariadb")
     const member = members.find((m) => m.nodeId === nodeId)!
-    writeFileSync(configPath, JSON.stringify(config, null, 2))
+    // It holds the admin token.
+    writeFileSync(configPath, JSON.stringify(config, null, 2), { mode: 0o600 })
     let child: ChildProcess | undefined
     let output = ""
     let startedBefore = false

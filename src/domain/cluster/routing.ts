@@ -8,12 +8,22 @@
 export type Role = "rw" | "ro"
 
 export type Target =
-  /** This node's MariaDB: the proxy connects to it directly. */
-  | { readonly kind: "local"; readonly host: string; readonly port: number }
+  /**
+   * This node's MariaDB: the proxy connects to it directly, over `socket` when set (a
+   * managed server takes PROXY headers only there, docs/mariadb.md "PROXY protocol").
+   */
+  | { readonly kind: "local"; readonly host: string; readonly port: number; readonly socket?: string }
   /** Another node's agent, on its forward port for the role (with peer TLS its certificate must name `nodeId`). */
   | { readonly kind: "forward"; readonly host: string; readonly port: number; readonly nodeId?: number }
   /** No target: new connections get an ERR with this reason (e.g. "no master available"). */
   | { readonly kind: "none"; readonly reason: string }
+
+/** Where this node's MariaDB listens: TCP, and its Unix socket when the proxy should use that. */
+export interface LocalMariaDbAddress {
+  readonly host: string
+  readonly port: number
+  readonly socket?: string
+}
 
 export interface Routes {
   readonly rw: Target
@@ -24,7 +34,7 @@ export interface RoutingView {
   readonly self: number
   /** The node holding the master lease, as this node knows it. */
   readonly master: number | null
-  readonly localMariaDb: { readonly host: string; readonly port: number }
+  readonly localMariaDb: LocalMariaDbAddress
   readonly members: ReadonlyArray<{
     readonly nodeId: number
     readonly forwardRw: { readonly host: string; readonly port: number }

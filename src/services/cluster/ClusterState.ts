@@ -138,7 +138,7 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
   const env = yield* Effect.acquireRelease(
     Effect.try({
       try: () => {
-        mkdirSync(options.dir, { recursive: true })
+        mkdirSync(options.dir, { recursive: true, mode: 0o700 })
         // No fsync: everything here is derived from the Paxos log and replayed from it after a
         // crash (writes stay ordered, so a lost tail loses snapshot and index together).
         return open({ path: options.dir, encoding: "msgpack", compression: false, noSync: true })

@@ -121,6 +121,9 @@ const copiedPosition = (dataDir: string): Gtid | null => {
   return null
 }
 
+/** A managed server's directory under the node's dataDir. */
+export const managedDirOf = (dataDir: string) => join(dataDir, "mariadb")
+
 export class LocalMariaDb extends Context.Service<LocalMariaDb, LocalMariaDbShape>()("phxmaria/LocalMariaDb") {}
 
 /** my.cnf settings every managed node needs (docs/mariadb.md): semi-sync ready, truncation on restart. */
@@ -159,7 +162,9 @@ export const managedServerConfig = (
   rpl_semi_sync_master_wait_no_slave: "ON",
   rpl_semi_sync_master_timeout: "18446744073709551615",
   read_only: "ON",
-  proxy_protocol_networks: "127.0.0.0/8,localhost",
+  // PROXY headers only over the Unix socket (in the 0700 datadir): the agent's proxy relays
+  // there, and no other local process can fake a client address over TCP.
+  proxy_protocol_networks: "localhost",
   // Replicas apply the chosen log in parallel (in commit order), committing in groups: a
   // replica behind the log catches up faster than the master writes.
   slave_parallel_threads: 4,
@@ -181,7 +186,7 @@ const replicationPassword = (dataDir: string): string => {
     return readFileSync(file, "utf8").trim()
   } catch {
     const secret = randomBytes(18).toString("base64url")
-    mkdirSync(dataDir, { recursive: true })
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 })
     writeFileSync(file, secret + "\n", { mode: 0o600 })
     return secret
   }
@@ -223,12 +228,12 @@ export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
     return yield* new MariaDbServer.MariaDbStartError({
       stage: "config",
       message: `extraConfig may not set ${refused.join(", ")}: the cluster's safety rests on the agent's own value`,
-      dir: join(options.dataDir, "mariadb")
+      dir: managedDirOf(options.dataDir)
     })
   }
   const server = managed
     ? yield* MariaDbServer.makeManaged({
-      dir: join(options.dataDir, "mariadb"),
+      dir: managedDirOf(options.dataDir),
       port: options.port,
       serverId: options.nodeId,
       extraConfig: {

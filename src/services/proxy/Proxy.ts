@@ -27,6 +27,7 @@ import { buildErr, buildOk } from "../../domain/mysql/protocol.js"
 import { ClientCommandWatch, handshakeThreadId } from "../../domain/mysql/killWatch.js"
 import * as PP from "../../domain/mysql/proxyProtocol.js"
 import { describeTarget, type Role, Routing, sameTarget, type Target } from "./Routing.js"
+import type { LocalMariaDbAddress } from "../../domain/cluster/routing.js"
 import * as TcpListener from "../net/TcpListener.js"
 import * as PeerTls from "../tls/PeerTls.js"
 import { forkScopedLogged } from "../fibers.js"
@@ -51,7 +52,7 @@ export interface ProxyOptions {
   /** Addresses allowed to connect to the forward ports (IPv4-mapped IPv6 is unmapped first). */
   readonly members?: ReadonlyArray<string> | undefined
   /** This node's MariaDB, the upstream of the forward listeners. */
-  readonly localMariaDb?: { readonly host: string; readonly port: number } | undefined
+  readonly localMariaDb?: LocalMariaDbAddress | undefined
   /** PROXY header sent upstream; default "v1". */
   readonly proxyProtocol?: ProxyProtocolMode | undefined
   /** Upstream connect timeout; default 5 seconds. */
@@ -376,16 +377,17 @@ class Conn {
 
 /** Connects to `host:port`; the socket comes back connected, or a typed error. */
 const connect = (
-  host: string,
-  port: number,
+  to: { readonly host: string; readonly port: number; readonly socket?: string | undefined },
   label: string,
   timeout: Duration.Input,
   localAddress: string | undefined,
   secure?: tls.ConnectionOptions
 ): Effect.Effect<net.Socket, ProxyUpstreamError> =>
   Effect.callback<net.Socket, ProxyUpstreamError>((resume) => {
-    const at = { host, port, noDelay: true, ...(localAddress !== undefined ? { localAddress } : {}) }
-    const socket: net.Socket = secure === undefined ? net.connect(at) : tls.connect({ ...at, ...secure })
+    const at = { host: to.host, port: to.port, noDelay: true, ...(localAddress !== undefined ? { localAddress } : {}) }
+    const socket: net.Socket = to.socket !== undefined
+      ? net.connect({ path: to.socket })
+      : secure === undefined ? net.connect(at) : tls.connect({ ...at, ...secure })
     // Never an unhandled 'error' between connect and the relay's own handlers.
     socket.on("error", () => {})
     socket.pause()
@@ -565,8 +567,7 @@ export const make = (
     const connectAndRelay = (
       state: ListenerState,
       conn: Conn,
-      host: string,
-      port: number,
+      to: { readonly host: string; readonly port: number; readonly socket?: string | undefined },
       label: string,
       first: Effect.Effect<ReadonlyArray<Uint8Array>, PP.ProxyHeaderError>,
       localAddress?: string,
@@ -575,7 +576,7 @@ export const make = (
       secure?: tls.ConnectionOptions
     ): Effect.Effect<void> =>
       Effect.gen(function*() {
-        const up = yield* Effect.result(connect(host, port, label, connectTimeout, localAddress, secure))
+        const up = yield* Effect.result(connect(to, label, connectTimeout, localAddress, secure))
         if (Result.isFailure(up)) {
           state.refused++
           yield* Effect.logWarning(`proxy ${state.name}: ${up.failure.message} (client ${conn.remote})`, up.failure)
@@ -615,7 +616,7 @@ export const make = (
           }
           const label = describeTarget(target)
           // To another member from this node's own address: its forward port accepts members only.
-          yield* connectAndRelay(state, conn, target.host, target.port, label, headerBytes(conn.source, conn.destination),
+          yield* connectAndRelay(state, conn, target, label, headerBytes(conn.source, conn.destination),
             target.kind === "forward" && !isWildcard(options.host) ? options.host : undefined,
             target.kind === "local" ? localRelay(role) : undefined, undefined,
             target.kind === "forward" && options.tls !== undefined ? PeerTls.clientOptions(options.tls, target.nodeId) : undefined)
@@ -669,8 +670,8 @@ export const make = (
             conn.refuse(ERR_CANNOT_CONNECT, "HY000", "this node has no local MariaDB configured")
             return
           }
-          const label = `local ${local.host}:${local.port}`
-          yield* connectAndRelay(state, conn, local.host, local.port, label,
+          const label = `local ${local.socket ?? `${local.host}:${local.port}`}`
+          yield* connectAndRelay(state, conn, local, label,
             Effect.map(headerBytes(header.source, header.destination), (h) => h), undefined,
             localRelay(role), rest)
         }))

@@ -6,7 +6,7 @@
  * once a second what is only polled (reachability, the peers' read flags).
  */
 import { Context, Effect, Layer, Schedule, Stream, SubscriptionRef } from "effect"
-import { routesFor } from "../../domain/cluster/routing.js"
+import { type LocalMariaDbAddress, routesFor } from "../../domain/cluster/routing.js"
 import { ClusterState } from "../cluster/ClusterState.js"
 import { MasterLease } from "../cluster/MasterLease.js"
 import { DatabaseRoleCell } from "../database/DatabaseRole.js"
@@ -31,7 +31,7 @@ export class RouteRefresh extends Context.Service<RouteRefresh, RouteRefreshShap
 
 export interface RouteKeeperOptions {
   readonly nodeId: number
-  readonly localMariaDb: { readonly host: string; readonly port: number }
+  readonly localMariaDb: LocalMariaDbAddress
   readonly members: ReadonlyArray<{
     readonly nodeId: number
     readonly forwardRw: { readonly host: string; readonly port: number }
