@@ -20,6 +20,7 @@ import type { NodeStatus } from "./domain/cluster/nodeStatus.js"
 import { describeMembers } from "./domain/cluster/cluster.js"
 import * as LocalCluster from "./testing/LocalCluster.js"
 import * as Certificates from "./services/tls/Certificates.js"
+import * as PeerTls from "./services/tls/PeerTls.js"
 import mysql from "mysql2/promise"
 import { userInfo } from "node:os"
 
@@ -91,13 +92,24 @@ const tokenFlag = Flag.String("token").pipe(
   Flag.optional
 )
 
-/** The admin token: --token, else the config file's (admin.token / admin.tokenFile), else $PHXMARIA_ADMIN_TOKEN. */
-const adminTokenFrom = (token: Option.Option<string>, config: Option.Option<string>): Effect.Effect<string | undefined, ConfigFileError> =>
-  Option.isSome(token)
-    ? Effect.succeed(token.value)
-    : Option.isSome(config)
-    ? Effect.map(readConfig(config.value), (c) => adminTokenOf(c) ?? process.env.PHXMARIA_ADMIN_TOKEN)
-    : Effect.succeed(process.env.PHXMARIA_ADMIN_TOKEN)
+/** What a call that changes something is sent with: the admin token, and with peer TLS the node's certificate (HTTPS). */
+interface AdminCredentials {
+  readonly token?: string | undefined
+  readonly tls?: PeerTls.PeerTls | undefined
+}
+
+/**
+ * The admin token: --token, else the config file's (admin.token / admin.tokenFile), else
+ * $PHXMARIA_ADMIN_TOKEN; with --config and its `tls`, calls go over HTTPS with that node's certificate.
+ */
+const adminCredentialsFrom = (token: Option.Option<string>, config: Option.Option<string>): Effect.Effect<AdminCredentials, ConfigFileError | PeerTls.PeerTlsError> =>
+  Effect.gen(function*() {
+    const c = Option.isSome(config) ? yield* readConfig(config.value) : undefined
+    return {
+      token: Option.isSome(token) ? token.value : (c !== undefined ? adminTokenOf(c) : undefined) ?? process.env.PHXMARIA_ADMIN_TOKEN,
+      tls: c === undefined ? undefined : yield* PeerTls.loadOptional(c.tls, c.nodeId)
+    }
+  })
 
 const rebuild = Command.make(
   "rebuild",
@@ -116,7 +128,7 @@ const rebuild = Command.make(
         : Option.isSome(admin)
         ? admin.value.trim()
         : yield* Effect.fail(new UsageError({ message: "rebuild needs --config FILE or --admin host:port" }))
-      yield* Console.log(yield* requestRebuild({ address, token: yield* adminTokenFrom(token, config) }))
+      yield* Console.log(yield* requestRebuild({ address, ...(yield* adminCredentialsFrom(token, config)) }))
     }).pipe(Effect.tapError((e) =>
       e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`)
       : e._tag === "RebuildRefused" ? Console.error(`phxmaria: ${e.address} did not take the rebuild: ${e.message}`)
@@ -135,7 +147,7 @@ const adminTargets = (command: string, config: Option.Option<string>, admin: Opt
     : Effect.fail(new UsageError({ message: `${command} needs --config FILE or --admin host:port,...` }))
 
 /** The serving master's status and admin address, from the nodes `targets` name. */
-const findMaster = (targets: ReadonlyArray<string>, token: string | undefined) =>
+const findMaster = (targets: ReadonlyArray<string>, credentials: AdminCredentials) =>
   Effect.gen(function*() {
     const answers = yield* Effect.forEach(targets, (a) => fetchStatus(a), { concurrency: "unbounded" })
     const up = answers.flatMap((s) => ("error" in s ? [] : [s]))
@@ -143,14 +155,14 @@ const findMaster = (targets: ReadonlyArray<string>, token: string | undefined) =
     const listed = up.find((s) => s.role === "master")
     if (listed !== undefined) {
       const address = adminAddressOf(listed, listed.nodeId) ?? targets[answers.indexOf(listed)]!
-      return { status: listed, address, admin: { address, token } }
+      return { status: listed, address, admin: { address, ...credentials } }
     }
     // The master may be a member not listed (added since): the nodes say who it is and where.
     for (const s of up) {
       const address = s.master === null ? undefined : adminAddressOf(s, s.master)
       if (address === undefined) continue
       const m = yield* fetchStatus(address)
-      if (!("error" in m) && m.role === "master") return { status: m, address, admin: { address, token } }
+      if (!("error" in m) && m.role === "master") return { status: m, address, admin: { address, ...credentials } }
     }
     return yield* new UsageError({ message: "no node serves as master now (an election may be under way): try again" })
   })
@@ -161,22 +173,22 @@ const adminAddressOf = (status: NodeStatus, nodeId: number): string | undefined 
 }
 
 /** The serving master, moved off node `id` first (a switchover to a caught-up replica) if it is that node. */
-const masterOtherThan = (targets: ReadonlyArray<string>, token: string | undefined, id: number) =>
+const masterOtherThan = (targets: ReadonlyArray<string>, credentials: AdminCredentials, id: number) =>
   Effect.gen(function*() {
-    const master = yield* findMaster(targets, token)
+    const master = yield* findMaster(targets, credentials)
     if (master.status.nodeId !== id) return master
     yield* Console.log(`node ${id} is the master: handing over to a caught-up replica first ...`)
     const done = yield* requestSwitchover(master.admin, undefined)
     yield* Console.log(`node ${done.master} is master (epoch ${done.epoch})`)
     const address = adminAddressOf(master.status, done.master)
     if (address === undefined) return yield* new UsageError({ message: `node ${done.master} has no known admin address` })
-    return yield* findMaster([address, ...targets], token)
+    return yield* findMaster([address, ...targets], credentials)
   })
 
 /** Removes node `id` through the master (a master `id` hands over first). */
-const removeMember = (targets: ReadonlyArray<string>, token: string | undefined, id: number) =>
+const removeMember = (targets: ReadonlyArray<string>, credentials: AdminCredentials, id: number) =>
   Effect.gen(function*() {
-    const master = yield* masterOtherThan(targets, token, id)
+    const master = yield* masterOtherThan(targets, credentials, id)
     yield* Console.log(`removing node ${id} (asking the master at ${master.address}) ...`)
     const done = yield* requestRemoveMember(master.admin, id)
     yield* Console.log(
@@ -204,10 +216,10 @@ const progressOf = (address: string, id: number) => {
 const ADD_CATCH_UP_MS = 30 * 60_000
 
 /** Adds a node through the master: a learner, then (once it has caught up) a voter; progress is printed. */
-const addMember = (targets: ReadonlyArray<string>, token: string | undefined, fields: Readonly<Record<string, number | string>>) =>
+const addMember = (targets: ReadonlyArray<string>, credentials: AdminCredentials, fields: Readonly<Record<string, number | string>>) =>
   Effect.gen(function*() {
     const id = Number(fields.id)
-    const master = yield* findMaster(targets, token)
+    const master = yield* findMaster(targets, credentials)
     yield* Console.log(`adding node ${id} (${fields.host}:${fields.port}) as a learner (asking the master, node ${master.status.nodeId}) ...`)
     yield* requestAddMember(master.admin, fields)
     yield* Console.log(`node ${id} is a learner; waiting for it to catch up (start its agent with --join if it is not running) ...`)
@@ -263,7 +275,7 @@ const memberRemove = Command.make(
   { ...targetFlags, id: Flag.Int("id").pipe(Flag.withDescription("the node to remove")) },
   ({ admin, config, id, token }) =>
     Effect.gen(function*() {
-      yield* removeMember(yield* adminTargets("member remove", config, admin), yield* adminTokenFrom(token, config), id)
+      yield* removeMember(yield* adminTargets("member remove", config, admin), yield* adminCredentialsFrom(token, config), id)
     }).pipe(Effect.tapError(reportMemberError))
 ).pipe(Command.withDescription("remove a node from the cluster (the master hands over first); it can no longer vote or route"))
 
@@ -272,7 +284,7 @@ const memberAdd = Command.make(
   { ...targetFlags, id: Flag.Int("id").pipe(Flag.withDescription("the new node's id")), ...newNodeFlags },
   (a) =>
     Effect.gen(function*() {
-      yield* addMember(yield* adminTargets("member add", a.config, a.admin), yield* adminTokenFrom(a.token, a.config), newNodeFields(a.id, a))
+      yield* addMember(yield* adminTargets("member add", a.config, a.admin), yield* adminCredentialsFrom(a.token, a.config), newNodeFields(a.id, a))
     }).pipe(Effect.tapError(reportMemberError))
 ).pipe(Command.withDescription("add a node: a learner first (it copies a replica's database and catches up), then a voter"))
 
@@ -287,7 +299,7 @@ const memberReplace = Command.make(
   (a) =>
     Effect.gen(function*() {
       const targets = yield* adminTargets("member replace", a.config, a.admin)
-      const master = yield* masterOtherThan(targets, yield* adminTokenFrom(a.token, a.config), a.id)
+      const master = yield* masterOtherThan(targets, yield* adminCredentialsFrom(a.token, a.config), a.id)
       // The master adds the new node, makes it a voter once caught up, then removes the old
       // one (POST /members/replace): the voters never drop below the set's majority.
       yield* Console.log(`replacing node ${a.id} by node ${a.newId} (asking the master, node ${master.status.nodeId}); start node ${a.newId} with --join ...`)
@@ -327,7 +339,7 @@ const switchover = Command.make(
       const address = self === undefined ? targets[answers.indexOf(serving)]! : `${self.host}:${self.adminPort}`
       const target = Option.getOrUndefined(to)
       yield* Console.log(`node ${serving.nodeId} is master (epoch ${serving.epoch}); asking it to hand over to ${target === undefined ? "a caught-up replica" : `node ${target}`} ...`)
-      const done = yield* requestSwitchover({ address, token: yield* adminTokenFrom(token, config) }, target)
+      const done = yield* requestSwitchover({ address, ...(yield* adminCredentialsFrom(token, config)) }, target)
       yield* Console.log(`done: node ${done.master} is master (epoch ${done.epoch}), ${done.handoverMs} ms after RW closed on node ${done.from}`)
     }).pipe(Effect.tapError((e) =>
       e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`)

@@ -101,7 +101,7 @@ describe("peer TLS", () => {
       expect(got).toMatchObject({ _tag: "Peer", from: 2, message: { n: 7 } })
     }).pipe(Effect.scoped), { timeout: 60_000 })
 
-  it.live("a cluster with TLS between agents: writes through a replica's RW port go over TLS to the master; a forward port takes no plain connection, MariaDB takes PROXY headers from the agent only, and `certs` makes the files", () =>
+  it.live("a cluster with TLS between agents: writes through a replica's RW port go over TLS to the master; a forward port takes no plain connection, MariaDB takes PROXY headers from the agent only, a rebuild's copy goes over HTTPS with node certificates, and `certs` makes the files", () =>
     Effect.gen(function*() {
       const { c } = yield* clusterWithTable({ nodes: 3, database: true, tls: true }, "d.t", 60_000)
       const master = yield* waitForMaster(c, "the master")
@@ -140,8 +140,23 @@ describe("peer TLS", () => {
       // Every row image is under dataDir, which no other local user may enter; the config holds the admin token.
       expect(statSync(join(master.dir, "data")).mode & 0o077).toBe(0)
       expect(statSync(master.configPath).mode & 0o077).toBe(0)
+      // A copy of the database goes only over mutual TLS: plain HTTP with the token is refused,
+      // and a rebuild (the node asks a healthy peer's admin port over HTTPS) works.
+      const plainCopy = yield* Effect.promise(() =>
+        fetch(`http://${master.host}:${master.adminPort}/backup`, { headers: { authorization: `Bearer ${c.adminToken}` } }).then(async (r) => ({ status: r.status, body: await r.text() })))
+      expect(plainCopy.status, plainCopy.body).toBe(403)
+      expect(plainCopy.body).toContain("mutual TLS only")
+      const rebuild = yield* runCli(["rebuild", "--config", replica.configPath])
+      expect(rebuild.code, rebuild.out).toBe(0)
+      yield* LocalCluster.waitFor("the replica to be rebuilt from a peer's copy", Effect.sync(() => /rebuild: copied \d+ MB from node \d/.test(replica.output())), 60_000)
+      yield* LocalCluster.waitFor("the rebuild to be done", Effect.sync(() => /rebuild done: \d+ transactions replayed/.test(replica.output())), 60_000)
       // Nothing broke: the master still serves.
       expect((yield* waitForMaster(c, "the master after the probes")).nodeId).toBe(master.nodeId)
+
+      // A change asked with --config goes over HTTPS with that node's certificate.
+      const moved = yield* runCli(["switchover", "--config", replica.configPath])
+      expect(moved.code, moved.out).toBe(0)
+      expect(moved.out).toContain("done: node")
 
       const dir = join(c.dir, "certs-cli")
       const made = yield* runCli(["certs", "--out", dir, "--nodes", "1,2", "--hosts", "127.0.0.1,127.0.0.2", "--cluster", "x"])

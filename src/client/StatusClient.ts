@@ -1,6 +1,9 @@
 /** Fetches a node's GET /status; a node that does not answer gives an error row, not a failure. */
 import { Data, Effect, Schema } from "effect"
 import { NodeStatus } from "../domain/cluster/nodeStatus.js"
+import { type IncomingMessage, request as httpRequest } from "node:http"
+import { request as httpsRequest } from "node:https"
+import * as PeerTls from "../services/tls/PeerTls.js"
 
 const decode = Schema.decodeUnknownEffect(NodeStatus)
 
@@ -8,13 +11,48 @@ const decode = Schema.decodeUnknownEffect(NodeStatus)
  * A node's admin address ("host:port"), with the cluster's admin token that calls which
  * change something need (docs/operations.md, "Admin HTTP").
  */
-export type AdminEndpoint = string | { readonly address: string; readonly token?: string | undefined }
+export type AdminEndpoint = string | {
+  readonly address: string
+  readonly token?: string | undefined
+  /** Peer TLS: the call goes over HTTPS with this node certificate (the token then never travels in clear). */
+  readonly tls?: PeerTls.PeerTls | undefined
+}
 
 const addressOf = (e: AdminEndpoint) => (typeof e === "string" ? e : e.address)
-/** fetch() options for a call to `e` (the Authorization header when a token is known). */
-const requestInit = (e: AdminEndpoint, method: string, signal: AbortSignal): RequestInit => {
-  const token = typeof e === "string" ? undefined : e.token
-  return { method, signal, ...(token !== undefined ? { headers: { authorization: `Bearer ${token}` } } : {}) }
+
+/** One admin call: `method path` to `e`, with its token (and over HTTPS with its certificate); the status and JSON body. */
+const adminCall = (e: AdminEndpoint, method: string, path: string, signal: AbortSignal): Promise<{ readonly status: number; readonly body: unknown }> => {
+  const endpoint = typeof e === "string" ? { address: e } : e
+  const [host, port] = splitAddress(endpoint.address)
+  const headers = endpoint.token !== undefined ? { authorization: `Bearer ${endpoint.token}` } : {}
+  return new Promise((resolve, reject) => {
+    const onResponse = (res: IncomingMessage) => {
+      const chunks: Array<Buffer> = []
+      res.on("data", (c: Buffer) => chunks.push(c))
+      res.on("error", reject)
+      res.on("end", () => {
+        let body: unknown = {}
+        try {
+          body = JSON.parse(Buffer.concat(chunks).toString("utf8"))
+        } catch {
+          // Not JSON: the status alone speaks.
+        }
+        resolve({ status: res.statusCode ?? 0, body })
+      })
+    }
+    const asked = { host, port, path, method, headers, signal }
+    const req = endpoint.tls === undefined
+      ? httpRequest(asked, onResponse)
+      : httpsRequest({ ...asked, ...PeerTls.clientOptions(endpoint.tls, undefined), agent: false }, onResponse)
+    req.on("error", reject)
+    req.end()
+  })
+}
+
+/** "host:port" (IPv6 in brackets) as host and port. */
+const splitAddress = (address: string): [string, number] => {
+  const i = address.lastIndexOf(":")
+  return [address.slice(0, i).replace(/^\[(.*)\]$/, "$1"), Number(address.slice(i + 1))]
 }
 
 export class RebuildRefused extends Data.TaggedError("RebuildRefused")<{ readonly address: string; readonly message: string }> {}
@@ -24,8 +62,8 @@ export const requestRebuild = (endpoint: AdminEndpoint, timeoutMs = 5_000): Effe
   const address = addressOf(endpoint)
   return Effect.tryPromise({
     try: async (signal) => {
-      const r = await fetch(`http://${address}/rebuild`, requestInit(endpoint, "POST", signal))
-      const body = (await r.json().catch(() => ({}))) as { message?: string; error?: string }
+      const r = await adminCall(endpoint, "POST", "/rebuild", signal)
+      const body = r.body as { message?: string; error?: string }
       return { ok: r.status === 202, text: body.message ?? body.error ?? `HTTP ${r.status}` }
     },
     catch: (e) => new RebuildRefused({ address, message: e instanceof Error ? e.message : String(e) })
@@ -50,8 +88,8 @@ export const requestSwitchover = (endpoint: AdminEndpoint, to: number | undefine
   const address = addressOf(endpoint)
   return Effect.tryPromise({
     try: async (signal) => {
-      const r = await fetch(`http://${address}/switchover${to === undefined ? "" : `?to=${to}`}`, requestInit(endpoint, "POST", signal))
-      const body = (await r.json().catch(() => ({}))) as Partial<SwitchoverAnswer> & { error?: string }
+      const r = await adminCall(endpoint, "POST", `/switchover${to === undefined ? "" : `?to=${to}`}`, signal)
+      const body = r.body as Partial<SwitchoverAnswer> & { error?: string }
       return { ok: r.status === 200, body, text: body.error ?? `HTTP ${r.status}` }
     },
     catch: (e) => new SwitchoverFailed({ address, message: e instanceof Error ? e.message : String(e) })
@@ -83,8 +121,8 @@ const requestMembership = (endpoint: AdminEndpoint, method: "POST" | "DELETE", p
   const address = addressOf(endpoint)
   return Effect.tryPromise({
     try: async (signal) => {
-      const r = await fetch(`http://${address}${path}`, requestInit(endpoint, method, signal))
-      const body = (await r.json().catch(() => ({}))) as { members?: ReadonlyArray<{ nodeId: number; voter: boolean }>; from?: number; error?: string }
+      const r = await adminCall(endpoint, method, path, signal)
+      const body = r.body as { members?: ReadonlyArray<{ nodeId: number; voter: boolean }>; from?: number; error?: string }
       return { ok: r.status === 200, body, text: body.error ?? `HTTP ${r.status}` }
     },
     catch: (e) => new MembershipFailed({ address, message: e instanceof Error ? e.message : String(e) })

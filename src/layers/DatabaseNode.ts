@@ -244,13 +244,14 @@ export const layer = (config: NodeConfig) => {
   // One proxy (the same layer value, built once): the route keeper also tells it the members.
   const proxy = proxyLayer(config, settings)
   const routes = routeKeeperLayer(config, settings).pipe(Layer.provideMerge(DatabaseRole.layer), Layer.provide(proxy))
-  const database = NodeDatabase.layer({
+  const database = Layer.unwrap(Effect.map(PeerTls.loadOptional(config.tls, config.nodeId), (peerTls) => NodeDatabase.layer({
     nodeId: config.nodeId,
     rebuildAuto: config.rebuild?.auto ?? true,
     copyWhenEmpty: config.join === true,
     donors: config.members.map((m) => ({ nodeId: m.nodeId, host: m.host, adminPort: m.adminPort })),
-    adminToken: adminTokenOf(config)
-  }).pipe(
+    adminToken: adminTokenOf(config),
+    peerTls
+  }))).pipe(
     Layer.provideMerge(Layer.mergeAll(binlog, routes, commitPathLayer, proxy))
   )
   return reportLayer(config).pipe(

@@ -127,6 +127,7 @@ const runningNode = (config: NodeConfig) =>
       host: self.host,
       port: self.adminPort,
       token: adminToken,
+      tls: yield* PeerTls.loadOptional(config.tls, config.nodeId),
       status,
       members: memberAdmin,
       ...(database === undefined ? {} : {

@@ -6,7 +6,10 @@
 import { Data, Effect, Exit, Scope } from "effect"
 import { timingSafeEqual } from "node:crypto"
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
-import type { Socket } from "node:net"
+import { createServer as createHttpsServer } from "node:https"
+import { createServer as createNetServer, type Socket } from "node:net"
+import type { TLSSocket } from "node:tls"
+import * as PeerTls from "../tls/PeerTls.js"
 import type { Readable } from "node:stream"
 
 export class AdminListenError extends Data.TaggedError("AdminListenError")<{
@@ -60,6 +63,11 @@ export const serve = <A>(options: {
    * database), needs it as `Authorization: Bearer <token>`; without one configured they are refused.
    */
   readonly token?: string | undefined
+  /**
+   * Peer TLS: the port also speaks HTTPS (told apart by the first byte), and GET /backup
+   * is served only there, to a client holding a node certificate of the cluster's CA.
+   */
+  readonly tls?: PeerTls.PeerTls | undefined
   readonly host: string
   readonly port: number
   readonly status: Effect.Effect<A>
@@ -98,7 +106,7 @@ export const serve = <A>(options: {
   Effect.gen(function*() {
     const run = Effect.runPromise
     const logBad = (e: AdminBadRequest) => Effect.runFork(Effect.logWarning("admin: bad request closed", e))
-    const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    const handle = (req: IncomingMessage, res: ServerResponse) => {
       const path = (req.url ?? "/").split("?")[0]
       const reply = (code: number, body: unknown) => {
         res.writeHead(code, { "content-type": "application/json" })
@@ -168,6 +176,10 @@ export const serve = <A>(options: {
         if (!fromMember(options.backup.peers)) {
           return reply(403, { error: "GET /backup is taken from this cluster's members only" })
         }
+        // With peer TLS the copy goes only to a member proving it with its certificate, encrypted.
+        if (options.tls !== undefined && PeerTls.peerNodeId(req.socket as TLSSocket) === undefined) {
+          return reply(403, { error: "GET /backup is served over mutual TLS only (a node certificate of the cluster's CA)" })
+        }
         return void offerStream(options.backup.offer, res, reply)
       }
       if (path === "/replica" && options.replica !== undefined) {
@@ -175,7 +187,14 @@ export const serve = <A>(options: {
       }
       if (path !== "/status") return reply(404, { error: "not found", paths: options.replica === undefined ? ["/status"] : ["/status", "/replica"] })
       run(options.status).then((s) => reply(200, s), (e) => reply(500, { error: String(e) }))
-    })
+    }
+    // One port, two protocols: a connection whose first byte opens a TLS handshake (0x16)
+    // goes to the HTTPS server (peer TLS configured), any other to the plain one.
+    const plain = createServer(handle)
+    const secure = options.tls === undefined
+      ? undefined
+      : createHttpsServer({ ...PeerTls.serverOptions(options.tls), requestCert: true, rejectUnauthorized: false }, handle)
+    const servers = secure === undefined ? [plain] : [plain, secure]
     /** Streams an offer; its scope closes once the response is done, whichever way. */
     const offerStream = async (
       offer: Effect.Effect<StreamOffer, OfferRefused, Scope.Scope>,
@@ -201,13 +220,39 @@ export const serve = <A>(options: {
       body.pipe(res)
     }
 
-    server.on("clientError", (cause, socket) => {
-      const peer = socket as Socket
-      logBad(new AdminBadRequest({ remote: `${peer.remoteAddress}:${peer.remotePort}`, cause }))
+    for (const server of servers) {
+      server.on("clientError", (cause, socket) => {
+        const peer = socket as Socket
+        logBad(new AdminBadRequest({ remote: `${peer.remoteAddress}:${peer.remotePort}`, cause }))
+        socket.destroy()
+      })
+      server.headersTimeout = 5_000
+      server.requestTimeout = 10_000
+    }
+    secure?.on("tlsClientError", (cause, socket) => {
+      logBad(new AdminBadRequest({ remote: `${socket.remoteAddress}:${socket.remotePort}`, cause }))
       socket.destroy()
     })
-    server.headersTimeout = 5_000
-    server.requestTimeout = 10_000
+    const sockets = new Set<Socket>()
+    const server = createNetServer((socket) => {
+      sockets.add(socket)
+      socket.once("close", () => sockets.delete(socket))
+      socket.on("error", () => socket.destroy())
+      // A connection that never sends a byte is dropped like one that never sends its headers.
+      const idle = setTimeout(() => socket.destroy(), 5_000)
+      socket.once("data", (first: Buffer) => {
+        clearTimeout(idle)
+        // Paused, the byte put back: TLS reads it from the socket itself; HTTP needs the stream flowing again.
+        socket.pause()
+        socket.unshift(first)
+        if (secure !== undefined && first[0] === 0x16) {
+          secure.emit("connection", socket)
+        } else {
+          plain.emit("connection", socket)
+          socket.resume()
+        }
+      })
+    })
     yield* Effect.acquireRelease(
       Effect.callback<void, AdminListenError>((resume) => {
         server.once("error", (cause) => resume(Effect.fail(new AdminListenError({ host: options.host, port: options.port, cause }))))
@@ -215,7 +260,8 @@ export const serve = <A>(options: {
       }),
       () => Effect.callback<void>((resume) => {
         server.close(() => resume(Effect.void))
-        server.closeAllConnections()
+        for (const s of servers) s.closeAllConnections()
+        for (const socket of sockets) socket.destroy()
       })
     )
     const address = server.address()

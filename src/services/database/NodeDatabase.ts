@@ -34,6 +34,7 @@ import { DatabaseRoleCell, type DbRole } from "./DatabaseRole.js"
 import { afterFailure, copyProgress, mayServeRw, nextStep, pauseMs, readinessOf, rebuildProgress } from "../../domain/cluster/databaseRole.js"
 import { LocalMariaDb } from "./LocalMariaDb.js"
 import { fetchCopy } from "./PeerCopy.js"
+import type { PeerTls } from "../tls/PeerTls.js"
 import { fetchStatus } from "../../client/StatusClient.js"
 import { CAUGHT_UP, SERVES_READS } from "../proxy/RouteKeeper.js"
 import { MasterLease, ReadinessCell } from "../cluster/MasterLease.js"
@@ -156,6 +157,8 @@ export interface NodeDatabaseOptions {
   readonly donors?: ReadonlyArray<{ readonly nodeId: number; readonly host: string; readonly adminPort: number }>
   /** The cluster's admin token, which GET /backup needs. */
   readonly adminToken?: string | undefined
+  /** Peer TLS: copies are fetched over HTTPS with this node's certificate. */
+  readonly peerTls?: PeerTls | undefined
 }
 
 /** Why a node whose peers compacted their logs past its own cannot serve. */
@@ -569,7 +572,8 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
   const copyFrom = (donor: { readonly nodeId: number; readonly host: string; readonly adminPort: number }, reason: string) =>
     Effect.scoped(Effect.gen(function*() {
 
-      const offer = yield* fetchCopy(donor.host, donor.adminPort, options.adminToken)
+      const offer = yield* fetchCopy(donor.host, donor.adminPort, options.adminToken,
+        options.peerTls === undefined ? undefined : { tls: options.peerTls, donorId: donor.nodeId })
       const state = { reason, donor: donor.nodeId, startedAt: monotonicMs(), copied: 0, total: offer.dataBytes }
       copying = state
       offer.body.on("data", (chunk: Buffer) => {

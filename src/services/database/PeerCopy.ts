@@ -4,6 +4,8 @@
  */
 import { Data, Effect, Schema, type Scope } from "effect"
 import { request, type IncomingMessage } from "node:http"
+import { request as httpsRequest } from "node:https"
+import * as PeerTls from "../tls/PeerTls.js"
 import { type ClusterSnapshot, ClusterSnapshotData } from "../cluster/ClusterState.js"
 
 export const SNAPSHOT_HEADER = "x-phxmaria-snapshot"
@@ -26,14 +28,23 @@ export const encodeSnapshot = (snapshot: ClusterSnapshot): string =>
 const decodeSnapshot = Schema.decodeUnknownSync(ClusterSnapshotData)
 
 /** Asks `host:port` for a copy; the response is destroyed when the scope closes. */
-export const fetchCopy = (host: string, port: number, token?: string): Effect.Effect<PeerCopy, CopyFailed, Scope.Scope> => {
+export const fetchCopy = (
+  host: string,
+  port: number,
+  token?: string,
+  /** Peer TLS: HTTPS with this node's certificate, to the donor node named. */
+  secure?: { readonly tls: PeerTls.PeerTls; readonly donorId: number }
+): Effect.Effect<PeerCopy, CopyFailed, Scope.Scope> => {
   const donor = `${host}:${port}`
   return Effect.acquireRelease(
     Effect.callback<IncomingMessage, CopyFailed>((resume) => {
       // The snapshot header carries the state's recent-transaction digests: well over Node's 16 KiB default.
-      const req = request({ host, port, path: "/backup", method: "GET", timeout: 120_000, maxHeaderSize: 8 * 1024 * 1024,
-        ...(token !== undefined ? { headers: { authorization: `Bearer ${token}` } } : {}) }, (res) =>
-        resume(Effect.succeed(res)))
+      const asked = { host, port, path: "/backup", method: "GET", timeout: 120_000, maxHeaderSize: 8 * 1024 * 1024,
+        ...(token !== undefined ? { headers: { authorization: `Bearer ${token}` } } : {}) }
+      const onResponse = (res: IncomingMessage) => resume(Effect.succeed(res))
+      const req = secure === undefined
+        ? request(asked, onResponse)
+        : httpsRequest({ ...asked, ...PeerTls.clientOptions(secure.tls, secure.donorId), agent: false }, onResponse)
       req.on("timeout", () => req.destroy(new Error("no answer within 120 s")))
       req.on("error", (e) => resume(Effect.fail(new CopyFailed({ donor, message: e.message }))))
       req.end()
