@@ -18,7 +18,8 @@
  * transaction of that run.
  * Env: BENCH_SECONDS (sysbench run, default 20), BENCH_COMMIT_SECONDS (default 10),
  * BENCH_IDLE_SECONDS (default 10), BENCH_ONLY=cluster (skip the two baselines),
- * BENCH_AGENT_NODE_ARGS (extra node arguments for the agents, e.g. "--cpu-prof --cpu-prof-dir=DIR").
+ * BENCH_AGENT_NODE_ARGS (extra node arguments for the agents, e.g. "--cpu-prof --cpu-prof-dir=DIR"),
+ * BENCH_PEER_TLS=1 (mutual TLS between the agents, as the demo runs).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
@@ -103,7 +104,12 @@ const semisync = Effect.gen(function*() {
 
 const cluster = Effect.gen(function*() {
   const nodeArgs = process.env.BENCH_AGENT_NODE_ARGS?.split(" ").filter((a) => a !== "")
-  const c = yield* LocalCluster.make({ nodes: 3, database: true, ...(nodeArgs !== undefined ? { nodeArgs } : {}) })
+  const c = yield* LocalCluster.make({
+    nodes: 3,
+    database: true,
+    tls: process.env.BENCH_PEER_TLS === "1",
+    ...(nodeArgs !== undefined ? { nodeArgs } : {})
+  })
   const master = yield* waitForMaster(c, "a first master")
   yield* createAppUser(master)
   // Everything sysbench sees goes through the RW port, the database too.

@@ -388,6 +388,7 @@ const demo = Command.make(
         clusterId: "demo",
         database: true,
         tls: true,
+        clientTls: true,
         ...(Option.isSome(dir) ? { dir: dir.value } : {})
       })
       const statusOf = (n: LocalCluster.LocalNode) => fetchStatus(`127.0.0.1:${n.adminPort}`, 1_000)
@@ -403,10 +404,10 @@ const demo = Command.make(
         "",
         ...cluster.nodes.flatMap((n) => [
           `node ${n.nodeId}: RW port ${n.rwPort} (read-write, linearizable), RO port ${n.roPort} (read-only), admin http://127.0.0.1:${n.adminPort}/status`,
-          `  mariadb -h127.0.0.1 -P${n.rwPort} -u${DEMO_USER} -p${DEMO_PASSWORD}`
+          `  mariadb -h127.0.0.1 -P${n.rwPort} -u${DEMO_USER} -p${DEMO_PASSWORD} --ssl-ca=${cluster.dir}/tls/ca.crt --ssl-verify-server-cert`
         ]),
         "",
-        `peers speak mutual TLS with the cluster's own CA (${cluster.dir}/tls)`,
+        `peers speak mutual TLS with the cluster's own CA (${cluster.dir}/tls); clients may use TLS (verified against its ca.crt)`,
         `status:  node dist/main.js status --admin ${cluster.nodes.map((n) => `127.0.0.1:${n.adminPort}`).join(",")}`,
         `changes (switchover, member, rebuild) need the admin token: --config ${cluster.nodes[0]!.configPath} (or --token ${cluster.adminToken})`,
         "Ctrl-C stops every process."
@@ -437,12 +438,16 @@ const certs = Command.make(
         dir: out,
         clusterId: cluster,
         nodes: ids.map(Number),
-        hosts: new Map(addresses.map((h, i) => [Number(ids[i]), [h]]))
+        hosts: new Map(addresses.map((h, i) => [Number(ids[i]), [h]])),
+        server: true
       })
       yield* Console.log([
         `CA: ${issued.ca} (keep ${issued.ca.replace(/\.crt$/, ".key")} offline or at least private: it issues members)`,
         ...issued.nodes.map((n) => `node ${n.nodeId}: ${n.cert}, ${n.key}`),
-        `in node N's config: "tls": { "ca": "${issued.ca}", "cert": ".../node-N.crt", "key": ".../node-N.key" }`
+        `clients' certificate (every node, every address given): ${issued.server!.cert}, ${issued.server!.key}`,
+        `in node N's config: "tls": { "ca": "${issued.ca}", "cert": ".../node-N.crt", "key": ".../node-N.key" }`,
+        `  and for clients over TLS: "mariadb": { ..., "ssl": { "cert": "${issued.server!.cert}", "key": "${issued.server!.key}" } }`,
+        `clients verify with: mariadb --ssl-ca=${issued.ca} --ssl-verify-server-cert ...`
       ].join("\n"))
     }).pipe(Effect.tapError((e) => Console.error(`phxmaria certs: ${e.message}`)))
 ).pipe(Command.withDescription("create the cluster's CA and a certificate for each node (mutual TLS between agents)"))

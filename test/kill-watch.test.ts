@@ -47,13 +47,22 @@ describe("ClientCommandWatch", () => {
     }
   })
 
-  it("passes a TLS client's bytes through unread after its SSL request; reads the thread id from the server's greeting", () => {
+  it("stops at a client's SSL request (the relay terminates that TLS) and reads the decrypted login and commands after it; reads the thread id from the server's greeting", () => {
     const w = new ClientCommandWatch()
     const sslRequest = new Uint8Array(32)
     new DataView(sslRequest.buffer).setUint32(0, CLIENT_CAPABILITIES | 0x800, true)
-    const tls = new Uint8Array([0x16, 0x03, 0x01, 0x02, 0x00, ...text("KILL 5")])
-    expect(w.push(new Uint8Array([...packet(1, sslRequest), ...tls])).map((v) => v._tag)).toEqual(["Forward", "Forward"])
-    expect(w.push(query("KILL 5")).map((v) => v._tag)).toEqual(["Forward"])
+    const hello = new Uint8Array([0x16, 0x03, 0x01, 0x02, 0x00, ...text("KILL 5")])
+    const [start, ...more] = w.push(new Uint8Array([...packet(1, sslRequest), ...hello]))
+    expect(more).toEqual([])
+    expect(start).toEqual({ _tag: "StartTls", bytes: packet(1, sslRequest), rest: hello })
+    // The plaintext from inside the TLS session: the login (sequence 2), then commands, watched as ever.
+    expect(w.push(packet(2, buildHandshakeResponse41({ username: "app", authResponse: new Uint8Array(20), authPluginName: "mysql_native_password" }))).map((v) => v._tag)).toEqual(["Forward"])
+    expect(w.user).toBe("app")
+    expect(w.push(query("KILL 5"))).toEqual([{ _tag: "Kill", threadId: 5, seq: 0 }])
+    // A login-only watch (a relay to another member, which watches the commands) lets them through.
+    const loginOnly = new ClientCommandWatch({ commands: false })
+    expect(loginOnly.push(login("app")).map((v) => v._tag)).toEqual(["Forward"])
+    expect(loginOnly.push(query("KILL 5")).map((v) => v._tag)).toEqual(["Forward"])
     const greeting = packet(0, buildHandshakeV10({ serverVersion: "10.11.19-MariaDB", connectionId: 123456, authPluginData: new Uint8Array(20).fill(7) }))
     expect(handshakeThreadId(greeting)).toBe(123456)
   })

@@ -38,7 +38,13 @@ export const MariaDbSettings = Schema.Struct({
   /** The largest transaction the cluster takes, in MiB (MariaDB's max_binlog_cache_size); default 1024. */
   maxTransactionMb: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isBetween({ minimum: 1, maximum: 1024 * 1024 })))),
   /** Extra my.cnf lines for a managed server (true = a bare flag). */
-  extraConfig: Schema.optional(Schema.Record(Schema.String, Schema.Union([Schema.String, Schema.Number, Schema.Boolean])))
+  extraConfig: Schema.optional(Schema.Record(Schema.String, Schema.Union([Schema.String, Schema.Number, Schema.Boolean]))),
+  /**
+   * Clients over TLS (docs/operations.md, "Client TLS"): PEM files of the certificate
+   * clients see (naming every member's address; `certs` makes `server.crt`) and its key.
+   * A managed MariaDB gets them as ssl_cert/ssl_key; the proxy ends clients' TLS with them.
+   */
+  ssl: Schema.optional(Schema.Struct({ cert: Schema.String, key: Schema.String }))
 })
 export type MariaDbSettings = typeof MariaDbSettings.Type
 
@@ -150,6 +156,13 @@ export const decodeNodeConfig = (input: unknown, source = "config"): Effect.Effe
       return yield* invalid("paxos.acceptClients is refused with mariadb: a client of the log could propose binlog entries every replica executes")
     }
     if (config.tls !== undefined) yield* PeerTls.load(config.tls, config.nodeId).pipe(Effect.mapError((e) => invalid(e.message)))
+    if (config.mariadb?.ssl !== undefined) {
+      // A client's plaintext crosses to the master's node: only inside the agents' mutual TLS.
+      if (config.tls === undefined && config.members.length > 1) {
+        return yield* invalid("mariadb.ssl needs tls (peer TLS): the proxy relays a TLS client's decrypted bytes to the master's node")
+      }
+      yield* PeerTls.loadClientTls(config.mariadb.ssl).pipe(Effect.mapError((e) => invalid(e.message)))
+    }
     if (config.admin?.token !== undefined && config.admin.tokenFile !== undefined) return yield* invalid("admin: give token or tokenFile, not both")
     if (config.admin?.tokenFile !== undefined) {
       const file = config.admin.tokenFile

@@ -61,7 +61,8 @@ export const localMariaDbLayer = (config: NodeConfig, settings: Settings) =>
     extraConfig: settings.extraConfig,
     maxTransactionBytes: settings.maxTransactionMb !== undefined ? settings.maxTransactionMb * 1024 * 1024 : undefined,
     binlogRetainSeconds: config.log?.retainSeconds,
-    binlogRetainBytes: retentionOf(config).bytes
+    binlogRetainBytes: retentionOf(config).bytes,
+    ssl: settings.ssl
   })
 
 /**
@@ -126,8 +127,10 @@ const localMariaDbAddress = (config: NodeConfig, settings: Settings): LocalMaria
 /** The client ports (RW, RO) and forward ports; RW refused until this node is promoted. */
 export const proxyLayer = (config: NodeConfig, settings: Settings) => {
   const self = config.members.find((m) => m.nodeId === config.nodeId)!
-  return Layer.unwrap(Effect.map(Effect.all([MasterLease, PeerTls.loadOptional(config.tls, config.nodeId)]), ([lease, tls]) => Proxy.layer({
+  const clientTls = settings.ssl === undefined ? Effect.succeed(undefined) : PeerTls.loadClientTls(settings.ssl)
+  return Layer.unwrap(Effect.map(Effect.all([MasterLease, PeerTls.loadOptional(config.tls, config.nodeId), clientTls]), ([lease, tls, client]) => Proxy.layer({
     tls,
+    clientTls: client,
     host: config.proxy?.listenHost ?? self.host,
     rwPort: self.rwPort!,
     roPort: self.roPort!,

@@ -69,6 +69,8 @@ export interface LocalClusterOptions {
   readonly clusterId?: string
   /** Mutual TLS between the agents: a CA and node certificates made in `dir/tls` (`certs`). */
   readonly tls?: boolean
+  /** With `tls` and a database: clients over TLS too (`mariadb.ssl` = `dir/tls/server.crt`, naming every node's address). */
+  readonly clientTls?: boolean
   /** The cluster's admin token (default: 24 random bytes, hex). */
   readonly adminToken?: string
   /** One address for all nodes (default 127.0.0.1), or "per-node": 127.0.0.11, .12, ... (for partitions). */
@@ -225,14 +227,15 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
     databases.set(i + 1, { port: yield* freePort(), binlogServerPort: yield* freePort() })
   }
   const tlsDir = join(dir, "tls")
-  const issueCerts = (ids: ReadonlyArray<number>) =>
+  const issueCerts = (ids: ReadonlyArray<number>, server: boolean) =>
     options.tls !== true ? Effect.void : Certificates.issue({
       dir: tlsDir,
       clusterId,
       nodes: ids,
-      hosts: new Map(ids.map((id) => [id, [hostOf(id)]]))
+      hosts: new Map(ids.map((id) => [id, [hostOf(id)]])),
+      server
     }).pipe(Effect.mapError((e) => new LocalClusterError({ message: e.message })), Effect.asVoid)
-  yield* issueCerts(members.map((m) => m.nodeId))
+  yield* issueCerts(members.map((m) => m.nodeId), options.clientTls === true)
   const extraConfig = typeof options.database === "object" ? options.database.extraConfig : undefined
   const maxTransactionMb = typeof options.database === "object" ? options.database.maxTransactionMb : undefined
   const rebuildAuto = typeof options.database === "object" ? options.database.rebuildAuto : undefined
@@ -261,7 +264,8 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
           mariadb: {
             ...database,
             ...(extraConfig !== undefined ? { extraConfig } : {}),
-            ...(maxTransactionMb !== undefined ? { maxTransactionMb } : {})
+            ...(maxTransactionMb !== undefined ? { maxTransactionMb } : {}),
+            ...(options.tls === true && options.clientTls === true ? { ssl: { cert: join(tlsDir, "server.crt"), key: join(tlsDir, "server.key") } } : {})
           }
         }
         : {})
@@ -391,7 +395,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
         forwardRoPort: yield* freePort(host)
       }
       if (withDb) databases.set(nodeId, { port: yield* freePort(), binlogServerPort: yield* freePort() })
-      yield* issueCerts([nodeId])
+      yield* issueCerts([nodeId], false)
       members.push(member)
       joiners.add(nodeId)
       const node = makeNode(nodeId, member.port, member.adminPort, true)

@@ -8,8 +8,8 @@
  * is refused. KILL is a reserved word: outside string literals, quoted identifiers and
  * comments it can only be a KILL statement (or a syntax error).
  *
- * Pure. Packets are passed on whole, once complete; until a client asks for TLS, after
- * which its bytes are opaque and go through unread.
+ * Pure. Packets are passed on whole, once complete. A client's SSL request is a `StartTls`
+ * verdict: the relay terminates that TLS and hands the watch the plaintext.
  */
 import { concatBytes, fromUtf8 } from "./packet.js"
 
@@ -21,6 +21,12 @@ export type Verdict =
   | { readonly _tag: "Refuse"; readonly code: number; readonly sqlState: string; readonly message: string; readonly seq: number }
   /** KILL inside a statement of more than one packet, part of it already sent: drop the connection. */
   | { readonly _tag: "Close"; readonly reason: string }
+  /**
+   * The client's SSL request (`bytes`, to forward): the relay switches to TLS before
+   * anything else moves; `rest` is what followed in the same read (the start of the
+   * client's TLS handshake). The watch reads on: the next packet is the real login.
+   */
+  | { readonly _tag: "StartTls"; readonly bytes: Uint8Array; readonly rest: Uint8Array }
 
 const COM_QUERY = 0x03
 const COM_PROCESS_KILL = 0x0c
@@ -162,6 +168,11 @@ const nulString = (payload: Uint8Array, at: number): string | undefined => {
 /** Follows one client connection's stream (after any PROXY header). */
 export class ClientCommandWatch {
   private phase: "handshake" | "commands" | "opaque" = "handshake"
+  /**
+   * `commands: false`: only the login is read (a relay to another member's forward port,
+   * where that member's own relay watches the commands); after it bytes go through unread.
+   */
+  constructor(private readonly options: { readonly commands: boolean } = { commands: true }) {}
   private chunks: Array<Uint8Array> = []
   private buffered = 0
   /** Set while a statement runs on into further packets (its text is 16 MiB or more). */
@@ -179,7 +190,13 @@ export class ClientCommandWatch {
       const length = head[0]! | (head[1]! << 8) | (head[2]! << 16)
       if (this.buffered < 4 + length) break
       const packet = this.take(4 + length)
-      out.push(this.onPacket(packet, head[3]!, packet.subarray(4)))
+      const verdict = this.onPacket(packet, head[3]!, packet.subarray(4))
+      if (verdict._tag === "StartTls") {
+        // The rest is TLS: the relay decrypts it and pushes the plaintext from there on.
+        out.push({ ...verdict, rest: this.buffered > 0 ? this.take(this.buffered) : new Uint8Array(0) })
+        return out
+      }
+      out.push(verdict)
       if ((this.phase as string) === "opaque" && this.buffered > 0) {
         out.push({ _tag: "Forward", bytes: this.take(this.buffered) })
       }
@@ -206,12 +223,12 @@ export class ClientCommandWatch {
     if (this.phase === "handshake") {
       const caps = payload.length >= 4 ? (payload[0]! | (payload[1]! << 8)) : 0
       if ((caps & CLIENT_SSL) !== 0 && payload.length <= 32) {
-        // An SSL request: what follows is TLS, for MariaDB to read.
-        this.phase = "opaque"
-        return forward
+        // An SSL request: the relay ends the client's TLS itself (and opens its own to
+        // MariaDB), so the commands stay readable; the login follows, encrypted.
+        return { _tag: "StartTls", bytes: packet, rest: new Uint8Array(0) }
       }
       this.user = nulString(payload, 32)
-      this.phase = "commands"
+      this.phase = this.options.commands ? "commands" : "opaque"
       return forward
     }
     if (this.continued !== undefined) {

@@ -219,6 +219,8 @@ export interface LocalMariaDbOptions {
   readonly binlogRetainSeconds?: number | undefined
   /** Managed: the agent purges the oldest binlog files beyond this many bytes; default 1 GiB. */
   readonly binlogRetainBytes?: number | undefined
+  /** Managed: the certificate MariaDB offers clients over TLS (ssl_cert, ssl_key). */
+  readonly ssl?: { readonly cert: string; readonly key: string } | undefined
 }
 
 export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
@@ -238,6 +240,7 @@ export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
       serverId: options.nodeId,
       extraConfig: {
         ...managedServerConfig(options.port, options.maxTransactionBytes, options.binlogRetainSeconds, options.binlogRetainBytes),
+        ...(options.ssl !== undefined ? { ssl_cert: options.ssl.cert, ssl_key: options.ssl.key } : {}),
         ...options.extraConfig
       },
       // Restarts are the agent's (NodeDatabase): RW must be fenced before mariadbd runs again.

@@ -77,6 +77,13 @@ export interface ProxyOptions {
    * member's forward port over TLS, checking that its certificate names that node.
    */
   readonly tls?: PeerTls.PeerTls | undefined
+  /**
+   * Clients over TLS (docs/operations.md, "Client TLS"): the certificate and key this
+   * proxy ends a client's TLS with; it opens its own TLS to MariaDB and reads the
+   * plaintext in between (KILL stays visible). Without it a client's SSL request closes
+   * the connection.
+   */
+  readonly clientTls?: { readonly cert: Buffer; readonly key: Buffer } | undefined
 }
 
 const LEASE_CLOSED = "this node no longer holds the master lease"
@@ -204,6 +211,17 @@ export const ERR_TOO_MANY_CONNECTIONS = 1040
 
 const LINGER_MS = 2000
 
+/** Why a client that asked for TLS is closed when the cluster offers none to clients. */
+const NO_CLIENT_TLS = "the client asked for TLS, which this node does not offer to clients (mariadb.ssl): closed rather than relayed unread"
+
+/** How a relay answers a client's SSL request (ProxyOptions.clientTls). */
+interface TlsBridge {
+  /** End the client's TLS here, with this certificate (a client port); undefined: the client side is a member's forward link. */
+  readonly serve: tls.TlsOptions | undefined
+  /** Open TLS to the upstream: this relay is the one reaching MariaDB. */
+  readonly toUpstream: boolean
+}
+
 // ---------------------------------------------------------------------------
 // One connection: sockets with handlers attached at once
 // ---------------------------------------------------------------------------
@@ -226,7 +244,11 @@ class Conn {
   readonly source: PP.Endpoint
   readonly destination: PP.Endpoint
 
-  constructor(readonly client: net.Socket, readonly remote: string) {
+  /** The client's socket: the accepted one, or the TLS session on it once the client asked for TLS. */
+  client: net.Socket
+
+  constructor(client: net.Socket, readonly remote: string) {
+    this.client = client
     this.source = { address: client.remoteAddress ?? "", port: client.remotePort ?? 0 }
     this.destination = { address: client.localAddress ?? "", port: client.localPort ?? 0 }
     client.setNoDelay(true)
@@ -311,7 +333,7 @@ class Conn {
     if (!this.clientGone) this.client.write(encodePackets((seq + 1) & 0xff, payload).bytes)
   }
 
-  relay(upstream: net.Socket, first: ReadonlyArray<Uint8Array>, local?: LocalRelay, clientBytes?: Uint8Array): void {
+  relay(upstream: net.Socket, first: ReadonlyArray<Uint8Array>, local?: LocalRelay, clientBytes?: Uint8Array, bridge?: TlsBridge): void {
     const gate = local?.gate
     this.upstream = upstream
     this.upstreamClosed = false
@@ -320,7 +342,7 @@ class Conn {
     upstream.once("close", () => {
       this.upstreamClosed = true
       this.noteReason("upstream closed")
-      if (!this.clientClosed) this.closeOther(client)
+      if (!this.clientClosed) this.closeOther(this.client)
       this.checkDone()
     })
     if (this.clientGone) {
@@ -332,6 +354,8 @@ class Conn {
       return
     }
     for (const b of first) if (b.length > 0) upstream.write(b)
+    // A relay to another member reads the login only (for an SSL request); that member watches the commands.
+    if (local === undefined && bridge !== undefined) this.watch = new ClientCommandWatch({ commands: false })
     if (local !== undefined) {
       this.watch = new ClientCommandWatch()
       // The server's greeting carries the session's thread id (what a KILL names).
@@ -340,38 +364,88 @@ class Conn {
         if (this.threadId !== undefined) local.onThread(this, this.threadId)
       })
     }
+    // The sockets bytes move between now: TLS sessions on the accepted ones once a client asked for TLS.
+    let cl = client
+    let up = upstream
     /** A client chunk on its way to the upstream: the lease gate, then the KILL watch. */
     const fromClient = (chunk: Uint8Array) => {
       if (gate !== undefined && !gate()) return this.destroy(LEASE_CLOSED)
       const watch = this.watch
       if (watch === undefined) {
-        if (!upstream.write(chunk)) client.pause()
+        if (!up.write(chunk)) cl.pause()
         return
       }
       for (const v of watch.push(chunk)) {
         if (v._tag === "Forward") {
-          if (!upstream.write(v.bytes)) client.pause()
+          if (!up.write(v.bytes)) cl.pause()
         } else if (v._tag === "Kill") local!.onKill(this, v.threadId, v.seq)
         else if (v._tag === "Refuse") this.reply(v.seq, buildErr(v))
-        else return this.destroy(v.reason)
+        else if (v._tag === "StartTls") {
+          // Never an opaque stream: KILL must stay readable (docs/architecture.md, "Client TLS").
+          if (bridge === undefined) return this.destroy(NO_CLIENT_TLS)
+          up.write(v.bytes)
+          return startTls(bridge, v.rest)
+        } else return this.destroy(v.reason)
       }
     }
-    if (clientBytes !== undefined && clientBytes.length > 0) fromClient(clientBytes)
+    const detachers: Array<() => void> = []
     const pipe = (from: net.Socket, to: net.Socket) => {
-      from.on("data", (chunk: Buffer) => {
-        if (from === client) return fromClient(chunk)
+      const onData = (chunk: Buffer) => {
+        if (from === cl) return fromClient(chunk)
         if (!to.write(chunk)) from.pause()
-      })
-      to.on("drain", () => {
+      }
+      const onDrain = () => {
         if (!from.destroyed) from.resume()
+      }
+      const onEnd = () => this.closeOther(to)
+      from.on("data", onData)
+      to.on("drain", onDrain)
+      from.once("end", onEnd)
+      detachers.push(() => {
+        from.off("data", onData)
+        to.off("drain", onDrain)
+        from.off("end", onEnd)
       })
-      from.once("end", () => this.closeOther(to))
     }
-    pipe(client, upstream)
-    pipe(upstream, client)
-    if (upstream.writableNeedDrain) client.pause()
-    else client.resume()
-    upstream.resume()
+    const flow = () => {
+      pipe(cl, up)
+      pipe(up, cl)
+      if (up.writableNeedDrain) cl.pause()
+      else cl.resume()
+      up.resume()
+    }
+    /**
+     * The client's SSL request went upstream: this relay ends the client's TLS (a client
+     * port) and opens its own to MariaDB (when it is the one reaching it), then relays the
+     * plaintext in between, where the watch reads it.
+     */
+    const startTls = (b: TlsBridge, rest: Uint8Array) => {
+      for (const detach of detachers.splice(0)) detach()
+      cl.pause()
+      up.pause()
+      if (b.serve !== undefined) {
+        // What followed the request in the same read is the start of the client's TLS handshake.
+        if (rest.length > 0) cl.unshift(Buffer.from(rest))
+        const secured = new tls.TLSSocket(cl, { isServer: true, ...b.serve })
+        secured.on("error", (e) => this.destroy(`client TLS: ${e.message}`))
+        const slow = setTimeout(() => this.destroy("the client's TLS handshake did not finish within 10 s"), 10_000)
+        secured.once("secure", () => clearTimeout(slow))
+        secured.once("close", () => clearTimeout(slow))
+        cl = secured
+        this.client = secured
+      }
+      if (b.toUpstream) {
+        // Our own server, over its socket in the private datadir: nothing to verify.
+        const secured = tls.connect({ socket: up, rejectUnauthorized: false })
+        secured.on("error", (e) => this.destroy(`TLS to MariaDB: ${e.message}`))
+        up = secured
+        this.upstream = secured
+      }
+      flow()
+      if (b.serve === undefined && rest.length > 0) fromClient(rest)
+    }
+    flow()
+    if (clientBytes !== undefined && clientBytes.length > 0) fromClient(clientBytes)
   }
 }
 
@@ -557,6 +631,9 @@ export const make = (
       killer.reply(seq, buildOk())
       victim.destroy(`KILL from thread ${killer.threadId ?? "?"}: connection closed (its server thread is not killed)`)
     }
+    const clientServe: tls.TlsOptions | undefined = options.clientTls === undefined
+      ? undefined
+      : { cert: options.clientTls.cert, key: options.clientTls.key, minVersion: "TLSv1.2" }
     const localRelay = (role: Role): LocalRelay => ({
       gate: role === "rw" ? options.rwGate : undefined,
       onThread: (conn, threadId) => byThread.set(threadId, conn),
@@ -573,7 +650,8 @@ export const make = (
       localAddress?: string,
       local?: LocalRelay,
       clientBytes?: Uint8Array,
-      secure?: tls.ConnectionOptions
+      secure?: tls.ConnectionOptions,
+      bridge?: TlsBridge
     ): Effect.Effect<void> =>
       Effect.gen(function*() {
         const up = yield* Effect.result(connect(to, label, connectTimeout, localAddress, secure))
@@ -598,7 +676,7 @@ export const make = (
         }
         countUpstream(label, 1)
         upstream.once("close", () => countUpstream(label, -1))
-        conn.relay(upstream, bytes.success, local, clientBytes)
+        conn.relay(upstream, bytes.success, local, clientBytes, bridge)
       })
 
     // --- client listeners ---------------------------------------------------
@@ -619,7 +697,8 @@ export const make = (
           yield* connectAndRelay(state, conn, target, label, headerBytes(conn.source, conn.destination),
             target.kind === "forward" && !isWildcard(options.host) ? options.host : undefined,
             target.kind === "local" ? localRelay(role) : undefined, undefined,
-            target.kind === "forward" && options.tls !== undefined ? PeerTls.clientOptions(options.tls, target.nodeId) : undefined)
+            target.kind === "forward" && options.tls !== undefined ? PeerTls.clientOptions(options.tls, target.nodeId) : undefined,
+            clientServe === undefined ? undefined : { serve: clientServe, toUpstream: target.kind === "local" })
         }))
 
     // --- forward listeners --------------------------------------------------
@@ -673,7 +752,8 @@ export const make = (
           const label = `local ${local.socket ?? `${local.host}:${local.port}`}`
           yield* connectAndRelay(state, conn, local, label,
             Effect.map(headerBytes(header.source, header.destination), (h) => h), undefined,
-            localRelay(role), rest)
+            localRelay(role), rest, undefined,
+            clientServe === undefined ? undefined : { serve: undefined, toUpstream: true })
         }))
     }
 

@@ -15,10 +15,12 @@ import { nodeCertName } from "../../domain/wire/peerIdentity.js"
 
 export class CertificateError extends Data.TaggedError("CertificateError")<{ readonly message: string }> {}
 
-/** What `issue` wrote: paths of the CA and of each node's files. */
+/** What `issue` wrote: paths of the CA, of each node's files, and of the clients' server certificate. */
 export interface IssuedCertificates {
   readonly ca: string
   readonly nodes: ReadonlyArray<{ readonly nodeId: number; readonly cert: string; readonly key: string }>
+  /** `server.crt`/`server.key`: what MySQL clients see on every node (mariadb.ssl), naming every address given. */
+  readonly server?: { readonly cert: string; readonly key: string } | undefined
 }
 
 const openssl = (args: ReadonlyArray<string>) =>
@@ -44,6 +46,8 @@ export const issue = (options: {
   readonly nodes: ReadonlyArray<number>
   readonly hosts?: ReadonlyMap<number, ReadonlyArray<string>>
   readonly days?: number
+  /** Also (re)issue `server.crt`, the certificate MySQL clients see, naming every host given. */
+  readonly server?: boolean
 }): Effect.Effect<IssuedCertificates, CertificateError> =>
   Effect.gen(function*() {
     const { dir } = options
@@ -66,26 +70,35 @@ export const issue = (options: {
       ])
       chmodSync(caKey, 0o600)
     }
+    /** A key and a certificate of the CA named `name`, for `names` (subjectAltName), of `usage`. */
+    const issueOne = (name: string, commonName: string, names: ReadonlyArray<string>, usage: string) =>
+      Effect.gen(function*() {
+        const key = join(dir, `${name}.key`)
+        const cert = join(dir, `${name}.crt`)
+        const csr = join(dir, `${name}.csr`)
+        const ext = join(dir, `${name}.ext`)
+        writeFileSync(ext, [
+          `subjectAltName=${names.map((h) => (isIP(h) !== 0 ? `IP:${h}` : `DNS:${h}`)).join(",")}`,
+          "basicConstraints=critical,CA:FALSE",
+          "keyUsage=critical,digitalSignature",
+          `extendedKeyUsage=${usage}`
+        ].join("\n") + "\n")
+        yield* openssl(["req", "-new", ...EC_KEY, "-keyout", key, "-out", csr, "-subj", `/O=phxmaria/CN=${commonName}`])
+        chmodSync(key, 0o600)
+        yield* openssl(["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", caKey, "-CAcreateserial", "-days", days, "-out", cert, "-extfile", ext])
+        rmSync(csr, { force: true })
+        rmSync(ext, { force: true })
+        return { cert, key }
+      })
     const nodes: Array<IssuedCertificates["nodes"][number]> = []
     for (const nodeId of options.nodes) {
       const name = nodeCertName(nodeId)
-      const key = join(dir, `${name}.key`)
-      const cert = join(dir, `${name}.crt`)
-      const csr = join(dir, `${name}.csr`)
-      const ext = join(dir, `${name}.ext`)
-      const altNames = [`DNS:${name}`, ...(options.hosts?.get(nodeId) ?? []).map((h) => (isIP(h) !== 0 ? `IP:${h}` : `DNS:${h}`))]
-      writeFileSync(ext, [
-        `subjectAltName=${altNames.join(",")}`,
-        "basicConstraints=critical,CA:FALSE",
-        "keyUsage=critical,digitalSignature",
-        "extendedKeyUsage=serverAuth,clientAuth"
-      ].join("\n") + "\n")
-      yield* openssl(["req", "-new", ...EC_KEY, "-keyout", key, "-out", csr, "-subj", `/O=phxmaria/CN=${name}`])
-      chmodSync(key, 0o600)
-      yield* openssl(["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", caKey, "-CAcreateserial", "-days", days, "-out", cert, "-extfile", ext])
-      rmSync(csr, { force: true })
-      rmSync(ext, { force: true })
-      nodes.push({ nodeId, cert, key })
+      nodes.push({ nodeId, ...yield* issueOne(name, name, [name, ...(options.hosts?.get(nodeId) ?? [])], "serverAuth,clientAuth") })
     }
-    return { ca, nodes }
+    // One certificate for clients on every node: a client reaches the master's MariaDB through any node's port.
+    const everyHost = [...new Set([...(options.hosts?.values() ?? [])].flat())]
+    const server = options.server === true
+      ? yield* issueOne("server", "phxmaria cluster", [...new Set([...everyHost, "127.0.0.1", "localhost"])], "serverAuth")
+      : undefined
+    return { ca, nodes, server }
   })

@@ -100,3 +100,15 @@ export const peerNodeId = (socket: { readonly getPeerCertificate?: () => tls.Pee
   if (socket.getPeerCertificate === undefined || socket.authorized !== true) return undefined
   return nodeIdOf(socket.getPeerCertificate())
 }
+
+/** The certificate clients see (mariadb.ssl): read, and checked to match its key. */
+export const loadClientTls = (files: { readonly cert: string; readonly key: string }): Effect.Effect<{ readonly cert: Buffer; readonly key: Buffer }, PeerTlsError> =>
+  Effect.try({
+    try: () => {
+      const cert = readFileSync(files.cert)
+      const key = readFileSync(files.key)
+      if (!new X509Certificate(cert).checkPrivateKey(createPrivateKey(key))) throw new Error(`${files.key} does not belong to ${files.cert}`)
+      return { cert, key }
+    },
+    catch: (e) => new PeerTlsError({ message: `mariadb.ssl: ${e instanceof Error ? e.message : String(e)}` })
+  })
