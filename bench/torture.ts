@@ -10,7 +10,7 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Data, Effect, Exit } from "effect"
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import mysql from "mysql2/promise"
@@ -72,6 +72,8 @@ const runOnce = (index: number) =>
     const random = prng(seed)
     const workload = workloads[options.workload]
     const dir = mkdtempSync(join(tmpdir(), `phxmaria-torture-${options.workload}-${options.fault}-`))
+    // A mariadbd run as `mysql` (the agents are root) must pass through.
+    chmodSync(dir, 0o711)
     const history: Array<Op<unknown, unknown>> = []
     const faults: Array<{ atMs: number; what: string }> = []
     const t0 = now()

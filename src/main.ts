@@ -64,6 +64,12 @@ const node = Command.make("node", { config: configFlag, bootstrap: bootstrapFlag
     )
   })).pipe(Command.withDescription("run one cluster node: its MariaDB, Paxos log, master lease, proxy ports and admin HTTP"))
 
+/** The admin token flag (status sends it too: see admin.openStatus). */
+const tokenFlag = Flag.String("token").pipe(
+  Flag.withDescription("the cluster's admin token (default: from --config, else $PHXMARIA_ADMIN_TOKEN)"),
+  Flag.optional
+)
+
 const status = Command.make(
   "status",
   {
@@ -71,26 +77,24 @@ const status = Command.make(
     admin: Flag.String("admin").pipe(
       Flag.withDescription("comma-separated admin addresses host:port (instead of --config)"),
       Flag.optional
-    )
+    ),
+    token: tokenFlag
   },
-  ({ admin, config }) =>
+  ({ admin, config, token }) =>
     Effect.gen(function*() {
+      // Sent when known: a node with admin.openStatus false answers /status only with it.
+      const { token: bearer } = yield* adminCredentialsFrom(token, config)
       const targets = Option.isSome(config)
         ? (yield* readConfig(config.value)).members.map((m) => ({ nodeId: m.nodeId, address: `${m.host}:${m.adminPort}` }))
         : Option.isSome(admin)
         ? admin.value.split(",").map((address, i) => ({ nodeId: i + 1, address: address.trim() }))
         : yield* Effect.fail(new UsageError({ message: "status needs --config FILE or --admin host:port,..." }))
       const rows = yield* Effect.forEach(targets, (t) =>
-        Effect.map(fetchStatus(t.address), (status) => ({ ...t, status })), { concurrency: "unbounded" })
+        Effect.map(fetchStatus(t.address, 2_000, bearer), (status) => ({ ...t, status })), { concurrency: "unbounded" })
       yield* Console.log(renderStatusTable(rows))
     }).pipe(Effect.tapError((e) => e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`) : Effect.void))
 ).pipe(Command.withDescription("show every node's role, epoch, lease and log positions as a table"))
 
-/** The admin token flag of the commands that change something. */
-const tokenFlag = Flag.String("token").pipe(
-  Flag.withDescription("the cluster's admin token (default: from --config, else $PHXMARIA_ADMIN_TOKEN)"),
-  Flag.optional
-)
 
 /** What a call that changes something is sent with: the admin token, and with peer TLS the node's certificate (HTTPS). */
 interface AdminCredentials {
@@ -149,7 +153,7 @@ const adminTargets = (command: string, config: Option.Option<string>, admin: Opt
 /** The serving master's status and admin address, from the nodes `targets` name. */
 const findMaster = (targets: ReadonlyArray<string>, credentials: AdminCredentials) =>
   Effect.gen(function*() {
-    const answers = yield* Effect.forEach(targets, (a) => fetchStatus(a), { concurrency: "unbounded" })
+    const answers = yield* Effect.forEach(targets, (a) => fetchStatus(a, 2_000, credentials.token), { concurrency: "unbounded" })
     const up = answers.flatMap((s) => ("error" in s ? [] : [s]))
     if (up.length === 0) return yield* new UsageError({ message: `no node answers (${targets.join(", ")})` })
     const listed = up.find((s) => s.role === "master")
@@ -161,7 +165,7 @@ const findMaster = (targets: ReadonlyArray<string>, credentials: AdminCredential
     for (const s of up) {
       const address = s.master === null ? undefined : adminAddressOf(s, s.master)
       if (address === undefined) continue
-      const m = yield* fetchStatus(address)
+      const m = yield* fetchStatus(address, 2_000, credentials.token)
       if (!("error" in m) && m.role === "master") return { status: m, address, admin: { address, ...credentials } }
     }
     return yield* new UsageError({ message: "no node serves as master now (an election may be under way): try again" })
@@ -197,10 +201,10 @@ const removeMember = (targets: ReadonlyArray<string>, credentials: AdminCredenti
   })
 
 /** Prints a joining node's progress (copy, replay, lag) when it changes. */
-const progressOf = (address: string, id: number) => {
+const progressOf = (address: string, id: number, token: string | undefined) => {
   let lastLine = ""
   return Effect.gen(function*() {
-    const s = yield* fetchStatus(address, 2_000)
+    const s = yield* fetchStatus(address, 2_000, token)
     const line = "error" in s
       ? `node ${id}: not answering (${s.error})`
       : s.database?.rebuild != null
@@ -223,7 +227,7 @@ const addMember = (targets: ReadonlyArray<string>, credentials: AdminCredentials
     yield* Console.log(`adding node ${id} (${fields.host}:${fields.port}) as a learner (asking the master, node ${master.status.nodeId}) ...`)
     yield* requestAddMember(master.admin, fields)
     yield* Console.log(`node ${id} is a learner; waiting for it to catch up (start its agent with --join if it is not running) ...`)
-    const progress = progressOf(`${fields.host}:${fields.adminPort}`, id)
+    const progress = progressOf(`${fields.host}:${fields.adminPort}`, id, credentials.token)
     const caughtUp = Effect.gen(function*() {
       yield* progress
       const promoted = yield* Effect.result(requestPromoteMember(master.admin, id))
@@ -299,11 +303,12 @@ const memberReplace = Command.make(
   (a) =>
     Effect.gen(function*() {
       const targets = yield* adminTargets("member replace", a.config, a.admin)
-      const master = yield* masterOtherThan(targets, yield* adminCredentialsFrom(a.token, a.config), a.id)
+      const credentials = yield* adminCredentialsFrom(a.token, a.config)
+      const master = yield* masterOtherThan(targets, credentials, a.id)
       // The master adds the new node, makes it a voter once caught up, then removes the old
       // one (POST /members/replace): the voters never drop below the set's majority.
       yield* Console.log(`replacing node ${a.id} by node ${a.newId} (asking the master, node ${master.status.nodeId}); start node ${a.newId} with --join ...`)
-      const progress = progressOf(`${a.host}:${a.adminPort}`, a.newId)
+      const progress = progressOf(`${a.host}:${a.adminPort}`, a.newId, credentials.token)
       const done = yield* requestReplaceMember(master.admin, a.id, newNodeFields(a.newId, a)).pipe(
         Effect.raceFirst(Effect.andThen(progress.pipe(Effect.repeat(Schedule.spaced("1 second"))), Effect.never))
       )
@@ -330,7 +335,8 @@ const switchover = Command.make(
   ({ admin, config, to, token }) =>
     Effect.gen(function*() {
       const targets = yield* adminTargets("switchover", config, admin)
-      const answers = yield* Effect.forEach(targets, (a) => fetchStatus(a), { concurrency: "unbounded" })
+      const credentials = yield* adminCredentialsFrom(token, config)
+      const answers = yield* Effect.forEach(targets, (a) => fetchStatus(a, 2_000, credentials.token), { concurrency: "unbounded" })
       const up = answers.flatMap((s) => ("error" in s ? [] : [s]))
       if (up.length === 0) return yield* new UsageError({ message: `no node answers (${targets.join(", ")})` })
       const serving = up.find((s) => s.role === "master")
@@ -339,7 +345,7 @@ const switchover = Command.make(
       const address = self === undefined ? targets[answers.indexOf(serving)]! : `${self.host}:${self.adminPort}`
       const target = Option.getOrUndefined(to)
       yield* Console.log(`node ${serving.nodeId} is master (epoch ${serving.epoch}); asking it to hand over to ${target === undefined ? "a caught-up replica" : `node ${target}`} ...`)
-      const done = yield* requestSwitchover({ address, ...(yield* adminCredentialsFrom(token, config)) }, target)
+      const done = yield* requestSwitchover({ address, ...credentials }, target)
       yield* Console.log(`done: node ${done.master} is master (epoch ${done.epoch}), ${done.handoverMs} ms after RW closed on node ${done.from}`)
     }).pipe(Effect.tapError((e) =>
       e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`)

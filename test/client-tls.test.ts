@@ -4,6 +4,7 @@ import { execFile } from "node:child_process"
 import { readFileSync } from "node:fs"
 import { join } from "node:path"
 import mysql from "mysql2/promise"
+import * as LocalCluster from "../src/testing/LocalCluster.js"
 import { adminQuery, APP_PASSWORD, APP_USER, clusterWithTable, waitForMaster } from "./support/dbCluster.js"
 
 /** The mariadb command-line client: its exit code and output. */
@@ -66,5 +67,38 @@ describe("clients over TLS", () => {
       expect(after).not.toBe("answered")
       expect(yield* comKill(master)).toBe(killsBefore)
       yield* Effect.promise(() => killer.conn.end())
+    }).pipe(Effect.scoped), { timeout: 180_000 })
+
+  it.live("with mariadb.ssl.require a login without TLS gets an error on the RW and RO ports and on MariaDB's own TCP port; over TLS writes commit and reach every replica", () =>
+    Effect.gen(function*() {
+      const { c } = yield* clusterWithTable({ nodes: 3, database: true, tls: true, clientTls: "required" }, "d.t", 60_000)
+      const master = yield* waitForMaster(c, "the master")
+      const replica = c.nodes.find((n) => n.nodeId !== master.nodeId)!
+      const ca = readFileSync(join(c.dir, "tls", "ca.crt"))
+      const plainLogin = (port: number) => Effect.promise(() =>
+        mysql.createConnection({ host: "127.0.0.1", port, user: APP_USER, password: APP_PASSWORD, connectTimeout: 5_000 })
+          .then((x) => (x.destroy(), "connected"), (e: Error) => e.message))
+      for (const port of [master.rwPort!, replica.rwPort!, master.roPort!, replica.roPort!]) {
+        expect(yield* plainLogin(port), `port ${port}`).toMatch(/insecure transport are prohibited/)
+      }
+      // MariaDB's own port (loopback): require_secure_transport (MariaDB answers "Access denied"); over TLS it lets in.
+      expect(yield* plainLogin(master.mariadb!.port)).toMatch(/Access denied|insecure transport/)
+      const direct = yield* Effect.promise(() =>
+        mysql.createConnection({ host: "127.0.0.1", port: master.mariadb!.port, user: APP_USER, password: APP_PASSWORD, ssl: { rejectUnauthorized: false } })
+          .then((x) => (x.destroy(), "connected"), (e: Error) => e.message))
+      expect(direct).toBe("connected")
+
+      // Over TLS, through a replica's RW port (forwarded): the write commits and replicates
+      // (the master's capture reads its binlog over the socket, which is a secure transport).
+      const viaTls = yield* tlsConnection(replica.rwPort!, ca)
+      if (!("conn" in viaTls)) return expect.fail(viaTls.error)
+      yield* Effect.promise(() => viaTls.conn.query("INSERT INTO d.t VALUES (1, 1)"))
+      yield* Effect.promise(() => viaTls.conn.end())
+      for (const n of c.nodes) {
+        yield* LocalCluster.waitFor(`node ${n.nodeId} to have the row`, Effect.map(
+          adminQuery<{ n: number }>(n, "SELECT COUNT(*) AS n FROM d.t"),
+          (rows) => Number(rows[0]?.n) === 1
+        ), 30_000)
+      }
     }).pipe(Effect.scoped), { timeout: 180_000 })
 })

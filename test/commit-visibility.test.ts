@@ -6,7 +6,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { readFileSync } from "node:fs"
-import { join } from "node:path"
+import { dirname, join } from "node:path"
 import type mysql from "mysql2/promise"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
 import { cut, iptablesUsable, removeRules } from "../bench/torture/faults.js"
@@ -43,7 +43,8 @@ describe("no read or write reaches a database past its master's lease", () => {
       yield* adminQuery(master, `INSERT INTO ${TABLE} VALUES (1, 0)`)
       yield* waitConverged(c, 60_000)
       // Every statement the old master's mariadbd gets is in its general log (kept across its restarts).
-      const generalLog = join(c.dir, "general-" + master.nodeId + ".log")
+      // In the server's own dir: the user mariadbd runs as can write there.
+      const generalLog = join(dirname(master.mariadb!.pidFile), "general.log")
       yield* adminQuery(master, `SET GLOBAL general_log_file = '${generalLog}', GLOBAL general_log = 1`)
       // Two connections through the master's own RW port (relayed to its local MariaDB).
       const reader = yield* connect(master.rwPort!, { host: master.host })

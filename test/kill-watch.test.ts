@@ -63,6 +63,13 @@ describe("ClientCommandWatch", () => {
     const loginOnly = new ClientCommandWatch({ commands: false })
     expect(loginOnly.push(login("app")).map((v) => v._tag)).toEqual(["Forward"])
     expect(loginOnly.push(query("KILL 5")).map((v) => v._tag)).toEqual(["Forward"])
+    // Where TLS is required: a plain login is answered with an error (after the login, sequence 2) and closed; after an SSL request it passes.
+    const strict = new ClientCommandWatch({ commands: true, requireTls: true })
+    const [refused] = strict.push(login("app"))
+    expect(refused?._tag === "Close" ? refused.answer?.seq : refused).toBe(1)
+    const secured = new ClientCommandWatch({ commands: true, requireTls: true })
+    expect(secured.push(packet(1, sslRequest)).map((v) => v._tag)).toEqual(["StartTls"])
+    expect(secured.push(packet(2, buildHandshakeResponse41({ username: "app", authResponse: new Uint8Array(20) }))).map((v) => v._tag)).toEqual(["Forward"])
     const greeting = packet(0, buildHandshakeV10({ serverVersion: "10.11.19-MariaDB", connectionId: 123456, authPluginData: new Uint8Array(20).fill(7) }))
     expect(handshakeThreadId(greeting)).toBe(123456)
   })

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { execFile } from "node:child_process"
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { chmodSync, cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { freePort } from "../src/testing/LocalCluster.js"
@@ -23,7 +23,8 @@ describe("phxmaria as a library", () => {
   it.live("npm pack, install into the example app, type-check it and run it against a real node", () =>
     Effect.gen(function*() {
       const work = yield* Effect.acquireRelease(
-        Effect.sync(() => mkdtempSync(join(tmpdir(), "phxmaria-lib-"))),
+        // 0711: a mariadbd run as `mysql` (tests as root) must pass through.
+        Effect.sync(() => { const d = mkdtempSync(join(tmpdir(), "phxmaria-lib-")); chmodSync(d, 0o711); return d }),
         (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
       )
       const root = process.cwd()

@@ -27,7 +27,8 @@ const isAlive = (pid: number): boolean => {
 
 const tempDir = (prefix: string) =>
   Effect.acquireRelease(
-    Effect.promise(() => fs.promises.mkdtemp(path.join(os.tmpdir(), prefix))),
+    // 0711: a mariadbd run as `mysql` (tests as root) must pass through.
+    Effect.promise(() => fs.promises.mkdtemp(path.join(os.tmpdir(), prefix)).then(async (d) => (await fs.promises.chmod(d, 0o711), d))),
     (dir) => Effect.promise(() => fs.promises.rm(dir, { recursive: true, force: true, maxRetries: 3 }))
   )
 

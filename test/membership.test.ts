@@ -23,7 +23,7 @@ const connectError = (port: number) =>
 describe("membership", () => {
   it.live("a cluster of one node (development) is its own majority: it serves writes, and refuses to remove its only voter", () =>
     Effect.gen(function*() {
-      const { c, master: only } = yield* clusterWithTable({ nodes: 1, database: true }, TABLE, 60_000)
+      const { c, master: only } = yield* clusterWithTable({ nodes: 1, database: true, openStatus: false }, TABLE, 60_000)
       const w = yield* Effect.scoped(Effect.gen(function*() {
         const w = yield* startWriter(only.rwPort!, TABLE, 1_000_000)
         yield* LocalCluster.waitFor("writes to get through", Effect.sync(() => w.acked.length >= 20), 30_000)
@@ -41,8 +41,15 @@ describe("membership", () => {
       expect(wrongToken.message).toMatch(/needs the cluster's admin token/)
       const refused = yield* Effect.flip(requestRemoveMember({ address, token: c.adminToken }, 1))
       expect(refused.message).toMatch(/master/)
-      // Reading stays open.
-      expect(yield* Effect.promise(() => fetch(`http://${address}/status`).then((r) => r.status))).toBe(200)
+      // With admin.openStatus false, /status needs the token too (the CLI sends it); /replica stays open.
+      expect(yield* Effect.promise(() => fetch(`http://${address}/status`).then((r) => r.status))).toBe(401)
+      expect(yield* Effect.promise(() => fetch(`http://${address}/status`, { headers: { authorization: `Bearer ${c.adminToken}` } }).then((r) => r.status))).toBe(200)
+      expect(yield* Effect.promise(() => fetch(`http://${address}/replica`).then((r) => r.status))).toBe(503)
+      const shown = yield* runCli(["status", "--admin", address, "--token", c.adminToken])
+      expect(shown.code, shown.out).toBe(0)
+      expect(shown.out).toMatch(/master/)
+      const hidden = yield* runCli(["status", "--admin", address])
+      expect(hidden.out).toMatch(/needs the admin token/)
     }).pipe(Effect.scoped), { timeout: 120_000 })
 
   it.live("3 -> 4 online under writes: a new node started with --join is added as a learner, catches up, and becomes a voter; a master can move to it; member replace swaps node 1 for a new node 5", () =>

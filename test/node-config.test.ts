@@ -60,6 +60,9 @@ describe("node config", () => {
       const short = yield* withFile("short", "abc\n")
       expect(yield* message({ tokenFile: short })).toMatch(/at least 16 characters/)
       expect(adminTokenOf(yield* decodeNodeConfig(good))).toBeUndefined()
+      // A /status that needs the token needs a token.
+      expect(yield* message({ openStatus: false })).toMatch(/openStatus false needs admin.token/)
+      expect((yield* decodeNodeConfig({ ...good, admin: { token: "0123456789abcdef", openStatus: false } })).admin?.openStatus).toBe(false)
     }).pipe(Effect.scoped))
 
   it.effect("reads JSON and YAML", () =>

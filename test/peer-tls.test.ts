@@ -1,9 +1,9 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Data, Effect, Queue, Schema } from "effect"
-import { mkdtempSync, rmSync, statSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs"
 import * as net from "node:net"
 import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { dirname, join } from "node:path"
 import * as tls from "node:tls"
 import { encodeFrame } from "../src/domain/wire/frame.js"
 import * as Transport from "../src/services/paxos/Transport.js"
@@ -11,7 +11,11 @@ import * as Certificates from "../src/services/tls/Certificates.js"
 import * as PeerTls from "../src/services/tls/PeerTls.js"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
 import mysql from "mysql2/promise"
-import { APP_PASSWORD, APP_USER, clusterWithTable, runCli, startWriter, waitForMaster, writesFlowing } from "./support/dbCluster.js"
+import { serverUser } from "../src/services/database/MariaDbLayout.js"
+import { APP_PASSWORD, APP_USER, clusterWithTable, mariadbPid, runCli, startWriter, waitForMaster, writesFlowing } from "./support/dbCluster.js"
+
+/** The real uid a process runs as (/proc). */
+const uidOf = (pid: number) => Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1])
 
 const Ping = Schema.TaggedStruct("Ping", { n: Schema.Int })
 type Ping = typeof Ping.Type
@@ -138,8 +142,12 @@ describe("peer TLS", () => {
       )
       expect(faked).toMatch(/Proxy header is not accepted/)
       // Every row image is under dataDir, which no other local user may enter; the config holds the admin token.
-      expect(statSync(join(master.dir, "data")).mode & 0o077).toBe(0)
+      // As root, mariadbd runs as `mysql`, and dataDir lets only that group pass (not list).
+      const server = serverUser()
+      expect(statSync(join(master.dir, "data")).mode & 0o077).toBe(server === undefined ? 0 : 0o010)
+      if (server !== undefined) expect(statSync(join(master.dir, "data")).gid).toBe(server.gid)
       expect(statSync(master.configPath).mode & 0o077).toBe(0)
+      expect(uidOf(mariadbPid(master))).toBe(server?.uid ?? process.getuid!())
       // A copy of the database goes only over mutual TLS: plain HTTP with the token is refused,
       // and a rebuild (the node asks a healthy peer's admin port over HTTPS) works.
       const plainCopy = yield* Effect.promise(() =>
@@ -150,6 +158,15 @@ describe("peer TLS", () => {
       expect(rebuild.code, rebuild.out).toBe(0)
       yield* LocalCluster.waitFor("the replica to be rebuilt from a peer's copy", Effect.sync(() => /rebuild: copied \d+ MB from node \d/.test(replica.output())), 60_000)
       yield* LocalCluster.waitFor("the rebuild to be done", Effect.sync(() => /rebuild done: \d+ transactions replayed/.test(replica.output())), 60_000)
+      // The rebuilt datadir (unpacked by the agent) is the server user's too, and it runs as that user.
+      yield* LocalCluster.waitFor("the rebuilt replica's mariadbd", Effect.sync(() => {
+        try {
+          return uidOf(mariadbPid(replica)) === (server?.uid ?? process.getuid!())
+        } catch {
+          return false
+        }
+      }), 30_000)
+      if (server !== undefined) expect(statSync(join(dirname(replica.mariadb!.pidFile), "data", "mysql")).uid).toBe(server.uid)
       // Nothing broke: the master still serves.
       expect((yield* waitForMaster(c, "the master after the probes")).nodeId).toBe(master.nodeId)
 

@@ -132,9 +132,14 @@ const requestMembership = (endpoint: AdminEndpoint, method: "POST" | "DELETE", p
   )
 }
 
-export const fetchStatus = (address: string, timeoutMs = 2_000): Effect.Effect<NodeStatus | { readonly error: string }> =>
+/** GET /status; `token`: for a node with admin.openStatus false. */
+export const fetchStatus = (address: string, timeoutMs = 2_000, token?: string): Effect.Effect<NodeStatus | { readonly error: string }> =>
   Effect.tryPromise({
-    try: (signal) => fetch(`http://${address}/status`, { signal }).then((r) => r.json()),
+    try: (signal) =>
+      fetch(`http://${address}/status`, { signal, ...(token !== undefined ? { headers: { authorization: `Bearer ${token}` } } : {}) }).then(async (r) => {
+        if (r.status === 401) throw new Error(`${address}: /status needs the admin token (admin.openStatus is false): give --token or --config`)
+        return r.json()
+      }),
     catch: (e) => e
   }).pipe(
     Effect.flatMap(decode),

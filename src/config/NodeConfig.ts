@@ -43,8 +43,10 @@ export const MariaDbSettings = Schema.Struct({
    * Clients over TLS (docs/operations.md, "Client TLS"): PEM files of the certificate
    * clients see (naming every member's address; `certs` makes `server.crt`) and its key.
    * A managed MariaDB gets them as ssl_cert/ssl_key; the proxy ends clients' TLS with them.
+   * `require`: the RW and RO ports refuse a login without TLS, and a managed MariaDB gets
+   * require_secure_transport (TCP logins to it need TLS; the agent's own use its socket).
    */
-  ssl: Schema.optional(Schema.Struct({ cert: Schema.String, key: Schema.String }))
+  ssl: Schema.optional(Schema.Struct({ cert: Schema.String, key: Schema.String, require: Schema.optional(Schema.Boolean) }))
 })
 export type MariaDbSettings = typeof MariaDbSettings.Type
 
@@ -113,11 +115,13 @@ export const NodeConfig = Schema.Struct({
   /**
    * The admin HTTP port (docs/operations.md, "Admin HTTP"): every call that changes
    * something, and GET /backup, needs the cluster's admin token (the same on every node),
-   * given here or in a file (mode 0600) that holds only it.
+   * given here or in a file (mode 0600) that holds only it. `openStatus: false`: GET
+   * /status needs it too (it names the cluster, its members and its master).
    */
   admin: Schema.optional(Schema.Struct({
     token: Schema.optional(Schema.String.pipe(Schema.check(Schema.isMinLength(16)))),
-    tokenFile: Schema.optional(Schema.String)
+    tokenFile: Schema.optional(Schema.String),
+    openStatus: Schema.optional(Schema.Boolean)
   })),
   /** A diverged managed server is set aside and rebuilt from the chosen log (`auto`, default true). */
   rebuild: Schema.optional(Schema.Struct({ auto: Schema.optional(Schema.Boolean) })),
@@ -164,6 +168,9 @@ export const decodeNodeConfig = (input: unknown, source = "config"): Effect.Effe
       yield* PeerTls.loadClientTls(config.mariadb.ssl).pipe(Effect.mapError((e) => invalid(e.message)))
     }
     if (config.admin?.token !== undefined && config.admin.tokenFile !== undefined) return yield* invalid("admin: give token or tokenFile, not both")
+    if (config.admin?.openStatus === false && config.admin.token === undefined && config.admin.tokenFile === undefined) {
+      return yield* invalid("admin.openStatus false needs admin.token or admin.tokenFile (GET /status then needs it)")
+    }
     if (config.admin?.tokenFile !== undefined) {
       const file = config.admin.tokenFile
       const token = yield* Effect.try({ try: () => readFileSync(file, "utf8").trim(), catch: (e) => invalid(`admin.tokenFile: ${String(e)}`) })

@@ -73,7 +73,7 @@ export const chosenBinlogLayer = (config: NodeConfig, settings: Settings) =>
   Layer.effect(
     BinlogSource,
     Effect.gen(function*() {
-      const { replication, server } = yield* LocalMariaDb.LocalMariaDb
+      const { replication, server, managed } = yield* LocalMariaDb.LocalMariaDb
       const formatDescription = yield* Effect.cached(
         Effect.scoped(Effect.gen(function*() {
           // From where the binlog is now: older files may be purged (any position starts
@@ -86,6 +86,7 @@ export const chosenBinlogLayer = (config: NodeConfig, settings: Settings) =>
           const capture = yield* BinlogCapture.make({
             host: "127.0.0.1",
             port: settings.port,
+            ...(managed && server.socket !== undefined ? { socketPath: server.socket } : {}),
             ...replication,
             serverId: NodeDatabase.captureServerId(config.nodeId) + 100_000,
             startAfter: parseGtid(pos) ?? null
@@ -131,6 +132,7 @@ export const proxyLayer = (config: NodeConfig, settings: Settings) => {
   return Layer.unwrap(Effect.map(Effect.all([MasterLease, PeerTls.loadOptional(config.tls, config.nodeId), clientTls]), ([lease, tls, client]) => Proxy.layer({
     tls,
     clientTls: client,
+    requireClientTls: settings.ssl?.require,
     host: config.proxy?.listenHost ?? self.host,
     rwPort: self.rwPort!,
     roPort: self.roPort!,

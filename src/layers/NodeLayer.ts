@@ -1,6 +1,6 @@
 /** Wiring: a whole node, or its parts, as Layers built from a validated config. */
 import { Context, Data, Effect, Layer, Option, Schema, Struct } from "effect"
-import { chmodSync, mkdirSync } from "node:fs"
+import { chmodSync, chownSync, mkdirSync } from "node:fs"
 import { join } from "node:path"
 import type { NodeStatus } from "../domain/cluster/nodeStatus.js"
 import * as Admin from "../services/admin/Admin.js"
@@ -12,6 +12,7 @@ import * as PaxosStorage from "../services/paxos/PaxosStorage.js"
 import * as Transport from "../services/paxos/Transport.js"
 import * as PeerTls from "../services/tls/PeerTls.js"
 import * as DatabaseNode from "./DatabaseNode.js"
+import { serverUser } from "../services/database/MariaDbLayout.js"
 import { adminTokenOf, leaseConfigOf, type NodeConfig, retentionOf } from "../config/NodeConfig.js"
 import { nodeStatus } from "../services/admin/NodeStatus.js"
 import { ClusterMember, membershipOfValue } from "../domain/cluster/cluster.js"
@@ -127,6 +128,7 @@ const runningNode = (config: NodeConfig) =>
       host: self.host,
       port: self.adminPort,
       token: adminToken,
+      openStatus: config.admin?.openStatus,
       tls: yield* PeerTls.loadOptional(config.tls, config.nodeId),
       status,
       members: memberAdmin,
@@ -170,7 +172,11 @@ const privateDataDir = (config: NodeConfig) =>
   Layer.effectDiscard(Effect.try({
     try: () => {
       mkdirSync(config.dataDir, { recursive: true, mode: 0o700 })
-      chmodSync(config.dataDir, 0o700)
+      // A managed mariadbd run as `mysql` (the agent is root) passes through to `mariadb/`
+      // (its group may enter, not list); nobody else gets in.
+      const server = config.mariadb !== undefined && (config.mariadb.mode ?? "managed") === "managed" ? serverUser() : undefined
+      if (server !== undefined) chownSync(config.dataDir, 0, server.gid)
+      chmodSync(config.dataDir, server !== undefined ? 0o710 : 0o700)
     },
     catch: (e) => new DataDirError({ dir: config.dataDir, reason: e instanceof Error ? e.message : String(e) })
   }))

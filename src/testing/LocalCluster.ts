@@ -3,13 +3,13 @@
  * demo. Each node is `node dist/main.js node --config FILE` in a child process; all of
  * them are killed and their directory removed when the scope closes.
  */
-import { Data, Effect, Schedule } from "effect"
+import { Data, Effect, Exit, Schedule } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
+import { chmodSync, cpSync, createWriteStream, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
 import { randomBytes } from "node:crypto"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
-import { dirname, join } from "node:path"
+import { basename, dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import type { NodeConfig } from "../config/NodeConfig.js"
 import { killStaleServer } from "../services/database/MariaDbProcess.js"
@@ -69,10 +69,12 @@ export interface LocalClusterOptions {
   readonly clusterId?: string
   /** Mutual TLS between the agents: a CA and node certificates made in `dir/tls` (`certs`). */
   readonly tls?: boolean
-  /** With `tls` and a database: clients over TLS too (`mariadb.ssl` = `dir/tls/server.crt`, naming every node's address). */
-  readonly clientTls?: boolean
+  /** With `tls` and a database: clients over TLS too (`mariadb.ssl` = `dir/tls/server.crt`, naming every node's address); "required": plain logins refused (`ssl.require`). */
+  readonly clientTls?: boolean | "required"
   /** The cluster's admin token (default: 24 random bytes, hex). */
   readonly adminToken?: string
+  /** false: GET /status needs the admin token (`admin.openStatus`). */
+  readonly openStatus?: boolean
   /** One address for all nodes (default 127.0.0.1), or "per-node": 127.0.0.11, .12, ... (for partitions). */
   readonly host?: string | "per-node"
   /** Keep the directory after the scope closes (e.g. to inspect a failure). */
@@ -186,6 +188,29 @@ export const freePort = (host = "127.0.0.1"): Effect.Effect<number, LocalCluster
     return yield* new LocalClusterError({ message: `no free port on ${host} in 20000-31999` })
   })
 
+/**
+ * Where the logs of a cluster whose scope failed (a failed test) are copied, when set: a
+ * failure seen only on a loaded CI machine can then be read (.ci/run prints a digest).
+ */
+const FAILED_LOGS_ENV = "PHXMARIA_FAILED_LOGS"
+const LOG_FILES = new Set(["agent.log", "error.log"])
+
+const keepLogsOfFailure = (dir: string) => {
+  const into = process.env[FAILED_LOGS_ENV]
+  if (into === undefined || into === "") return
+  try {
+    cpSync(dir, join(into, basename(dir)), {
+      recursive: true,
+      filter: (from) => {
+        const st = lstatSync(from)
+        return st.isDirectory() || (st.isFile() && LOG_FILES.has(basename(from)))
+      }
+    })
+  } catch {
+    // Diagnostics only: a copy that fails must not hide the test's own failure.
+  }
+}
+
 const READY_TIMEOUT_MS = 60_000
 /** Output kept in memory per agent (about; the log file has all of it). */
 const OUTPUT_KEPT_CHARS = 4 * 1024 * 1024
@@ -204,8 +229,17 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
   const dir = given !== undefined
     ? (mkdirSync(given, { recursive: true }), given)
     : yield* Effect.acquireRelease(
-      Effect.sync(() => mkdtempSync(join(tmpdir(), "phxmaria-cluster-"))),
-      (d) => Effect.sync(() => options.keepDir ? undefined : rmSync(d, { recursive: true, force: true }))
+      // 0711: a mariadbd run as `mysql` (the agents are root) must pass through; nobody may list it.
+      Effect.sync(() => {
+        const d = mkdtempSync(join(tmpdir(), "phxmaria-cluster-"))
+        chmodSync(d, 0o711)
+        return d
+      }),
+      (d, exit) =>
+        Effect.sync(() => {
+          if (Exit.isFailure(exit)) keepLogsOfFailure(d)
+          if (!options.keepDir) rmSync(d, { recursive: true, force: true })
+        })
     )
   const withDb = options.database !== undefined && options.database !== false
   const members: Array<NodeConfig["members"][number]> = []
@@ -235,14 +269,16 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       hosts: new Map(ids.map((id) => [id, [hostOf(id)]])),
       server
     }).pipe(Effect.mapError((e) => new LocalClusterError({ message: e.message })), Effect.asVoid)
-  yield* issueCerts(members.map((m) => m.nodeId), options.clientTls === true)
+  yield* issueCerts(members.map((m) => m.nodeId), options.clientTls !== undefined && options.clientTls !== false)
   const extraConfig = typeof options.database === "object" ? options.database.extraConfig : undefined
   const maxTransactionMb = typeof options.database === "object" ? options.database.maxTransactionMb : undefined
   const rebuildAuto = typeof options.database === "object" ? options.database.rebuildAuto : undefined
 
   const makeNode = (nodeId: number, peerPort: number, adminPort: number, joining = false): LocalNode => {
     const nodeDir = join(dir, `node${nodeId}`)
-    mkdirSync(nodeDir, { recursive: true, mode: 0o700 })
+    // 0711: a mariadbd run as `mysql` passes through to its dir under data/ (the files here are 0600).
+    mkdirSync(nodeDir, { recursive: true, mode: 0o711 })
+    chmodSync(nodeDir, 0o711)
     const configPath = join(nodeDir, "config.json")
     const database = databases.get(nodeId)
     const config: NodeConfig = {
@@ -251,7 +287,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       dataDir: join(nodeDir, "data"),
       // A joiner knows itself and one member; the log tells it the rest.
       members: joining ? [members.find((m) => m.nodeId === nodeId)!, members[0]!] : members.filter((m) => !joiners.has(m.nodeId)),
-      admin: { token: adminToken },
+      admin: { token: adminToken, ...(options.openStatus !== undefined ? { openStatus: options.openStatus } : {}) },
       ...(options.tls === true
         ? { tls: { ca: join(tlsDir, "ca.crt"), cert: join(tlsDir, `node-${nodeId}.crt`), key: join(tlsDir, `node-${nodeId}.key`) } }
         : {}),
@@ -265,7 +301,9 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
             ...database,
             ...(extraConfig !== undefined ? { extraConfig } : {}),
             ...(maxTransactionMb !== undefined ? { maxTransactionMb } : {}),
-            ...(options.tls === true && options.clientTls === true ? { ssl: { cert: join(tlsDir, "server.crt"), key: join(tlsDir, "server.key") } } : {})
+            ...(options.tls === true && options.clientTls !== undefined && options.clientTls !== false
+              ? { ssl: { cert: join(tlsDir, "server.crt"), key: join(tlsDir, "server.key"), ...(options.clientTls === "required" ? { require: true } : {}) } }
+              : {})
           }
         }
         : {})
@@ -320,7 +358,7 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       child = c
       let ready = false
       let line = ""
-      const logFile = createWriteStream(join(nodeDir, "agent.log"), { flags: "a" })
+      const logFile = createWriteStream(join(nodeDir, "agent.log"), { flags: "a", mode: 0o600 })
       c.once("exit", () => logFile.end())
       const keep = (text: string) => {
         logFile.write(text)

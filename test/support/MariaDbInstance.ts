@@ -133,7 +133,8 @@ const freePort: Effect.Effect<number, MariaDbStartError> = Effect.callback<numbe
 
 const makeTempDir = Effect.acquireRelease(
   Effect.tryPromise({
-    try: () => fs.promises.mkdtemp(path.join(os.tmpdir(), "phxmaria-mariadb-")),
+    // 0711: a mariadbd run as `mysql` (tests as root) must pass through.
+    try: () => fs.promises.mkdtemp(path.join(os.tmpdir(), "phxmaria-mariadb-")).then(async (d) => (await fs.promises.chmod(d, 0o711), d)),
     catch: (cause) => new MariaDbStartError({ stage: "tempdir", message: `mkdtemp failed: ${String(cause)}`, cause })
   }).pipe(Effect.tap((dir) => Effect.sync(() => liveDirs.add(dir)))),
   (dir) =>

@@ -17,7 +17,7 @@ type Status = NodeStatus | { readonly error: string }
 const ok = (s: Status): s is NodeStatus => !("error" in s)
 
 export const statuses = (c: LocalCluster.LocalCluster) =>
-  Effect.forEach(c.nodes, (n) => fetchStatus(`${n.host}:${n.adminPort}`, 1_000), { concurrency: "unbounded" })
+  Effect.forEach(c.nodes, (n) => fetchStatus(`${n.host}:${n.adminPort}`, 1_000, c.adminToken), { concurrency: "unbounded" })
 
 export const statusOf = (n: LocalCluster.LocalNode) => fetchStatus(`${n.host}:${n.adminPort}`, 1_000)
 

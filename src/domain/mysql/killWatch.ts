@@ -19,8 +19,15 @@ export type Verdict =
   | { readonly _tag: "Kill"; readonly threadId: number; readonly seq: number }
   /** A statement that is not let through: answer it with this error (sequence `seq`). */
   | { readonly _tag: "Refuse"; readonly code: number; readonly sqlState: string; readonly message: string; readonly seq: number }
-  /** KILL inside a statement of more than one packet, part of it already sent: drop the connection. */
-  | { readonly _tag: "Close"; readonly reason: string }
+  /**
+   * KILL inside a statement of more than one packet, part of it already sent: drop the
+   * connection; or a plain login where TLS is required: answer it (`answer`), then drop it.
+   */
+  | {
+    readonly _tag: "Close"
+    readonly reason: string
+    readonly answer?: { readonly code: number; readonly sqlState: string; readonly message: string; readonly seq: number }
+  }
   /**
    * The client's SSL request (`bytes`, to forward): the relay switches to TLS before
    * anything else moves; `rest` is what followed in the same read (the start of the
@@ -36,6 +43,9 @@ const CLIENT_SSL = 0x800
 const MAX_PAYLOAD = 0xffffff
 /** ER_NOT_SUPPORTED_YET */
 const ERR_NOT_SUPPORTED = 1235
+/** ER_SECURE_TRANSPORT_REQUIRED (MySQL's number; MariaDB clients show the text). */
+const ER_SECURE_TRANSPORT_REQUIRED = 3159
+const TLS_REQUIRED = "Connections using insecure transport are prohibited by this cluster (mariadb.ssl.require): connect with TLS"
 
 const KILL_ALONE = /^KILL\s+(?:(?:HARD|SOFT)\s+)?(?:(?:CONNECTION|QUERY)\s+)?(\d+)\s*;?\s*$/i
 
@@ -172,7 +182,9 @@ export class ClientCommandWatch {
    * `commands: false`: only the login is read (a relay to another member's forward port,
    * where that member's own relay watches the commands); after it bytes go through unread.
    */
-  constructor(private readonly options: { readonly commands: boolean } = { commands: true }) {}
+  constructor(private readonly options: { readonly commands: boolean; readonly requireTls?: boolean } = { commands: true }) {}
+  /** The client asked for TLS (the login that follows is read decrypted). */
+  private secured = false
   private chunks: Array<Uint8Array> = []
   private buffered = 0
   /** Set while a statement runs on into further packets (its text is 16 MiB or more). */
@@ -225,7 +237,15 @@ export class ClientCommandWatch {
       if ((caps & CLIENT_SSL) !== 0 && payload.length <= 32) {
         // An SSL request: the relay ends the client's TLS itself (and opens its own to
         // MariaDB), so the commands stay readable; the login follows, encrypted.
+        this.secured = true
         return { _tag: "StartTls", bytes: packet, rest: new Uint8Array(0) }
+      }
+      if (this.options.requireTls === true && !this.secured) {
+        return {
+          _tag: "Close",
+          reason: "a login without TLS (mariadb.ssl.require)",
+          answer: { code: ER_SECURE_TRANSPORT_REQUIRED, sqlState: "HY000", message: TLS_REQUIRED, seq }
+        }
       }
       this.user = nulString(payload, 32)
       this.phase = this.options.commands ? "commands" : "opaque"

@@ -63,6 +63,8 @@ export const serve = <A>(options: {
    * database), needs it as `Authorization: Bearer <token>`; without one configured they are refused.
    */
   readonly token?: string | undefined
+  /** false: GET /status needs the token too (default: open, like GET /replica). */
+  readonly openStatus?: boolean | undefined
   /**
    * Peer TLS: the port also speaks HTTPS (told apart by the first byte), and GET /backup
    * is served only there, to a client holding a node certificate of the cluster's CA.
@@ -122,7 +124,7 @@ export const serve = <A>(options: {
       }
       // Every call that changes something, and the copy of the database, needs the admin token.
       const changes = req.method === "POST" || req.method === "DELETE" || path === "/backup"
-      if (changes) {
+      if (changes || (path === "/status" && options.openStatus === false)) {
         const refusal = tokenRefusal(options.token, req.headers.authorization)
         if (refusal !== undefined) {
           res.writeHead(401, { "content-type": "application/json", "www-authenticate": "Bearer" })

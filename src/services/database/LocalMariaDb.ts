@@ -7,10 +7,10 @@ import { protectedServerOptions } from "../../domain/mysql/serverOptions.js"
 import { Context, Data, Effect, Layer, Schedule, type Scope } from "effect"
 import { spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs"
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import type { Readable } from "node:stream"
-import { findBinary } from "./MariaDbLayout.js"
+import { findBinary, serverUser } from "./MariaDbLayout.js"
 import { formatGtid, type Gtid, parseGtid } from "../../domain/cluster/gtid.js"
 import * as MariaDbServer from "./MariaDbServer.js"
 import { forkScopedLogged } from "../fibers.js"
@@ -220,8 +220,34 @@ export interface LocalMariaDbOptions {
   /** Managed: the agent purges the oldest binlog files beyond this many bytes; default 1 GiB. */
   readonly binlogRetainBytes?: number | undefined
   /** Managed: the certificate MariaDB offers clients over TLS (ssl_cert, ssl_key). */
-  readonly ssl?: { readonly cert: string; readonly key: string } | undefined
+  readonly ssl?: { readonly cert: string; readonly key: string; readonly require?: boolean | undefined } | undefined
 }
+
+/**
+ * The certificate and key a managed mariadbd reads. Run as `mysql` (the agent is root), it
+ * cannot read the operator's key (0600, root's): a copy in `dataDir/server-ssl`, readable
+ * by root and the server's group only, made at each start (a renewed certificate applies).
+ */
+const serverSslFiles = (dataDir: string, ssl: { readonly cert: string; readonly key: string }) =>
+  Effect.try({
+    try: () => {
+      const u = serverUser()
+      if (u === undefined) return { cert: ssl.cert, key: ssl.key }
+      const dir = join(dataDir, "server-ssl")
+      mkdirSync(dir, { recursive: true })
+      chownSync(dir, 0, u.gid)
+      chmodSync(dir, 0o750)
+      const copy = (from: string, name: string) => {
+        const to = join(dir, name)
+        writeFileSync(to, readFileSync(from), { mode: 0o640 })
+        chownSync(to, 0, u.gid)
+        chmodSync(to, 0o640)
+        return to
+      }
+      return { cert: copy(ssl.cert, "server.crt"), key: copy(ssl.key, "server.key") }
+    },
+    catch: (e) => new MariaDbServer.MariaDbStartError({ stage: "config", message: `mariadb.ssl: ${e instanceof Error ? e.message : String(e)}`, dir: managedDirOf(dataDir) })
+  })
 
 export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
   const managed = options.mode === "managed"
@@ -233,6 +259,7 @@ export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
       dir: managedDirOf(options.dataDir)
     })
   }
+  const ssl = managed && options.ssl !== undefined ? yield* serverSslFiles(options.dataDir, options.ssl) : undefined
   const server = managed
     ? yield* MariaDbServer.makeManaged({
       dir: managedDirOf(options.dataDir),
@@ -240,7 +267,8 @@ export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
       serverId: options.nodeId,
       extraConfig: {
         ...managedServerConfig(options.port, options.maxTransactionBytes, options.binlogRetainSeconds, options.binlogRetainBytes),
-        ...(options.ssl !== undefined ? { ssl_cert: options.ssl.cert, ssl_key: options.ssl.key } : {}),
+        ...(ssl !== undefined ? { ssl_cert: ssl.cert, ssl_key: ssl.key } : {}),
+        ...(options.ssl?.require === true ? { require_secure_transport: "ON" } : {}),
         ...options.extraConfig
       },
       // Restarts are the agent's (NodeDatabase): RW must be fenced before mariadbd runs again.

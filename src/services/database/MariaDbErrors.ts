@@ -5,7 +5,7 @@
 import { Data } from "effect"
 
 export class MariaDbStartError extends Data.TaggedError("MariaDbStartError")<{
-  readonly stage: "binaries" | "tempdir" | "config" | "install" | "port" | "spawn" | "exited" | "timeout"
+  readonly stage: "binaries" | "tempdir" | "config" | "permissions" | "install" | "port" | "spawn" | "exited" | "timeout"
   readonly message: string
   readonly dir?: string | undefined
   /** Last part of the error log (and install output for stage "install"). */

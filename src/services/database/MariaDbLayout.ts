@@ -16,6 +16,82 @@ const isRoot = () => process.getuid?.() === 0
 /** The OS user: mariadb-install-db gives it unix_socket login with all privileges. */
 export const adminUser = () => (isRoot() ? "root" : os.userInfo().username)
 
+export interface ServerUser {
+  readonly name: string
+  readonly uid: number
+  readonly gid: number
+}
+
+const SERVER_USER = "mysql"
+
+/**
+ * The OS user a managed mariadbd runs as when the agent is root: `mysql` (made by the
+ * mariadb-server package), so a compromised server cannot act as root. Undefined when the
+ * agent is not root (mariadbd runs as the agent's user) or no such user exists (then root).
+ */
+export const serverUser = (): ServerUser | undefined => {
+  if (!isRoot()) return undefined
+  try {
+    for (const line of fs.readFileSync("/etc/passwd", "utf8").split("\n")) {
+      const [name, , uid, gid] = line.split(":")
+      if (name === SERVER_USER && uid !== undefined && gid !== undefined) return { name, uid: Number(uid), gid: Number(gid) }
+    }
+  } catch {
+    // No passwd file to read: root it is.
+  }
+  return undefined
+}
+
+/** The first directory on the way to `dir` (itself included) that `u` may not pass, if any. */
+const blockedFor = (u: ServerUser, dir: string): { readonly dir: string; readonly mode: number } | undefined => {
+  const parts = path.resolve(dir).split(path.sep).filter((p) => p.length > 0)
+  for (let i = 0; i <= parts.length; i++) {
+    const at = path.sep + parts.slice(0, i).join(path.sep)
+    let st: fs.Stats
+    try {
+      st = fs.statSync(at)
+    } catch {
+      return undefined // not made yet: mkdir makes it passable
+    }
+    const passable = st.uid === u.uid ? (st.mode & 0o100) !== 0 : st.gid === u.gid ? (st.mode & 0o010) !== 0 : (st.mode & 0o001) !== 0
+    if (!passable) return { dir: at, mode: st.mode & 0o777 }
+  }
+  return undefined
+}
+
+const chownTree = (dir: string, u: ServerUser): void => {
+  fs.lchownSync(dir, u.uid, u.gid)
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const at = path.join(dir, e.name)
+    if (e.isDirectory()) chownTree(at, u)
+    else fs.lchownSync(at, u.uid, u.gid)
+  }
+}
+
+/**
+ * Before every start (and install): the server's dir belongs to the user it runs as
+ * (the agent, as root, unpacks copies and writes the config there), and that user can
+ * reach it. A dir it cannot reach is an error naming the directory, not a silent root.
+ */
+export const ownDir = (l: Layout) =>
+  Effect.suspend(() => {
+    const u = serverUser()
+    if (u === undefined) return Effect.void
+    const blocked = blockedFor(u, l.dir)
+    if (blocked !== undefined) {
+      return Effect.fail(new MariaDbStartError({
+        stage: "permissions",
+        message: `mariadbd runs as the OS user ${u.name} (the agent is root), which cannot enter ${blocked.dir} (mode ${blocked.mode.toString(8)}): ` +
+          `give it passage (chmod o+x, or chgrp ${u.name} and chmod g+x) or put dataDir elsewhere`,
+        dir: l.dir
+      }))
+    }
+    return Effect.try({
+      try: () => chownTree(l.dir, u),
+      catch: (cause) => new MariaDbStartError({ stage: "permissions", message: `chown -R ${u.name} ${l.dir} failed: ${String(cause)}`, dir: l.dir, cause })
+    })
+  })
+
 const binaryDirs = () => [
   ...(process.env.PATH ?? "").split(path.delimiter).filter((d) => d.length > 0),
   "/usr/sbin",
@@ -102,7 +178,7 @@ export const layoutOf = (dir: string): Layout => ({
 
 const renderConfig = (l: Layout, port: number, serverId: number, extra: ExtraConfig): string => {
   const lines: Array<string> = ["[mariadbd]"]
-  if (isRoot()) lines.push("user=root")
+  if (isRoot()) lines.push(`user=${serverUser()?.name ?? "root"}`)
   lines.push(
     `datadir=${l.dataDir}`,
     `socket=${l.socket}`,
@@ -166,7 +242,7 @@ const runInstallDb = (installDbBin: string, l: Layout) =>
   Effect.callback<void, MariaDbStartError>((resume) => {
     const child = execFile(
       installDbBin,
-      [`--defaults-file=${l.configFile}`, "--skip-test-db"],
+      [`--defaults-file=${l.configFile}`, "--skip-test-db", ...(serverUser() !== undefined ? [`--user=${serverUser()!.name}`] : [])],
       { timeout: 120_000, maxBuffer: 8 * 1024 * 1024 },
       (error, stdout, stderr) => {
         if (error === null) return resume(Effect.void)

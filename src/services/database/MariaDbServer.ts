@@ -22,6 +22,7 @@ import {
   findBinary,
   installIfNeeded,
   layoutOf,
+  ownDir,
   prepareDir,
   readTail,
   writeConfig
@@ -193,7 +194,9 @@ export const makeManaged = (options: ManagedOptions): Effect.Effect<ManagedMaria
             yield* killStaleServer(l.configFile)
             yield* prepareDir(l)
             yield* writeConfig(l, port, serverId, extra)
+            yield* ownDir(l)
             yield* installIfNeeded(installDbBin, l)
+            yield* ownDir(l)
             proc = yield* Effect.suspend(() =>
               state.closing
                 ? Effect.fail(new MariaDbStartError({ stage: "spawn", message: "the server's scope is closing", dir: l.dir }))

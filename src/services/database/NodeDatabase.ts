@@ -469,6 +469,8 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       capture: {
         host: db.host,
         port: db.port,
+        // A managed server over its socket: a secure transport (require_secure_transport), and no TCP stack.
+        ...(managed && db.socket !== undefined ? { socketPath: db.socket } : {}),
         user: replication.user,
         password: replication.password,
         serverId: captureServerId(nodeId),
@@ -608,7 +610,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     const configured = (options.donors ?? []).map((d) => ({ ...d, voter: true }))
     if (options.copyWhenEmpty !== true) return configured
     for (const d of configured.filter((x) => x.nodeId !== nodeId)) {
-      const s = yield* fetchStatus(`${d.host}:${d.adminPort}`, 2_000)
+      const s = yield* fetchStatus(`${d.host}:${d.adminPort}`, 2_000, options.adminToken)
       if (!("error" in s)) return s.members.map((m) => ({ nodeId: m.nodeId, host: m.host, adminPort: m.adminPort, voter: m.voter ?? true }))
     }
     return configured

@@ -84,6 +84,8 @@ export interface ProxyOptions {
    * the connection.
    */
   readonly clientTls?: { readonly cert: Buffer; readonly key: Buffer } | undefined
+  /** With clientTls: a client port answers a login without TLS with an error and closes. */
+  readonly requireClientTls?: boolean | undefined
 }
 
 const LEASE_CLOSED = "this node no longer holds the master lease"
@@ -220,6 +222,8 @@ interface TlsBridge {
   readonly serve: tls.TlsOptions | undefined
   /** Open TLS to the upstream: this relay is the one reaching MariaDB. */
   readonly toUpstream: boolean
+  /** A client port that refuses a login without TLS (ProxyOptions.requireClientTls). */
+  readonly requireTls?: boolean
 }
 
 // ---------------------------------------------------------------------------
@@ -355,9 +359,10 @@ class Conn {
     }
     for (const b of first) if (b.length > 0) upstream.write(b)
     // A relay to another member reads the login only (for an SSL request); that member watches the commands.
-    if (local === undefined && bridge !== undefined) this.watch = new ClientCommandWatch({ commands: false })
+    const requireTls = bridge?.requireTls === true && bridge.serve !== undefined
+    if (local === undefined && bridge !== undefined) this.watch = new ClientCommandWatch({ commands: false, requireTls })
     if (local !== undefined) {
-      this.watch = new ClientCommandWatch()
+      this.watch = new ClientCommandWatch({ commands: true, requireTls })
       // The server's greeting carries the session's thread id (what a KILL names).
       upstream.once("data", (chunk: Buffer) => {
         this.threadId = handshakeThreadId(chunk)
@@ -385,6 +390,11 @@ class Conn {
           if (bridge === undefined) return this.destroy(NO_CLIENT_TLS)
           up.write(v.bytes)
           return startTls(bridge, v.rest)
+        } else if (v.answer !== undefined) {
+          this.noteReason(v.reason)
+          this.reply(v.answer.seq, buildErr(v.answer))
+          cl.end()
+          return up.destroy()
         } else return this.destroy(v.reason)
       }
     }
@@ -698,7 +708,7 @@ export const make = (
             target.kind === "forward" && !isWildcard(options.host) ? options.host : undefined,
             target.kind === "local" ? localRelay(role) : undefined, undefined,
             target.kind === "forward" && options.tls !== undefined ? PeerTls.clientOptions(options.tls, target.nodeId) : undefined,
-            clientServe === undefined ? undefined : { serve: clientServe, toUpstream: target.kind === "local" })
+            clientServe === undefined ? undefined : { serve: clientServe, toUpstream: target.kind === "local", requireTls: options.requireClientTls === true })
         }))
 
     // --- forward listeners --------------------------------------------------
