@@ -22,7 +22,11 @@ const payloads = (rng: Rng): ReadonlyArray<Uint8Array> => {
     new TextEncoder().encode("PROXY TCP4 1.2.3"),
     new TextEncoder().encode("PROXY TCP4 999.1.1.1 127.0.0.1 1 2\r\n"),
     new TextEncoder().encode("GET /status HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n"),
-    random(256 * 1024)
+    random(256 * 1024),
+    // a TLS record header (what the TLS listeners and the admin port's HTTPS side read), then garbage
+    Uint8Array.of(0x16, 0x03, 0x01, 0x00, 0x40, ...random(64)),
+    // a MySQL SSL request (the client ports' TLS bridge starts), then garbage instead of a ClientHello
+    Uint8Array.of(32, 0, 0, 1, 0x00, 0x8a, 0x00, 0x00, ...new Array<number>(28).fill(0), 0x16, 0x03, 0x01, 0x00, 0x10, ...random(16))
   ]
 }
 
@@ -47,14 +51,17 @@ const hit = (host: string, port: number, bytes: Uint8Array) =>
   })
 
 describe("hostile input on every listener", () => {
-  it.live("random, truncated and oversized bytes close only their own connections; no process dies; writes stay consistent", () =>
+  it.live.each([
+    { mode: "plain", tls: false },
+    { mode: "with peer and client TLS", tls: true }
+  ])("random, truncated and oversized bytes close only their own connections; no process dies; writes stay consistent ($mode)", ({ tls }) =>
     Effect.gen(function*() {
-      const c = yield* LocalCluster.make({ nodes: 3, database: true })
+      const c = yield* LocalCluster.make({ nodes: 3, database: true, ...(tls ? { tls: true, clientTls: true } : {}) })
       const master = yield* waitForMaster(c, "a first master")
       yield* createAppUser(master)
       yield* adminQuery(master, "CREATE DATABASE IF NOT EXISTS d")
       yield* adminQuery(master, `CREATE TABLE ${TABLE} (id INT PRIMARY KEY, v INT)`)
-      const rng = new Rng(20261123)
+      const rng = new Rng(tls ? 20261203 : 20261123)
       const acked = yield* Effect.scoped(Effect.gen(function*() {
         const writer = yield* startWriter(c.nodes.find((n) => n !== master)!.rwPort!, TABLE)
         yield* LocalCluster.waitFor("writes", Effect.sync(() => writer.acked.length >= 20), 20_000)
