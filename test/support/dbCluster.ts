@@ -193,9 +193,25 @@ export const runCli = (args: ReadonlyArray<string>) =>
 export const clusterWithTable = (options: LocalCluster.LocalClusterOptions, table: string, masterTimeoutMs?: number) =>
   Effect.gen(function*() {
     const c = yield* LocalCluster.make(options)
-    const master = yield* waitForMaster(c, "a first master", undefined, masterTimeoutMs)
-    yield* createAppUser(master)
-    yield* adminQuery(master, `CREATE DATABASE IF NOT EXISTS ${table.split(".")[0]}`)
-    yield* adminQuery(master, `CREATE TABLE IF NOT EXISTS ${table} (id INT PRIMARY KEY, v INT)`)
-    return { c, master }
+    const [schema, name] = table.split(".") as [string, string]
+    const first = yield* waitForMaster(c, "a first master", undefined, masterTimeoutMs)
+    // The setup goes in as root on the master's own socket, past the proxy and its lease
+    // check. If that master loses its lease meanwhile (short leases on a loaded machine),
+    // what it had not yet put in the log is a write behind the cluster's back, rebuilt away
+    // with its node. So it is done again on the current master until every node has it.
+    const landed = Effect.gen(function*() {
+      const master = yield* waitForMaster(c, "a master for the setup", undefined, masterTimeoutMs)
+      yield* createAppUser(master)
+      yield* adminQuery(master, `CREATE DATABASE IF NOT EXISTS ${schema}`)
+      yield* adminQuery(master, `CREATE TABLE IF NOT EXISTS ${table} (id INT PRIMARY KEY, v INT)`)
+      yield* waitConverged(c, 30_000)
+      const found = yield* Effect.forEach(c.nodes, (n) =>
+        adminQuery<{ n: unknown }>(n,
+          "SELECT (SELECT COUNT(*) FROM mysql.user WHERE User = ?) + (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?) AS n",
+          [APP_USER, schema, name]))
+      return found.every((rows) => Number(rows[0]?.n) === 2)
+    }).pipe(Effect.catch(() => Effect.succeed(false)))
+    yield* LocalCluster.waitFor("the app user and the table on every node", landed, 180_000)
+    const master = yield* waitForMaster(c, "the master after the setup", undefined, masterTimeoutMs)
+    return { c, master: master.nodeId === first.nodeId ? first : master }
   })

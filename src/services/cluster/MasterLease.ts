@@ -126,7 +126,15 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
     if (now === holding) return Effect.void
     holding = now
     const event: LeaseEvent = now ? { _tag: "TookOver", epoch } : { _tag: "SteppedDown", epoch }
-    return PubSub.publish(events, event)
+    // Why, for whoever reads the log after a master change.
+    const why = now
+      ? `holds the master lease (epoch ${epoch}, record version ${view.masterVersion})`
+      : view.master !== config.nodeId
+      ? `no longer holds the master lease: the record names ${view.master === null ? "no master" : `node ${view.master}`} (epoch ${epoch})`
+      : view.heldFrom === undefined
+      ? `gave the master lease up (resigned${view.handingTo !== undefined ? `, to node ${view.handingTo}` : ""})`
+      : `no longer holds the master lease: no renewal was chosen within its ${config.leaseMs} ms`
+    return Effect.andThen(Effect.logInfo(`lease: this node ${why}`), PubSub.publish(events, event))
   })
 
   /** Wakes the step loop before its timer (an applied entry, a readiness change). */
@@ -169,6 +177,9 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
     const action = decided._tag === "Propose" && !votes ? { _tag: "None" as const } : decided
     if (action._tag === "Propose") {
       const proposalId = yield* Time.randomId
+      if (!holdsLease(config, view, now)) {
+        yield* Effect.logInfo(`lease: proposing to take the master lease (record: ${view.master === null ? "no master" : `node ${view.master}`}, version ${action.basedOnVersion})`)
+      }
       // The lease counts from now: the moment before the proposal leaves.
       view = onProposed(view, action.basedOnVersion, proposalId, now)
       yield* cluster.propose({
