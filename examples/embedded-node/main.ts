@@ -56,7 +56,8 @@ const config = decodeNodeConfig({
   // Founds a one-node cluster in its own dir (on later runs the state exists and this does nothing).
   bootstrap: true,
   members: [{ nodeId: 1, host: "127.0.0.1", port: peer, adminPort: admin, rwPort: rw, roPort: ro, forwardRwPort: forwardRw, forwardRoPort: forwardRo }],
-  mariadb: { port: mariadb, binlogServerPort: binlogServer }
+  // A small server for an example (the default buffer pool is half the machine's memory).
+  mariadb: { port: mariadb, binlogServerPort: binlogServer, bufferPoolMb: 64 }
 })
 
 const main = Effect.gen(function*() {

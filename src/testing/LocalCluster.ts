@@ -88,6 +88,16 @@ export interface LocalClusterOptions {
     readonly maxTransactionMb?: number
     /** `rebuild.auto` of every node (default true). */
     readonly rebuildAuto?: boolean
+    /** `mariadb.bufferPoolMb` of every node; default 32 (several servers on one machine), not the config's half of memory. */
+    readonly bufferPoolMb?: number
+    /**
+     * `mariadb.maxConnections` of every node, and `proxy.maxConnections` (per listener: the
+     * config refuses more than MariaDB takes); default 200.
+     */
+    readonly maxConnections?: number
+    /** `mariadb.characterSet` / `mariadb.collation` of every node (default: the config's, utf8mb4). */
+    readonly characterSet?: string
+    readonly collation?: string
   }
   /** `log` (retention) of every node. */
   readonly log?: NodeConfig["log"]
@@ -273,6 +283,11 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
   const extraConfig = typeof options.database === "object" ? options.database.extraConfig : undefined
   const maxTransactionMb = typeof options.database === "object" ? options.database.maxTransactionMb : undefined
   const rebuildAuto = typeof options.database === "object" ? options.database.rebuildAuto : undefined
+  // Small servers: the demo, tests and benches run several on one machine.
+  const bufferPoolMb = (typeof options.database === "object" ? options.database.bufferPoolMb : undefined) ?? 32
+  const maxConnections = (typeof options.database === "object" ? options.database.maxConnections : undefined) ?? 200
+  const characterSet = typeof options.database === "object" ? options.database.characterSet : undefined
+  const collation = typeof options.database === "object" ? options.database.collation : undefined
 
   const makeNode = (nodeId: number, peerPort: number, adminPort: number, joining = false): LocalNode => {
     const nodeDir = join(dir, `node${nodeId}`)
@@ -295,10 +310,15 @@ export const make = Effect.fnUntraced(function*(options: LocalClusterOptions) {
       ...(options.lease !== undefined ? { lease: options.lease } : {}),
       ...(rebuildAuto !== undefined ? { rebuild: { auto: rebuildAuto } } : {}),
       ...(options.log !== undefined ? { log: options.log } : {}),
+      ...(database !== undefined ? { proxy: { maxConnections } } : {}),
       ...(database !== undefined
         ? {
           mariadb: {
             ...database,
+            bufferPoolMb,
+            maxConnections,
+            ...(characterSet !== undefined ? { characterSet } : {}),
+            ...(collation !== undefined ? { collation } : {}),
             ...(extraConfig !== undefined ? { extraConfig } : {}),
             ...(maxTransactionMb !== undefined ? { maxTransactionMb } : {}),
             ...(options.tls === true && options.clientTls !== undefined && options.clientTls !== false

@@ -3,11 +3,21 @@
  * data dir) or attached (the operator runs it), with the node-local replication login its
  * capture client and binlog server share.
  */
-import { protectedServerOptions } from "../../domain/mysql/serverOptions.js"
+import {
+  AGENT_CONNECTIONS,
+  collationFor,
+  DEFAULT_CHARACTER_SET,
+  DEFAULT_MAX_CONNECTIONS,
+  defaultBufferPoolMb,
+  firstClassServerOptions,
+  malformedServerOptions,
+  protectedServerOptions
+} from "../../domain/mysql/serverOptions.js"
 import { Context, Data, Effect, Layer, Schedule, type Scope } from "effect"
 import { spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs"
+import { totalmem } from "node:os"
 import { join } from "node:path"
 import type { Readable } from "node:stream"
 import { findBinary, serverUser } from "./MariaDbLayout.js"
@@ -126,14 +136,60 @@ export const managedDirOf = (dataDir: string) => join(dataDir, "mariadb")
 
 export class LocalMariaDb extends Context.Service<LocalMariaDb, LocalMariaDbShape>()("phxmaria/LocalMariaDb") {}
 
+/** The sizes and character set of a managed server (config `mariadb.*`), defaults filled in by {@link managedServerSizing}. */
+export interface ManagedServerSizing {
+  readonly bufferPoolMb: number
+  /** Client connections; max_connections is this plus AGENT_CONNECTIONS. */
+  readonly maxConnections: number
+  readonly characterSet: string
+  /** Undefined: the character set's own default collation. */
+  readonly collation: string | undefined
+}
+
+/**
+ * The managed server's sizes from the options, else the defaults (docs/operations.md, "The
+ * managed server's settings"): half this machine's memory for the buffer pool, 1000 client
+ * connections, utf8mb4 with utf8mb4_general_ci.
+ */
+export const managedServerSizing = (options: {
+  readonly bufferPoolMb?: number | undefined
+  readonly maxConnections?: number | undefined
+  readonly characterSet?: string | undefined
+  readonly collation?: string | undefined
+}): ManagedServerSizing => {
+  const characterSet = options.characterSet ?? DEFAULT_CHARACTER_SET
+  return {
+    bufferPoolMb: options.bufferPoolMb ?? defaultBufferPoolMb(totalmem()),
+    maxConnections: options.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
+    characterSet,
+    collation: collationFor(characterSet, options.collation)
+  }
+}
+
+/** The redo log for a buffer pool of `bufferPoolMb`. */
+export const redoLogMb = (bufferPoolMb: number): number => Math.max(16, Math.min(4096, Math.floor(bufferPoolMb / 4)))
+
 /** my.cnf settings every managed node needs (docs/mariadb.md): semi-sync ready, truncation on restart. */
 export const managedServerConfig = (
   port: number,
   maxTransactionBytes = DEFAULT_MAX_TRANSACTION_BYTES,
   binlogRetainSeconds = DEFAULT_BINLOG_RETAIN_SECONDS,
-  binlogRetainBytes = DEFAULT_BINLOG_RETAIN_BYTES
+  binlogRetainBytes = DEFAULT_BINLOG_RETAIN_BYTES,
+  sizing: ManagedServerSizing = managedServerSizing({})
 ): Record<string, string | number | boolean> => ({
   port,
+  innodb_buffer_pool_size: `${sizing.bufferPoolMb}M`,
+  // The redo log grows with the pool (a quarter of it, 16 MiB to 4 GiB): with a small one
+  // InnoDB checkpoints, and flushes pages, far more often than a large pool needs.
+  innodb_log_file_size: `${redoLogMb(sizing.bufferPoolMb)}M`,
+  // Every relay the proxy opens to this server is one of its connections; the agent's own
+  // logins (its pool, the binlog captures, a copy for a peer) come on top, so that clients
+  // up to mariadb.maxConnections never lock the agent out (docs/operations.md).
+  max_connections: sizing.maxConnections + AGENT_CONNECTIONS,
+  // The server's default for new databases and tables (utf8mb4: every Unicode character,
+  // 4-byte ones too); MariaDB's own default is latin1.
+  character_set_server: sizing.characterSet,
+  ...(sizing.collation !== undefined ? { collation_server: sizing.collation } : {}),
   // Nothing reads a node's old binlog files: replicas are fed from the chosen log, a new
   // master's capture starts after the log's last GTID (in the newest file), and crash
   // truncation reads the last one. MariaDB purges older ones at rotation, never the active
@@ -170,10 +226,7 @@ export const managedServerConfig = (
   slave_parallel_threads: 4,
   slave_parallel_mode: "optimistic",
   max_allowed_packet: "64M",
-  slave_max_allowed_packet: "1073741824",
-  // Above the proxy's four listeners at their default bound (4 x 1000), with room for the
-  // agent's own logins: a full proxy never locks the capture client out.
-  max_connections: 4200
+  slave_max_allowed_packet: "1073741824"
 })
 
 const startError = (dir: string) => (cause: { readonly message: string }) =>
@@ -219,6 +272,14 @@ export interface LocalMariaDbOptions {
   readonly binlogRetainSeconds?: number | undefined
   /** Managed: the agent purges the oldest binlog files beyond this many bytes; default 1 GiB. */
   readonly binlogRetainBytes?: number | undefined
+  /** Managed: innodb_buffer_pool_size in MiB; default half this machine's memory (defaultBufferPoolMb). */
+  readonly bufferPoolMb?: number | undefined
+  /** Managed: client connections (max_connections is this plus AGENT_CONNECTIONS); default 1000. */
+  readonly maxConnections?: number | undefined
+  /** character_set_server (managed: default utf8mb4; attach: SET GLOBAL when given). */
+  readonly characterSet?: string | undefined
+  /** collation_server (managed: default utf8mb4_general_ci with utf8mb4; attach: SET GLOBAL when given). */
+  readonly collation?: string | undefined
   /** Managed: the certificate MariaDB offers clients over TLS (ssl_cert, ssl_key). */
   readonly ssl?: { readonly cert: string; readonly key: string; readonly require?: boolean | undefined } | undefined
 }
@@ -251,7 +312,9 @@ const serverSslFiles = (dataDir: string, ssl: { readonly cert: string; readonly 
 
 export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
   const managed = options.mode === "managed"
-  const refused = protectedServerOptions(options.extraConfig ?? {})
+  // The config refuses these already; an embedding app may build the options itself.
+  const extra = options.extraConfig ?? {}
+  const refused = [...protectedServerOptions(extra), ...firstClassServerOptions(extra).map((o) => `${o.key} (use ${o.use})`), ...malformedServerOptions(extra)]
   if (managed && refused.length > 0) {
     return yield* new MariaDbServer.MariaDbStartError({
       stage: "config",
@@ -266,7 +329,7 @@ export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
       port: options.port,
       serverId: options.nodeId,
       extraConfig: {
-        ...managedServerConfig(options.port, options.maxTransactionBytes, options.binlogRetainSeconds, options.binlogRetainBytes),
+        ...managedServerConfig(options.port, options.maxTransactionBytes, options.binlogRetainSeconds, options.binlogRetainBytes, managedServerSizing(options)),
         ...(ssl !== undefined ? { ssl_cert: ssl.cert, ssl_key: ssl.key } : {}),
         ...(options.ssl?.require === true ? { require_secure_transport: "ON" } : {}),
         ...options.extraConfig
@@ -288,6 +351,17 @@ export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
     yield* server.query("SET GLOBAL max_binlog_cache_size = ?, GLOBAL max_binlog_stmt_cache_size = ?", [max, max]).pipe(
       Effect.catch((e) => Effect.logWarning(`could not bound transactions to ${max} bytes on the attached MariaDB: ${e.message}`))
     )
+    // Only what the config names (the operator's server keeps its own otherwise), for the
+    // databases made from now on; the set first: setting it resets the collation. Not applied
+    // is an error: the node would otherwise store text in a character set nobody chose.
+    for (const [variable, value] of [["character_set_server", options.characterSet], ["collation_server", options.collation]] as const) {
+      if (value === undefined) continue
+      yield* server.query(`SET GLOBAL ${variable} = ?`, [value]).pipe(
+        Effect.mapError((e) =>
+          new MariaDbServer.MariaDbStartError({ stage: "config", message: `cannot set ${variable} to ${value} on the attached MariaDB: ${e.message}`, cause: e })
+        )
+      )
+    }
   }
   const password = replicationPassword(options.dataDir)
   const withLogin = ensureReplicationUser(server, password).pipe(Effect.retry({ schedule: Schedule.spaced("200 millis"), times: 50 }))

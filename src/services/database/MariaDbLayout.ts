@@ -201,14 +201,17 @@ const renderConfig = (l: Layout, port: number, serverId: number, extra: ExtraCon
     // a GTID reconnect scans the binlog file from its start
     "max_binlog_size=64M",
     // small footprint: several instances on a 2-core test machine
-    "innodb_buffer_pool_size=32M",
-    "innodb_log_file_size=16M",
     "innodb_log_buffer_size=4M",
     "key_buffer_size=1M",
     "aria_pagecache_buffer_size=4M",
-    "performance_schema=OFF",
-    "max_connections=200"
+    "performance_schema=OFF"
   )
+  // Sizes when the caller gives none (tests' throw-away servers); a node's managed server
+  // gives its own (mariadb.bufferPoolMb, mariadb.maxConnections). Each option on one line.
+  const given = new Set(Object.keys(extra).map((k) => k.toLowerCase().replace(/-/g, "_")))
+  for (const [key, value] of [["innodb_buffer_pool_size", "32M"], ["innodb_log_file_size", "16M"], ["max_connections", "200"]] as const) {
+    if (!given.has(key)) lines.push(`${key}=${value}`)
+  }
   for (const [key, value] of Object.entries(extra)) {
     if (value === true) lines.push(key)
     else if (value !== false) lines.push(`${key}=${value}`)

@@ -21,6 +21,7 @@ import * as PeerTls from "../tls/PeerTls.js"
 import { Cause, Context, Duration, Effect, Fiber, Layer, Queue, Result, Schedule, Schema, Scope } from "effect"
 import { DEFAULT_MAX_FRAME_BYTES, FrameEncodeError, tryEncodeFrame } from "../../domain/wire/frame.js"
 import * as TcpListener from "../net/TcpListener.js"
+import * as HostAddresses from "../net/HostAddresses.js"
 import { forkScopedLogged } from "../fibers.js"
 import { isWildcard } from "../../domain/wire/address.js"
 import { cappedExponential } from "../schedules.js"
@@ -170,6 +171,12 @@ const CONNECT_TIMEOUT: Duration.Input = "5 seconds"
 const reconnectSchedule = cappedExponential("50 millis", "1 second").pipe(
   Schedule.jittered
 )
+
+/** A dial that failed in the name lookup (getaddrinfo), not in connecting. */
+const isUnresolved = (cause: unknown): boolean => {
+  const code = (cause as NodeJS.ErrnoException | undefined)?.code
+  return code === "ENOTFOUND" || code === "EAI_AGAIN" || code === "EAI_FAIL" || code === "EAI_NODATA"
+}
 
 /** Dials host:port; the connection is destroyed when the scope closes. */
 const dial = (
@@ -339,8 +346,12 @@ export const make = <M>(
       ).pipe(Effect.catch((error) => logClose(`inbound connection from ${accepted.remote}`, error)))
 
     // --- listener --------------------------------------------------------
+    // A host name is resolved once: the node listens on, and dials from, its first address.
+    const listenHost = yield* HostAddresses.listenAddress(options.listen.host).pipe(
+      Effect.mapError((cause) => new TransportListenError({ host: options.listen.host, port: options.listen.port, cause }))
+    )
     const listener = yield* TcpListener.listen({
-      host: options.listen.host,
+      host: listenHost,
       port: options.listen.port,
       component: "transport",
       listenError: (cause) => new TransportListenError({ host: options.listen.host, port: options.listen.port, cause }),
@@ -348,14 +359,16 @@ export const make = <M>(
       onSocket: (socket) => handleInbound(new Connection(socket, TcpListener.remoteOf(socket), HANDSHAKE_MAX_FRAME_BYTES, maxBuffered)),
       tls: options.tls === undefined ? undefined : PeerTls.serverOptions(options.tls)
     })
-    const address = listener.address
+    const address = { host: options.listen.host, port: listener.address.port }
 
     // --- outbound links ----------------------------------------------------
     const hello: Hello = { _tag: "Hello", clusterId: options.clusterId, nodeId: options.nodeId, role: "peer" }
-    const sourceAddress = isWildcard(options.listen.host) ? undefined : options.listen.host
+    const sourceAddress = isWildcard(listenHost) ? undefined : listenHost
 
     const runLink = (link: Link): Effect.Effect<never> => {
       const { host, port, nodeId } = link.peer
+      // A peer's name that does not resolve (DNS not up yet, a typo) is said once, then retried quietly.
+      let unresolvedSaid = false
       // One connection's life: dial, handshake, publish, wait for it to close.
       // Succeeds (with the close reason) only once it had been established.
       const session = Effect.scoped(
@@ -371,16 +384,22 @@ export const make = <M>(
               if (link.conn === conn) link.conn = undefined
             })
           )
+          unresolvedSaid = false
           yield* Effect.logDebug(`transport: outbound link to node ${nodeId} established`)
           return yield* Effect.flip(awaitClosed(conn))
         })
       )
       return session.pipe(
-        Effect.tapError((error) =>
-          error._tag === "TransportHandshakeError" && (error.kind === "Rejected" || error.kind === "WrongNode")
-            ? Effect.logWarning(`transport: handshake with node ${nodeId} failed: ${error.reason}`, error)
-            : Effect.logDebug(`transport: dial to node ${nodeId} failed: ${error.message}`, error)
-        ),
+        Effect.tapError((error) => {
+          if (error._tag === "TransportHandshakeError" && (error.kind === "Rejected" || error.kind === "WrongNode")) {
+            return Effect.logWarning(`transport: handshake with node ${nodeId} failed: ${error.reason}`, error)
+          }
+          if (error._tag === "TransportConnectError" && isUnresolved(error.cause) && !unresolvedSaid) {
+            unresolvedSaid = true
+            return Effect.logWarning(`transport: node ${nodeId}'s host ${host} does not resolve (${(error.cause as NodeJS.ErrnoException).code}); retrying`)
+          }
+          return Effect.logDebug(`transport: dial to node ${nodeId} failed: ${error.message}`, error)
+        }),
         // Fresh backoff after every established session (retry restarts the schedule).
         Effect.retry(reconnectSchedule),
         Effect.flatMap((closed) => logClose(`outbound link to node ${nodeId}`, closed)),
