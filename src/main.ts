@@ -4,6 +4,12 @@ import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import { Cause, Console, Data, Effect, Exit, Option, Schedule } from "effect"
 import { Command, Flag } from "effect/cli"
 import { renderStatusTable } from "./domain/cluster/nodeStatus.js"
+import { clusterHealth } from "./domain/cluster/health.js"
+import { parseGtid } from "./domain/cluster/gtid.js"
+import { nativePasswordHashHex } from "./domain/mysql/accounts.js"
+import * as Logging from "./services/logging.js"
+import { VERSION } from "./layers/AdminViews.js"
+import { readFileSync } from "node:fs"
 import { adminTokenOf, type ConfigFileError, loadNodeConfig } from "./config/NodeConfig.js"
 import * as NodeLayer from "./layers/NodeLayer.js"
 import { killChildrenOnExit } from "./services/database/MariaDbProcess.js"
@@ -14,6 +20,7 @@ import {
   requestRebuild,
   requestRemoveMember,
   requestReplaceMember,
+  requestAddUser,
   requestSwitchover
 } from "./client/StatusClient.js"
 import type { NodeStatus } from "./domain/cluster/nodeStatus.js"
@@ -41,10 +48,26 @@ const joinFlag = Flag.Boolean("join").pipe(
   Flag.withDescription("this node joins a running cluster (after `member add`): it may start with no Paxos state")
 )
 
-const node = Command.make("node", { config: configFlag, bootstrap: bootstrapFlag, join: joinFlag }, ({ bootstrap, config, join }) =>
+/** Logs: text or JSON lines on stderr (docs/operations.md, "Logs"); the default from $PHXMARIA_LOG_FORMAT, else text. */
+const envLogFormat = (): Logging.LogFormat => (process.env.PHXMARIA_LOG_FORMAT === "json" ? "json" : "text")
+const envLogLevel = (): Logging.LogLevelName => {
+  const l = process.env.PHXMARIA_LOG_LEVEL
+  return l === "debug" || l === "warn" || l === "error" ? l : "info"
+}
+const logFormatFlag = Flag.Literals("log-format", ["text", "json"]).pipe(
+  Flag.withDescription("log lines on stderr as text or JSON (default: $PHXMARIA_LOG_FORMAT, else text)"),
+  Flag.optional
+)
+const logLevelFlag = Flag.Literals("log-level", ["debug", "info", "warn", "error"]).pipe(
+  Flag.withDescription("the least severe level logged (default: $PHXMARIA_LOG_LEVEL, else info)"),
+  Flag.optional
+)
+
+const node = Command.make("node", { config: configFlag, bootstrap: bootstrapFlag, join: joinFlag, logFormat: logFormatFlag, logLevel: logLevelFlag }, ({ bootstrap, config, join, logFormat, logLevel }) =>
   Effect.gen(function*() {
     const read = yield* readConfig(config)
     const cfg = { ...read, ...(bootstrap ? { bootstrap: true } : {}), ...(join ? { join: true } : {}) }
+    const logging = Logging.layer({ format: Option.getOrElse(logFormat, envLogFormat), level: Option.getOrElse(logLevel, envLogLevel), nodeId: cfg.nodeId })
     yield* Effect.gen(function*() {
       const running = yield* NodeLayer.RunningNode
       const { addresses } = running
@@ -60,7 +83,8 @@ const node = Command.make("node", { config: configFlag, bootstrap: bootstrapFlag
     }).pipe(
       Effect.provide(NodeLayer.layer(cfg)),
       // A node that cannot start (port taken, MariaDB failing to start, ...) or cannot go on says why.
-      Effect.tapCause((cause) => Cause.hasInterruptsOnly(cause) ? Effect.void : Console.error(`phxmaria node ${cfg.nodeId}: cannot run: ${Cause.pretty(cause)}`))
+      Effect.tapCause((cause) => Cause.hasInterruptsOnly(cause) ? Effect.void : Console.error(`phxmaria node ${cfg.nodeId}: cannot run: ${Cause.pretty(cause)}`)),
+      Effect.provide(logging)
     )
   })).pipe(Command.withDescription("run one cluster node: its MariaDB, Paxos log, master lease, proxy ports and admin HTTP"))
 
@@ -70,6 +94,33 @@ const tokenFlag = Flag.String("token").pipe(
   Flag.optional
 )
 
+/** The exit code the process ends with when the command succeeds (status: 1 degraded, 2 no master). */
+let successExitCode = 0
+
+/**
+ * Every member's report: the ones `targets` name, and the members the answering nodes name
+ * (the log's membership: a node added since the config was written) that they do not.
+ */
+const gatherReports = (targets: ReadonlyArray<{ readonly nodeId: number | null; readonly address: string }>, token: string | undefined) =>
+  Effect.gen(function*() {
+    const fetchAll = (ts: ReadonlyArray<{ readonly nodeId: number | null; readonly address: string }>) =>
+      Effect.forEach(ts, (t) => Effect.map(fetchStatus(t.address, 2_000, token), (status) => ({ ...t, status })), { concurrency: "unbounded" })
+    const first = yield* fetchAll(targets)
+    const seen = new Set(first.map((r) => r.address))
+    const answered = first.flatMap((r) => ("error" in r.status ? [] : [r.status]))
+    const extra = [...new Map(answered.flatMap((s) => s.members).map((m) => [`${m.host}:${m.adminPort}`, m.nodeId])).entries()]
+      .filter(([address]) => !seen.has(address))
+      .map(([address, nodeId]) => ({ nodeId, address }))
+    const rows = [...first, ...(yield* fetchAll(extra))]
+    // Node ids as the nodes say; for one that did not answer, as the others name its address.
+    const named = new Map(answered.flatMap((s) => s.members).map((m) => [`${m.host}:${m.adminPort}`, m.nodeId]))
+    return rows.map((r) => ({
+      nodeId: "error" in r.status ? r.nodeId ?? named.get(r.address) ?? null : r.status.nodeId,
+      address: r.address,
+      status: r.status
+    })).sort((a, b) => (a.nodeId ?? Infinity) - (b.nodeId ?? Infinity))
+  })
+
 const status = Command.make(
   "status",
   {
@@ -78,23 +129,96 @@ const status = Command.make(
       Flag.withDescription("comma-separated admin addresses host:port (instead of --config)"),
       Flag.optional
     ),
-    token: tokenFlag
+    token: tokenFlag,
+    json: Flag.Boolean("json").pipe(Flag.withDefault(false), Flag.withDescription("print the reports and the cluster's health as JSON")),
+    watch: Flag.Boolean("watch").pipe(Flag.withDefault(false), Flag.withDescription("refresh in place until Ctrl-C")),
+    interval: Flag.Int("interval").pipe(Flag.withDefault(2), Flag.withDescription("seconds between refreshes with --watch"))
   },
-  ({ admin, config, token }) =>
+  ({ admin, config, interval, json, token, watch }) =>
     Effect.gen(function*() {
       // Sent when known: a node with admin.openStatus false answers /status only with it.
       const { token: bearer } = yield* adminCredentialsFrom(token, config)
       const targets = Option.isSome(config)
-        ? (yield* readConfig(config.value)).members.map((m) => ({ nodeId: m.nodeId, address: `${m.host}:${m.adminPort}` }))
+        ? (yield* readConfig(config.value)).members.map((m) => ({ nodeId: m.nodeId as number | null, address: `${m.host}:${m.adminPort}` }))
         : Option.isSome(admin)
-        ? admin.value.split(",").map((address, i) => ({ nodeId: i + 1, address: address.trim() }))
+        ? admin.value.split(",").map((a) => a.trim()).filter((a) => a.length > 0).map((address) => ({ nodeId: null, address }))
         : yield* Effect.fail(new UsageError({ message: "status needs --config FILE or --admin host:port,..." }))
-      const rows = yield* Effect.forEach(targets, (t) =>
-        Effect.map(fetchStatus(t.address, 2_000, bearer), (status) => ({ ...t, status })), { concurrency: "unbounded" })
-      yield* Console.log(renderStatusTable(rows))
+      if (interval < 1) return yield* new UsageError({ message: "--interval: at least 1 second" })
+      const once = Effect.gen(function*() {
+        const rows = yield* gatherReports(targets, bearer)
+        const health = clusterHealth(rows.map((r) => ("error" in r.status ? { nodeId: r.nodeId, address: r.address, error: r.status.error } : { nodeId: r.nodeId, address: r.address, status: r.status })))
+        const text = json
+          ? JSON.stringify({ health, nodes: rows.map((r) => ("error" in r.status ? { nodeId: r.nodeId, address: r.address, error: r.status.error } : { nodeId: r.nodeId, address: r.address, status: r.status })) }, null, 2)
+          : renderStatusTable(rows, health)
+        return { text, health }
+      })
+      if (!watch) {
+        const { health, text } = yield* once
+        yield* Console.log(text)
+        successExitCode = health.code
+        return
+      }
+      // In place: home the cursor, draw, clear what the previous frame left below.
+      yield* Effect.gen(function*() {
+        const { text } = yield* once
+        yield* Effect.sync(() => process.stdout.write(`\x1b[H\x1b[2J${new Date().toISOString()}  (every ${interval} s; Ctrl-C stops)\n\n${text}\n`))
+      }).pipe(Effect.repeat(Schedule.spaced(`${interval} seconds`)))
     }).pipe(Effect.tapError((e) => e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`) : Effect.void))
-).pipe(Command.withDescription("show every node's role, epoch, lease and log positions as a table"))
+).pipe(Command.withDescription(
+  "show every node's role, epoch, lease, log positions and lag, and the cluster's health (exit 0 healthy, 1 degraded, 2 no master)"
+))
 
+/** The admin address of the node `--config` is for (its own member entry), or `--admin`'s. */
+const oneNodeAddress = (command: string, config: Option.Option<string>, admin: Option.Option<string>): Effect.Effect<string, UsageError | ConfigFileError> =>
+  Option.isSome(config)
+    ? Effect.map(readConfig(config.value), (c) => {
+      const self = c.members.find((m) => m.nodeId === c.nodeId)!
+      return `${self.host}:${self.adminPort}`
+    })
+    : Option.isSome(admin)
+    ? Effect.succeed(admin.value.trim())
+    : Effect.fail(new UsageError({ message: `${command} needs --config FILE or --admin host:port` }))
+
+/** GET `probe` of one node until it answers 200 or `waitS` pass; the last answer. */
+const probeNode = (address: string, probe: string, waitS: number) =>
+  Effect.tryPromise({
+    try: (signal) => fetch(`http://${address}/${probe}`, { signal }).then(async (r) => ({ ok: r.status === 200, body: await r.text() })),
+    catch: (e) => e
+  }).pipe(
+    Effect.timeout("2 seconds"),
+    Effect.catch((e) => Effect.succeed({ ok: false, body: e instanceof Error ? e.message : String(e) })),
+    Effect.repeat({ schedule: Schedule.spaced("1 second"), until: (r) => r.ok || waitS === 0 }),
+    Effect.timeoutOrElse({ duration: `${Math.max(waitS, 1)} seconds`, orElse: () => Effect.succeed({ ok: false, body: `not ${probe} within ${waitS} s` }) })
+  )
+
+const check = Command.make(
+  "check",
+  {
+    config: configFlag.pipe(Flag.optional),
+    admin: Flag.String("admin").pipe(Flag.withDescription("the node's admin address host:port (instead of --config)"), Flag.optional),
+    probe: Flag.Literals("probe", ["config", "live", "health", "ready", "primary", "replica", "read-only"]).pipe(
+      Flag.withDefault("health"),
+      Flag.withDescription("config: the --config file is valid (nothing is asked); live: the agent answers; or one of its health endpoints (docs/operations.md)")
+    ),
+    wait: Flag.Int("wait").pipe(Flag.withDefault(0), Flag.withDescription("seconds to wait for it to pass (0: ask once)"))
+  },
+  ({ admin, config, probe, wait }) =>
+    Effect.gen(function*() {
+      if (probe === "config") {
+        if (Option.isNone(config)) return yield* new UsageError({ message: "check --probe config needs --config FILE" })
+        const c = yield* readConfig(config.value)
+        yield* Console.log(`${config.value}: valid (cluster ${c.clusterId}, node ${c.nodeId}, ${c.members.length} members)`)
+        return
+      }
+      const address = yield* oneNodeAddress("check", config, admin)
+      // "live": any answer of the probe endpoint (200 or 503) means the agent runs.
+      const r = yield* probeNode(address, probe === "live" ? "health" : probe, wait).pipe(
+        Effect.map((x) => probe === "live" && x.body.startsWith("{") ? { ...x, ok: true } : x)
+      )
+      yield* (r.ok ? Console.log : Console.error)(`${address} ${probe}: ${r.ok ? "yes" : "no"} ${r.body}`)
+      successExitCode = r.ok ? 0 : 1
+    }).pipe(Effect.tapError((e) => e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`) : Effect.void))
+).pipe(Command.withDescription("ask one node a health question (exit 0 yes, 1 no); --wait N waits for it (systemd's ready check)"))
 
 /** What a call that changes something is sent with: the admin token, and with peer TLS the node's certificate (HTTPS). */
 interface AdminCredentials {
@@ -124,14 +248,7 @@ const rebuild = Command.make(
   },
   ({ admin, config, token }) =>
     Effect.gen(function*() {
-      const address = Option.isSome(config)
-        ? yield* Effect.map(readConfig(config.value), (c) => {
-          const self = c.members.find((m) => m.nodeId === c.nodeId)!
-          return `${self.host}:${self.adminPort}`
-        })
-        : Option.isSome(admin)
-        ? admin.value.trim()
-        : yield* Effect.fail(new UsageError({ message: "rebuild needs --config FILE or --admin host:port" }))
+      const address = yield* oneNodeAddress("rebuild", config, admin)
       yield* Console.log(yield* requestRebuild({ address, ...(yield* adminCredentialsFrom(token, config)) }))
     }).pipe(Effect.tapError((e) =>
       e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`)
@@ -319,6 +436,52 @@ const memberReplace = Command.make(
     }).pipe(Effect.tapError(reportMemberError))
 ).pipe(Command.withDescription("replace a node by a new one: the new one is added (and caught up) first, then the old one removed"))
 
+const userAdd = Command.make(
+  "add",
+  {
+    ...targetFlags,
+    name: Flag.String("name").pipe(Flag.withDescription("the user's name")),
+    host: Flag.String("host").pipe(Flag.withDefault("%"), Flag.withDescription("where it may log in from: a host, an address, a pattern with % (default %)")),
+    passwordFile: Flag.String("password-file").pipe(Flag.withDescription("a file holding its password (the first line); it never leaves this machine, only its hash")),
+    grant: Flag.String("grant").pipe(Flag.atLeast(0), Flag.withDescription(`privileges, repeatable: "SELECT, INSERT ON shop.*"`)),
+    update: Flag.Boolean("update").pipe(Flag.withDefault(false), Flag.withDescription("the user may exist: set its password and add the grants"))
+  },
+  (a) =>
+    Effect.gen(function*() {
+      const targets = yield* adminTargets("user add", a.config, a.admin)
+      const credentials = yield* adminCredentialsFrom(a.token, a.config)
+      const password = yield* Effect.try({
+        try: () => readFileSync(a.passwordFile, "utf8").split("\n")[0]!.replace(/\r$/, ""),
+        catch: (e) => new UsageError({ message: `--password-file: ${e instanceof Error ? e.message : String(e)}` })
+      })
+      if (password.length === 0) return yield* new UsageError({ message: `--password-file ${a.passwordFile}: the first line is empty` })
+      const master = yield* findMaster(targets, credentials)
+      yield* Console.log(`creating '${a.name}'@'${a.host}' through the master (node ${master.status.nodeId}) ...`)
+      const done = yield* requestAddUser(master.admin, { name: a.name, host: a.host, hash: nativePasswordHashHex(password), grants: a.grant, update: a.update })
+      // Every node has it once its database applied the transaction.
+      const seq = (done.gtid === null ? undefined : parseGtid(done.gtid)?.seq) ?? 0
+      const reached = (s: NodeStatus) => (s.database?.localGtid == null ? 0 : parseGtid(s.database.localGtid)?.seq ?? 0) >= seq
+      const members = master.status.members.map((m) => ({ nodeId: m.nodeId, address: `${m.host}:${m.adminPort}` }))
+      const missing = yield* Effect.forEach(members, (m) => fetchStatus(m.address, 2_000, credentials.token)).pipe(
+        Effect.map((ss) => members.filter((_, i) => { const s = ss[i]!; return "error" in s || !reached(s) }).map((m) => m.nodeId)),
+        Effect.repeat({ schedule: Schedule.spaced("200 millis"), until: (left) => left.length === 0 }),
+        Effect.timeoutOrElse({ duration: "30 seconds", orElse: () => Effect.succeed<ReadonlyArray<number>>([-1]) })
+      )
+      yield* Console.log(missing.length === 0
+        ? `done: ${done.user} with ${done.grants} grant(s), on every node (GTID ${done.gtid})`
+        : `done: ${done.user} with ${done.grants} grant(s) is in the log (GTID ${done.gtid}); not every node has applied it yet (see status)`)
+    }).pipe(Effect.tapError((e) =>
+      e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`)
+      : e._tag === "UserAddFailed" ? Console.error(`phxmaria: ${e.address} refused: ${e.message}`)
+      : Effect.void
+    ))
+).pipe(Command.withDescription("create an application user through the log (every node gets it), e.g. --name app --password-file F --grant \"ALL ON shop.*\""))
+
+const user = Command.make("user").pipe(
+  Command.withDescription("application users (made through the log, so every node has them)"),
+  Command.withSubcommands([userAdd])
+)
+
 const member = Command.make("member").pipe(
   Command.withDescription("change the cluster's members through the log"),
   Command.withSubcommands([memberAdd, memberRemove, memberReplace])
@@ -460,21 +623,23 @@ const certs = Command.make(
 
 const app = Command.make("phxmaria").pipe(
   Command.withDescription("a MySQL-compatible, Paxos-replicated cluster on stock MariaDB"),
-  Command.withSubcommands([node, status, switchover, member, rebuild, certs, demo])
+  Command.withSubcommands([node, status, check, user, switchover, member, rebuild, certs, demo])
 )
 
 // The CLI owns the process: a mariadbd it started does not outlive it, even on an exit
 // that skips finalizers (an uncaught defect). A library embedding does not get this hook.
 killChildrenOnExit()
 
-Command.run(app, { version: "0.1.0" }).pipe(
+Command.run(app, { version: VERSION }).pipe(
   Effect.provide(NodeServices.layer),
+  // Commands other than `node` log little; the same format, on stderr.
+  Effect.provide(Logging.layer({ format: envLogFormat(), level: envLogLevel() })),
   // Errors were already reported in plain words where they arose.
   (program) =>
     NodeRuntime.runMain(program, {
       disableErrorReporting: true,
       // A stop requested with SIGINT/SIGTERM is a clean exit (0), not a failure (130).
-      teardown: (exit, onExit) => onExit(Exit.isSuccess(exit) || Cause.hasInterruptsOnly(exit.cause) ? 0 : 1)
+      teardown: (exit, onExit) => onExit(Exit.isSuccess(exit) ? successExitCode : Cause.hasInterruptsOnly(exit.cause) ? 0 : 1)
     })
 )
 

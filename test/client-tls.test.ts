@@ -67,6 +67,23 @@ describe("clients over TLS", () => {
       expect(after).not.toBe("answered")
       expect(yield* comKill(master)).toBe(killsBefore)
       yield* Effect.promise(() => killer.conn.end())
+
+      // No majority (the other agents stopped): the RW and RO ports refuse in words every client
+      // reads, the mariadb CLI over verified TLS as well as mysql2 (issue 16: it got "malformed packet").
+      const others = c.nodes.filter((n) => n.nodeId !== master.nodeId)
+      for (const n of others) process.kill(n.pid()!, "SIGSTOP")
+      yield* Effect.gen(function*() {
+        const cli = (port: number) => mariadbCli(["-h127.0.0.1", `-P${port}`, `-u${APP_USER}`, `-p${APP_PASSWORD}`, `--ssl-ca=${caFile}`, "--ssl-verify-server-cert", "-e", "SELECT 1"])
+        yield* LocalCluster.waitFor("the RW port to refuse for want of a master", Effect.map(cli(master.rwPort!), (r) => /no master available/.test(r.out)), 30_000)
+        const rw = yield* cli(master.rwPort!)
+        expect(rw.code).not.toBe(0)
+        expect(rw.out).toMatch(/^ERROR 1105 \(08004\).*no master available/m)
+        expect((yield* cli(master.roPort!)).out).toMatch(/^ERROR 1105 \(08004\)/m)
+        const viaMysql2 = yield* tlsConnection(master.rwPort!, ca)
+        expect("error" in viaMysql2 ? viaMysql2.error : "connected").toMatch(/no master available/)
+      }).pipe(Effect.ensuring(Effect.sync(() => {
+        for (const n of others) process.kill(n.pid()!, "SIGCONT")
+      })))
     }).pipe(Effect.scoped), { timeout: 180_000 })
 
   it.live("with mariadb.ssl.require a login without TLS gets an error on the RW and RO ports and on MariaDB's own TCP port; over TLS writes commit and reach every replica", () =>

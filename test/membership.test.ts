@@ -31,6 +31,24 @@ describe("membership", () => {
       }))
       const ids = yield* idsOn(only, TABLE)
       expect(w.acked.filter((id) => !ids.has(id))).toEqual([])
+      // The managed server runs utf8mb4 (the config's default): a table made with the defaults
+      // takes a 4-byte character. LocalCluster keeps it small (32 MiB pool, 200 clients + the agent's 32).
+      const server = yield* Effect.promise(async () => {
+        const conn = await mysql.createConnection({ host: only.host, port: only.rwPort!, user: APP_USER, password: APP_PASSWORD, charset: "utf8mb4" })
+        try {
+          const [settings] = await conn.query(
+            "SELECT @@character_set_server AS cs, @@collation_server AS co, @@max_connections AS mc, @@innodb_buffer_pool_size AS pool"
+          )
+          await conn.query("CREATE TABLE d.text (id INT PRIMARY KEY, s VARCHAR(10))")
+          await conn.query("INSERT INTO d.text VALUES (1, ?)", ["\u{1F600}"])
+          const [rows] = await conn.query("SELECT s, CHARSET(s) AS cs FROM d.text")
+          return { settings, rows }
+        } finally {
+          conn.destroy()
+        }
+      })
+      expect(server.settings).toEqual([{ cs: "utf8mb4", co: "utf8mb4_general_ci", mc: 232, pool: 32 * 1024 * 1024 }])
+      expect(server.rows).toEqual([{ s: "\u{1F600}", cs: "utf8mb4" }])
       // Every call that changes something needs the admin token: none or a wrong one gets 401.
       const address = `${only.host}:${only.adminPort}`
       const statusWithout = yield* Effect.promise(() => fetch(`http://${address}/members/1`, { method: "DELETE" }).then((r) => r.status))
@@ -135,13 +153,13 @@ describe("membership", () => {
 
       let removed: Array<number> = []
       const writer = yield* Effect.scoped(Effect.gen(function*() {
-        // Through a node that stays (the highest id is never removed here).
-        const keep = c.nodes[c.nodes.length - 1]!
+        // Through a node that stays: not the first master (removed below), nor the replica removed after it.
+        const master = yield* waitForMaster(c, "the master")
+        const keep = [...c.nodes].reverse().find((n) => n !== master)!
         const w = yield* startWriter(keep.rwPort!, TABLE, 1_000_000)
         const flowing = writesFlowing([w], "writes to get through", 60_000)
         yield* flowing
         // Refused: not a member; asked of a node that is not the master.
-        const master = yield* waitForMaster(c, "the master")
         const replica = c.nodes.find((n) => n !== master && n !== keep)!
         const notMember = yield* runCli(["member", "remove", "--admin", admin, "--token", c.adminToken, "--id", "9"])
         expect(notMember.code).not.toBe(0)

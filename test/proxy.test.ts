@@ -1,3 +1,4 @@
+import { execFile } from "node:child_process"
 import * as net from "node:net"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Layer, Scope } from "effect"
@@ -75,6 +76,14 @@ const connectError = (port: number, extra: mysql.ConnectionOptions & { localAddr
   }).pipe(
     Effect.tap((c) => Effect.promise(() => c.end())),
     Effect.flip
+  )
+
+/** The `mariadb` command-line client's error output for a login through `port` (it must fail). */
+const cliError = (port: number) =>
+  Effect.promise(() =>
+    new Promise<string>((resolve, reject) =>
+      execFile("mariadb", ["--protocol=TCP", "-h127.0.0.1", `-P${port}`, "-uapp", `-p${PASSWORD}`, "--connect-timeout=10", "-e", "SELECT 1"], { timeout: 20_000 }, (error, stdout, stderr) =>
+        error === null ? reject(new Error(`mariadb succeeded: ${stdout}`)) : resolve(String(stderr))))
   )
 
 const one = <T>(conn: mysql.Connection, sql: string, params: Array<unknown> = []) =>
@@ -209,6 +218,9 @@ describe("Proxy", () => {
       yield* socketClosed(c).pipe(Effect.timeout("1 second"))
       const err = yield* connectError(b.proxy.addresses.rw!.port)
       expect(err.message).toMatch(/not the master/)
+      expect(err.errno).toBe(Proxy.ERR_UNAVAILABLE)
+      // A refusal from the member's forward port reaches the mariadb CLI through B's relay too.
+      expect(yield* cliError(b.proxy.addresses.rw!.port)).toMatch(/^ERROR 1105 \(08004\).*not the master/m)
       yield* a.proxy.refuseRw(false)
       const c2 = yield* connect(b.proxy.addresses.rw!.port)
       yield* close(c2)
@@ -332,16 +344,22 @@ describe("Proxy", () => {
       const t0 = Date.now()
       const e1 = yield* connectError(proxy.addresses.rw!.port)
       expect(e1.message).toMatch(/no master available/)
-      expect(e1.errno).toBe(2003)
+      expect(e1.errno).toBe(Proxy.ERR_UNAVAILABLE)
+      expect((e1 as { sqlState?: string }).sqlState).toBe("08004")
       const e2 = yield* connectError(proxy.addresses.ro!.port)
       expect(e2.message).toMatch(/cannot reach upstream local 127\.0\.0\.1:\d+/)
       expect(Date.now() - t0).toBeLessThan(5000)
+      // libmariadb (the mariadb CLI and every client built on it) reads the same code and text
+      expect(yield* cliError(proxy.addresses.rw!.port)).toMatch(/^ERROR 1105 \(08004\).*no master available/m)
+      expect(yield* cliError(proxy.addresses.ro!.port)).toMatch(/^ERROR 1105 \(08004\).*cannot reach upstream local/m)
 
       // the bound: one connection per listener
       const slowRo = yield* startProxy({ rw: local(dbA), ro: local(dbA) }, { maxConnections: 1 })
       const held = yield* connect(slowRo.proxy.addresses.ro!.port)
       const e4 = yield* connectError(slowRo.proxy.addresses.ro!.port)
       expect(e4.message).toMatch(/too many connections through this proxy/)
+      expect(e4.errno).toBe(1040)
+      expect(yield* cliError(slowRo.proxy.addresses.ro!.port)).toMatch(/^ERROR 1040 \(08004\).*too many connections through this proxy/m)
       yield* close(held)
     }))
 

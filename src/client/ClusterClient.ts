@@ -102,10 +102,12 @@ const asDriverError = (u: unknown): DriverError => (typeof u === "object" && u !
 
 /**
  * Refusals that mean "this member cannot take the statement now, another may": the proxy's
- * 2003 while no master is known, 1040 too many connections, read_only (1290) on a node
+ * 1105 (SQLSTATE 08004) while no master is known, 1040 too many connections, read_only (1290) on a node
  * that just stepped down. The statement was not executed.
  */
-const RETRYABLE_ERRNOS = new Set([2003, 1040, 1290])
+const RETRYABLE_ERRNOS = new Set([1040, 1290])
+/** The proxy's refusal at login (its 1105 carries 08004; MariaDB's own 1105 mid-query is not retried). */
+const isRefusal = (e: SqlError) => RETRYABLE_ERRNOS.has(e.errno) || (e.errno === 1105 && e.sqlState === "08004")
 
 const toResult = (raw: unknown): QueryResult => {
   if (Array.isArray(raw)) return { rows: raw as ReadonlyArray<Record<string, unknown>>, affectedRows: 0, insertId: 0 }
@@ -211,7 +213,7 @@ export const make = Effect.fnUntraced(function*(options: ClusterClientOptions) {
   /** Statements that were refused without executing are retried on a fresh connection. */
   const retryRefused = <A, E>(self: Effect.Effect<A, E | SqlError>) =>
     self.pipe(Effect.retry({
-      while: (e) => e instanceof SqlError && RETRYABLE_ERRNOS.has(e.errno),
+      while: (e) => e instanceof SqlError && isRefusal(e),
       schedule: Schedule.spaced("100 millis"),
       times: 50
     }))

@@ -132,6 +132,42 @@ const requestMembership = (endpoint: AdminEndpoint, method: "POST" | "DELETE", p
   )
 }
 
+export class UserAddFailed extends Data.TaggedError("UserAddFailed")<{ readonly address: string; readonly message: string }> {}
+
+export interface UserAdded {
+  readonly user: string
+  readonly grants: number
+  /** The master's last GTID after the user's statements (null: unknown). */
+  readonly gtid: string | null
+}
+
+/** POST /users?... on the master's admin address: an application user made through the log. */
+export const requestAddUser = (
+  endpoint: AdminEndpoint,
+  user: { readonly name: string; readonly host: string; readonly hash: string; readonly grants: ReadonlyArray<string>; readonly update: boolean },
+  timeoutMs = 60_000
+): Effect.Effect<UserAdded, UserAddFailed> => {
+  const address = addressOf(endpoint)
+  const query = new URLSearchParams([
+    ["name", user.name],
+    ["host", user.host],
+    ["hash", user.hash],
+    ...user.grants.map((g): [string, string] => ["grant", g]),
+    ...(user.update ? [["update", "1"] as [string, string]] : [])
+  ])
+  return Effect.tryPromise({
+    try: async (signal) => {
+      const r = await adminCall(endpoint, "POST", `/users?${query}`, signal)
+      const body = r.body as Partial<UserAdded> & { error?: string }
+      return { ok: r.status === 200, body, text: body.error ?? `HTTP ${r.status}` }
+    },
+    catch: (e) => new UserAddFailed({ address, message: e instanceof Error ? e.message : String(e) })
+  }).pipe(
+    Effect.timeoutOrElse({ duration: `${timeoutMs} millis`, orElse: () => Effect.fail(new UserAddFailed({ address, message: "no answer" })) }),
+    Effect.flatMap((r) => (r.ok ? Effect.succeed(r.body as UserAdded) : Effect.fail(new UserAddFailed({ address, message: r.text }))))
+  )
+}
+
 /** GET /status; `token`: for a node with admin.openStatus false. */
 export const fetchStatus = (address: string, timeoutMs = 2_000, token?: string): Effect.Effect<NodeStatus | { readonly error: string }> =>
   Effect.tryPromise({

@@ -18,6 +18,7 @@ import * as BinlogCapture from "../services/binlog/BinlogCapture.js"
 import * as BinlogServer from "../services/binlog/BinlogServer.js"
 import { BinlogSource } from "../services/binlog/BinlogSource.js"
 import { CommitPath, commitPathLayer } from "../services/binlog/BinlogSync.js"
+import type { CommitPathHistograms } from "../domain/metrics/histogram.js"
 import * as ChosenBinlog from "../services/binlog/ChosenBinlog.js"
 import * as DatabaseRole from "../services/database/DatabaseRole.js"
 import * as LocalMariaDb from "../services/database/LocalMariaDb.js"
@@ -32,8 +33,10 @@ import * as Routing from "../services/proxy/Routing.js"
 export interface DatabaseNodeShape {
   /** The database, commit-path and proxy parts of GET /status. */
   readonly status: Effect.Effect<Pick<NodeStatus, "database" | "proxy" | "commitPath">>
-  /** GET /replica: 200 on a replica whose database serves reads (not diverged, not calibrating). */
-  readonly replicaHealth: Effect.Effect<Health>
+  /** The master's commit-path histograms (for /metrics and the status page's history). */
+  readonly commitPath: CommitPathHistograms
+  /** Administrative writes as the master (POST /users): see NodeDatabase.writeAsMaster. */
+  readonly writeAsMaster: NodeDatabase.NodeDatabaseShape["writeAsMaster"]
   /** Where the proxy's client ports listen. */
   readonly addresses: Proxy.ProxyShape["addresses"]
   /** POST /rebuild: 202 when this node takes the request, 409 when it refuses. */
@@ -62,6 +65,10 @@ export const localMariaDbLayer = (config: NodeConfig, settings: Settings) =>
     maxTransactionBytes: settings.maxTransactionMb !== undefined ? settings.maxTransactionMb * 1024 * 1024 : undefined,
     binlogRetainSeconds: config.log?.retainSeconds,
     binlogRetainBytes: retentionOf(config).bytes,
+    bufferPoolMb: settings.bufferPoolMb,
+    maxConnections: settings.maxConnections,
+    characterSet: settings.characterSet,
+    collation: settings.collation,
     ssl: settings.ssl
   })
 
@@ -217,10 +224,8 @@ const reportLayer = (config: NodeConfig) => Layer.effect(
           proxy: { ...stats, routes: { rw: Routing.describeTarget(routes.rw), ro: Routing.describeTarget(routes.ro) } }
         }
       }),
-      replicaHealth: Effect.map(database.status, (d) => ({
-        ok: servesReads(d),
-        body: { role: d.role, lag: d.lag, diverged: d.diverged, up: d.up }
-      })),
+      commitPath,
+      writeAsMaster: database.writeAsMaster,
       rebuild: Effect.map(database.requestRebuild, (r) => ({ ok: r.accepted, body: r })),
       switchover: (to) =>
         database.switchover(to).pipe(

@@ -1,5 +1,5 @@
 /** Wiring: a whole node, or its parts, as Layers built from a validated config. */
-import { Context, Data, Effect, Layer, Option, Schema, Struct } from "effect"
+import { Context, Data, Effect, Layer, Option, Schedule, Schema, Struct } from "effect"
 import { chmodSync, chownSync, mkdirSync } from "node:fs"
 import { join } from "node:path"
 import type { NodeStatus } from "../domain/cluster/nodeStatus.js"
@@ -11,9 +11,13 @@ import * as PaxosLog from "../services/paxos/PaxosLog.js"
 import * as PaxosStorage from "../services/paxos/PaxosStorage.js"
 import * as Transport from "../services/paxos/Transport.js"
 import * as PeerTls from "../services/tls/PeerTls.js"
+import * as AdminViews from "./AdminViews.js"
+import * as HostAddresses from "../services/net/HostAddresses.js"
+import { forkScopedLogged } from "../services/fibers.js"
 import * as DatabaseNode from "./DatabaseNode.js"
 import { serverUser } from "../services/database/MariaDbLayout.js"
-import { adminTokenOf, leaseConfigOf, type NodeConfig, retentionOf } from "../config/NodeConfig.js"
+import { adminTokenOf, leaseConfigOf, MAX_NODE_ID, type NodeConfig, retentionOf } from "../config/NodeConfig.js"
+import { isHostSyntax } from "../domain/wire/address.js"
 import { nodeStatus } from "../services/admin/NodeStatus.js"
 import { ClusterMember, membershipOfValue } from "../domain/cluster/cluster.js"
 import { CAUGHT_UP } from "../services/proxy/RouteKeeper.js"
@@ -105,12 +109,18 @@ const runningNode = (config: NodeConfig) =>
         : Effect.map(log.advertised(2_000), (flags) => ((flags.get(id) ?? 0) & CAUGHT_UP) !== 0)
     const newMember = (fields: Readonly<Record<string, number | string>>) => {
       const { id, ...rest } = fields
+      // The same rules as a config's members: an id below the master terms' server ids, a host name or address.
+      if (typeof id !== "number" || id < 1 || id > MAX_NODE_ID) {
+        return Effect.fail(new Membership.MembershipRefused({ reason: `the new member: id must be 1 to ${MAX_NODE_ID}` }))
+      }
+      if (typeof rest.host !== "string" || !isHostSyntax(rest.host)) {
+        return Effect.fail(new Membership.MembershipRefused({ reason: `the new member: host must be an IP address or a host name` }))
+      }
       return decodeMember({ nodeId: id, ...rest }).pipe(
         Effect.mapError((e) => new Membership.MembershipRefused({ reason: `the new member: ${e.message}` }))
       )
     }
     const memberAdmin = {
-      peers: config.members.map((m) => m.host),
       remove: (id: number) => answer(membership.remove(id), { removed: id }),
       promote: (id: number) => answer(membership.promote(id, caughtUp(id)), { voter: id }),
       add: (fields: Readonly<Record<string, number | string>>) => answer(Effect.flatMap(newMember(fields), membership.add), { added: fields.id }),
@@ -124,19 +134,30 @@ const runningNode = (config: NodeConfig) =>
     if (adminToken === undefined) {
       yield* Effect.logWarning("no admin token (admin.token or admin.tokenFile): switchover, membership, rebuild and peers' copies of this database are refused over HTTP")
     }
+    const views = yield* AdminViews.make(config, status, database)
+    // The members' hosts as addresses (names resolved, followed as DNS and the log's membership change).
+    const peers = yield* HostAddresses.memberMatcher(config.members.map((m) => m.host))
+    yield* Effect.flatMap(cluster.current, (s) => peers.add((s.state.membership ?? []).map((m) => m.host))).pipe(
+      Effect.repeat(Schedule.spaced("5 seconds")),
+      forkScopedLogged("admin: following the members' hosts")
+    )
     const admin = yield* Admin.serve({
       host: self.host,
       port: self.adminPort,
+      isPeer: peers.isMember,
       token: adminToken,
       openStatus: config.admin?.openStatus,
       tls: yield* PeerTls.loadOptional(config.tls, config.nodeId),
       status,
+      probes: views.probes,
+      views: views.views,
+      page: views.page,
       members: memberAdmin,
       ...(database === undefined ? {} : {
-        replica: database.replicaHealth,
+        users: { add: views.addUser },
         rebuild: database.rebuild,
-        backup: { peers: config.members.map((m) => m.host), offer: database.backup },
-        switchover: { peers: config.members.map((m) => m.host), run: database.switchover }
+        backup: { offer: database.backup },
+        switchover: { run: database.switchover }
       })
     })
     return RunningNode.of({

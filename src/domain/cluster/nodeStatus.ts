@@ -1,5 +1,6 @@
 /** What GET /status returns, and the readable table `status` prints from it. */
 import { Schema } from "effect"
+import type { ClusterHealth } from "./health.js"
 
 /** A latency histogram's summary (domain/histogram.ts), in milliseconds. */
 const HistogramSummarySchema = Schema.Struct({
@@ -38,6 +39,8 @@ export const NodeStatus = Schema.Struct({
     role: Schema.String,
     localGtid: Schema.NullOr(Schema.String),
     lag: Schema.NullOr(Schema.Number),
+    /** Seconds since the first transaction this replica lacks was chosen (0: caught up; null: unknown). */
+    lagSeconds: Schema.optional(Schema.NullOr(Schema.Number)),
     up: Schema.Boolean,
     diverged: Schema.NullOr(Schema.String),
     replicationError: Schema.NullOr(Schema.String),
@@ -80,7 +83,9 @@ export const NodeStatus = Schema.Struct({
       open: Schema.Number,
       accepted: Schema.Number,
       refused: Schema.Number,
-      buffered: Schema.Number
+      buffered: Schema.Number,
+      bytesIn: Schema.optional(Schema.Number),
+      bytesOut: Schema.optional(Schema.Number)
     })),
     upstreams: Schema.Record(Schema.String, Schema.Number),
     routes: Schema.Struct({ rw: Schema.String, ro: Schema.String })
@@ -99,14 +104,15 @@ export const NodeStatus = Schema.Struct({
 })
 export type NodeStatus = typeof NodeStatus.Type
 
-/** One row per member: its own report, or why it could not be had. */
+/** One row per member: its own report, or why it could not be had (`nodeId` null: not known, it never answered). */
 export const renderStatusTable = (
-  rows: ReadonlyArray<{ readonly nodeId: number; readonly address: string; readonly status: NodeStatus | { readonly error: string } }>
+  rows: ReadonlyArray<{ readonly nodeId: number | null; readonly address: string; readonly status: NodeStatus | { readonly error: string } }>,
+  health?: ClusterHealth
 ): string => {
-  const header = ["node", "admin", "role", "master", "epoch", "lease ms", "chosen", "applied", "lastGtid", "db", "db gtid", "lag", "sees"]
-  const lines = rows.map(({ nodeId, address, status: s }) =>
+  const header = ["node", "admin", "role", "master", "epoch", "lease (ms)", "chosen (inst)", "applied (inst)", "lastGtid", "db", "db gtid", "lag (txns)", "lag (s)", "sees (nodes)"]
+  const lines = rows.map(({ address, nodeId, status: s }) =>
     "error" in s
-      ? [String(nodeId), address, "DOWN", "-", "-", "-", "-", "-", "-", "-", "-", "-", s.error]
+      ? [nodeId === null ? "?" : String(nodeId), address, "DOWN", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", s.error]
       : [
         String(s.nodeId),
         address,
@@ -127,23 +133,26 @@ export const renderStatusTable = (
           ? `rebuild ${s.database.rebuild.percent}%`
           : s.database.role,
         s.database?.localGtid ?? "-",
-        s.database?.lag === null || s.database?.lag === undefined ? "-" : String(s.database.lag),
+        s.database?.lag == null ? "-" : String(s.database.lag),
+        s.database?.lagSeconds == null ? "-" : String(s.database.lagSeconds),
         s.members.filter((m) => m.reachable).map((m) => m.nodeId).join(",") || "-"
       ]
   )
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)))
   const fmt = (cells: ReadonlyArray<string>) => cells.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()
-  const masters = new Set(rows.flatMap((r) => ("error" in r.status || r.status.role !== "master" ? [] : [r.nodeId])))
+  const masters = new Set(rows.flatMap((r) => ("error" in r.status || r.status.role !== "master" ? [] : [r.status.nodeId])))
   const summary = masters.size === 1
     ? `master: node ${[...masters][0]}`
     : masters.size === 0 ? "master: none (election in progress or no majority)" : `master: SEVERAL REPORT MASTER (${[...masters].join(", ")})`
-  const diverged = rows.flatMap((r) => ("error" in r.status || r.status.database?.diverged == null ? [] : [`node ${r.nodeId} DIVERGED: ${r.status.database.diverged}`]))
+  const diverged = rows.flatMap((r) => ("error" in r.status || r.status.database?.diverged == null ? [] : [`node ${r.status.nodeId} DIVERGED: ${r.status.database.diverged}`]))
   const rebuilding = rows.flatMap((r) => {
     const b = "error" in r.status ? undefined : r.status.database?.rebuild
     if (b == null) return []
+    const id = "error" in r.status ? r.nodeId : r.status.nodeId
     return b.phase === "copy"
-      ? [`node ${r.nodeId} rebuilding (${b.reason}): copying from node ${b.donor}, ${b.copiedMb} of ${b.totalMb} MB, ${b.mbPerS} MB/s, about ${b.etaS ?? "?"} s left`]
-      : [`node ${r.nodeId} rebuilding (${b.reason}): ${b.appliedTxns} of ${b.targetTxns} transactions, ${b.txnsPerS}/s, about ${b.etaS ?? "?"} s left`]
+      ? [`node ${id} rebuilding (${b.reason}): copying from node ${b.donor}, ${b.copiedMb} of ${b.totalMb} MB, ${b.mbPerS} MB/s, about ${b.etaS ?? "?"} s left`]
+      : [`node ${id} rebuilding (${b.reason}): ${b.appliedTxns} of ${b.targetTxns} transactions, ${b.txnsPerS}/s, about ${b.etaS ?? "?"} s left`]
   })
-  return [fmt(header), ...lines.map(fmt), "", summary, ...diverged, ...rebuilding].join("\n")
+  const healthLines = health === undefined ? [] : [`health: ${health.summary}`, ...health.problems.map((p) => `  - ${p}`)]
+  return [fmt(header), ...lines.map(fmt), "", summary, ...diverged, ...rebuilding, ...healthLines].join("\n")
 }

@@ -69,6 +69,43 @@ export class Histogram {
     this.sumMs = 0
     this.max = 0
   }
+
+  /** A copy, to tell later what was recorded since (`since`). */
+  copy(): Histogram {
+    const h = new Histogram()
+    h.counts.set(this.counts)
+    h.total = this.total
+    h.sumMs = this.sumMs
+    h.max = this.max
+    return h
+  }
+
+  /** What was recorded after `earlier` (a copy of this one); its max is this one's. */
+  since(earlier: Histogram): Histogram {
+    const h = new Histogram()
+    for (let i = 0; i < BUCKETS; i++) h.counts[i] = Math.max(0, this.counts[i]! - earlier.counts[i]!)
+    h.total = Math.max(0, this.total - earlier.total)
+    h.sumMs = Math.max(0, this.sumMs - earlier.sumMs)
+    h.max = this.max
+    return h
+  }
+
+  /**
+   * Cumulative counts at `boundariesMs` (ascending), for a Prometheus histogram: each counts
+   * the observations whose bucket ends at or below the boundary (a bucket is ~9 % wide, so
+   * an observation just under a boundary may count in the next).
+   */
+  cumulative(boundariesMs: ReadonlyArray<number>): { readonly buckets: ReadonlyArray<readonly [number, number]>; readonly count: number; readonly sumMs: number; readonly maxMs: number } {
+    const buckets: Array<readonly [number, number]> = []
+    let i = 0
+    let seen = 0
+    for (const b of boundariesMs) {
+      const us = b * 1000
+      while (i < BUCKETS && (i === 0 ? 1 : 2 ** (i / PER_DOUBLING)) <= us) seen += this.counts[i++]!
+      buckets.push([b, seen])
+    }
+    return { buckets, count: this.total, sumMs: this.sumMs, maxMs: this.max }
+  }
 }
 
 /** Where a committed transaction's time went on the master, stage by stage. */

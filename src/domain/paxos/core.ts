@@ -243,6 +243,15 @@ interface Inflight {
   sentAt: number
 }
 
+export interface PaxosCounters {
+  proposed: number
+  batches: number
+  batchedValues: number
+  prepares: number
+  acceptRetransmits: number
+  superseded: number
+}
+
 /** A batch this node put into an instance, awaiting the instance's outcome. */
 interface Placed {
   readonly value: PaxosValue
@@ -314,6 +323,8 @@ export class PaxosNode {
   private queuedBytes = 0
   private readonly placed = new Map<number, Placed>()
   private batchSeq = 0
+  /** Running totals for metrics (docs/operations.md, "Metrics"); they only grow. */
+  private readonly counting = { proposed: 0, batches: 0, batchedValues: 0, prepares: 0, acceptRetransmits: 0, superseded: 0 }
   private backoffUntil = 0
   private lastLeaderContact = -Infinity
   private knownLeader: Ballot | null = null
@@ -433,6 +444,11 @@ export class PaxosNode {
   get mayLead(): boolean {
     return this.isVoter || this.configAt(this.chosenUpToValue).voters.includes(this.config.nodeId)
   }
+  /** Values proposed here, batches (instances with values) this node placed as leader and their values, phase 1 runs, Accepts sent again, own proposals superseded. */
+  get counters(): Readonly<PaxosCounters> {
+    return this.counting
+  }
+
   get chosenUpTo(): number {
     return this.chosenUpToValue
   }
@@ -492,6 +508,7 @@ export class PaxosNode {
     this.out = emptyOutputs()
     switch (input._tag) {
       case "Propose":
+        this.counting.proposed++
         this.enqueue({ node: this.config.nodeId, incarnation: this.incarnation, requestId: input.requestId }, input.value, input.urgent === true)
         this.proposeQueued()
         break
@@ -624,7 +641,7 @@ export class PaxosNode {
       if (!this.forwarded.delete(r.requestId)) continue
       this.out.results.push(
         r.index === null
-          ? { _tag: "Superseded", requestId: r.requestId, instance: r.instance }
+          ? (this.counting.superseded++, { _tag: "Superseded", requestId: r.requestId, instance: r.instance })
           : { _tag: "Chosen", requestId: r.requestId, instance: r.instance, index: r.index }
       )
     }
@@ -773,6 +790,7 @@ export class PaxosNode {
     // Never reuse a ballot after a restart: the round is on disk before any Prepare leaves.
     this.out.persist.push({ _tag: "ProposerRound", round })
     this.ballot = { round, node: this.config.nodeId }
+    this.counting.prepares++
     this.role = "preparing"
     this.promises = new Map()
     this.prepareSentAt = this.now
@@ -943,6 +961,7 @@ export class PaxosNode {
         const index = ours ? i : null
         if (o.node === this.config.nodeId && o.incarnation === this.incarnation) {
           const requestId = o.requestId
+          if (index === null) this.counting.superseded++
           this.out.results.push(index !== null ? { _tag: "Chosen", requestId, instance, index } : { _tag: "Superseded", requestId, instance })
           return
         }
@@ -1116,6 +1135,8 @@ export class PaxosNode {
         values: batch.map((q) => q.value)
       }
       this.placed.set(instance, { value, origins: batch.map((q) => q.origin), at: this.now })
+      this.counting.batches++
+      this.counting.batchedValues += batch.length
       this.sendAccept(instance, value)
     }
   }
@@ -1133,6 +1154,7 @@ export class PaxosNode {
       for (const [instance, f] of this.inflight) {
         if (this.now - f.sentAt < c.acceptRetransmitMs) continue
         f.sentAt = this.now
+        this.counting.acceptRetransmits++
         // To the instance's voters that have not answered (learners get what they miss by catch-up).
         for (const p of this.configAt(instance).voters) {
           if (p !== this.config.nodeId && !f.acks.has(p)) this.sendTo(p, { _tag: "Accept", ballot: this.ballot, instance, value: f.value })

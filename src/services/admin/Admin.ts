@@ -1,7 +1,10 @@
 /**
- * The admin HTTP listener: GET /status as JSON (and GET /replica, GET /backup and POST
- * /switchover for members, POST /rebuild from this machine only). Anything else gets 404/405; a malformed request closes that
- * connection (Node's parser rejects it) and is logged.
+ * The admin HTTP listener (docs/operations.md, "Admin HTTP"): GET /status as JSON, the
+ * status page (/), /cluster, /history and /metrics; health probes for load balancers
+ * (/primary, /replica, /read-only, /health, /ready); GET /backup and the changes (POST
+ * /switchover, /members, /users) for members, POST /rebuild from this machine only.
+ * Anything else gets 404/405; a malformed request closes that connection (Node's parser
+ * rejects it) and is logged.
  */
 import { Data, Effect, Exit, Scope } from "effect"
 import { timingSafeEqual } from "node:crypto"
@@ -42,6 +45,12 @@ export interface Health {
   readonly body: unknown
 }
 
+/** A view (GET, behind admin.openStatus like /status): its body and content type. */
+export interface View {
+  readonly contentType: string
+  readonly body: string
+}
+
 /** Why a request's Authorization header does not carry the admin token (undefined: it does). */
 const tokenRefusal = (token: string | undefined, authorization: string | undefined): string | undefined => {
   if (token === undefined) return "this node has no admin token (admin.token or admin.tokenFile): it takes no changes over HTTP"
@@ -52,11 +61,7 @@ const tokenRefusal = (token: string | undefined, authorization: string | undefin
     : "this call needs the cluster's admin token (Authorization: Bearer ...; the CLI reads it from --config, --token or PHXMARIA_ADMIN_TOKEN)"
 }
 
-/**
- * Serves GET /status (evaluated per request) and, when given, GET /replica (200 only on a
- * replica whose database serves reads: for load balancers and for the peers' RO routing)
- * until the scope closes.
- */
+/** Serves the admin port (see the module comment) until the scope closes; each request is evaluated when it comes. */
 export const serve = <A>(options: {
   /**
    * The cluster's admin token: every POST and DELETE, and GET /backup (a copy of the
@@ -72,8 +77,28 @@ export const serve = <A>(options: {
   readonly tls?: PeerTls.PeerTls | undefined
   readonly host: string
   readonly port: number
+  /**
+   * Whether a connection's remote address is one of the cluster's members (their hosts,
+   * resolved: services/net/HostAddresses.ts): GET /backup and the changes are taken from
+   * members and loopback only.
+   */
+  readonly isPeer?: ((address: string) => boolean) | undefined
   readonly status: Effect.Effect<A>
-  readonly replica?: Effect.Effect<Health>
+  /**
+   * Health probes by path (GET, HEAD or OPTIONS; 200 when ok, else 503, JSON; open like
+   * GET /replica always was): what load balancers and orchestrators ask, in Patroni's
+   * conventions. Each gets the request's query (e.g. /replica?lag=N).
+   */
+  readonly probes?: Readonly<Record<string, (query: URLSearchParams) => Effect.Effect<Health>>>
+  /** Views by path (GET; like /status they need the token when openStatus is false): /metrics, /cluster, /history. */
+  readonly views?: Readonly<Record<string, Effect.Effect<View>>>
+  /** GET /: the status page (static: its data comes from /cluster, which follows openStatus). */
+  readonly page?: string
+  /**
+   * POST /users?name=&host=&hash=[&grant=...][&update=1], asked of the master (loopback and
+   * members only): an application user made through the log. 200 when done, 409 refused.
+   */
+  readonly users?: { readonly add: (query: URLSearchParams) => Effect.Effect<Health> }
   /**
    * POST /rebuild: 202 when taken, 409 when refused. Destructive, so besides the token only
    * loopback callers (the CLI on this machine) are heard.
@@ -81,23 +106,22 @@ export const serve = <A>(options: {
   readonly rebuild?: Effect.Effect<Health>
   /**
    * GET /backup: a copy of this node's database for a peer that rebuilds (200 and the
-   * stream, 409 when refused), taken from loopback and the `peers` addresses only. The
+   * stream, 409 when refused), taken from loopback and the members (`isPeer`) only. The
    * offer's scope closes when the response ends or the connection drops.
    */
-  readonly backup?: { readonly peers: ReadonlyArray<string>; readonly offer: Effect.Effect<StreamOffer, OfferRefused, Scope.Scope> }
+  readonly backup?: { readonly offer: Effect.Effect<StreamOffer, OfferRefused, Scope.Scope> }
   /**
    * POST /switchover[?to=N], asked of the master: 200 when a new master took over, 409 when
-   * refused (JSON either way). From loopback and the `peers` addresses only.
+   * refused (JSON either way). From loopback and the members (`isPeer`) only.
    */
-  readonly switchover?: { readonly peers: ReadonlyArray<string>; readonly run: (to: number | undefined) => Effect.Effect<Health> }
+  readonly switchover?: { readonly run: (to: number | undefined) => Effect.Effect<Health> }
   /**
-   * Membership changes, asked of the master (loopback and `peers` only), each 200 once the
+   * Membership changes, asked of the master (loopback and members only), each 200 once the
    * log governs by the new set, 409 when refused: DELETE /members/{id}; POST
    * /members?id=&host=&port=&adminPort=[&rwPort=&roPort=&forwardRwPort=&forwardRoPort=]
    * (a learner); POST /members/{id}/voter.
    */
   readonly members?: {
-    readonly peers: ReadonlyArray<string>
     readonly remove: (id: number) => Effect.Effect<Health>
     readonly add: (member: Readonly<Record<string, number | string>>) => Effect.Effect<Health>
     readonly promote: (id: number) => Effect.Effect<Health>
@@ -106,8 +130,10 @@ export const serve = <A>(options: {
   }
 }) =>
   Effect.gen(function*() {
-    const run = Effect.runPromise
-    const logBad = (e: AdminBadRequest) => Effect.runFork(Effect.logWarning("admin: bad request closed", e))
+    // Requests run with this service's context: its logger above all.
+    const context = yield* Effect.context<never>()
+    const run = Effect.runPromiseWith(context)
+    const logBad = (e: AdminBadRequest) => Effect.runForkWith(context)(Effect.logWarning("admin: bad request closed", e))
     const handle = (req: IncomingMessage, res: ServerResponse) => {
       const path = (req.url ?? "/").split("?")[0]
       const reply = (code: number, body: unknown) => {
@@ -122,9 +148,16 @@ export const serve = <A>(options: {
         res.end(JSON.stringify({ error: "requests take no body" }), () => req.socket.destroy())
         return
       }
+      // Health probes: open to anyone who can reach the port, any of the methods checkers use.
+      const probe = path === undefined ? undefined : options.probes?.[path]
+      if (probe !== undefined && (req.method === "GET" || req.method === "HEAD" || req.method === "OPTIONS")) {
+        const query = new URL(req.url ?? "/", "http://admin").searchParams
+        return void run(probe(query)).then((h) => reply(h.ok ? 200 : 503, h.body), (e) => reply(500, { error: String(e) }))
+      }
       // Every call that changes something, and the copy of the database, needs the admin token.
       const changes = req.method === "POST" || req.method === "DELETE" || path === "/backup"
-      if (changes || (path === "/status" && options.openStatus === false)) {
+      const view = path === undefined ? undefined : options.views?.[path]
+      if (changes || ((path === "/status" || view !== undefined) && options.openStatus === false)) {
         const refusal = tokenRefusal(options.token, req.headers.authorization)
         if (refusal !== undefined) {
           res.writeHead(401, { "content-type": "application/json", "www-authenticate": "Bearer" })
@@ -136,9 +169,9 @@ export const serve = <A>(options: {
         return void run(options.rebuild).then((h) => reply(h.ok ? 202 : 409, h.body), (e) => reply(500, { error: String(e) }))
       }
       const remote = req.socket.remoteAddress ?? ""
-      const fromMember = (peers: ReadonlyArray<string>) => isLoopback(remote) || peers.includes(remote.replace(/^::ffff:/, ""))
+      const fromMember = () => isLoopback(remote) || (options.isPeer?.(remote) ?? false)
       if (req.method === "POST" && path === "/switchover" && options.switchover !== undefined) {
-        if (!fromMember(options.switchover.peers)) return reply(403, { error: "POST /switchover is taken from this cluster's members only" })
+        if (!fromMember()) return reply(403, { error: "POST /switchover is taken from this cluster's members only" })
         const to = new URL(req.url ?? "/", "http://admin").searchParams.get("to")
         if (to !== null && !/^[1-9][0-9]{0,9}$/.test(to)) return reply(400, { error: `to: not a node id: ${to.slice(0, 20)}` })
         return void run(options.switchover.run(to === null ? undefined : Number(to))).then(
@@ -146,10 +179,15 @@ export const serve = <A>(options: {
           (e) => reply(500, { error: String(e) })
         )
       }
+      if (req.method === "POST" && path === "/users" && options.users !== undefined) {
+        if (!fromMember()) return reply(403, { error: "POST /users is taken from this cluster's members only" })
+        const query = new URL(req.url ?? "/", "http://admin").searchParams
+        return void run(options.users.add(query)).then((h) => reply(h.ok ? 200 : 409, h.body), (e) => reply(500, { error: String(e) }))
+      }
       const members = options.members
       const memberPath = /^\/members(?:\/([1-9][0-9]{0,9})(\/voter)?|\/(replace))?$/.exec(path ?? "")
       if (members !== undefined && memberPath !== null && (req.method === "POST" || req.method === "DELETE")) {
-        if (!fromMember(members.peers)) return reply(403, { error: "/members is taken from this cluster's members only" })
+        if (!fromMember()) return reply(403, { error: "/members is taken from this cluster's members only" })
         const answer = (h: Effect.Effect<Health>) => void run(h).then((r) => reply(r.ok ? 200 : 409, r.body), (e) => reply(500, { error: String(e) }))
         const [, id, voter, replace] = memberPath
         if (req.method === "DELETE" && id !== undefined && voter === undefined) return answer(members.remove(Number(id)))
@@ -173,9 +211,9 @@ export const serve = <A>(options: {
         }
         return reply(405, { error: "method not allowed" })
       }
-      if (req.method !== "GET") return reply(405, { error: "method not allowed" })
+      if (req.method !== "GET" && req.method !== "HEAD") return reply(405, { error: "method not allowed" })
       if (path === "/backup" && options.backup !== undefined) {
-        if (!fromMember(options.backup.peers)) {
+        if (!fromMember()) {
           return reply(403, { error: "GET /backup is taken from this cluster's members only" })
         }
         // With peer TLS the copy goes only to a member proving it with its certificate, encrypted.
@@ -184,10 +222,26 @@ export const serve = <A>(options: {
         }
         return void offerStream(options.backup.offer, res, reply)
       }
-      if (path === "/replica" && options.replica !== undefined) {
-        return void run(options.replica).then((h) => reply(h.ok ? 200 : 503, h.body), (e) => reply(500, { error: String(e) }))
+      if (view !== undefined) {
+        return void run(view).then((v) => {
+          res.writeHead(200, { "content-type": v.contentType, "cache-control": "no-store" })
+          res.end(v.body)
+        }, (e) => reply(500, { error: String(e) }))
       }
-      if (path !== "/status") return reply(404, { error: "not found", paths: options.replica === undefined ? ["/status"] : ["/status", "/replica"] })
+      if (path === "/" && options.page !== undefined) {
+        // The page carries its own policy (its script and style by hash, requests to itself
+        // only); a header is needed for what a <meta> policy cannot say: no framing.
+        res.writeHead(200, {
+          "content-type": "text/html; charset=utf-8",
+          "cache-control": "no-store",
+          "content-security-policy": "frame-ancestors 'none'",
+          "x-content-type-options": "nosniff"
+        })
+        return void res.end(options.page)
+      }
+      if (path !== "/status") {
+        return reply(404, { error: "not found", paths: ["/status", ...(options.page !== undefined ? ["/"] : []), ...Object.keys(options.views ?? {}), ...Object.keys(options.probes ?? {})] })
+      }
       run(options.status).then((s) => reply(200, s), (e) => reply(500, { error: String(e) }))
     }
     // One port, two protocols: a connection whose first byte opens a TLS handshake (0x16)
@@ -204,8 +258,8 @@ export const serve = <A>(options: {
       reply: (code: number, body: unknown) => void
     ) => {
       const scope = Effect.runSync(Scope.make())
-      const close = () => void Effect.runPromise(Scope.close(scope, Exit.void))
-      const exit = await Effect.runPromiseExit(Scope.provide(offer, scope))
+      const close = () => void run(Scope.close(scope, Exit.void))
+      const exit = await Effect.runPromiseExitWith(context)(Scope.provide(offer, scope))
       if (exit._tag === "Failure") {
         close()
         const refused = exit.cause.reasons.find((r) => r._tag === "Fail")
@@ -216,7 +270,7 @@ export const serve = <A>(options: {
       res.on("close", close)
       // A copy that fails half-way ends the connection without the last chunk: never a short copy taken for whole.
       body.on("error", (e) => {
-        Effect.runFork(Effect.logWarning("admin: GET /backup failed while streaming", e))
+        Effect.runForkWith(context)(Effect.logWarning("admin: GET /backup failed while streaming", e))
         res.destroy(e)
       })
       body.pipe(res)

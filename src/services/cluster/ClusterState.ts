@@ -134,6 +134,8 @@ const INDEX_FLUSH_ENTRIES = 1024
 const RECENT_OUTCOMES = 10_000
 
 export const make = Effect.fnUntraced(function*(options: { readonly dir: string; readonly members: ReadonlyArray<number> }) {
+  // Effects started from callbacks run with this layer's context: its logger above all.
+  const context = yield* Effect.context<never>()
   const log = yield* PaxosLog
   const env = yield* Effect.acquireRelease(
     Effect.try({
@@ -163,7 +165,7 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
   const stop = (failure: ClusterStateError): void => {
     if (stopped.failure !== undefined) return
     stopped.failure = failure
-    Effect.runFork(Effect.logError("the cluster state has stopped: this node can no longer apply the log", failure))
+    Effect.runForkWith(context)(Effect.logError("the cluster state has stopped: this node can no longer apply the log", failure))
     Deferred.doneUnsafe(stopped.signal, Effect.fail(failure))
   }
   const pending = new Map<number, EntryAt>()
@@ -302,9 +304,9 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
     if (
       state.master !== before.master || state.masterVersion !== before.masterVersion || state.epoch !== before.epoch ||
       state.leaseMs !== before.leaseMs || state.members !== before.members
-    ) Effect.runSync(SubscriptionRef.set(masterRef, snapshot))
+    ) Effect.runSyncWith(context)(SubscriptionRef.set(masterRef, snapshot))
     // The log links to the members it names (a new one is dialled and accepted).
-    if (state.membership !== before.membership && state.membership !== undefined) Effect.runFork(log.setAddresses(state.membership))
+    if (state.membership !== before.membership && state.membership !== undefined) Effect.runForkWith(context)(log.setAddresses(state.membership))
     if (progressWaiters.length > 0) {
       const ready = progressWaiters.filter((w) => w.done(snapshot))
       if (ready.length > 0) {

@@ -23,6 +23,7 @@
 import { Context, Data, Effect, Exit, Fiber, Layer, Queue, Schedule, Schema, Scope, Stream, SubscriptionRef } from "effect"
 import { describeCause } from "../../domain/describe.js"
 import { formatGtid, type Gtid, gtidEquals, parseGtid } from "../../domain/cluster/gtid.js"
+import { LagClock } from "../../domain/cluster/history.js"
 import * as BinlogSync from "../binlog/BinlogSync.js"
 import { checkPosition } from "../binlog/ChosenBinlog.js"
 import { ClusterState } from "../cluster/ClusterState.js"
@@ -64,6 +65,10 @@ export interface DatabaseStatus {
   readonly localGtid: string | null
   /** Chosen transactions not yet applied locally. */
   readonly lag: number | null
+  /** How long ago the first of them was chosen, in seconds (0: caught up). */
+  readonly lagSeconds: number | null
+  /** Role transitions since this agent started. */
+  readonly roleChanges: number
   readonly up: boolean
   readonly diverged: string | null
   /** Replica thread errors, if any. */
@@ -78,6 +83,12 @@ export interface NodeDatabaseShape {
   readonly roles: SubscriptionRef.SubscriptionRef<DbRole>
   /** Whether this node serves RW now (promoted, lease held). */
   readonly serving: Effect.Effect<boolean>
+  /**
+   * Administrative writes on this node's MariaDB as the master (POST /users): each statement
+   * runs only while this node serves RW, and commits through the log like a client's write
+   * (its semi-sync wait ends when the log has chosen it). Answers gtid_binlog_pos after them.
+   */
+  readonly writeAsMaster: (statements: ReadonlyArray<{ readonly sql: string; readonly params?: ReadonlyArray<unknown> }>) => Effect.Effect<string, NotServingRw | DatabaseQueryFailed>
   /**
    * An operator's rebuild (POST /rebuild): taken by a managed replica or diverged node,
    * refused by one that serves or may serve RW; carried out at the role loop's next step.
@@ -139,6 +150,13 @@ const SWITCHOVER_DRAIN_MS = 5_000
 const SWITCHOVER_TAKEOVER_MS = 15_000
 
 /** Promotion found that the master record names another node by now. */
+/** This node does not serve RW now: administrative writes go to the master. */
+export class NotServingRw extends Data.TaggedError("NotServingRw")<{ readonly role: DbRole; readonly master: number | null }> {
+  override get message() {
+    return `node's database is ${this.role}, not the serving master (master: ${this.master ?? "none"}): ask the master`
+  }
+}
+
 export class LeaseMovedOn extends Data.TaggedError("LeaseMovedOn")<{ readonly master: number | null }> {}
 
 export type NodeDatabaseError = DatabaseQueryFailed | DatabaseStartFailed | NotCaughtUp | LeaseMovedOn
@@ -214,6 +232,9 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
 
   let role: DbRole = "starting"
   let local: Gtid | null = null
+  /** Role transitions since start, and when the log moved (for lag in seconds). */
+  let roleChanges = 0
+  const lagClock = new LagClock()
   let lag: number | null = null
   let up = false
   let diverged: string | null = null
@@ -247,6 +268,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       if (next === role) return Effect.void
       const prev = role
       role = next
+      roleChanges++
       // Routing follows at once (e.g. a diverged node stops serving its RO port now).
       return Effect.all([
         SubscriptionRef.set(roles, next),
@@ -411,6 +433,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     if (lag === 0 && checkedLast !== undefined && gtidEquals(last, checkedLast) && now - checkedAt < IDLE_REPLICA_CHECK_MS) return
     checkedLast = last
     checkedAt = now
+    if (last !== null) lagClock.observe(last.seq, now)
     const extra = yield* extraOverLog
     lag = last === null ? 0 : last.seq - (local?.seq ?? 0)
     yield* publishReadiness
@@ -824,6 +847,8 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
         role,
         localGtid: local === null ? null : formatGtid(local),
         lag,
+        lagSeconds: lag === null ? null : lag === 0 ? 0 : lagClock.secondsBehind(local?.seq ?? 0, monotonicMs()),
+        roleChanges,
         up,
         diverged,
         replicationError,
@@ -833,6 +858,18 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       pinLog,
       switchover,
       serving: Effect.map(lease.isMaster, (m) => m && role === "master"),
+      writeAsMaster: (statements) =>
+        Effect.gen(function*() {
+          for (const st of statements) {
+            // Asked again before each: a root session on the socket passes read_only.
+            if (role !== "master" || !lease.holdsNow()) {
+              return yield* new NotServingRw({ role, master: (yield* cluster.current).state.master })
+            }
+            yield* q(st.sql, st.params)
+          }
+          const [row] = yield* rowsOf(PositionRow, "SELECT @@GLOBAL.gtid_binlog_pos AS pos")
+          return row?.pos ?? ""
+        }),
       requestRebuild: Effect.gen(function*() {
         if (!managed) return { accepted: false, message: "the server is attached (run by the operator): rebuild it by hand" }
         if (mayServeRw(role) || role === "stepping-down" || (yield* lease.isMaster)) {

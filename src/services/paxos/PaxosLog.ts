@@ -15,6 +15,7 @@ import {
   type Input,
   type Outputs,
   type PaxosConfig,
+  type PaxosCounters,
   PaxosNode,
   type ProposalResult,
   isBlank,
@@ -218,6 +219,10 @@ export interface PaxosLogStatus {
   readonly needsInstall: number | null
   /** As leader: from an instance's first Accept to its value chosen. */
   readonly roundMs: HistogramSummary
+  /** Running totals (the core's, and proposals here that timed out). */
+  readonly counters: Readonly<PaxosCounters> & { readonly proposeTimeouts: number }
+  /** The histograms behind writeMs and roundMs, for metrics (read, never change them). */
+  readonly histograms: { readonly writeMs: Histogram; readonly roundMs: Histogram }
 }
 
 export interface PaxosLogShape {
@@ -304,6 +309,8 @@ interface Pending {
  * No timer is on this path: the tick only drives retries, timeouts and heartbeats.
  */
 export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
+  // Effects started from callbacks run with this layer's context: its logger above all.
+  const context = yield* Effect.context<never>()
   const storage = yield* PaxosStorage
   const monotonicMs = yield* Time.monotonicMs
   const memberIds = options.members.map((m) => m.nodeId)
@@ -338,6 +345,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   let lastWrite: Promise<void> = Promise.resolve()
   const writeMs = new Histogram()
   const roundMs = new Histogram()
+  let proposeTimeouts = 0
   /** When this node (as leader) first sent an Accept for an instance, until it is chosen. */
   const acceptSentAt = new Map<number, number>()
   /** Set once a write failed: the node stops taking part (it could vouch for nothing). */
@@ -373,7 +381,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       // Named a voter at once: it voted before and lost its state (a blank promise is unsafe).
       if (core.isVoter && core.configAt(core.chosenUpTo).voters.includes(options.nodeId)) {
         failure = new StorageError({ operation: "join", cause: new PaxosStateMissing({ nodeId: options.nodeId }).message })
-        Effect.runFork(Effect.logError(`node ${options.nodeId} joined with no Paxos state, but the log names it a voter: it stops`))
+        Effect.runForkWith(context)(Effect.logError(`node ${options.nodeId} joined with no Paxos state, but the log names it a voter: it stops`))
       }
     }
     const ids = awaitingSelf ? [...new Set([...linkedPeers, ...addressBook.keys()])].filter((id) => id !== options.nodeId) : linkedPeers
@@ -384,7 +392,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     const key = addresses.map((a) => `${a.nodeId}@${a.host}:${a.port}`).join(",")
     if (key === linkedKey) return
     linkedKey = key
-    if (transport !== undefined) Effect.runFork(transport.setPeers(addresses))
+    if (transport !== undefined) Effect.runForkWith(context)(transport.setPeers(addresses))
   }
 
   /** What this node advertises on its heartbeats, and the peers' latest: flags and when heard. */
@@ -397,7 +405,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   const sendNow = (to: number, message: PaxosMessage) => {
     if (to === options.nodeId) step({ _tag: "Receive", from: to, message })
     else if (transport !== undefined) {
-      Effect.runSync(transport.send(
+      Effect.runSyncWith(context)(transport.send(
         to,
         message._tag === "Status" ? { ...message, flags: advertisedFlags(), needed: Math.min(neededHere?.() ?? message.chosenUpTo, message.chosenUpTo) } : message
       ))
@@ -452,7 +460,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   const answerFromStorage = (reads: Outputs["readChosen"]): void => {
     if (failure !== undefined) return
     for (const r of reads) {
-      Effect.runFork(storage.readChosen(r.from, r.count, r.maxBytes).pipe(
+      Effect.runForkWith(context)(storage.readChosen(r.from, r.count, r.maxBytes).pipe(
         Effect.flatMap((entries) => transport === undefined ? Effect.void : transport.send(r.to, { _tag: "CatchupReply", entries })),
         Effect.catch((e) => Effect.logWarning(`paxos: cannot read chosen instances for node ${r.to}`, e))
       ))
@@ -462,7 +470,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   const onStorageFailure = (e: unknown): void => {
     if (failure !== undefined) return
     failure = e instanceof StorageError ? e : new StorageError({ operation: "persist", cause: e })
-    Effect.runFork(Effect.logError("paxos: a durable write failed; this node stops taking part in the log", failure))
+    Effect.runForkWith(context)(Effect.logError("paxos: a durable write failed; this node stops taking part in the log", failure))
     const reason = new ProposeTimeout({ timeoutMs: 0 })
     for (const p of pending.values()) p.complete(reason)
     pending.clear()
@@ -486,7 +494,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
 
   const reachableCount = (): number => {
     if (transport === undefined) return 1
-    return [...Effect.runSync(transport.reachable).values()].filter(Boolean).length + 1
+    return [...Effect.runSyncWith(context)(transport.reachable).values()].filter(Boolean).length + 1
   }
 
   /** Requests past their deadline fail; `pending` is in request order, so stop at the first live one. */
@@ -504,7 +512,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       p.complete(
         reachable < core.quorum
           ? new NotEnoughNodes({ reachable, quorum: core.quorum })
-          : new ProposeTimeout({ timeoutMs: proposeTimeoutMs })
+          : (proposeTimeouts++, new ProposeTimeout({ timeoutMs: proposeTimeoutMs }))
       )
     }
   }
@@ -525,7 +533,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
     }
     const clientId = item.clientId
     const reply = (message: ClientMessage) => {
-      if (transport !== undefined) Effect.runSync(transport.replyToClient(clientId, message))
+      if (transport !== undefined) Effect.runSyncWith(context)(transport.replyToClient(clientId, message))
     }
     switch (m._tag) {
       case "ClientPropose": {
@@ -540,7 +548,7 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
         reply({ _tag: "ClientStatusReply", id: m.id, role: core.currentRole, chosenUpTo: core.chosenUpTo })
         return
       default:
-        Effect.runFork(Effect.logWarning(`client ${clientId} sent ${m._tag}, which only a node sends`))
+        Effect.runForkWith(context)(Effect.logWarning(`client ${clientId} sent ${m._tag}, which only a node sends`))
     }
   }
 
@@ -681,6 +689,8 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       reachable: [...reachable].filter(([, ok]) => ok).map(([id]) => id),
       writeMs: writeMs.summary(),
       roundMs: roundMs.summary(),
+      counters: { ...core.counters, proposeTimeouts },
+      histograms: { writeMs, roundMs },
       compactedBelow: core.compactedBelow,
       logBytes: usage.bytes,
       needsInstall: core.needsInstall

@@ -173,6 +173,8 @@ const createSegment = async (dir: string, n: number, bytes: number): Promise<voi
 
 /** Opens (creating if needed) the storage in `dir`; closed with the scope. */
 export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStorageOptions = {}) {
+  // Effects started from callbacks run with this layer's context: its logger above all.
+  const context = yield* Effect.context<never>()
   const segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT_BYTES
   const walDir = join(dir, "wal")
   const indexDir = join(dir, "index")
@@ -348,7 +350,7 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
   }
   /** The index is a cache of the log: a failed write only costs a rebuild, but is said. */
   const onIndexFailure = (cause: unknown) => {
-    Effect.runFork(Effect.logError(`paxos storage: cannot update the index in ${indexDir} (it is rebuilt from the log at the next start)`, cause))
+    Effect.runForkWith(context)(Effect.logError(`paxos storage: cannot update the index in ${indexDir} (it is rebuilt from the log at the next start)`, cause))
   }
   /** The index's own writes settle before it closes. */
   yield* Effect.addFinalizer(() => Effect.promise(() => flushIndex().then(() => metaDb.put("index", meta)).then(() => undefined, () => undefined)))

@@ -18,6 +18,7 @@
  * id 0, before any handshake) and is closed. Every failure is a typed, logged error on
  * that one connection; the process never crashes on input.
  */
+import { randomBytes } from "node:crypto"
 import * as net from "node:net"
 import * as tls from "node:tls"
 import { Context, Data, Duration, Effect, Layer, Result, Stream } from "effect"
@@ -25,10 +26,13 @@ import type * as Scope from "effect/Scope"
 import { encodePackets } from "../../domain/mysql/packet.js"
 import { buildErr, buildOk } from "../../domain/mysql/protocol.js"
 import { ClientCommandWatch, handshakeThreadId } from "../../domain/mysql/killWatch.js"
+import { RefusalSession } from "../../domain/mysql/refusal.js"
+import { DEFAULT_PROXY_MAX_CONNECTIONS } from "../../config/NodeConfig.js"
 import * as PP from "../../domain/mysql/proxyProtocol.js"
 import { describeTarget, type Role, Routing, sameTarget, type Target } from "./Routing.js"
 import type { LocalMariaDbAddress } from "../../domain/cluster/routing.js"
 import * as TcpListener from "../net/TcpListener.js"
+import * as HostAddresses from "../net/HostAddresses.js"
 import * as PeerTls from "../tls/PeerTls.js"
 import { forkScopedLogged } from "../fibers.js"
 import { describeCause } from "../../domain/describe.js"
@@ -49,7 +53,10 @@ export interface ProxyOptions {
   /** Forward ports for other members' proxies; omitted = no forward listener for that role. */
   readonly forwardRwPort?: number | undefined
   readonly forwardRoPort?: number | undefined
-  /** Addresses allowed to connect to the forward ports (IPv4-mapped IPv6 is unmapped first). */
+  /**
+   * The members' hosts (IP addresses or names): connections to the forward ports are taken
+   * from the addresses they resolve to only (HostAddresses.memberMatcher).
+   */
   readonly members?: ReadonlyArray<string> | undefined
   /** This node's MariaDB, the upstream of the forward listeners. */
   readonly localMariaDb?: LocalMariaDbAddress | undefined
@@ -111,6 +118,9 @@ export interface ListenerStats {
   readonly refused: number
   /** Bytes waiting in this process's socket buffers of these connections (bounded by backpressure). */
   readonly buffered: number
+  /** Bytes relayed from clients to the server, and back, since start. */
+  readonly bytesIn: number
+  readonly bytesOut: number
 }
 
 export interface ProxyStats {
@@ -128,7 +138,7 @@ export interface ProxyShape {
   readonly refuseRo: (refuse: boolean) => Effect.Effect<void>
   /** Forward RW listener: closes every RW relay it holds; returns how many. */
   readonly closeAllRw: Effect.Effect<number>
-  /** The members' addresses the forward listeners accept (the log's membership), besides the configured ones. */
+  /** The members' hosts the forward listeners accept (the log's membership), besides the configured ones. */
   readonly addMemberHosts: (hosts: ReadonlyArray<string>) => Effect.Effect<void>
 }
 
@@ -207,14 +217,38 @@ export class ProxyRelayClosed extends Data.TaggedError("ProxyRelayClosed")<{
 
 
 
-/** MySQL's client error "Can't connect to MySQL server" and "Too many connections". */
-export const ERR_CANNOT_CONNECT = 2003
+/**
+ * What a client port answers when it cannot serve a connection (no master, no replica, a
+ * diverged or removed node, an upstream that does not answer): a server-side code, since
+ * libmariadb (the mariadb CLI, mysqli, mysqlclient, sysbench) takes an ERR with a client-side
+ * code (2000-2999, 5000-5999) from a server for a malformed packet (its ma_net_safe_read).
+ * 1105 (ER_UNKNOWN_ERROR) is what Vitess answers in the same case; SQLSTATE 08004 is the
+ * standard "server rejected the connection", which drivers and pools treat as retryable.
+ */
+export const ERR_UNAVAILABLE = 1105
+export const SQLSTATE_REJECTED = "08004"
+/** MariaDB's own "Too many connections" (1040, 08004). */
 export const ERR_TOO_MANY_CONNECTIONS = 1040
 
 const LINGER_MS = 2000
 
 /** Why a client that asked for TLS is closed when the cluster offers none to clients. */
 const NO_CLIENT_TLS = "the client asked for TLS, which this node does not offer to clients (mariadb.ssl): closed rather than relayed unread"
+
+/** Bytes relayed: client -> server (in) and back (out). */
+interface Traffic {
+  bytesIn: number
+  bytesOut: number
+}
+
+/** How a refusal answers a client that asks for TLS: absent, TLS is not offered (Conn.refuse). */
+interface RefusalTls {
+  /** End the client's TLS here with this certificate; undefined: a member's forward link (its relay ended it). */
+  readonly serve: tls.TlsOptions | undefined
+}
+
+/** A greeting's scramble: 20 printable bytes (never NUL). */
+const refusalSalt = (): Uint8Array => randomBytes(20).map((b) => 33 + (b % 94))
 
 /** How a relay answers a client's SSL request (ProxyOptions.clientTls). */
 interface TlsBridge {
@@ -250,6 +284,8 @@ class Conn {
 
   /** The client's socket: the accepted one, or the TLS session on it once the client asked for TLS. */
   client: net.Socket
+  /** Where this connection's relayed bytes are counted (its listener's totals). */
+  traffic: Traffic = { bytesIn: 0, bytesOut: 0 }
 
   constructor(client: net.Socket, readonly remote: string) {
     this.client = client
@@ -309,12 +345,48 @@ class Conn {
     })
   })
 
-  /** Sends a server-initiated ERR (sequence id 0) and closes. */
-  refuse(code: number, sqlState: string, message: string): void {
+  /**
+   * Refuses the client the way every client library reads it (domain/mysql/refusal.ts): a
+   * greeting, then the ERR as the answer to its login, inside TLS when it asks and `tlsMode`
+   * offers it (`serve` undefined: a member's forward link, whose relay ended the client's
+   * TLS). `early`: bytes already read from the client. A client that sends no login within
+   * 10 s is closed.
+   */
+  refuse(code: number, sqlState: string, message: string, tlsMode?: RefusalTls, early?: Uint8Array): void {
     this.noteReason(message)
     if (this.clientGone) return
-    this.client.end(encodePackets(0, buildErr({ code, sqlState, message })).bytes)
-    this.closeOther(this.client)
+    const session = new RefusalSession({ code, sqlState, message }, tlsMode !== undefined)
+    let socket = this.client
+    const slow = setTimeout(() => this.destroy("refused, and no login came within 10 s"), 10_000)
+    slow.unref()
+    socket.once("close", () => clearTimeout(slow))
+    const onData = (chunk: Uint8Array): void => {
+      for (const step of session.push(chunk)) {
+        if (step._tag === "Answer") {
+          clearTimeout(slow)
+          socket.off("data", onData)
+          socket.write(step.bytes)
+          this.closeOther(socket)
+        } else if (step._tag === "Close") {
+          clearTimeout(slow)
+          this.destroy(`refused: ${step.reason}`)
+        } else if (tlsMode?.serve !== undefined) {
+          socket.off("data", onData)
+          socket.pause()
+          // What followed the request in the same read is the start of the client's TLS handshake.
+          if (step.rest.length > 0) socket.unshift(Buffer.from(step.rest))
+          const secured = new tls.TLSSocket(socket, { isServer: true, ...tlsMode.serve })
+          secured.on("error", (e) => this.destroy(`client TLS: ${e.message}`))
+          secured.on("data", onData)
+          socket = secured
+          this.client = secured
+        } else if (step.rest.length > 0) onData(step.rest)
+      }
+    }
+    socket.write(session.greeting(refusalSalt()))
+    socket.on("data", onData)
+    if (early !== undefined && early.length > 0) onData(early)
+    socket.resume()
   }
 
   destroy(reason?: string): void {
@@ -399,9 +471,14 @@ class Conn {
       }
     }
     const detachers: Array<() => void> = []
+    const traffic = this.traffic
     const pipe = (from: net.Socket, to: net.Socket) => {
       const onData = (chunk: Buffer) => {
-        if (from === cl) return fromClient(chunk)
+        if (from === cl) {
+          traffic.bytesIn += chunk.length
+          return fromClient(chunk)
+        }
+        traffic.bytesOut += chunk.length
         if (!to.write(chunk)) from.pause()
       }
       const onDrain = () => {
@@ -543,7 +620,7 @@ const readHeader = (
 // make
 // ---------------------------------------------------------------------------
 
-interface ListenerState {
+interface ListenerState extends Traffic {
   readonly name: ListenerName
   readonly conns: Set<Conn>
   accepted: number
@@ -558,14 +635,18 @@ export const make = (
     const mode = options.proxyProtocol ?? "v1"
     const connectTimeout = options.connectTimeout ?? "5 seconds"
     const headerTimeout = options.headerTimeout ?? "5 seconds"
-    const maxConnections = options.maxConnections ?? 1000
-    const members = new Set((options.members ?? []).map(PP.unmapIPv4))
+    const maxConnections = options.maxConnections ?? DEFAULT_PROXY_MAX_CONNECTIONS
+    const members = yield* HostAddresses.memberMatcher(options.members ?? [])
+    // Forward relays leave from this node's own address (other members' allowlists hold it): an IP, a name resolved.
+    const sourceAddress = isWildcard(options.host) ? undefined : yield* HostAddresses.listenAddress(options.host).pipe(
+      Effect.mapError((cause) => new ProxyListenError({ listener: "rw", host: options.host, port: options.rwPort, cause }))
+    )
     let refusingRw = options.refuseRwInitially ?? false
     let refusingRo = false
     const upstreamCounts = new Map<string, number>()
     const states = new Map<ListenerName, ListenerState>()
     const stateOf = (name: ListenerName): ListenerState => {
-      const s: ListenerState = { name, conns: new Set(), accepted: 0, refused: 0 }
+      const s: ListenerState = { name, conns: new Set(), accepted: 0, refused: 0, bytesIn: 0, bytesOut: 0 }
       states.set(name, s)
       return s
     }
@@ -598,10 +679,11 @@ export const make = (
       body: (conn: Conn) => Effect.Effect<void>
     ): Effect.Effect<void> => {
       const conn = new Conn(socket, TcpListener.remoteOf(socket))
+      conn.traffic = state
       state.accepted++
       if (state.conns.size >= maxConnections) {
         state.refused++
-        conn.refuse(ERR_TOO_MANY_CONNECTIONS, "08004", "too many connections through this proxy")
+        conn.refuse(ERR_TOO_MANY_CONNECTIONS, SQLSTATE_REJECTED, "too many connections through this proxy", refusalTls(state.name))
         return Effect.andThen(
           Effect.logWarning(new ProxyRefused({ listener: state.name, remote: conn.remote, reason: `over ${maxConnections} connections` }).message),
           conn.done
@@ -644,6 +726,9 @@ export const make = (
     const clientServe: tls.TlsOptions | undefined = options.clientTls === undefined
       ? undefined
       : { cert: options.clientTls.cert, key: options.clientTls.key, minVersion: "TLSv1.2" }
+    /** A refusal on a client port offers TLS when this node takes client TLS; on a forward link the member's relay ended it. */
+    const refusalTls = (listener: ListenerName): RefusalTls | undefined =>
+      clientServe === undefined ? undefined : { serve: listener === "rw" || listener === "ro" ? clientServe : undefined }
     const localRelay = (role: Role): LocalRelay => ({
       gate: role === "rw" ? options.rwGate : undefined,
       onThread: (conn, threadId) => byThread.set(threadId, conn),
@@ -668,7 +753,7 @@ export const make = (
         if (Result.isFailure(up)) {
           state.refused++
           yield* Effect.logWarning(`proxy ${state.name}: ${up.failure.message} (client ${conn.remote})`, up.failure)
-          conn.refuse(ERR_CANNOT_CONNECT, "HY000", up.failure.message)
+          conn.refuse(ERR_UNAVAILABLE, SQLSTATE_REJECTED, up.failure.message, refusalTls(state.name), clientBytes)
           return
         }
         const upstream = up.success
@@ -699,13 +784,13 @@ export const make = (
           if (target.kind === "none") {
             state.refused++
             yield* Effect.logWarning(new ProxyRefused({ listener: state.name, remote: conn.remote, reason: target.reason }).message)
-            conn.refuse(ERR_CANNOT_CONNECT, "HY000", target.reason)
+            conn.refuse(ERR_UNAVAILABLE, SQLSTATE_REJECTED, target.reason, refusalTls(state.name))
             return
           }
           const label = describeTarget(target)
           // To another member from this node's own address: its forward port accepts members only.
           yield* connectAndRelay(state, conn, target, label, headerBytes(conn.source, conn.destination),
-            target.kind === "forward" && !isWildcard(options.host) ? options.host : undefined,
+            target.kind === "forward" ? sourceAddress : undefined,
             target.kind === "local" ? localRelay(role) : undefined, undefined,
             target.kind === "forward" && options.tls !== undefined ? PeerTls.clientOptions(options.tls, target.nodeId) : undefined,
             clientServe === undefined ? undefined : { serve: clientServe, toUpstream: target.kind === "local", requireTls: options.requireClientTls === true })
@@ -713,9 +798,8 @@ export const make = (
 
     // --- forward listeners --------------------------------------------------
     const onForward = (state: ListenerState, role: Role) => (socket: net.Socket): Effect.Effect<void> => {
-      const peer = PP.unmapIPv4(socket.remoteAddress ?? "")
       // With TLS the handshake already required the cluster CA; the certificate must also be a node's.
-      const refusal = !members.has(peer)
+      const refusal = !members.isMember(socket.remoteAddress ?? "")
         ? "not a cluster member"
         : options.tls !== undefined && PeerTls.peerNodeId(socket as tls.TLSSocket) === undefined
         ? "its certificate names no node of the cluster"
@@ -750,13 +834,13 @@ export const make = (
               ? "this node is not the master: it refuses read-write connections"
               : "this node's database cannot serve reads (diverged from the cluster)"
             yield* Effect.logInfo(new ProxyRefused({ listener: state.name, remote: conn.remote, reason }).message)
-            conn.refuse(ERR_CANNOT_CONNECT, "HY000", reason)
+            conn.refuse(ERR_UNAVAILABLE, SQLSTATE_REJECTED, reason, refusalTls(state.name), rest)
             return
           }
           const local = options.localMariaDb
           if (local === undefined) {
             state.refused++
-            conn.refuse(ERR_CANNOT_CONNECT, "HY000", "this node has no local MariaDB configured")
+            conn.refuse(ERR_UNAVAILABLE, SQLSTATE_REJECTED, "this node has no local MariaDB configured", refusalTls(state.name), rest)
             return
           }
           const label = `local ${local.socket ?? `${local.host}:${local.port}`}`
@@ -816,7 +900,7 @@ export const make = (
         for (const [name, s] of states) {
           let buffered = 0
           for (const c of s.conns) buffered += c.buffered
-          listeners[name] = { open: s.conns.size, accepted: s.accepted, refused: s.refused, buffered }
+          listeners[name] = { open: s.conns.size, accepted: s.accepted, refused: s.refused, buffered, bytesIn: s.bytesIn, bytesOut: s.bytesOut }
         }
         return { listeners, upstreams: Object.fromEntries(upstreamCounts) }
       }),
@@ -828,10 +912,7 @@ export const make = (
         Effect.sync(() => {
           refusingRo = refuse
         }),
-      addMemberHosts: (hosts) =>
-        Effect.sync(() => {
-          for (const h of hosts) members.add(PP.unmapIPv4(h))
-        }),
+      addMemberHosts: members.add,
       closeAllRw: Effect.sync(() => {
         if (forwardRwState === undefined) return 0
         const n = forwardRwState.conns.size
