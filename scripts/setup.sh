@@ -89,6 +89,20 @@ else
   apt_install iptables
 fi
 
+# 1d. chromium: the status page's browser test drives it headless (playwright-core, /usr/bin/chromium).
+if [ -x /usr/bin/chromium ]; then
+  log "chromium: present"
+else
+  apt_install chromium
+fi
+
+# 1e. systemd-analyze: the deployment test verifies deploy/phxmaria@.service with it (nothing is started).
+if have systemd-analyze; then
+  log "systemd-analyze: present"
+else
+  apt_install systemd
+fi
+
 # 2. Node.js and npm (npm scripts then use Node 24 from the 'node' npm package).
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
   log "node $(node --version), npm $(npm --version): present"
