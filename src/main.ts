@@ -4,8 +4,9 @@ import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import { Cause, Console, Data, Effect, Exit, Option, Schedule } from "effect"
 import { Command, Flag } from "effect/cli"
 import { renderStatusTable } from "./domain/cluster/nodeStatus.js"
-import { clusterHealth } from "./domain/cluster/health.js"
+import { clusterHealth, logMembers, type MemberReport } from "./domain/cluster/health.js"
 import { parseGtid } from "./domain/cluster/gtid.js"
+import { joinHostPort } from "./domain/wire/address.js"
 import { nativePasswordHashHex } from "./domain/mysql/accounts.js"
 import * as Logging from "./services/logging.js"
 import { VERSION } from "./layers/AdminViews.js"
@@ -94,26 +95,27 @@ const tokenFlag = Flag.String("token").pipe(
   Flag.optional
 )
 
-/** The exit code the process ends with when the command succeeds (status: 1 degraded, 2 no master). */
+/** The exit code the process ends with when the command succeeds (status: 1 degraded, 2 no master), and when it fails. */
 let successExitCode = 0
+let failureExitCode = 1
 
 /**
  * Every member's report: the ones `targets` name, and the members the answering nodes name
  * (the log's membership: a node added since the config was written) that they do not.
  */
-const gatherReports = (targets: ReadonlyArray<{ readonly nodeId: number | null; readonly address: string }>, token: string | undefined) =>
+const gatherReports = (targets: ReadonlyArray<{ readonly nodeId: number | null; readonly address: string }>, credentials: AdminCredentials) =>
   Effect.gen(function*() {
     const fetchAll = (ts: ReadonlyArray<{ readonly nodeId: number | null; readonly address: string }>) =>
-      Effect.forEach(ts, (t) => Effect.map(fetchStatus(t.address, 2_000, token), (status) => ({ ...t, status })), { concurrency: "unbounded" })
+      Effect.forEach(ts, (t) => Effect.map(fetchStatus({ address: t.address, tls: credentials.tls }, 2_000, credentials.token), (status) => ({ ...t, status })), { concurrency: "unbounded" })
     const first = yield* fetchAll(targets)
     const seen = new Set(first.map((r) => r.address))
     const answered = first.flatMap((r) => ("error" in r.status ? [] : [r.status]))
-    const extra = [...new Map(answered.flatMap((s) => s.members).map((m) => [`${m.host}:${m.adminPort}`, m.nodeId])).entries()]
+    const extra = [...new Map(answered.flatMap((s) => s.members).map((m) => [joinHostPort(m.host, m.adminPort), m.nodeId])).entries()]
       .filter(([address]) => !seen.has(address))
       .map(([address, nodeId]) => ({ nodeId, address }))
     const rows = [...first, ...(yield* fetchAll(extra))]
     // Node ids as the nodes say; for one that did not answer, as the others name its address.
-    const named = new Map(answered.flatMap((s) => s.members).map((m) => [`${m.host}:${m.adminPort}`, m.nodeId]))
+    const named = new Map(answered.flatMap((s) => s.members).map((m) => [joinHostPort(m.host, m.adminPort), m.nodeId]))
     return rows.map((r) => ({
       nodeId: "error" in r.status ? r.nodeId ?? named.get(r.address) ?? null : r.status.nodeId,
       address: r.address,
@@ -137,16 +139,23 @@ const status = Command.make(
   ({ admin, config, interval, json, token, watch }) =>
     Effect.gen(function*() {
       // Sent when known: a node with admin.openStatus false answers /status only with it.
-      const { token: bearer } = yield* adminCredentialsFrom(token, config)
+      // 0, 1 and 2 say how the cluster is; 3 that it could not be told (a usage or config error, no token).
+      failureExitCode = 3
+      const credentials = yield* adminCredentialsFrom(token, config)
       const targets = Option.isSome(config)
-        ? (yield* readConfig(config.value)).members.map((m) => ({ nodeId: m.nodeId as number | null, address: `${m.host}:${m.adminPort}` }))
+        ? (yield* readConfig(config.value)).members.map((m) => ({ nodeId: m.nodeId as number | null, address: joinHostPort(m.host, m.adminPort) }))
         : Option.isSome(admin)
         ? admin.value.split(",").map((a) => a.trim()).filter((a) => a.length > 0).map((address) => ({ nodeId: null, address }))
         : yield* Effect.fail(new UsageError({ message: "status needs --config FILE or --admin host:port,..." }))
       if (interval < 1) return yield* new UsageError({ message: "--interval: at least 1 second" })
       const once = Effect.gen(function*() {
-        const rows = yield* gatherReports(targets, bearer)
-        const health = clusterHealth(rows.map((r) => ("error" in r.status ? { nodeId: r.nodeId, address: r.address, error: r.status.error } : { nodeId: r.nodeId, address: r.address, status: r.status })))
+        const rows = yield* gatherReports(targets, credentials)
+        const unauthorized = rows.find((r) => "error" in r.status && r.status.unauthorized === true)
+        if (unauthorized !== undefined && "error" in unauthorized.status) return yield* new UsageError({ message: unauthorized.status.error })
+        const reports = rows.map((r): MemberReport => ("error" in r.status ? { nodeId: r.nodeId, address: r.address, error: r.status.error } : { nodeId: r.nodeId, address: r.address, status: r.status }))
+        // The cluster's health is that of the log's members: a node removed (still in a config file) is shown, not counted.
+        const members = logMembers(reports)
+        const health = clusterHealth(members === undefined ? reports : reports.filter((r) => r.nodeId !== null && members.has(r.nodeId)))
         const text = json
           ? JSON.stringify({ health, nodes: rows.map((r) => ("error" in r.status ? { nodeId: r.nodeId, address: r.address, error: r.status.error } : { nodeId: r.nodeId, address: r.address, status: r.status })) }, null, 2)
           : renderStatusTable(rows, health)
@@ -173,22 +182,25 @@ const oneNodeAddress = (command: string, config: Option.Option<string>, admin: O
   Option.isSome(config)
     ? Effect.map(readConfig(config.value), (c) => {
       const self = c.members.find((m) => m.nodeId === c.nodeId)!
-      return `${self.host}:${self.adminPort}`
+      return joinHostPort(self.host, self.adminPort)
     })
     : Option.isSome(admin)
     ? Effect.succeed(admin.value.trim())
     : Effect.fail(new UsageError({ message: `${command} needs --config FILE or --admin host:port` }))
 
-/** GET `probe` of one node until it answers 200 or `waitS` pass; the last answer. */
-const probeNode = (address: string, probe: string, waitS: number) =>
+/**
+ * GET `path` of one node until `accept` says yes of its answer, or `waitS` pass (0: once);
+ * the last answer. A node that does not answer is a no (its error as the body).
+ */
+const probeNode = (address: string, path: string, waitS: number, accept: (status: number, body: string) => boolean) =>
   Effect.tryPromise({
-    try: (signal) => fetch(`http://${address}/${probe}`, { signal }).then(async (r) => ({ ok: r.status === 200, body: await r.text() })),
+    try: (signal) => fetch(`http://${address}${path}`, { signal }).then(async (r) => { const body = await r.text(); return { ok: accept(r.status, body), body } }),
     catch: (e) => e
   }).pipe(
     Effect.timeout("2 seconds"),
     Effect.catch((e) => Effect.succeed({ ok: false, body: e instanceof Error ? e.message : String(e) })),
     Effect.repeat({ schedule: Schedule.spaced("1 second"), until: (r) => r.ok || waitS === 0 }),
-    Effect.timeoutOrElse({ duration: `${Math.max(waitS, 1)} seconds`, orElse: () => Effect.succeed({ ok: false, body: `not ${probe} within ${waitS} s` }) })
+    Effect.timeoutOrElse({ duration: `${Math.max(waitS, 1)} seconds`, orElse: () => Effect.succeed({ ok: false, body: `no yes from ${path} within ${waitS} s` }) })
   )
 
 const check = Command.make(
@@ -200,9 +212,11 @@ const check = Command.make(
       Flag.withDefault("health"),
       Flag.withDescription("config: the --config file is valid (nothing is asked); live: the agent answers; or one of its health endpoints (docs/operations.md)")
     ),
-    wait: Flag.Int("wait").pipe(Flag.withDefault(0), Flag.withDescription("seconds to wait for it to pass (0: ask once)"))
+    wait: Flag.Int("wait").pipe(Flag.withDefault(0), Flag.withDescription("seconds to wait for it to pass (0: ask once)")),
+    lag: Flag.Int("lag").pipe(Flag.withDescription("replica, read-only: at most this many transactions behind"), Flag.optional),
+    lagSeconds: Flag.Int("lag-seconds").pipe(Flag.withDescription("replica, read-only: at most this many seconds behind"), Flag.optional)
   },
-  ({ admin, config, probe, wait }) =>
+  ({ admin, config, lag, lagSeconds, probe, wait }) =>
     Effect.gen(function*() {
       if (probe === "config") {
         if (Option.isNone(config)) return yield* new UsageError({ message: "check --probe config needs --config FILE" })
@@ -211,10 +225,14 @@ const check = Command.make(
         return
       }
       const address = yield* oneNodeAddress("check", config, admin)
-      // "live": any answer of the probe endpoint (200 or 503) means the agent runs.
-      const r = yield* probeNode(address, probe === "live" ? "health" : probe, wait).pipe(
-        Effect.map((x) => probe === "live" && x.body.startsWith("{") ? { ...x, ok: true } : x)
-      )
+      const bounds = new URLSearchParams([
+        ...(Option.isSome(lag) ? [["lag", String(lag.value)] as [string, string]] : []),
+        ...(Option.isSome(lagSeconds) ? [["lagSeconds", String(lagSeconds.value)] as [string, string]] : [])
+      ])
+      // "live": the agent answers its health endpoint at all (200, or 503 with its JSON reason).
+      const r = probe === "live"
+        ? yield* probeNode(address, "/health", wait, (status, body) => (status === 200 || status === 503) && body.startsWith("{"))
+        : yield* probeNode(address, `/${probe}${bounds.size > 0 ? `?${bounds}` : ""}`, wait, (status) => status === 200)
       yield* (r.ok ? Console.log : Console.error)(`${address} ${probe}: ${r.ok ? "yes" : "no"} ${r.body}`)
       successExitCode = r.ok ? 0 : 1
     }).pipe(Effect.tapError((e) => e._tag === "UsageError" ? Console.error(`phxmaria: ${e.message}`) : Effect.void))
@@ -262,7 +280,7 @@ const rebuild = Command.make(
 /** The admin addresses `--config` (its members) or `--admin` (a list) name. */
 const adminTargets = (command: string, config: Option.Option<string>, admin: Option.Option<string>): Effect.Effect<ReadonlyArray<string>, UsageError | ConfigFileError> =>
   Option.isSome(config)
-    ? Effect.map(readConfig(config.value), (c) => c.members.map((m) => `${m.host}:${m.adminPort}`))
+    ? Effect.map(readConfig(config.value), (c) => c.members.map((m) => joinHostPort(m.host, m.adminPort)))
     : Option.isSome(admin)
     ? Effect.succeed(admin.value.split(",").map((a) => a.trim()).filter((a) => a.length > 0))
     : Effect.fail(new UsageError({ message: `${command} needs --config FILE or --admin host:port,...` }))
@@ -270,7 +288,7 @@ const adminTargets = (command: string, config: Option.Option<string>, admin: Opt
 /** The serving master's status and admin address, from the nodes `targets` name. */
 const findMaster = (targets: ReadonlyArray<string>, credentials: AdminCredentials) =>
   Effect.gen(function*() {
-    const answers = yield* Effect.forEach(targets, (a) => fetchStatus(a, 2_000, credentials.token), { concurrency: "unbounded" })
+    const answers = yield* Effect.forEach(targets, (a) => fetchStatus({ address: a, tls: credentials.tls }, 2_000, credentials.token), { concurrency: "unbounded" })
     const up = answers.flatMap((s) => ("error" in s ? [] : [s]))
     if (up.length === 0) return yield* new UsageError({ message: `no node answers (${targets.join(", ")})` })
     const listed = up.find((s) => s.role === "master")
@@ -282,7 +300,7 @@ const findMaster = (targets: ReadonlyArray<string>, credentials: AdminCredential
     for (const s of up) {
       const address = s.master === null ? undefined : adminAddressOf(s, s.master)
       if (address === undefined) continue
-      const m = yield* fetchStatus(address, 2_000, credentials.token)
+      const m = yield* fetchStatus({ address, tls: credentials.tls }, 2_000, credentials.token)
       if (!("error" in m) && m.role === "master") return { status: m, address, admin: { address, ...credentials } }
     }
     return yield* new UsageError({ message: "no node serves as master now (an election may be under way): try again" })
@@ -290,7 +308,7 @@ const findMaster = (targets: ReadonlyArray<string>, credentials: AdminCredential
 
 const adminAddressOf = (status: NodeStatus, nodeId: number): string | undefined => {
   const m = status.members.find((x) => x.nodeId === nodeId)
-  return m === undefined ? undefined : `${m.host}:${m.adminPort}`
+  return m === undefined ? undefined : joinHostPort(m.host, m.adminPort)
 }
 
 /** The serving master, moved off node `id` first (a switchover to a caught-up replica) if it is that node. */
@@ -344,7 +362,7 @@ const addMember = (targets: ReadonlyArray<string>, credentials: AdminCredentials
     yield* Console.log(`adding node ${id} (${fields.host}:${fields.port}) as a learner (asking the master, node ${master.status.nodeId}) ...`)
     yield* requestAddMember(master.admin, fields)
     yield* Console.log(`node ${id} is a learner; waiting for it to catch up (start its agent with --join if it is not running) ...`)
-    const progress = progressOf(`${fields.host}:${fields.adminPort}`, id, credentials.token)
+    const progress = progressOf(joinHostPort(String(fields.host), Number(fields.adminPort)), id, credentials.token)
     const caughtUp = Effect.gen(function*() {
       yield* progress
       const promoted = yield* Effect.result(requestPromoteMember(master.admin, id))
@@ -425,7 +443,7 @@ const memberReplace = Command.make(
       // The master adds the new node, makes it a voter once caught up, then removes the old
       // one (POST /members/replace): the voters never drop below the set's majority.
       yield* Console.log(`replacing node ${a.id} by node ${a.newId} (asking the master, node ${master.status.nodeId}); start node ${a.newId} with --join ...`)
-      const progress = progressOf(`${a.host}:${a.adminPort}`, a.newId, credentials.token)
+      const progress = progressOf(joinHostPort(a.host, a.adminPort), a.newId, credentials.token)
       const done = yield* requestReplaceMember(master.admin, a.id, newNodeFields(a.newId, a)).pipe(
         Effect.raceFirst(Effect.andThen(progress.pipe(Effect.repeat(Schedule.spaced("1 second"))), Effect.never))
       )
@@ -461,8 +479,8 @@ const userAdd = Command.make(
       // Every node has it once its database applied the transaction.
       const seq = (done.gtid === null ? undefined : parseGtid(done.gtid)?.seq) ?? 0
       const reached = (s: NodeStatus) => (s.database?.localGtid == null ? 0 : parseGtid(s.database.localGtid)?.seq ?? 0) >= seq
-      const members = master.status.members.map((m) => ({ nodeId: m.nodeId, address: `${m.host}:${m.adminPort}` }))
-      const missing = yield* Effect.forEach(members, (m) => fetchStatus(m.address, 2_000, credentials.token)).pipe(
+      const members = master.status.members.map((m) => ({ nodeId: m.nodeId, address: joinHostPort(m.host, m.adminPort) }))
+      const missing = yield* Effect.forEach(members, (m) => fetchStatus({ address: m.address, tls: credentials.tls }, 2_000, credentials.token)).pipe(
         Effect.map((ss) => members.filter((_, i) => { const s = ss[i]!; return "error" in s || !reached(s) }).map((m) => m.nodeId)),
         Effect.repeat({ schedule: Schedule.spaced("200 millis"), until: (left) => left.length === 0 }),
         Effect.timeoutOrElse({ duration: "30 seconds", orElse: () => Effect.succeed<ReadonlyArray<number>>([-1]) })
@@ -499,13 +517,13 @@ const switchover = Command.make(
     Effect.gen(function*() {
       const targets = yield* adminTargets("switchover", config, admin)
       const credentials = yield* adminCredentialsFrom(token, config)
-      const answers = yield* Effect.forEach(targets, (a) => fetchStatus(a, 2_000, credentials.token), { concurrency: "unbounded" })
+      const answers = yield* Effect.forEach(targets, (a) => fetchStatus({ address: a, tls: credentials.tls }, 2_000, credentials.token), { concurrency: "unbounded" })
       const up = answers.flatMap((s) => ("error" in s ? [] : [s]))
       if (up.length === 0) return yield* new UsageError({ message: `no node answers (${targets.join(", ")})` })
       const serving = up.find((s) => s.role === "master")
       if (serving === undefined) return yield* new UsageError({ message: "no node serves as master now (an election may be under way): try again" })
       const self = serving.members.find((m) => m.nodeId === serving.nodeId)
-      const address = self === undefined ? targets[answers.indexOf(serving)]! : `${self.host}:${self.adminPort}`
+      const address = self === undefined ? targets[answers.indexOf(serving)]! : joinHostPort(self.host, self.adminPort)
       const target = Option.getOrUndefined(to)
       yield* Console.log(`node ${serving.nodeId} is master (epoch ${serving.epoch}); asking it to hand over to ${target === undefined ? "a caught-up replica" : `node ${target}`} ...`)
       const done = yield* requestSwitchover({ address, ...credentials }, target)
@@ -639,7 +657,7 @@ Command.run(app, { version: VERSION }).pipe(
     NodeRuntime.runMain(program, {
       disableErrorReporting: true,
       // A stop requested with SIGINT/SIGTERM is a clean exit (0), not a failure (130).
-      teardown: (exit, onExit) => onExit(Exit.isSuccess(exit) ? successExitCode : Cause.hasInterruptsOnly(exit.cause) ? 0 : 1)
+      teardown: (exit, onExit) => onExit(Exit.isSuccess(exit) ? successExitCode : Cause.hasInterruptsOnly(exit.cause) ? 0 : failureExitCode)
     })
 )
 

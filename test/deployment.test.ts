@@ -8,7 +8,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Scope } from "effect"
 import { type ChildProcess, execFile, spawn } from "node:child_process"
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import mysql from "mysql2/promise"
@@ -71,11 +71,19 @@ interface Agent {
   readonly exited: Promise<number | null>
 }
 
-/** The unit's ExecStart: the agent with its V8 and glibc settings, stopped (and its mariadbd) with the scope. */
-const startAgent = (config: string, dataDir: string, flags: ReadonlyArray<string>) =>
+/** The uid/gid the unprivileged node runs as (the unit runs its own user, not root): `nobody`. */
+const NOBODY = { uid: 65534, gid: 65534 }
+
+/**
+ * The unit's ExecStart: the agent with its V8 and glibc settings (as `nobody` when `asNobody`,
+ * with setpriv, which execs: the child is the agent), stopped (and its mariadbd) with the scope.
+ */
+const startAgent = (config: string, dataDir: string, flags: ReadonlyArray<string>, asNobody = false) =>
   Effect.acquireRelease(
     Effect.sync((): Agent => {
-      const child = spawn(process.execPath, ["--max-semi-space-size=4", mainJs, "node", "--config", config, ...flags], {
+      const command = [process.execPath, "--max-semi-space-size=4", mainJs, "node", "--config", config, ...flags]
+      const [file, ...args] = asNobody ? ["setpriv", `--reuid=${NOBODY.uid}`, `--regid=${NOBODY.gid}`, "--clear-groups", "--", ...command] : command
+      const child = spawn(file!, args, {
         env: { ...process.env, ...LocalCluster.AGENT_ENV, PHXMARIA_LOG_FORMAT: "json" },
         stdio: ["ignore", "pipe", "pipe"]
       })
@@ -138,12 +146,18 @@ describe("deployment (docs/deployment.md)", () => {
         fwdRw: yield* LocalCluster.freePort(hosts[0]),
         fwdRo: yield* LocalCluster.freePort(hosts[0])
       }
-      const nodes = []
+      const nodes: Array<{ readonly nodeId: number; readonly dataDir: string; readonly config: string; readonly host: string; readonly asNobody: boolean }> = []
+      // Node 3 runs unprivileged, as the unit runs every node (its own user; mariadbd as that user too).
+      const unprivileged = 3
       for (const [i] of hosts.entries()) {
         const nodeId = i + 1
         const dataDir = join(root, "var", `n${nodeId}`)
         mkdirSync(join(root, "var"), { recursive: true, mode: 0o711 })
         const config = join(etc, `n${nodeId}.yaml`)
+        if (nodeId === unprivileged) {
+          mkdirSync(dataDir, { mode: 0o700 })
+          chownSync(dataDir, NOBODY.uid, NOBODY.gid)
+        }
         writeFileSync(config, nodeYaml({
           nodeId,
           dataDir,
@@ -155,19 +169,33 @@ describe("deployment (docs/deployment.md)", () => {
         }))
         const valid = yield* cli("check", "--probe", "config", "--config", config)
         expect(valid.code, valid.stderr).toBe(0)
-        nodes.push({ nodeId, dataDir, config, host: hosts[i]! })
+        nodes.push({ nodeId, dataDir, config, host: hosts[i]!, asNobody: nodeId === unprivileged })
       }
+      // What the unprivileged node reads is its own (the guide: root:phxmaria, 0640): its config, certificates, keys, token.
+      chmodSync(etc, 0o711)
+      chmodSync(join(etc, "tls"), 0o711)
+      for (const f of [`n${unprivileged}.yaml`, "admin-token", "tls/ca.crt", `tls/node-${unprivileged}.crt`, `tls/node-${unprivileged}.key`, "tls/server.crt", "tls/server.key"]) {
+        chownSync(join(etc, f), NOBODY.uid, NOBODY.gid)
+      }
+      const asNobody = yield* run("setpriv", [`--reuid=${NOBODY.uid}`, `--regid=${NOBODY.gid}`, "--clear-groups", "--", process.execPath, mainJs, "check", "--probe", "config", "--config", join(etc, `n${unprivileged}.yaml`)])
+      expect(asNobody.code, asNobody.stderr).toBe(0)
 
       // Step 4: the first start, with --bootstrap, as the unit runs it; the unit's ready check.
       const scope = yield* Scope.make()
-      const agents = yield* Effect.forEach(nodes, (n) => startAgent(n.config, n.dataDir, ["--bootstrap"]).pipe(Scope.provide(scope)))
+      const agents = yield* Effect.forEach(nodes, (n) => startAgent(n.config, n.dataDir, ["--bootstrap"], n.asNobody).pipe(Scope.provide(scope)))
       const stopAll = Scope.close(scope, Exit.void)
       yield* Effect.addFinalizer(() => stopAll)
       for (const n of nodes) {
         const ready = yield* cli("check", "--config", n.config, "--probe", "live", "--wait", "120")
         expect(ready.code, `${ready.stdout}${ready.stderr}\n${agents[n.nodeId - 1]!.stderr().slice(-3000)}`).toBe(0)
       }
-      yield* LocalCluster.waitFor("a healthy cluster (status exit 0)", Effect.map(cli("status", "--config", nodes[0]!.config), (r) => r.code === 0), 120_000)
+      // On failure, what each agent said (the digest CI prints does not know these processes).
+      const tellAgents = Effect.sync(() => {
+        for (const [i, a] of agents.entries()) process.stderr.write(`--- node ${i + 1} stderr (last 4000 chars):\n${a.stderr().slice(-4000)}\n`)
+      })
+      yield* LocalCluster.waitFor("a healthy cluster (status exit 0)", Effect.map(cli("status", "--config", nodes[0]!.config), (r) => r.code === 0), 120_000).pipe(
+        Effect.tapError(() => Effect.andThen(Effect.flatMap(cli("status", "--config", nodes[0]!.config), (r) => Effect.sync(() => process.stderr.write(r.stdout + r.stderr))), tellAgents))
+      )
 
       // Logs: JSON lines on stderr with the date and the node id; stdout holds the ready line alone.
       for (const [i, a] of agents.entries()) {
@@ -212,12 +240,18 @@ describe("deployment (docs/deployment.md)", () => {
         expect(h).toBe(200)
       }
 
+      // The unprivileged node's agent and mariadbd ran as nobody.
+      const unprivilegedAgent = agents[unprivileged - 1]!
+      expect(statSync(`/proc/${unprivilegedAgent.child.pid}`).uid).toBe(NOBODY.uid)
+      const serverPid = Number(readFileSync(layoutOf(managedDirOf(nodes[unprivileged - 1]!.dataDir)).pidFile, "utf8").trim())
+      expect(statSync(`/proc/${serverPid}`).uid).toBe(NOBODY.uid)
+
       // After the first start the flag goes: a node restarted without it comes back as a member.
       const last = nodes[2]!
       const lastAgent = agents[2]!
       lastAgent.child.kill("SIGTERM")
       expect(yield* Effect.promise(() => lastAgent.exited)).toBe(0)
-      yield* startAgent(last.config, last.dataDir, [])
+      yield* startAgent(last.config, last.dataDir, [], last.asNobody)
       const again = yield* cli("check", "--config", last.config, "--probe", "health", "--wait", "120")
       expect(again.code, again.stdout + again.stderr).toBe(0)
       yield* LocalCluster.waitFor("a healthy cluster after the restart", Effect.map(cli("status", "--config", nodes[0]!.config), (r) => r.code === 0), 120_000)

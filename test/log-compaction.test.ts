@@ -4,7 +4,7 @@
  * cluster keeps replicating, restarting and failing over on what is left.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Schedule } from "effect"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
 import { readFileSync, rmSync } from "node:fs"
 import { join } from "node:path"
@@ -34,11 +34,20 @@ const expectSameTables = (c: LocalCluster.LocalCluster) =>
     expect(new Set(sums).size, `checksums ${sums.join(", ")}`).toBe(1)
   })
 
-/** Writes `rows` rows of 64 KiB, one autocommit INSERT each, from `from` on. */
+/**
+ * Writes `rows` rows of 64 KiB, one autocommit statement each, from `from` on, through
+ * `port`. A master change meanwhile (a lease lapsing on a loaded machine) closes the
+ * connection: the row is written again on a new one (REPLACE: it may have committed), for
+ * at most 60 s.
+ */
 const writeRows = (port: number, from: number, rows: number) =>
   Effect.gen(function*() {
-    const conn = yield* connect(port)
-    for (let i = from; i < from + rows; i++) yield* run(conn, `INSERT INTO ${TABLE} VALUES (?, REPEAT(?, 65536))`, [i, String.fromCharCode(97 + (i % 26))])
+    for (let i = from; i < from + rows; i++) {
+      yield* Effect.scoped(Effect.flatMap(connect(port), (conn) => run(conn, `REPLACE INTO ${TABLE} VALUES (?, REPEAT(?, 65536))`, [i, String.fromCharCode(97 + (i % 26))]))).pipe(
+        Effect.tapError((e) => Effect.logWarning(`row ${i}: ${e.message}; written again`)),
+        Effect.retry({ schedule: Schedule.spaced("200 millis"), times: 300 })
+      )
+    }
   })
 
 describe("log compaction", () => {

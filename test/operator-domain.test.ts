@@ -54,6 +54,11 @@ describe("cluster health", () => {
     expect(replicaWithin(node(2, "replica", { lag: 5, lagSeconds: 2 }), { maxLag: 4 })).toBe(false)
     expect(replicaWithin(node(2, "replica", { lag: 5, lagSeconds: 2 }), { maxLagSeconds: 2 })).toBe(true)
     expect(replicaWithin(node(2, "replica", { rebuild: { reason: "r", elapsedS: 1, appliedTxns: 0, targetTxns: 9, percent: 0, txnsPerS: 0, etaS: null } }), {})).toBe(false)
+    // Cut off from the majority, its lag reads 0 while its reads grow stale; removed, it serves no one.
+    const alone = node(2, "replica", {}, { members: [1, 2, 3].map((id) => ({ nodeId: id, host: "h", port: 1, adminPort: 2, reachable: id === 2, voter: true })) })
+    expect(replicaWithin(alone, { maxLagSeconds: 10 })).toBe(false)
+    expect(replicaWithin(node(2, "replica", {}, { membership: "not a member" }), {})).toBe(false)
+    expect(clusterHealth([report(node(1, "master")), report(node(2, "replica", {}, { membership: "not a member" }))]).problems[0]).toMatch(/removed/)
   })
 })
 
@@ -93,6 +98,20 @@ describe("user grants", () => {
     expect(Result.getFailure(parseGrant("PROCESS ON shop.*"))).toMatchObject({ _tag: "Some", value: expect.stringMatching(/global privilege/) })
     expect(Result.isFailure(parseGrant("SELECT ON shop.*; DROP DATABASE x"))).toBe(true)
     expect(Result.isFailure(parseGrant("SELECT ON `a`b`.*"))).toBe(true)
+    // The server's own schemas, and wildcards that reach them, are refused; _ is taken literally.
+    for (const bad of ["ALL ON mysql.*", "INSERT, UPDATE ON mysql.global_priv", "ALL ON `%`.*", "ALL ON `m%`.*", "SELECT ON *.*", "SELECT ON `sys`.*"]) {
+      expect(Result.isFailure(parseGrant(bad)), bad).toBe(true)
+    }
+    expect(parseGrant("ALL ON app_db.*")).toEqual(Result.succeed({ privileges: ["ALL"], on: "`app\\_db`.*" }))
+    expect(parseGrant("SELECT ON `a_b`.orders_2024")).toEqual(Result.succeed({ privileges: ["SELECT"], on: "`a\\_b`.orders_2024" }))
+  })
+
+  it("refuses the accounts the cluster and MariaDB use themselves, and quotes in names", () => {
+    const hash = nativePasswordHashHex("x")
+    for (const name of ["root", "ROOT", "mariadb.sys", "phxmaria_repl", "agent", "o'neil", "a\\b"]) {
+      const r = checkNewUser({ name, host: "%", hash, grants: [], update: true, reserved: ["agent"] })
+      expect(Result.isFailure(r), name).toBe(true)
+    }
   })
 
   it("checks every field at once, and makes the statements with the hash as a parameter", () => {

@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { execFile } from "node:child_process"
+import { execFile, spawn } from "node:child_process"
 import { writeFileSync } from "node:fs"
 import { join } from "node:path"
 import mysql from "mysql2/promise"
@@ -126,6 +126,25 @@ describe("operator's tools", () => {
       expect(healthy.code, healthy.stdout).toBe(0)
       expect(healthy.stdout).toMatch(/lease \(ms\).*lag \(txns\)\s+lag \(s\)/)
       expect(healthy.stdout).toMatch(/health: healthy: master node \d/)
+      // --watch redraws in place until Ctrl-C, which ends it cleanly.
+      const watched = yield* Effect.promise(() =>
+        new Promise<{ readonly frames: number; readonly code: number | null }>((resolve) => {
+          const child = spawn(process.execPath, [join(process.cwd(), "dist", "main.js"), "status", "--watch", "--interval", "1", "--admin", admins])
+          let out = ""
+          const frames = () => out.split("\x1b[H\x1b[2J").length - 1
+          child.stdout.on("data", (d: Buffer) => {
+            out += d.toString()
+            if (frames() >= 2) child.kill("SIGINT")
+          })
+          const limit = setTimeout(() => child.kill("SIGKILL"), 30_000)
+          child.once("exit", (code) => {
+            clearTimeout(limit)
+            resolve({ frames: frames(), code })
+          })
+        })
+      )
+      expect(watched.frames).toBeGreaterThanOrEqual(2)
+      expect(watched.code).toBe(0)
       const json = yield* cli(["status", "--json", "--admin", admins])
       const parsed = JSON.parse(json.stdout) as { health: { code: number }; nodes: Array<{ nodeId: number; status?: { role: string } }> }
       expect(parsed.health.code).toBe(0)
@@ -148,6 +167,10 @@ describe("operator's tools", () => {
         yield* LocalCluster.waitFor("status to say no master (exit 2)", Effect.map(cli(["status", "--admin", admins]), (r) => r.code === 2 && /no master/.test(r.stdout)), 30_000)
         expect((yield* http(master, "/primary")).status).toBe(503)
         expect((yield* http(master, "/ready")).status).toBe(503)
+        // Its agent answers (503 with the reason): "live" (the systemd unit's ready check) says yes, "ready" no.
+        const live = yield* cli(["check", "--admin", `${master.host}:${master.adminPort}`, "--probe", "live", "--wait", "5"])
+        expect(live.code, live.stdout + live.stderr).toBe(0)
+        expect((yield* cli(["check", "--admin", `${master.host}:${master.adminPort}`, "--probe", "ready"])).code).toBe(1)
       }).pipe(Effect.ensuring(Effect.sync(() => {
         for (const n of [r1, r2]) process.kill(n.pid()!, "SIGCONT")
       })))

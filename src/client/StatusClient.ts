@@ -168,17 +168,41 @@ export const requestAddUser = (
   )
 }
 
-/** GET /status; `token`: for a node with admin.openStatus false. */
-export const fetchStatus = (address: string, timeoutMs = 2_000, token?: string): Effect.Effect<NodeStatus | { readonly error: string }> =>
-  Effect.tryPromise({
-    try: (signal) =>
-      fetch(`http://${address}/status`, { signal, ...(token !== undefined ? { headers: { authorization: `Bearer ${token}` } } : {}) }).then(async (r) => {
-        if (r.status === 401) throw new Error(`${address}: /status needs the admin token (admin.openStatus is false): give --token or --config`)
-        return r.json()
-      }),
+/** Why a node's report could not be had; `unauthorized`: it answered, but wants the admin token (admin.openStatus false). */
+export interface StatusError {
+  readonly error: string
+  readonly unauthorized?: true
+}
+
+/**
+ * GET `path` of a node, the way every reader of a node's reports asks: without the token
+ * first, and with it only when the node answers 401 (admin.openStatus false), so that the
+ * token does not travel where it is not needed; over HTTPS with `tls` (a node certificate).
+ */
+export const adminGet = (endpoint: AdminEndpoint, path: string, signal: AbortSignal, token?: string) => {
+  const e = typeof endpoint === "string" ? { address: endpoint } : endpoint
+  const bearer = token ?? e.token
+  return adminCall({ address: e.address, tls: e.tls }, "GET", path, signal).then((r) =>
+    r.status === 401 && bearer !== undefined ? adminCall({ address: e.address, tls: e.tls, token: bearer }, "GET", path, signal) : r
+  )
+}
+
+/** GET /status of one node; `token`: sent only if the node asks for it (admin.openStatus false). */
+export const fetchStatus = (endpoint: AdminEndpoint, timeoutMs = 2_000, token?: string): Effect.Effect<NodeStatus | StatusError> => {
+  const address = addressOf(endpoint)
+  return Effect.tryPromise({
+    try: (signal) => adminGet(endpoint, "/status", signal, token),
     catch: (e) => e
   }).pipe(
-    Effect.flatMap(decode),
+    Effect.flatMap((r): Effect.Effect<NodeStatus | StatusError, unknown> =>
+      r.status === 401
+        ? Effect.succeed<StatusError>({ error: `${address}: /status needs the admin token (admin.openStatus is false): give --token or --config`, unauthorized: true })
+        : r.status !== 200
+        ? Effect.fail(new Error(`${address}: HTTP ${r.status}`))
+        : decode(r.body)
+    ),
     Effect.timeout(`${timeoutMs} millis`),
-    Effect.catch((e) => Effect.succeed({ error: e instanceof Error ? e.message : String(e) }))
+    Effect.catch((e) => Effect.succeed<StatusError>({ error: e instanceof Error ? e.message : String(e) }))
   )
+}
+

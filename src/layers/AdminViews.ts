@@ -4,8 +4,9 @@
  * /history data, and POST /users. Built from the node's services and its status report.
  */
 import { Clock, Effect, Result, Schedule } from "effect"
-import { readdirSync, statSync } from "node:fs"
+import { readdir, stat } from "node:fs/promises"
 import { basename, dirname, join } from "node:path"
+import { userInfo } from "node:os"
 import { monitorEventLoopDelay } from "node:perf_hooks"
 import type { Health, View } from "../services/admin/Admin.js"
 import * as Metrics from "../services/admin/Metrics.js"
@@ -13,19 +14,21 @@ import { STATUS_PAGE_HTML } from "../services/admin/statusPage.js"
 import { ClusterState } from "../services/cluster/ClusterState.js"
 import { MasterLease } from "../services/cluster/MasterLease.js"
 import { PaxosLog } from "../services/paxos/PaxosLog.js"
-import { fetchStatus } from "../client/StatusClient.js"
+import { adminGet, fetchStatus } from "../client/StatusClient.js"
+import * as PeerTls from "../services/tls/PeerTls.js"
 import { forkScopedLogged } from "../services/fibers.js"
 import { layoutOf } from "../services/database/MariaDbLayout.js"
 import { managedDirOf } from "../services/database/LocalMariaDb.js"
 import { adminTokenOf, type NodeConfig } from "../config/NodeConfig.js"
 import type { NodeStatus } from "../domain/cluster/nodeStatus.js"
-import { clusterHealth, isPrimary, type MemberReport, replicaWithin, servesReads, unhealthyReason } from "../domain/cluster/health.js"
+import { clusterHealth, isPrimary, type MemberReport, reachesQuorum, replicaWithin, servesReads, unhealthyReason } from "../domain/cluster/health.js"
 import { History } from "../domain/cluster/history.js"
 import { Histogram } from "../domain/metrics/histogram.js"
 import { checkNewUser, userStatements } from "../domain/mysql/accounts.js"
 import type { DatabaseNodeShape } from "./DatabaseNode.js"
 import { localPosition } from "../services/database/NodeDatabase.js"
 import { formatGtid } from "../domain/cluster/gtid.js"
+import { joinHostPort } from "../domain/wire/address.js"
 
 /** The agent's version, as /metrics and the page report it. */
 export const VERSION = "0.1.0"
@@ -36,24 +39,14 @@ const HISTORY_SAMPLES = 180
 /** How long the page's /cluster waits for each peer. */
 const PEER_TIMEOUT_MS = 1_000
 
-/** Bytes of the regular files directly in `dir` whose names pass `keep` (0 when it is missing). */
-const filesBytes = (dir: string, keep: (name: string) => boolean = () => true): number => {
-  let total = 0
-  try {
-    for (const name of readdirSync(dir)) {
-      if (!keep(name)) continue
-      try {
-        const st = statSync(join(dir, name))
-        if (st.isFile()) total += st.size
-      } catch {
-        // Removed between the listing and the stat (a purge): not there.
-      }
-    }
-  } catch {
-    return 0
-  }
-  return total
-}
+/** Bytes of the regular files directly in `dir` whose names pass `keep` (0 when it is missing); off the event loop. */
+const filesBytes = (dir: string, keep: (name: string) => boolean = () => true): Effect.Effect<number> =>
+  Effect.promise(async () => {
+    const names = await readdir(dir).catch(() => [] as Array<string>)
+    // A file removed between the listing and the stat (a purge) is not there.
+    const sizes = await Promise.all(names.filter(keep).map((name) => stat(join(dir, name)).then((st) => (st.isFile() ? st.size : 0), () => 0)))
+    return sizes.reduce((a, b) => a + b, 0)
+  })
 
 /** A non-negative number from a query parameter (undefined when absent; NaN when not a number). */
 const bound = (query: URLSearchParams, key: string): number | undefined => {
@@ -96,24 +89,24 @@ export const make = (config: NodeConfig, status: Effect.Effect<NodeStatus>, data
     const historyBody = () => ({ from: config.nodeId, intervalMs: history.intervalMs, samples: history.samples() })
 
     // --- the page's /cluster ----------------------------------------------------------
+    // Peers are asked over HTTPS with this node's certificate when it has one, and the token goes only to a peer that asks for it.
+    const peerTls = yield* PeerTls.loadOptional(config.tls, config.nodeId).pipe(Effect.orElseSucceed(() => undefined))
     const fetchHistory = (address: string) =>
       Effect.tryPromise({
-        try: (signal) =>
-          fetch(`http://${address}/history`, { signal, ...(token !== undefined ? { headers: { authorization: `Bearer ${token}` } } : {}) })
-            .then((r) => (r.ok ? r.json() : Promise.reject(new Error(`HTTP ${r.status}`)))),
+        try: (signal) => adminGet({ address, tls: peerTls }, "/history", signal, token).then((r) => (r.status === 200 ? r.body : Promise.reject(new Error(`HTTP ${r.status}`)))),
         catch: (e) => e
       }).pipe(Effect.timeout(`${PEER_TIMEOUT_MS} millis`), Effect.option)
     const clusterBody = Effect.gen(function*() {
       const self = yield* status
       const reports = yield* Effect.forEach(self.members, (m): Effect.Effect<MemberReport & { readonly admin: string }> => {
-        const admin = `${m.host}:${m.adminPort}`
+        const admin = joinHostPort(m.host, m.adminPort)
         if (m.nodeId === self.nodeId) return Effect.succeed({ nodeId: m.nodeId, address: admin, admin, status: self })
-        return Effect.map(fetchStatus(admin, PEER_TIMEOUT_MS, token), (s) =>
+        return Effect.map(fetchStatus({ address: admin, tls: peerTls }, PEER_TIMEOUT_MS, token), (s) =>
           "error" in s ? { nodeId: m.nodeId, address: admin, admin, error: s.error } : { nodeId: m.nodeId, address: admin, admin, status: s })
       }, { concurrency: "unbounded" })
       // The charts follow the master (it alone measures commit latency); this node's own samples otherwise.
       const master = self.master === null || self.master === self.nodeId ? undefined : self.members.find((m) => m.nodeId === self.master)
-      const remote = master === undefined ? undefined : yield* fetchHistory(`${master.host}:${master.adminPort}`)
+      const remote = master === undefined ? undefined : yield* fetchHistory(joinHostPort(master.host, master.adminPort))
       return {
         clusterId: self.clusterId,
         self: self.nodeId,
@@ -124,10 +117,21 @@ export const make = (config: NodeConfig, status: Effect.Effect<NodeStatus>, data
       }
     })
 
+    // Every open page asks every 2 s and each answer asks every member: one gathering at a time, reused for a second.
+    const clusterView = yield* Effect.cachedWithTTL(clusterBody, "1 second")
+
     // --- /metrics -------------------------------------------------------------------------
+    // The event loop's delay over fixed 30 s windows (scrapers, however many, do not reset each other's).
     const loopDelay = monitorEventLoopDelay({ resolution: 100 })
     loopDelay.enable()
     yield* Effect.addFinalizer(() => Effect.sync(() => loopDelay.disable()))
+    let loopDelayP99Seconds = 0
+    yield* Effect.sync(() => {
+      const p99 = loopDelay.percentile(99) / 1e9
+      loopDelayP99Seconds = Number.isFinite(p99) ? p99 : 0
+      loopDelay.reset()
+    }).pipe(Effect.repeat(Schedule.spaced("30 seconds")), Effect.delay("30 seconds"), forkScopedLogged("admin: event loop delay window"))
+    const startTimeSeconds = Math.round(performance.timeOrigin / 1000)
     const stateDir = join(config.dataDir, "state")
     const managed = config.mariadb !== undefined && (config.mariadb.mode ?? "managed") === "managed"
     const binlogBase = managed ? layoutOf(managedDirOf(config.dataDir)).binlogBase : undefined
@@ -136,11 +140,10 @@ export const make = (config: NodeConfig, status: Effect.Effect<NodeStatus>, data
       const d = s.database
       const cpu = process.cpuUsage()
       const memory = process.memoryUsage()
-      const delayP99 = loopDelay.percentile(99) / 1e9
-      loopDelay.reset()
       const binlogBytes = binlogBase === undefined
         ? null
-        : filesBytes(dirname(binlogBase), (name) => name.startsWith(`${basename(binlogBase)}.`) && !name.endsWith(".index"))
+        : yield* filesBytes(dirname(binlogBase), (name) => name.startsWith(`${basename(binlogBase)}.`) && !name.endsWith(".index"))
+      const stateBytes = yield* filesBytes(stateDir)
       const rebuild = d?.rebuild ?? null
       return Metrics.render({
         clusterId: config.clusterId,
@@ -174,7 +177,7 @@ export const make = (config: NodeConfig, status: Effect.Effect<NodeStatus>, data
           diverged: d.diverged !== null,
           lag: d.lag,
           lagSeconds: d.lagSeconds ?? null,
-          roleChanges: (d as { roleChanges?: number }).roleChanges ?? 0,
+          roleChanges: d.roleChanges ?? 0,
           rebuild: rebuild === null ? null : {
             phase: rebuild.phase ?? "replay",
             percent: rebuild.percent,
@@ -188,13 +191,13 @@ export const make = (config: NodeConfig, status: Effect.Effect<NodeStatus>, data
           bytesIn: x.bytesIn ?? 0,
           bytesOut: x.bytesOut ?? 0
         }])),
-        storage: { paxosLogBytes: p.logBytes, stateBytes: filesBytes(stateDir), binlogBytes },
+        storage: { paxosLogBytes: p.logBytes, stateBytes, binlogBytes },
         process: {
           cpuSeconds: (cpu.user + cpu.system) / 1e6,
           residentBytes: memory.rss,
           heapUsedBytes: memory.heapUsed,
-          startTimeSeconds: Math.round(Date.now() / 1000 - process.uptime()),
-          eventLoopDelayP99Seconds: Number.isFinite(delayP99) ? delayP99 : 0
+          startTimeSeconds,
+          eventLoopDelayP99Seconds: loopDelayP99Seconds
         }
       })
     })
@@ -211,7 +214,9 @@ export const make = (config: NodeConfig, status: Effect.Effect<NodeStatus>, data
       const b = lagBound(query)
       if (badBound(b)) return { ok: false, body: probeBody(s, { reason: "lag and lagSeconds take a number (transactions, seconds)" }) }
       const ok = replicaWithin(s, b)
-      return { ok, body: probeBody(s, ok ? {} : { reason: servesReads(s) ? "behind the lag bound" : unhealthyReason(s) ?? `not a replica (${s.database?.role ?? "no database"})` }) }
+      const why = unhealthyReason(s) ??
+        (!servesReads(s) ? `not a replica (${s.database?.role ?? "no database"})` : !reachesQuorum(s) ? "cut off from the majority: its reads may be stale" : "behind the lag bound")
+      return { ok, body: probeBody(s, ok ? {} : { reason: why }) }
     })
     const readOnly = probe((s, query) => {
       const b = lagBound(query)
@@ -225,6 +230,7 @@ export const make = (config: NodeConfig, status: Effect.Effect<NodeStatus>, data
     // Ready: healthy, and its client ports can serve (a master to route RW to); a log-only node: a master is known.
     const ready = probe((s) => {
       const why = unhealthyReason(s) ??
+        (!reachesQuorum(s) ? "cut off from the majority of the members" : undefined) ??
         (s.database === undefined
           ? s.master === null ? "no master (election in progress or no majority)" : undefined
           : s.proxy?.routes.rw.startsWith("none") === true ? `RW cannot be routed: ${s.proxy.routes.rw}` : undefined)
@@ -239,7 +245,9 @@ export const make = (config: NodeConfig, status: Effect.Effect<NodeStatus>, data
         host: query.get("host"),
         hash: query.get("hash"),
         grants: query.getAll("grant"),
-        update: query.get("update") === "1"
+        update: query.get("update") === "1",
+        // The agent's own logins: the OS user its pool uses over the socket, an attached server's admin user.
+        reserved: [userInfo().username, ...(config.mariadb?.user !== undefined ? [config.mariadb.user] : [])]
       })
       if (Result.isFailure(checked)) return Effect.succeed({ ok: false, body: { error: checked.failure.join("; ") } })
       const u = checked.success
@@ -251,7 +259,9 @@ export const make = (config: NodeConfig, status: Effect.Effect<NodeStatus>, data
           ok: false,
           body: {
             error: e._tag === "DatabaseQueryFailed"
-              ? `MariaDB refused: ${e.cause instanceof Error ? e.cause.message : String(e.cause)}${e.sql.startsWith("CREATE USER ?") ? " (does the user exist? --update sets its password and adds the grants)" : ""}`
+              ? `MariaDB refused: ${e.cause instanceof Error ? e.cause.message : String(e.cause)}${
+                // ER_CANNOT_USER: CREATE USER of a user that exists.
+                (e.cause as { readonly errno?: number }).errno === 1396 ? " (the user exists: --update sets its password and adds the grants)" : ""}`
               : e.message
           }
         }))
@@ -271,7 +281,7 @@ export const make = (config: NodeConfig, status: Effect.Effect<NodeStatus>, data
       },
       views: {
         "/metrics": Effect.map(metricsBody, (body): View => ({ contentType: "text/plain; version=0.0.4; charset=utf-8", body })),
-        "/cluster": Effect.map(clusterBody, json),
+        "/cluster": Effect.map(clusterView, json),
         "/history": Effect.sync(() => json(historyBody()))
       },
       page: STATUS_PAGE_HTML,

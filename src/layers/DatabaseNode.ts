@@ -19,6 +19,7 @@ import * as BinlogServer from "../services/binlog/BinlogServer.js"
 import { BinlogSource } from "../services/binlog/BinlogSource.js"
 import { CommitPath, commitPathLayer } from "../services/binlog/BinlogSync.js"
 import type { CommitPathHistograms } from "../domain/metrics/histogram.js"
+import { DEFAULT_MAX_CONNECTIONS } from "../domain/mysql/serverOptions.js"
 import * as ChosenBinlog from "../services/binlog/ChosenBinlog.js"
 import * as DatabaseRole from "../services/database/DatabaseRole.js"
 import * as LocalMariaDb from "../services/database/LocalMariaDb.js"
@@ -150,6 +151,8 @@ export const proxyLayer = (config: NodeConfig, settings: Settings) => {
     proxyProtocol: config.proxy?.proxyProtocol,
     connectTimeout: config.proxy?.connectTimeoutMs === undefined ? undefined : `${config.proxy.connectTimeoutMs} millis`,
     maxConnections: config.proxy?.maxConnections,
+    // A managed server takes mariadb.maxConnections clients over every listener together (its agent's own logins on top).
+    maxLocalConnections: (settings.mode ?? "managed") === "managed" ? settings.maxConnections ?? DEFAULT_MAX_CONNECTIONS : undefined,
     refuseRwInitially: true,
     rwGate: lease.holdsNow
   })))

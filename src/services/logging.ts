@@ -24,6 +24,27 @@ const MINIMUM = { debug: "Debug", info: "Info", warn: "Warn", error: "Error" } a
 const oneLine = (part: unknown): string =>
   typeof part === "string" ? part : inspect(part, { breakLength: Infinity, compact: true, depth: 4 })
 
+/**
+ * JSON that never throws: a value seen twice (a cycle) becomes "[Circular]", a BigInt its
+ * digits; anything else JSON cannot take falls back to inspect's text. A log line must not
+ * fail the fiber that logs.
+ */
+const safeJson = (value: unknown): string => {
+  try {
+    const seen = new WeakSet<object>()
+    return JSON.stringify(value, (_key, v: unknown) => {
+      if (typeof v === "bigint") return v.toString()
+      if (typeof v === "object" && v !== null) {
+        if (seen.has(v)) return "[Circular]"
+        seen.add(v)
+      }
+      return v
+    })
+  } catch {
+    return JSON.stringify({ unserializable: inspect(value, { breakLength: Infinity, depth: 4 }) })
+  }
+}
+
 /** An Error as JSON keeps its message (a getter, which JSON.stringify skips) and its fields. */
 const jsonable = (part: unknown): unknown => (part instanceof Error ? { ...part, message: part.message } : part)
 
@@ -36,7 +57,7 @@ export const logger = (settings: LogSettings = {}) => {
     const annotations = Object.keys(event.annotations).length > 0 ? event.annotations : undefined
     if (settings.format === "json") {
       const [first, ...details] = parts
-      write(JSON.stringify({
+      write(safeJson({
         time: event.timestamp,
         level: event.level,
         ...(node !== undefined ? { node } : {}),

@@ -16,8 +16,19 @@ export const isPrimary = (s: NodeStatus): boolean =>
 export const servesReads = (s: NodeStatus): boolean =>
   s.database !== undefined && s.database.role === "replica" && s.database.up && s.database.diverged === null && s.database.rebuild == null
 
+/**
+ * Whether this node reaches a majority of the log's voters (itself included). One that does
+ * not sees no new transactions, so its lag reads 0 while its reads grow arbitrarily stale.
+ */
+export const reachesQuorum = (s: NodeStatus): boolean => {
+  const voters = s.members.filter((m) => m.voter !== false)
+  const reached = voters.filter((m) => m.reachable || m.nodeId === s.nodeId).length
+  return voters.length === 0 || reached * 2 > voters.length
+}
+
 /** Why this node is not healthy (its agent answers, but its database does not serve), or undefined. */
 export const unhealthyReason = (s: NodeStatus): string | undefined => {
+  if (s.membership === "not a member") return "removed from the cluster (its ports refuse every connection)"
   const d = s.database
   if (d === undefined) return undefined
   if (d.diverged !== null) return `database diverged: ${d.diverged}`
@@ -29,7 +40,7 @@ export const unhealthyReason = (s: NodeStatus): string | undefined => {
 
 /** A replica within a lag bound: `maxLag` transactions and/or `maxLagSeconds` (absent: any lag). */
 export const replicaWithin = (s: NodeStatus, bound: { readonly maxLag?: number | undefined; readonly maxLagSeconds?: number | undefined }): boolean => {
-  if (!servesReads(s)) return false
+  if (!servesReads(s) || s.membership === "not a member" || !reachesQuorum(s)) return false
   const d = s.database!
   if (bound.maxLag !== undefined && (d.lag === null || d.lag > bound.maxLag)) return false
   if (bound.maxLagSeconds !== undefined && (d.lagSeconds == null || d.lagSeconds > bound.maxLagSeconds)) return false
@@ -43,6 +54,16 @@ export interface ClusterHealth {
   readonly code: HealthCode
   readonly summary: string
   readonly problems: ReadonlyArray<string>
+}
+
+/**
+ * The members the log names, as the best-informed answering member reports them (the one
+ * that applied the most); undefined when no member answers.
+ */
+export const logMembers = (reports: ReadonlyArray<MemberReport>): ReadonlySet<number> | undefined => {
+  const informed = reports.flatMap((r) => ("status" in r && r.status.membership !== "not a member" ? [r.status] : []))
+    .sort((a, b) => b.appliedInstance - a.appliedInstance)[0]
+  return informed === undefined ? undefined : new Set(informed.members.map((m) => m.nodeId))
 }
 
 export type MemberReport =
@@ -67,7 +88,6 @@ export const clusterHealth = (reports: ReadonlyArray<MemberReport>): ClusterHeal
       problems.push(`${name(r)}: replica ${s.database.lagSeconds} s behind (${s.database.lag ?? "?"} transactions)`)
     }
     if (s.membership === "learner") problems.push(`${name(r)}: a learner (being added; it does not vote yet)`)
-    if (s.membership === "not a member") problems.push(`${name(r)}: not a member of the cluster (removed)`)
     // A peer that answers us but not this node: a partition (a peer that is down is reported as such).
     const unreached = s.members.filter((m) => m.nodeId !== s.nodeId && !m.reachable && answering.has(m.nodeId)).map((m) => m.nodeId)
     if (unreached.length > 0) problems.push(`${name(r)}: does not reach node${unreached.length > 1 ? "s" : ""} ${unreached.join(", ")}`)

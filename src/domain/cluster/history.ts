@@ -72,7 +72,11 @@ export class LagClock {
     const last = this.seen[this.seen.length - 1]
     if (last !== undefined && seq <= last.seq) return
     this.seen.push({ seq, at })
-    if (this.seen.length > 4096) this.seen.splice(0, this.seen.length - 4096)
+    // Bounded by thinning, never by dropping the oldest: that one says how long the lag has been.
+    if (this.seen.length > 4096) {
+      const kept = this.seen.filter((_, i) => i === 0 || i % 2 === 1 || i === this.seen.length - 1)
+      this.seen.splice(0, this.seen.length, ...kept)
+    }
   }
 
   /** Seconds behind for a replica at `localSeq` (0 when it has everything seen). */

@@ -41,6 +41,8 @@ export const NodeStatus = Schema.Struct({
     lag: Schema.NullOr(Schema.Number),
     /** Seconds since the first transaction this replica lacks was chosen (0: caught up; null: unknown). */
     lagSeconds: Schema.optional(Schema.NullOr(Schema.Number)),
+    /** Database role changes since the agent started. */
+    roleChanges: Schema.optional(Schema.Number),
     up: Schema.Boolean,
     diverged: Schema.NullOr(Schema.String),
     replicationError: Schema.NullOr(Schema.String),

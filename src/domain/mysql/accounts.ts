@@ -22,9 +22,20 @@ const MONITOR_PRIVILEGES = new Set(["PROCESS", "SHOW DATABASES", "BINLOG MONITOR
 const NAME = "(\\*|[A-Za-z0-9_$]{1,64}|`[^`\\x00]{1,64}`)"
 const TARGET = new RegExp(`^${NAME}\\.${NAME}$`)
 
+/** The server's own schemas: rights there (mysql.global_priv above all) give every other right at the next restart. */
+const SYSTEM_SCHEMAS = new Set(["mysql", "sys", "performance_schema", "information_schema"])
+
+/**
+ * Accounts the cluster itself uses or MariaDB owns: changing one (a password replicated to
+ * every node) would lock the agents out of their own servers or break replication.
+ */
+export const RESERVED_USERS: ReadonlyArray<string> = ["root", "mysql", "mariadb.sys", "PUBLIC"]
+/** Names the agents make for themselves (the replication login). */
+const RESERVED_PREFIX = "phxmaria_"
+
 export interface Grant {
   readonly privileges: ReadonlyArray<string>
-  /** `db.table` as written in GRANT ... ON (checked: identifiers or *). */
+  /** `db.table` as GRANT ... ON takes it: checked names, `_` in a database name escaped (it is a wildcard there). */
   readonly on: string
 }
 
@@ -38,10 +49,18 @@ export const parseGrant = (spec: string): Result.Result<Grant, string> => {
   if (dot === null) {
     return Result.fail(`grant "${spec}": "${on}" is not db.table (names of letters, digits, _ and $, or in backquotes; * for all)`)
   }
-  const global = dot[1] === "*"
+  const [db, table] = [dot[1]!, dot[2]!]
+  const bare = db.replace(/^`|`$/g, "")
+  if (SYSTEM_SCHEMAS.has(bare.toLowerCase())) return Result.fail(`grant "${spec}": ${bare} is the server's own schema: rights there give every other right`)
+  // In a database name % and _ are wildcards (a grant on several databases, the system ones too): % and \ are refused, _ taken literally.
+  if (/[%\\]/.test(bare)) return Result.fail(`grant "${spec}": a database name with % or \\ (wildcards) is not offered: name the database`)
+  const global = db === "*"
   for (const p of privileges) {
     if (global && (p === "ALL" || p === "ALL PRIVILEGES")) {
       return Result.fail(`grant "${spec}": ALL on *.* includes READ ONLY ADMIN, which lets a session write on a replica and diverge it: grant on a database (db.*) instead`)
+    }
+    if (global && OBJECT_PRIVILEGES.has(p)) {
+      return Result.fail(`grant "${spec}": ${p} on *.* reaches the server's own schema (password hashes, privileges): grant it on a database (db.*)`)
     }
     const allowed = OBJECT_PRIVILEGES.has(p) || (global && MONITOR_PRIVILEGES.has(p))
     if (!allowed) {
@@ -52,7 +71,10 @@ export const parseGrant = (spec: string): Result.Result<Grant, string> => {
       )
     }
   }
-  return Result.succeed({ privileges, on })
+  const literal = global ? "*" : db.startsWith("`") ? `\`${bare.replace(/_/g, "\\_")}\`` : db.replace(/_/g, "\\_")
+  // A plain name with \_ must be quoted to be one identifier.
+  const dbPart = global || !literal.includes("\\") || literal.startsWith("`") ? literal : `\`${literal}\``
+  return Result.succeed({ privileges, on: `${dbPart}.${table}` })
 }
 
 /** MariaDB's mysql_native_password hash of `password` (what IDENTIFIED BY PASSWORD takes): the password itself never travels. */
@@ -76,11 +98,17 @@ export const checkNewUser = (fields: {
   readonly hash: string | null
   readonly grants: ReadonlyArray<string>
   readonly update: boolean
+  /** More names this node uses itself (the agent's own login). */
+  readonly reserved?: ReadonlyArray<string> | undefined
 }): Result.Result<NewUser, ReadonlyArray<string>> => {
   const problems: Array<string> = []
   const name = fields.name ?? ""
   const host = fields.host ?? "%"
-  if (name.length === 0 || name.length > 128 || /[\x00-\x1f]/.test(name)) problems.push("name: 1 to 128 characters, no control characters")
+  // Quotes and backslashes are refused too: a server with sql_mode NO_BACKSLASH_ESCAPES reads escapes differently.
+  if (name.length === 0 || name.length > 128 || /[\x00-\x1f'"`\\]/.test(name)) problems.push("name: 1 to 128 characters, no control characters, quotes or backslashes")
+  else if (RESERVED_USERS.some((r) => r.toLowerCase() === name.toLowerCase()) || name.toLowerCase().startsWith(RESERVED_PREFIX) || fields.reserved?.includes(name) === true) {
+    problems.push(`name: ${name} is an account the cluster or MariaDB uses itself: changing it would lock the agents out or break replication`)
+  }
   if (host.length === 0 || host.length > 255 || !/^[A-Za-z0-9%_.:\-/]+$/.test(host)) problems.push(`host: a host name, an address, a pattern with % or _, or address/netmask (got "${host.slice(0, 60)}")`)
   const hash = fields.hash ?? ""
   if (!/^\*[0-9A-F]{40}$/.test(hash)) problems.push("hash: the password's mysql_native_password hash (* and 40 hex digits; the CLI computes it from --password-file)")

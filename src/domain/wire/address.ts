@@ -1,6 +1,9 @@
 import { isIP } from "node:net"
 import { formatIPv6, ipv6Bytes, unmapIPv4 } from "../mysql/proxyProtocol.js"
 
+/** "host:port" for a URL or an address string: an IPv6 address in brackets ("[::1]:7401"). */
+export const joinHostPort = (host: string, port: number): string => (isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`)
+
 /** A listen host that means every interface (no single source address to dial from or to compare). */
 export const isWildcard = (host: string): boolean => host === "0.0.0.0" || host === "::" || host === ""
 

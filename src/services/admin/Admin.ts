@@ -212,7 +212,8 @@ export const serve = <A>(options: {
         return reply(405, { error: "method not allowed" })
       }
       if (req.method !== "GET" && req.method !== "HEAD") return reply(405, { error: "method not allowed" })
-      if (path === "/backup" && options.backup !== undefined) {
+      // GET only: a HEAD would start a whole copy for nothing.
+      if (path === "/backup" && options.backup !== undefined && req.method === "GET") {
         if (!fromMember()) {
           return reply(403, { error: "GET /backup is taken from this cluster's members only" })
         }

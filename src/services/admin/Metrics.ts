@@ -7,6 +7,7 @@
 import { Context, Metric } from "effect"
 import { PrometheusMetrics } from "effect/observability"
 import type { Histogram } from "../../domain/metrics/histogram.js"
+import type { DbRole } from "../../domain/cluster/databaseRole.js"
 
 /** Latency buckets (seconds): 100 µs to 10 s. */
 const LATENCY_BOUNDARIES_MS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000]
@@ -84,6 +85,9 @@ export interface MetricsSample {
 
 type Attributes = Readonly<Record<string, string>>
 
+/** Every database role (domain/cluster/databaseRole.ts), each a series of its own. */
+const DB_ROLES: ReadonlyArray<DbRole> = ["starting", "calibrating", "replica", "promoting", "master", "stepping-down", "diverged"]
+
 /** The sample in the Prometheus text format (version 0.0.4). */
 export const render = (s: MetricsSample): string => {
   const registry: Metric.MetricRegistry = new Map()
@@ -149,7 +153,7 @@ export const render = (s: MetricsSample): string => {
   // The local database.
   const d = s.database
   if (d !== undefined) {
-    for (const role of ["starting", "calibrating", "replica", "promoting", "master", "stepping-down", "diverged", "rebuilding"]) {
+    for (const role of DB_ROLES) {
       gauge("phxmaria_database_role", "1 for this node's database role.", bool(d.role === role), { role })
     }
     gauge("phxmaria_database_up", "1 while this node's MariaDB answers.", bool(d.up))
@@ -184,7 +188,7 @@ export const render = (s: MetricsSample): string => {
   gauge("process_resident_memory_bytes", "Resident memory of this agent.", s.process.residentBytes)
   gauge("process_start_time_seconds", "When this agent started, in seconds since the epoch.", s.process.startTimeSeconds)
   gauge("nodejs_heap_used_bytes", "V8 heap in use.", s.process.heapUsedBytes)
-  gauge("nodejs_eventloop_delay_p99_seconds", "99th percentile of the event loop's delay since the last scrape (how late timers and sockets are served).", s.process.eventLoopDelayP99Seconds)
+  gauge("nodejs_eventloop_delay_p99_seconds", "99th percentile of the event loop's delay over the last 30 s window (how late timers and sockets are served).", s.process.eventLoopDelayP99Seconds)
 
   return PrometheusMetrics.formatUnsafe(context)
 }

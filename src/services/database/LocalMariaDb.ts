@@ -159,11 +159,17 @@ export const managedServerSizing = (options: {
 }): ManagedServerSizing => {
   const characterSet = options.characterSet ?? DEFAULT_CHARACTER_SET
   return {
-    bufferPoolMb: options.bufferPoolMb ?? defaultBufferPoolMb(totalmem()),
+    bufferPoolMb: options.bufferPoolMb ?? defaultBufferPoolMb(memoryForThisNode()),
     maxConnections: options.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
     characterSet,
     collation: collationFor(characterSet, options.collation)
   }
+}
+
+/** The machine's memory, or less when a cgroup limits this process (a container, systemd's MemoryMax). */
+const memoryForThisNode = (): number => {
+  const limit = process.constrainedMemory()
+  return limit > 0 && limit < totalmem() ? limit : totalmem()
 }
 
 /** The redo log for a buffer pool of `bufferPoolMb`. */

@@ -245,7 +245,14 @@ const runInstallDb = (installDbBin: string, l: Layout) =>
   Effect.callback<void, MariaDbStartError>((resume) => {
     const child = execFile(
       installDbBin,
-      [`--defaults-file=${l.configFile}`, "--skip-test-db", ...(serverUser() !== undefined ? [`--user=${serverUser()!.name}`] : [])],
+      [
+        `--defaults-file=${l.configFile}`,
+        "--skip-test-db",
+        ...(serverUser() !== undefined ? [`--user=${serverUser()!.name}`] : []),
+        // The all-privilege socket login goes to the OS user the agent logs in as. Left to itself
+        // install-db takes $USER, which a process started with another uid (setpriv, su) still carries.
+        ...(isRoot() ? [] : [`--auth-root-socket-user=${adminUser()}`])
+      ],
       { timeout: 120_000, maxBuffer: 8 * 1024 * 1024 },
       (error, stdout, stderr) => {
         if (error === null) return resume(Effect.void)

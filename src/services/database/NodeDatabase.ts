@@ -24,6 +24,7 @@ import { Context, Data, Effect, Exit, Fiber, Layer, Queue, Schedule, Schema, Sco
 import { describeCause } from "../../domain/describe.js"
 import { formatGtid, type Gtid, gtidEquals, parseGtid } from "../../domain/cluster/gtid.js"
 import { LagClock } from "../../domain/cluster/history.js"
+import { joinHostPort } from "../../domain/wire/address.js"
 import * as BinlogSync from "../binlog/BinlogSync.js"
 import { checkPosition } from "../binlog/ChosenBinlog.js"
 import { ClusterState } from "../cluster/ClusterState.js"
@@ -88,7 +89,9 @@ export interface NodeDatabaseShape {
    * runs only while this node serves RW, and commits through the log like a client's write
    * (its semi-sync wait ends when the log has chosen it). Answers gtid_binlog_pos after them.
    */
-  readonly writeAsMaster: (statements: ReadonlyArray<{ readonly sql: string; readonly params?: ReadonlyArray<unknown> }>) => Effect.Effect<string, NotServingRw | DatabaseQueryFailed>
+  readonly writeAsMaster: (
+    statements: ReadonlyArray<{ readonly sql: string; readonly params?: ReadonlyArray<unknown> }>
+  ) => Effect.Effect<string, NotServingRw | MasterTermEnded | DatabaseQueryFailed>
   /**
    * An operator's rebuild (POST /rebuild): taken by a managed replica or diverged node,
    * refused by one that serves or may serve RW; carried out at the role loop's next step.
@@ -149,14 +152,21 @@ const SWITCHOVER_TARGET_WAIT_MS = 30_000
 const SWITCHOVER_DRAIN_MS = 5_000
 const SWITCHOVER_TAKEOVER_MS = 15_000
 
-/** Promotion found that the master record names another node by now. */
-/** This node does not serve RW now: administrative writes go to the master. */
-export class NotServingRw extends Data.TaggedError("NotServingRw")<{ readonly role: DbRole; readonly master: number | null }> {
+/** This node's term as master ended during administrative writes: whether they are in the log is unknown. */
+export class MasterTermEnded extends Data.TaggedError("MasterTermEnded")<{ readonly epoch: number }> {
   override get message() {
-    return `node's database is ${this.role}, not the serving master (master: ${this.master ?? "none"}): ask the master`
+    return `this node's term as master (epoch ${this.epoch}) ended during the writes: they may not be in the log; check (SHOW GRANTS through a RW port) and run again with --update`
   }
 }
 
+/** This node does not serve RW now: administrative writes go to the master. */
+export class NotServingRw extends Data.TaggedError("NotServingRw")<{ readonly role: DbRole; readonly master: number | null }> {
+  override get message() {
+    return `this node's database is ${this.role}, not the serving master (master: ${this.master ?? "none"}): ask the master`
+  }
+}
+
+/** Promotion found that the master record names another node by now. */
 export class LeaseMovedOn extends Data.TaggedError("LeaseMovedOn")<{ readonly master: number | null }> {}
 
 export type NodeDatabaseError = DatabaseQueryFailed | DatabaseStartFailed | NotCaughtUp | LeaseMovedOn
@@ -633,7 +643,7 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
     const configured = (options.donors ?? []).map((d) => ({ ...d, voter: true }))
     if (options.copyWhenEmpty !== true) return configured
     for (const d of configured.filter((x) => x.nodeId !== nodeId)) {
-      const s = yield* fetchStatus(`${d.host}:${d.adminPort}`, 2_000, options.adminToken)
+      const s = yield* fetchStatus({ address: joinHostPort(d.host, d.adminPort), tls: options.peerTls }, 2_000, options.adminToken)
       if (!("error" in s)) return s.members.map((m) => ({ nodeId: m.nodeId, host: m.host, adminPort: m.adminPort, voter: m.voter ?? true }))
     }
     return configured
@@ -860,14 +870,17 @@ export const make = Effect.fnUntraced(function*(options: NodeDatabaseOptions) {
       serving: Effect.map(lease.isMaster, (m) => m && role === "master"),
       writeAsMaster: (statements) =>
         Effect.gen(function*() {
+          // One term throughout: while this node holds the lease as master its semi-sync is on,
+          // so each statement returned only once the log had it. A root session on the socket
+          // passes read_only, so the term is asked before each statement and after the last.
+          const term = (yield* cluster.current).state.epoch
+          const sameTerm = Effect.map(cluster.current, (s) => role === "master" && lease.holdsNow() && s.state.epoch === term && s.state.master === nodeId)
           for (const st of statements) {
-            // Asked again before each: a root session on the socket passes read_only.
-            if (role !== "master" || !lease.holdsNow()) {
-              return yield* new NotServingRw({ role, master: (yield* cluster.current).state.master })
-            }
+            if (!(yield* sameTerm)) return yield* new NotServingRw({ role, master: (yield* cluster.current).state.master })
             yield* q(st.sql, st.params)
           }
           const [row] = yield* rowsOf(PositionRow, "SELECT @@GLOBAL.gtid_binlog_pos AS pos")
+          if (!(yield* sameTerm)) return yield* new MasterTermEnded({ epoch: term })
           return row?.pos ?? ""
         }),
       requestRebuild: Effect.gen(function*() {

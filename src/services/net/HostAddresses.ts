@@ -10,6 +10,7 @@
  */
 import { Data, Effect, FiberSet, Result, Schedule, type Scope } from "effect"
 import { lookup } from "node:dns"
+import type { LookupFunction } from "node:net"
 import { canonicalAddress, isIpAddress, isWildcard } from "../../domain/wire/address.js"
 import { monotonicMs } from "../time.js"
 import { forkScopedLogged } from "../fibers.js"
@@ -38,18 +39,66 @@ const LOOKUP_TIMEOUT_MS = 5_000
  */
 export const resolve = (host: string): Effect.Effect<ReadonlyArray<string>, HostNotResolved> => {
   if (isIpAddress(host)) return Effect.succeed([canonicalAddress(host)])
-  return Effect.callback<ReadonlyArray<string>, HostNotResolved>((resume) => {
-    lookup(host, { all: true, order: "verbatim" }, (error, addresses) => {
-      if (error !== null) return resume(Effect.fail(new HostNotResolved({ host, reason: error.code ?? error.message })))
-      const unique = [...new Set(addresses.map((a) => canonicalAddress(a.address)))]
-      resume(unique.length > 0 ? Effect.succeed(unique) : Effect.fail(new HostNotResolved({ host, reason: "no address" })))
-    })
-  }).pipe(
+  return Effect.flatMap(Effect.promise(() => lookupOnce(host)), (r) =>
+    "error" in r
+      ? Effect.fail(new HostNotResolved({ host, reason: r.error }))
+      : r.addresses.length > 0
+      ? Effect.succeed(r.addresses)
+      : Effect.fail(new HostNotResolved({ host, reason: "no address" }))).pipe(
     Effect.timeoutOrElse({
       duration: `${LOOKUP_TIMEOUT_MS} millis`,
       orElse: () => Effect.fail(new HostNotResolved({ host, reason: `no answer within ${LOOKUP_TIMEOUT_MS / 1000} s` }))
     })
   )
+}
+
+type Lookup = { readonly addresses: ReadonlyArray<string> } | { readonly error: string }
+
+/**
+ * getaddrinfo runs on libuv's thread pool, which the log's durable writes share: one lookup
+ * per name at a time (a caller that times out leaves it running; the next one waits for
+ * that same lookup), so a resolver that hangs takes at most one thread per name.
+ */
+const inFlight = new Map<string, Promise<Lookup>>()
+const lookupOnce = (host: string): Promise<Lookup> => {
+  const running = inFlight.get(host)
+  if (running !== undefined) return running
+  const started = new Promise<Lookup>((settle) => {
+    lookup(host, { all: true, order: "verbatim" }, (error, addresses) => {
+      inFlight.delete(host)
+      settle(error !== null ? { error: error.code ?? error.message } : { addresses: [...new Set(addresses.map((a) => canonicalAddress(a.address)))] })
+    })
+  })
+  inFlight.set(host, started)
+  return started
+}
+
+/** What a dial was last told a name stands for, and until when (monotonic ms). */
+const dialCache = new Map<string, { readonly addresses: ReadonlyArray<string>; readonly until: number }>()
+
+/**
+ * A `lookup` for net.connect / tls.connect to members' hosts: names are looked up once at a
+ * time (as {@link resolve}) and remembered for {@link RESOLVE_TTL_MS}, so a peer redialled
+ * every second or a forward relay per client connection costs no getaddrinfo each.
+ */
+export const dialLookup: LookupFunction = (host, options, callback) => {
+  const reply = (addresses: ReadonlyArray<string>) => {
+    const all = addresses.map((address) => ({ address, family: address.includes(":") ? 6 : 4 }))
+    if (options.all === true) callback(null, all)
+    else callback(null, all[0]!.address, all[0]!.family)
+  }
+  if (isIpAddress(host)) return reply([canonicalAddress(host)])
+  const cached = dialCache.get(host)
+  if (cached !== undefined && cached.until > performance.now()) return reply(cached.addresses)
+  void lookupOnce(host).then((r) => {
+    if ("error" in r || r.addresses.length === 0) {
+      const e: NodeJS.ErrnoException = new Error(`getaddrinfo ${"error" in r ? r.error : "ENOTFOUND"} ${host}`)
+      e.code = "error" in r ? r.error : "ENOTFOUND"
+      return callback(e, [])
+    }
+    dialCache.set(host, { addresses: r.addresses, until: performance.now() + RESOLVE_TTL_MS })
+    reply(r.addresses)
+  })
 }
 
 /**

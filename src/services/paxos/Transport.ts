@@ -188,7 +188,8 @@ const dial = (
 ): Effect.Effect<Connection, TransportConnectError, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.callback<Connection, TransportConnectError>((resume) => {
-      const at = { host, port, ...(localAddress !== undefined ? { localAddress } : {}) }
+      // A member's name is looked up once per TTL, not per redial (HostAddresses.dialLookup).
+      const at = { host, port, lookup: HostAddresses.dialLookup, ...(localAddress !== undefined ? { localAddress } : {}) }
       const socket: net.Socket = secure === undefined ? net.connect(at) : tls.connect({ ...at, ...secure })
       const onError = (cause: Error) => {
         socket.destroy()

@@ -68,6 +68,12 @@ export interface ProxyOptions {
   readonly headerTimeout?: Duration.Input | undefined
   /** Concurrent connections per listener; default 1000. */
   readonly maxConnections?: number | undefined
+  /**
+   * Relays to this node's own MariaDB, over all listeners together (the client ports' local
+   * routes and both forward ports): MariaDB's connections for clients (mariadb.maxConnections),
+   * so that the agent's own logins always find room. Default: no bound beyond the listeners'.
+   */
+  readonly maxLocalConnections?: number | undefined
   /** Whether the forward RW listener starts refusing RW relays; default false. */
   readonly refuseRwInitially?: boolean | undefined
   /**
@@ -235,6 +241,16 @@ const LINGER_MS = 2000
 /** Why a client that asked for TLS is closed when the cluster offers none to clients. */
 const NO_CLIENT_TLS = "the client asked for TLS, which this node does not offer to clients (mariadb.ssl): closed rather than relayed unread"
 
+/** At most this many refused connections awaiting their login at once (per proxy). */
+const MAX_REFUSALS_IN_FLIGHT = 256
+/** How long a refused client has to send its login. */
+const REFUSAL_LOGIN_MS = 5_000
+
+interface RefusalBudget {
+  inFlight: number
+  readonly max: number
+}
+
 /** Bytes relayed: client -> server (in) and back (out). */
 interface Traffic {
   bytesIn: number
@@ -286,6 +302,8 @@ class Conn {
   client: net.Socket
   /** Where this connection's relayed bytes are counted (its listener's totals). */
   traffic: Traffic = { bytesIn: 0, bytesOut: 0 }
+  /** The proxy's refusals under way (Conn.refuse). */
+  refusals: RefusalBudget = { inFlight: 0, max: MAX_REFUSALS_IN_FLIGHT }
 
   constructor(client: net.Socket, readonly remote: string) {
     this.client = client
@@ -355,11 +373,18 @@ class Conn {
   refuse(code: number, sqlState: string, message: string, tlsMode?: RefusalTls, early?: Uint8Array): void {
     this.noteReason(message)
     if (this.clientGone) return
+    // Under a storm of refusals, the ones past the bound are closed without an answer.
+    const budget = this.refusals
+    if (budget.inFlight >= budget.max) return this.destroy(`refused (${message}), closed at once: ${budget.max} refusals under way`)
+    budget.inFlight++
     const session = new RefusalSession({ code, sqlState, message }, tlsMode !== undefined)
     let socket = this.client
-    const slow = setTimeout(() => this.destroy("refused, and no login came within 10 s"), 10_000)
+    const slow = setTimeout(() => this.destroy(`refused, and no login came within ${REFUSAL_LOGIN_MS / 1000} s`), REFUSAL_LOGIN_MS)
     slow.unref()
-    socket.once("close", () => clearTimeout(slow))
+    socket.once("close", () => {
+      clearTimeout(slow)
+      budget.inFlight--
+    })
     const onData = (chunk: Uint8Array): void => {
       for (const step of session.push(chunk)) {
         if (step._tag === "Answer") {
@@ -545,7 +570,8 @@ const connect = (
   secure?: tls.ConnectionOptions
 ): Effect.Effect<net.Socket, ProxyUpstreamError> =>
   Effect.callback<net.Socket, ProxyUpstreamError>((resume) => {
-    const at = { host: to.host, port: to.port, noDelay: true, ...(localAddress !== undefined ? { localAddress } : {}) }
+    // A member's name is looked up once per TTL, not per relay (HostAddresses.dialLookup).
+    const at = { host: to.host, port: to.port, noDelay: true, lookup: HostAddresses.dialLookup, ...(localAddress !== undefined ? { localAddress } : {}) }
     const socket: net.Socket = to.socket !== undefined
       ? net.connect({ path: to.socket })
       : secure === undefined ? net.connect(at) : tls.connect({ ...at, ...secure })
@@ -636,6 +662,27 @@ export const make = (
     const connectTimeout = options.connectTimeout ?? "5 seconds"
     const headerTimeout = options.headerTimeout ?? "5 seconds"
     const maxConnections = options.maxConnections ?? DEFAULT_PROXY_MAX_CONNECTIONS
+    const maxLocal = options.maxLocalConnections ?? Infinity
+    let localRelays = 0
+    /** Refusals under way (greeting sent, login awaited): beyond the bound a refused connection is just closed. */
+    const refusals: RefusalBudget = { inFlight: 0, max: MAX_REFUSALS_IN_FLIGHT }
+    /** Refusals are logged at most once a second per listener, with how many were not (a storm must not flood the log). */
+    const refusalLog = new Map<ListenerName, { at: number; unlogged: number }>()
+    const logRefusal = (listener: ListenerName, remote: string, reason: string, level: "warning" | "info" = "warning") =>
+      Effect.suspend(() => {
+        const now = performance.now()
+        const last = refusalLog.get(listener) ?? { at: -Infinity, unlogged: 0 }
+        refusalLog.set(listener, last)
+        if (now - last.at < 1_000) {
+          last.unlogged++
+          return Effect.void
+        }
+        const more = last.unlogged > 0 ? ` (and ${last.unlogged} more refused since the last such line)` : ""
+        last.at = now
+        last.unlogged = 0
+        const message = new ProxyRefused({ listener, remote, reason }).message + more
+        return level === "warning" ? Effect.logWarning(message) : Effect.logInfo(message)
+      })
     const members = yield* HostAddresses.memberMatcher(options.members ?? [])
     // Forward relays leave from this node's own address (other members' allowlists hold it): an IP, a name resolved.
     const sourceAddress = isWildcard(options.host) ? undefined : yield* HostAddresses.listenAddress(options.host).pipe(
@@ -680,12 +727,13 @@ export const make = (
     ): Effect.Effect<void> => {
       const conn = new Conn(socket, TcpListener.remoteOf(socket))
       conn.traffic = state
+      conn.refusals = refusals
       state.accepted++
       if (state.conns.size >= maxConnections) {
         state.refused++
         conn.refuse(ERR_TOO_MANY_CONNECTIONS, SQLSTATE_REJECTED, "too many connections through this proxy", refusalTls(state.name))
         return Effect.andThen(
-          Effect.logWarning(new ProxyRefused({ listener: state.name, remote: conn.remote, reason: `over ${maxConnections} connections` }).message),
+          logRefusal(state.name, conn.remote, `over ${maxConnections} connections`),
           conn.done
         )
       }
@@ -749,10 +797,25 @@ export const make = (
       bridge?: TlsBridge
     ): Effect.Effect<void> =>
       Effect.gen(function*() {
-        const up = yield* Effect.result(connect(to, label, connectTimeout, localAddress, secure))
+        if (local !== undefined && localRelays >= maxLocal) {
+          state.refused++
+          yield* logRefusal(state.name, conn.remote, `over ${maxLocal} relays to this node's MariaDB`)
+          conn.refuse(ERR_TOO_MANY_CONNECTIONS, SQLSTATE_REJECTED, "too many connections to this node's database (mariadb.maxConnections)", refusalTls(state.name), clientBytes)
+          return
+        }
+        // Counted from before the connect, so concurrent connects cannot all pass the bound;
+        // given back when the upstream closes (or was never had).
+        if (local !== undefined) localRelays++
+        const up = yield* Effect.result(connect(to, label, connectTimeout, localAddress, secure)).pipe(
+          Effect.onExit((exit) => Effect.sync(() => {
+            if (local === undefined) return
+            if (exit._tag === "Success" && Result.isSuccess(exit.value)) exit.value.success.once("close", () => localRelays--)
+            else localRelays--
+          }))
+        )
         if (Result.isFailure(up)) {
           state.refused++
-          yield* Effect.logWarning(`proxy ${state.name}: ${up.failure.message} (client ${conn.remote})`, up.failure)
+          yield* logRefusal(state.name, conn.remote, up.failure.message)
           conn.refuse(ERR_UNAVAILABLE, SQLSTATE_REJECTED, up.failure.message, refusalTls(state.name), clientBytes)
           return
         }
@@ -783,7 +846,7 @@ export const make = (
           conn.target = target
           if (target.kind === "none") {
             state.refused++
-            yield* Effect.logWarning(new ProxyRefused({ listener: state.name, remote: conn.remote, reason: target.reason }).message)
+            yield* logRefusal(state.name, conn.remote, target.reason)
             conn.refuse(ERR_UNAVAILABLE, SQLSTATE_REJECTED, target.reason, refusalTls(state.name))
             return
           }
@@ -833,7 +896,7 @@ export const make = (
             const reason = role === "rw"
               ? "this node is not the master: it refuses read-write connections"
               : "this node's database cannot serve reads (diverged from the cluster)"
-            yield* Effect.logInfo(new ProxyRefused({ listener: state.name, remote: conn.remote, reason }).message)
+            yield* logRefusal(state.name, conn.remote, reason, "info")
             conn.refuse(ERR_UNAVAILABLE, SQLSTATE_REJECTED, reason, refusalTls(state.name), rest)
             return
           }
