@@ -8,7 +8,8 @@
  * smallCommitsDuring, smallCommitMaxMs: the cluster's small commits while the large one
  * ran; agentPeakRssMb: the largest RSS of any agent, sampled every 50 ms from before the
  * transaction until every replica's database has all of it.
- * Env: BENCH_ROWS (100), BENCH_ROW_BYTES (1 MiB).
+ * Env: BENCH_ROWS (100), BENCH_ROW_BYTES (1 MiB), BENCH_DIR (keep the cluster's directory, agent logs included, there),
+ * BENCH_AGENT_NODE_ARGS (extra node arguments for the agents, e.g. "--cpu-prof --cpu-prof-dir=DIR").
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
@@ -37,7 +38,13 @@ const alone = Effect.gen(function*() {
 })
 
 const cluster = Effect.gen(function*() {
-  const c = yield* LocalCluster.make({ nodes: 3, database: true })
+  const nodeArgs = process.env.BENCH_AGENT_NODE_ARGS?.split(" ").filter((a) => a !== "")
+  const c = yield* LocalCluster.make({
+    nodes: 3,
+    database: true,
+    ...(process.env.BENCH_DIR !== undefined ? { dir: process.env.BENCH_DIR } : {}),
+    ...(nodeArgs !== undefined ? { nodeArgs } : {})
+  })
   const master = yield* waitForMaster(c, "a first master")
   yield* createAppUser(master)
   yield* Effect.scoped(Effect.flatMap(connect(master.rwPort!), (conn) => Effect.forEach(bigTxnSchema("bigtxn"), (s) => sql(conn, s))))

@@ -22,10 +22,11 @@ import { loadMegabytes } from "./support/load.js"
 const dataMb = Number(process.env.BENCH_DATA_MB ?? 1024)
 const round = (x: number) => Math.round(x * 10) / 10
 
-const postRebuild = (host: string, port: number) =>
+/** POST /rebuild, with the cluster's admin token (every change needs it). */
+const postRebuild = (host: string, port: number, token: string) =>
   Effect.promise(() =>
     new Promise<{ status: number; body: string }>((resolve, reject) => {
-      const req = request({ host, port, path: "/rebuild", method: "POST" }, (res) => {
+      const req = request({ host, port, path: "/rebuild", method: "POST", headers: { authorization: `Bearer ${token}` } }, (res) => {
         let body = ""
         res.on("data", (d) => (body += String(d)))
         res.on("end", () => resolve({ status: res.statusCode ?? 0, body }))
@@ -42,7 +43,7 @@ const program = Effect.scoped(Effect.gen(function*() {
   const { innodbMb, master: current } = yield* loadMegabytes(c, dataMb, "rebuild")
   const replica = c.nodes.find((n) => n !== current)!
   const start = performance.now()
-  const asked = yield* postRebuild(replica.host, replica.adminPort)
+  const asked = yield* postRebuild(replica.host, replica.adminPort, c.adminToken)
   if (asked.status !== 202) return yield* Effect.die(new Error(`the rebuild was refused: ${asked.status} ${asked.body}`))
   // Its rebuild begins (the role leaves replica), then it serves reads again.
   yield* LocalCluster.waitFor("the rebuild to begin", Effect.map(statusOf(replica), (s) => "error" in s || s.database?.role !== "replica"), 30_000)

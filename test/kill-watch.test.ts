@@ -23,6 +23,14 @@ describe("KILL in SQL text", () => {
     ]
     for (const s of clean) expect(holdsKill(text(s)), s).toBe(false)
   })
+
+  it("a large statement without the letters of KILL is ruled out at once; with them anywhere, the lexers decide", () => {
+    const blob = "ab".repeat(1 << 20)
+    expect(holdsKill(text(`INSERT INTO big (b) VALUES (X'${blob}')`))).toBe(false)
+    // At the very start, across cases, after a long prefix, and as the last bytes.
+    for (const s of [`kIlL 5`, `SELECT '${blob}'; KiLl 5`, `SELECT 1; /*!50000kILL 5*/`, `SELECT '${blob}';KILL`]) expect(holdsKill(text(s)), s.slice(-20)).toBe(true)
+    for (const s of [`SELECT '${blob} kill'`, `SELECT skill FROM t WHERE x = '${blob}'`]) expect(holdsKill(text(s)), s.slice(-20)).toBe(false)
+  })
 })
 
 describe("ClientCommandWatch", () => {

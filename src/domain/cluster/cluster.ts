@@ -271,8 +271,10 @@ const applyPart = (state: ClusterStateData, entry: EntryOf<"BinlogPart">, at: Lo
     return [{ ...state, partial: { gtid: entry.gtid, epoch: entry.epoch, at: [at] } }, accepted]
   }
   const expected = partsAccepted(state, entry.gtid, entry.epoch)
-  // The last part again: a retry whose first try was chosen after all.
-  if (expected > 0 && entry.part === expected - 1) return [state, { _tag: "AlreadyAccepted" }]
+  // A part already here again: a retry whose first try was chosen after all (parts are
+  // pipelined, so it need not be the last). The same master's term re-proposes its own
+  // bytes; nothing changes.
+  if (expected > 0 && entry.part < expected) return [state, { _tag: "AlreadyAccepted" }]
   if (expected === 0 || entry.part !== expected) {
     return [state, reject({ _tag: "PartOutOfOrder", gtid: entry.gtid, expected, got: entry.part })]
   }

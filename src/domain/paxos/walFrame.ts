@@ -6,22 +6,18 @@
  */
 import { Result } from "effect"
 import { crc32 } from "../binlog/crc32.js"
-import { decodePayload, tryEncodeFrame } from "../wire/frame.js"
+import { decodePayload, packWithHeaderRoom } from "../wire/frame.js"
 
 export const WAL_FRAME_HEADER = 8
 
-/** One frame's bytes for `value`. */
+/** One frame's bytes for `value`: encoded once, the header written in the room left for it. */
 export const encodeWalFrame = (value: unknown): Uint8Array => {
-  // tryEncodeFrame gives u32 BE length + msgpack; the WAL frame wants LE length and a CRC.
-  const framed = tryEncodeFrame(value)
-  if (Result.isFailure(framed)) throw framed.failure
-  const payload = framed.success.subarray(4)
-  const out = new Uint8Array(WAL_FRAME_HEADER + payload.length)
-  const v = new DataView(out.buffer)
-  v.setUint32(0, payload.length, true)
-  v.setUint32(4, crc32(payload), true)
-  out.set(payload, WAL_FRAME_HEADER)
-  return out
+  const frame = packWithHeaderRoom(value, WAL_FRAME_HEADER)
+  const payload = frame.subarray(WAL_FRAME_HEADER)
+  const header = new DataView(frame.buffer, frame.byteOffset, WAL_FRAME_HEADER)
+  header.setUint32(0, payload.length, true)
+  header.setUint32(4, crc32(payload), true)
+  return frame
 }
 
 export interface WalFrame {

@@ -7,7 +7,7 @@
  * simulations.
  */
 import { Data, Result } from "effect"
-import { Packr } from "msgpackr"
+import { Packr, RESERVE_START_SPACE } from "msgpackr"
 import { describeCause } from "../describe.js"
 
 /** Bytes of the length prefix. */
@@ -66,6 +66,23 @@ const packr = new Packr({
   mapsAsObjects: true
 })
 
+/**
+ * `payload` as msgpack behind `reserve` bytes left for a header (at most 255): one encode,
+ * no copy. msgpackr writes each value after the previous one in its buffer, or in a new
+ * buffer, never over an earlier result (checked with its 4.x code), so the result may be
+ * kept. Throws {@link FrameEncodeError}.
+ */
+export const packWithHeaderRoom = (payload: unknown, reserve: number): Uint8Array => {
+  let out: Uint8Array
+  try {
+    out = packr.pack(payload, RESERVE_START_SPACE | reserve)
+  } catch (cause) {
+    throw new FrameEncodeError({ cause })
+  }
+  if (out.length - reserve > 0xffffffff) throw new FrameEncodeError({ cause: `payload of ${out.length - reserve} bytes exceeds u32` })
+  return out
+}
+
 /** Encodes `payload` as msgpack with a length prefix; throws {@link FrameEncodeError}. */
 export const encodeFrame = (payload: unknown): Uint8Array => {
   const result = tryEncodeFrame(payload)
@@ -75,20 +92,14 @@ export const encodeFrame = (payload: unknown): Uint8Array => {
 
 /** Like {@link encodeFrame} but returns the failure instead of throwing. */
 export const tryEncodeFrame = (payload: unknown): Result.Result<Uint8Array, FrameEncodeError> => {
-  let body: Uint8Array
+  let frame: Uint8Array
   try {
-    body = packr.pack(payload)
+    // The length prefix goes in the room msgpackr leaves: a large value is not copied again.
+    frame = packWithHeaderRoom(payload, FRAME_HEADER_BYTES)
   } catch (cause) {
-    return Result.fail(new FrameEncodeError({ cause }))
+    return Result.fail(cause instanceof FrameEncodeError ? cause : new FrameEncodeError({ cause }))
   }
-  if (body.length > 0xffffffff) {
-    return Result.fail(new FrameEncodeError({ cause: `payload of ${body.length} bytes exceeds u32` }))
-  }
-  // One copy into an exact-size buffer: msgpackr's result is a view into its
-  // reusable scratch buffer, so it must not be kept anyway.
-  const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + body.length)
-  frame.writeUInt32BE(body.length, 0)
-  frame.set(body, FRAME_HEADER_BYTES)
+  new DataView(frame.buffer, frame.byteOffset, FRAME_HEADER_BYTES).setUint32(0, frame.length - FRAME_HEADER_BYTES)
   return Result.succeed(frame)
 }
 

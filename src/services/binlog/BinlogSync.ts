@@ -98,14 +98,11 @@ export const run = (options: BinlogSyncOptions) =>
 
     /** Starts proposals while there is captured data and room in the pipeline. */
     const fill = Effect.gen(function*() {
-      // A part goes alone, and nothing is proposed behind it until it is settled: the parts
-      // of a transaction reach the log in order, and the entry completing it after all of
-      // them. One at a time also keeps each node's log writes queued shallow, so a lease
-      // renewal waits behind one part at most.
-      while (
-        inflight.length < depth && (again.length > 0 || pending.length > 0) &&
-        !(inflight.length > 0 && inflight[inflight.length - 1]!.source[0]!.part !== undefined)
-      ) {
+      // Parts are pipelined like entries (up to `depth` in flight): proposed in order, they
+      // take the log's instances in order, and a failure re-proposes everything from the
+      // first unsettled one, in order (the state machine takes a part it already has as a
+      // retry). A part goes alone in its proposal.
+      while (inflight.length < depth && (again.length > 0 || pending.length > 0)) {
         let source: ReadonlyArray<Staged>
         if (again.length > 0) {
           source = again.shift()!
@@ -131,7 +128,8 @@ export const run = (options: BinlogSyncOptions) =>
           const { gtid, part, bytes } = head.part
           proposal = cluster.propose({ _tag: "BinlogPart", node: options.node, epoch: options.epoch, gtid, part, bytes })
         } else {
-          const before = inflight.length > 0 ? inflight[inflight.length - 1]!.source : undefined
+          // After the last whole transaction in flight (parts ahead belong to this entry's transaction).
+          const before = inflight.findLast((p) => p.source[0]!.part === undefined)?.source
           const prevGtid = before !== undefined ? before[before.length - 1]!.txn!.gtid : prev
           const txns = source.map((p): BinlogTxn => ({
             gtid: p.txn!.gtid,

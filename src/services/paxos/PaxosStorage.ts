@@ -3,7 +3,7 @@
  * value per instance (what this node accepted, or learned chosen).
  *
  * The bytes live once, in a write-ahead log of checksummed frames (domain/paxos/walFrame.ts)
- * in segment files that are zero-filled before use: a write is one `pwrite` on a file
+ * in segment files that are zero-filled before use: a write is one `pwritev` on a file
  * opened O_DSYNC, covering blocks that already exist, so it costs one device flush and no
  * file-system journal commit (LMDB's own commit costs two flushes, and a third when its
  * file grows: measured here 0.37 ms against 1.9 ms with three nodes sharing a disk).
@@ -172,6 +172,35 @@ const createSegment = async (dir: string, n: number, bytes: number): Promise<voi
 }
 
 /** Opens (creating if needed) the storage in `dir`; closed with the scope. */
+/**
+ * Writes `buffers` at `position` with pwritev (segments are opened O_DSYNC: on disk when it
+ * settles), again from where a short write stopped; at most 1024 buffers a call (IOV_MAX).
+ */
+const writeAll = async (fd: number, buffers: ReadonlyArray<Uint8Array>, position: number): Promise<void> => {
+  let rest = buffers.filter((b) => b.length > 0)
+  let at = position
+  while (rest.length > 0) {
+    const batch = rest.slice(0, 1024)
+    const written = await new Promise<number>((resolve, reject) =>
+      fs.writev(fd, batch as Array<NodeJS.ArrayBufferView>, at, (e, n) => (e === null ? resolve(n) : reject(e)))
+    )
+    if (written <= 0) throw new Error(`writev wrote ${written} bytes at ${at}`)
+    at += written
+    // Drop what was written (a short write may end inside a buffer).
+    let skip = written
+    const next: Array<Uint8Array> = []
+    for (const b of rest) {
+      if (skip >= b.length) {
+        skip -= b.length
+        continue
+      }
+      next.push(skip > 0 ? b.subarray(skip) : b)
+      skip = 0
+    }
+    rest = next
+  }
+}
+
 export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStorageOptions = {}) {
   // Effects started from callbacks run with this layer's context: its logger above all.
   const context = yield* Effect.context<never>()
@@ -453,19 +482,16 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
           await next.ready
           tail = { segment: next.segment, offset: 0 }
         }
-        const buf = Buffer.allocUnsafe(total)
         const placed: Array<{ readonly entry: WalEntry; readonly location: Location }> = []
         let at = 0
         for (const f of frames) {
-          buf.set(f.bytes, at)
           placed.push({ entry: f.entry, location: [tail.segment, tail.offset + at, f.bytes.length, null] })
           at += f.bytes.length
         }
         const fd = fdOf(tail.segment)
         const offset = tail.offset
-        await new Promise<void>((resolve, reject) =>
-          fs.write(fd, buf, 0, total, offset, (e) => (e === null ? resolve() : reject(e)))
-        )
+        // The frames as they are, in one vectored write (no copy of a large value into a joined buffer).
+        await writeAll(fd, frames.map((f) => f.bytes), offset)
         tail = { segment: tail.segment, offset: offset + total }
         index(placed, tail.segment, tail.offset)
         if (spare === undefined && tail.offset > sizeOf(tail.segment) / 2) prepareSpare(tail.segment, 0)
