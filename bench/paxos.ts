@@ -4,7 +4,8 @@
  * makes it the Paxos leader; the values are not cluster entries, so the state machine
  * rejects them as malformed after they are chosen, which costs it little). Prints one JSON
  * line: {"bench":"paxos","nodes":3,"valuesPerSec":N,"p50Ms":N,"p99Ms":N,"instancesPerSec":N}
- * (progress goes to stderr). Env: BENCH_SECONDS, BENCH_PROPOSERS, BENCH_VALUE_BYTES.
+ * (progress goes to stderr). Env: BENCH_SECONDS, BENCH_PROPOSERS, BENCH_VALUE_BYTES, BENCH_PAXOS_TUNING (JSON),
+ * BENCH_AGENT_NODE_ARGS (extra node arguments for the nodes, e.g. "--cpu-prof --cpu-prof-dir=DIR").
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect, Ref, Schedule } from "effect"
@@ -24,7 +25,13 @@ const round2 = (x: number) => Math.round(x * 100) / 100
 
 const program = Effect.gen(function*() {
   const tuning = process.env.BENCH_PAXOS_TUNING
-  const cluster = yield* LocalCluster.make({ nodes, clusterId: "bench", paxos: { acceptClients: true, ...(tuning ? JSON.parse(tuning) : {}) } })
+  const nodeArgs = process.env.BENCH_AGENT_NODE_ARGS?.split(" ").filter((a) => a !== "")
+  const cluster = yield* LocalCluster.make({
+    nodes,
+    clusterId: "bench",
+    paxos: { acceptClients: true, ...(tuning ? JSON.parse(tuning) : {}) },
+    ...(nodeArgs !== undefined ? { nodeArgs } : {})
+  })
   // Propose through the master: the lease holder leads the Paxos log, so nothing is forwarded.
   const masterId = yield* Effect.forEach(cluster.nodes, (n) => fetchStatus(`127.0.0.1:${n.adminPort}`, 500)).pipe(
     Effect.map((ss) => ss.flatMap((st) => ("error" in st || st.role !== "master" ? [] : [st.nodeId]))),

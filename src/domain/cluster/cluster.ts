@@ -380,6 +380,12 @@ export const encodeEntry = (entry: ClusterEntry): Uint8Array => encodeFrame(entr
 
 /** Decodes a chosen value; bytes that are no entry come back as a Malformed reason (applied as a no-op). */
 export const decodeEntry = (bytes: Uint8Array): ClusterEntry | RejectReason => {
+  // Every entry is a msgpack map: anything else is told apart by its first byte, without
+  // the decoder's exception for trailing bytes (what most foreign values would cost).
+  const first = bytes[0]
+  if (first === undefined || !((first >= 0x80 && first <= 0x8f) || first === 0xde || first === 0xdf)) {
+    return { _tag: "Malformed", message: `not an entry: a value must be a msgpack map (first byte ${first === undefined ? "none" : `0x${first.toString(16)}`})` }
+  }
   const payload = decodePayload(bytes)
   if (Result.isFailure(payload)) return { _tag: "Malformed", message: payload.failure.message }
   const fast = fastBinlog(payload.success)

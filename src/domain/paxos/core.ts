@@ -12,6 +12,7 @@
  *     a storage read need only wait for writes of the very instances it reads.
  * A crash may lose any suffix of writes; nothing that vouched for them has left the node.
  */
+import { Fifo } from "../fifo.js"
 import {
   type Ballot,
   ballotEquals,
@@ -334,6 +335,7 @@ export class PaxosNode {
   private readonly forwarded = new Map<number, { at: number; readonly leader: Ballot }>()
   /** Forwarded proposals seen, so a duplicated message cannot propose a value twice. */
   private readonly forwardSeen = new Set<string>()
+  private readonly forwardSeenOrder = new Fifo<string>()
   private readonly incarnation: number
   private lastStatusAt = -Infinity
 
@@ -628,8 +630,9 @@ export class PaxosNode {
       const key = `${m.origin}/${m.incarnation}/${p.requestId}`
       if (this.forwardSeen.has(key)) continue
       this.forwardSeen.add(key)
+      this.forwardSeenOrder.push(key)
       // Bounded memory: duplicates only arrive close together (TCP resends nothing after a reconnect).
-      if (this.forwardSeen.size > 100_000) this.forwardSeen.delete(this.forwardSeen.values().next().value!)
+      if (this.forwardSeen.size > 100_000) this.forwardSeen.delete(this.forwardSeenOrder.shift()!)
       this.enqueue({ node: m.origin, incarnation: m.incarnation, requestId: p.requestId }, p.value)
     }
     this.proposeQueued()

@@ -22,6 +22,7 @@ import type { ChosenEntry } from "../../domain/paxos/messages.js"
 import { LogCompacted, PaxosLog } from "../paxos/PaxosLog.js"
 import type { StorageError } from "../paxos/PaxosStorage.js"
 import { forkScopedLogged } from "../fibers.js"
+import { Fifo } from "../../domain/fifo.js"
 
 export class ClusterStateError extends Data.TaggedError("ClusterStateError")<{
   readonly operation: string
@@ -189,14 +190,18 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
    * behind reads the log.
    */
   const recentEntries = new Map<number, ReadonlyArray<BinlogTxn>>()
+  const recentEntryOrder = new Fifo<number>()
   let recentEntryBytes = 0
   const remember = (txns: ReadonlyArray<BinlogTxn>) => {
-    recentEntries.set(txns[0]!.gtid.seq, txns)
+    const first = txns[0]!.gtid.seq
+    if (!recentEntries.has(first)) recentEntryOrder.push(first)
+    recentEntries.set(first, txns)
     recentEntryBytes += txns.reduce((n, t) => n + t.events.length, 0)
     while (recentEntryBytes > RECENT_ENTRY_BYTES && recentEntries.size > 1) {
-      const [first, old] = recentEntries.entries().next().value!
-      recentEntries.delete(first)
-      recentEntryBytes -= old.reduce((n, t) => n + t.events.length, 0)
+      const oldest = recentEntryOrder.shift()!
+      const old = recentEntries.get(oldest)
+      recentEntries.delete(oldest)
+      if (old !== undefined) recentEntryBytes -= old.reduce((n, t) => n + t.events.length, 0)
     }
   }
   const stored = env.get("snapshot") as ClusterSnapshot | undefined
@@ -246,10 +251,12 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
   const awaitSeq = (seq: number) => awaitProgress((s) => (s.state.lastGtid?.seq ?? 0) >= seq)
   const waiters = new Map<string, Deferred.Deferred<Outcome>>()
   const recent = new Map<string, Outcome>()
+  const recentOrder = new Fifo<string>()
 
   const settle = (key: string, outcome: Outcome) => {
+    if (!recent.has(key)) recentOrder.push(key)
     recent.set(key, outcome)
-    if (recent.size > RECENT_OUTCOMES) recent.delete(recent.keys().next().value!)
+    if (recent.size > RECENT_OUTCOMES) recent.delete(recentOrder.shift()!)
     const w = waiters.get(key)
     if (w !== undefined) {
       waiters.delete(key)
@@ -497,6 +504,7 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
       pending.clear()
       unflushed = []
       recentEntries.clear()
+      recentEntryOrder.clear()
       recentEntryBytes = 0
       current = snapshot
       yield* Effect.promise(() => entries.clearAsync())
