@@ -15,11 +15,17 @@
  * Also, to tell a run bound by the machine's CPU: {alone,semisync,cluster}MachineCpuPct, the
  * busy share of all cores during each 8-thread run (100 = every core busy), and
  * {semisync,cluster}CpuUsPerTxn, the machine's busy CPU microseconds (every process) per
- * transaction of that run.
+ * transaction of that run. The machine's ceiling for the cluster: agentsCpuUsPerTxn (the
+ * three agents' CPU per transaction), and agentFreeVsSemisync / agentFreeVsAlone, what the
+ * cluster run would reach if its agents cost nothing (its CPU per transaction less theirs,
+ * at the same busy share of the cores): no agent, however lean, gets past these; and
+ * semisyncViaHaproxyTps / relayCeilingVsSemisync, the semi-sync servers' run again through
+ * haproxy in TCP mode: what putting any relay (the RW port) in front of them costs here.
  * Env: BENCH_SECONDS (sysbench run, default 20), BENCH_COMMIT_SECONDS (default 10),
  * BENCH_IDLE_SECONDS (default 10), BENCH_ONLY=cluster (skip the two baselines),
  * BENCH_AGENT_NODE_ARGS (extra node arguments for the agents, e.g. "--cpu-prof --cpu-prof-dir=DIR"),
- * BENCH_PEER_TLS=1 (mutual TLS between the agents, as the demo runs).
+ * BENCH_PEER_TLS=1 (mutual TLS between the agents, as the demo runs), BENCH_EXTRA_CONFIG (JSON:
+ * mariadb.extraConfig for the cluster's servers).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
@@ -29,6 +35,7 @@ import { MariaDbInstance, type MariaDbInstanceInfo } from "../test/support/Maria
 import { createReplicationUser, replicaConfig, semiSyncMasterConfig, startReplication, waitForReplica } from "../test/support/replication.js"
 import { commitProbe } from "./support/commitProbe.js"
 import { cpuSampler, machineCpuSampler, rssMb } from "./support/proc.js"
+import { haproxy } from "./support/haproxy.js"
 import { sysbench as runSysbench } from "./support/sysbench.js"
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 20)
@@ -40,22 +47,12 @@ const only = process.env.BENCH_ONLY
 const sysbench = (port: number, threads: number, extra: ReadonlyArray<string>) =>
   runSysbench({ test: "oltp_write_only", port, user: APP_USER, password: APP_PASSWORD, threads, extra })
 
-/**
- * Commit latency first (one connection), then the tables and one timed sysbench run:
- * transactions per second, p95 latency (ms), and what `during` measured over the run.
- */
-const measure = <A>(name: string, port: number, during: () => () => A, report: Effect.Effect<void> = Effect.void) =>
+/** One timed 8-thread sysbench run on prepared tables: transactions per second, p95 latency (ms), the machine's CPU. */
+const load = (name: string, port: number) =>
   Effect.gen(function*() {
-    const probe = yield* commitProbe({ port, user: APP_USER, password: APP_PASSWORD, seconds: commitSeconds })
-    process.stderr.write(`${name}: one connection, ${probe.commits} commits, p50 ${probe.p50Ms.toFixed(2)} ms, p99 ${probe.p99Ms.toFixed(2)} ms\n`)
-    yield* report
-    yield* sysbench(port, 4, ["prepare"])
-    const stop = during()
     const machine = machineCpuSampler()
     const out = yield* sysbench(port, 8, [`--time=${seconds}`, "--percentile=95", "--report-interval=0", "run"])
     const machineCpu = machine()
-    const measured = stop()
-    yield* report
     const tps = Number(/transactions:\s+\d+\s+\(([\d.]+) per sec/.exec(out)?.[1] ?? NaN)
     const txns = Number(/transactions:\s+(\d+)/.exec(out)?.[1] ?? NaN)
     const p95 = Number(/95th percentile:\s+([\d.]+)/.exec(out)?.[1] ?? NaN)
@@ -64,7 +61,24 @@ const measure = <A>(name: string, port: number, during: () => () => A, report: E
     process.stderr.write(
       `${name}: ${tps} tps, p95 ${p95} ms, ignored errors ${errors}; machine CPU ${machineCpu.pct.toFixed(1)}% busy, ${cpuUsPerTxn.toFixed(0)} us per txn\n`
     )
-    return { tps, txns, p95, commitP50Ms: probe.p50Ms, measured, machineCpuPct: machineCpu.pct, cpuUsPerTxn }
+    return { tps, txns, p95, machineCpuPct: machineCpu.pct, cpuUsPerTxn }
+  })
+
+/**
+ * Commit latency first (one connection), then the tables and one timed sysbench run, with
+ * what `during` measured over the run.
+ */
+const measure = <A>(name: string, port: number, during: () => () => A, report: Effect.Effect<void> = Effect.void) =>
+  Effect.gen(function*() {
+    const probe = yield* commitProbe({ port, user: APP_USER, password: APP_PASSWORD, seconds: commitSeconds })
+    process.stderr.write(`${name}: one connection, ${probe.commits} commits, p50 ${probe.p50Ms.toFixed(2)} ms, p99 ${probe.p99Ms.toFixed(2)} ms\n`)
+    yield* report
+    yield* sysbench(port, 4, ["prepare"])
+    const stop = during()
+    const r = yield* load(name, port)
+    const measured = stop()
+    yield* report
+    return { ...r, commitP50Ms: probe.p50Ms, measured }
   })
 
 const nothing = () => () => undefined
@@ -99,14 +113,18 @@ const semisync = Effect.gen(function*() {
     30_000
   )
   yield* setupSbtest(master)
-  return yield* measure("semisync", master.port, nothing)
+  const direct = yield* measure("semisync", master.port, nothing)
+  // The same servers behind a relay in C (haproxy, TCP mode): what a relay alone costs
+  // this machine, with no replication work of its own.
+  const relayed = yield* load("semisync via haproxy", yield* haproxy(master.port))
+  return { ...direct, relayedTps: relayed.tps }
 })
 
 const cluster = Effect.gen(function*() {
   const nodeArgs = process.env.BENCH_AGENT_NODE_ARGS?.split(" ").filter((a) => a !== "")
   const c = yield* LocalCluster.make({
     nodes: 3,
-    database: true,
+    database: process.env.BENCH_EXTRA_CONFIG !== undefined ? { extraConfig: JSON.parse(process.env.BENCH_EXTRA_CONFIG) } : true,
     tls: process.env.BENCH_PEER_TLS === "1",
     ...(nodeArgs !== undefined ? { nodeArgs } : {})
   })
@@ -137,8 +155,17 @@ const cluster = Effect.gen(function*() {
   if (after.nodeId !== master.nodeId) process.stderr.write(`warning: master moved from node ${master.nodeId} to ${after.nodeId} during the run\n`)
   const sb = Number(durability?.sb)
   const fl = Number(durability?.fl)
+  // The measured ceiling of this machine: the same run's CPU without the agents' share
+  // (MariaDB x3, sysbench, kernel), at the same busy share of the cores.
+  const agentsUsPerTxn = r.measured.usedUs.reduce((a, b) => a + b, 0) / r.txns
+  const agentFreeTps = (r.tps * r.cpuUsPerTxn) / (r.cpuUsPerTxn - agentsUsPerTxn)
+  process.stderr.write(
+    `cluster: the agents used ${agentsUsPerTxn.toFixed(0)} us per txn of ${r.cpuUsPerTxn.toFixed(0)}; without them the same machine would run ${agentFreeTps.toFixed(0)} tps\n`
+  )
   return {
     ...r,
+    agentsUsPerTxn,
+    agentFreeTps,
     rssMb: rss,
     idleCpuPct: Math.max(...idleCpu.pct),
     agentCpuUsPerTxn: Math.max(...r.measured.usedUs) / r.txns,
@@ -146,7 +173,7 @@ const cluster = Effect.gen(function*() {
   }
 })
 
-const skipped = { tps: NaN, txns: NaN, p95: NaN, commitP50Ms: NaN, measured: undefined, machineCpuPct: NaN, cpuUsPerTxn: NaN }
+const skipped = { tps: NaN, txns: NaN, p95: NaN, commitP50Ms: NaN, measured: undefined, machineCpuPct: NaN, cpuUsPerTxn: NaN, relayedTps: NaN }
 
 const program = Effect.gen(function*() {
   const a = only === "cluster" ? skipped : yield* Effect.scoped(alone)
@@ -172,7 +199,12 @@ const program = Effect.gen(function*() {
     semisyncMachineCpuPct: round(s.machineCpuPct, 1),
     clusterMachineCpuPct: round(c.machineCpuPct, 1),
     semisyncCpuUsPerTxn: Math.round(s.cpuUsPerTxn),
-    clusterCpuUsPerTxn: Math.round(c.cpuUsPerTxn)
+    clusterCpuUsPerTxn: Math.round(c.cpuUsPerTxn),
+    agentsCpuUsPerTxn: Math.round(c.agentsUsPerTxn),
+    agentFreeVsSemisync: round(c.agentFreeTps / s.tps, 3),
+    agentFreeVsAlone: round(c.agentFreeTps / a.tps, 3),
+    semisyncViaHaproxyTps: round(s.relayedTps, 1),
+    relayCeilingVsSemisync: round(s.relayedTps / s.tps, 3)
   }))
 })
 

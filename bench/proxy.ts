@@ -5,18 +5,17 @@
  * PROXY v1 header. Prints one JSON line:
  * {"bench":"proxy","connections":64,"directQps":N,"haproxyQps":N,"proxyQps":N,"ratio":N,
  *  "vsHaproxy":N,"proxyP99Ms":N,"singleConnAddedUs":N,"vsHaproxy1":N} (vsHaproxy1: the same ratio
- * at 1 connection). Env: BENCH_SECONDS (default 20).
+ * at 1 connection). Also the floor of a relay on Node on this machine: a bare pipe of two
+ * sockets in this process with the same PROXY header (nodeRelayQps, and nodeRelayVsHaproxy /
+ * nodeRelayVsHaproxy1 at 64 and 1 connections). Env: BENCH_SECONDS (default 20).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
-import { spawn } from "node:child_process"
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
-import { freePort } from "../src/testing/LocalCluster.js"
+import * as net from "node:net"
 import * as Proxy from "../src/services/proxy/Proxy.js"
 import * as Routing from "../src/services/proxy/Routing.js"
 import { MariaDbInstance } from "../test/support/MariaDbInstance.js"
+import { haproxy } from "./support/haproxy.js"
 import { sysbench as runSysbench } from "./support/sysbench.js"
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 20)
@@ -45,27 +44,7 @@ const program = Effect.gen(function*() {
   yield* sysbench(db.port, 4, ["prepare"])
 
   // haproxy, plain TCP, one backend: the reference relay.
-  const dir = yield* Effect.acquireRelease(
-    Effect.sync(() => mkdtempSync(join(tmpdir(), "phxmaria-haproxy-"))),
-    (d) => Effect.sync(() => rmSync(d, { recursive: true, force: true }))
-  )
-  const haproxyPort = yield* freePort()
-  writeFileSync(join(dir, "haproxy.cfg"), [
-    "global",
-    "  maxconn 4096",
-    "defaults",
-    "  mode tcp",
-    "  timeout connect 5s",
-    "  timeout client 1h",
-    "  timeout server 1h",
-    "listen mysql",
-    `  bind 127.0.0.1:${haproxyPort}`,
-    `  server db 127.0.0.1:${db.port} send-proxy`
-  ].join("\n") + "\n")
-  yield* Effect.acquireRelease(
-    Effect.sync(() => spawn("haproxy", ["-f", join(dir, "haproxy.cfg"), "-db"], { stdio: "ignore" })),
-    (child) => Effect.sync(() => child.kill("SIGKILL"))
-  )
+  const haproxyPort = yield* haproxy(db.port, { sendProxy: true })
 
   // This proxy, in this process, RW port to the local MariaDB.
   const routing = Routing.layerStatic({
@@ -74,13 +53,33 @@ const program = Effect.gen(function*() {
   })
   const proxy = yield* Proxy.make({ host: "127.0.0.1", rwPort: 0, roPort: 0 }).pipe(Effect.provide(routing))
   const proxyPort = proxy.addresses.rw!.port
-  // Both relays must be up before measuring: one short run through each.
-  for (const port of [haproxyPort, proxyPort]) {
+  // The floor of any relay written on Node here: a bare pipe of two sockets with the same
+  // PROXY header, no parsing, no lease gate, no KILL watch, no counters.
+  const nodeRelay = yield* Effect.acquireRelease(
+    Effect.callback<net.Server>((resume) => {
+      const server = net.createServer((client) => {
+        const upstream = net.connect({ host: "127.0.0.1", port: db.port })
+        client.setNoDelay(true)
+        upstream.setNoDelay(true)
+        upstream.write(`PROXY TCP4 ${client.remoteAddress} 127.0.0.1 ${client.remotePort} ${client.localPort}\r\n`)
+        client.pipe(upstream).on("error", () => client.destroy())
+        upstream.pipe(client).on("error", () => upstream.destroy())
+        client.on("error", () => upstream.destroy())
+        upstream.on("error", () => client.destroy())
+      })
+      server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+    }),
+    (server) => Effect.sync(() => server.close())
+  )
+  const nodeRelayPort = (nodeRelay.address() as net.AddressInfo).port
+  const relays = [["direct", db.port], ["haproxy", haproxyPort], ["nodeRelay", nodeRelayPort], ["proxy", proxyPort]] as const
+  // The relays must be up before measuring: one short run through each.
+  for (const port of [haproxyPort, nodeRelayPort, proxyPort]) {
     yield* sysbench(port, 1, ["--time=1", "run"]).pipe(Effect.retry({ times: 20 }))
   }
 
-  const at64 = { direct: [] as Array<number>, haproxy: [] as Array<number>, proxy: [] as Array<number>, proxyP99: [] as Array<number> }
-  for (const [name, port] of [["direct", db.port], ["haproxy", haproxyPort], ["proxy", proxyPort]] as const) {
+  const at64 = { direct: [] as Array<number>, haproxy: [] as Array<number>, nodeRelay: [] as Array<number>, proxy: [] as Array<number>, proxyP99: [] as Array<number> }
+  for (const [name, port] of relays) {
     const r = yield* measure(port, CONNECTIONS, 99)
     at64[name].push(r.qps)
     if (name === "proxy") at64.proxyP99.push(r.lat)
@@ -88,7 +87,7 @@ const program = Effect.gen(function*() {
   }
   const single: Record<string, number> = {}
   const singleQps: Record<string, number> = {}
-  for (const [name, port] of [["direct", db.port], ["haproxy", haproxyPort], ["proxy", proxyPort]] as const) {
+  for (const [name, port] of relays) {
     const r = yield* measure(port, 1, 50)
     single[name] = r.lat
     singleQps[name] = r.qps
@@ -106,7 +105,10 @@ const program = Effect.gen(function*() {
     vsHaproxy: round(proxyQps / haproxyQps, 3),
     proxyP99Ms: at64.proxyP99[0]!,
     singleConnAddedUs: Math.round((single.proxy! - single.direct!) * 1000),
-    vsHaproxy1: round(singleQps.proxy! / singleQps.haproxy!, 3)
+    vsHaproxy1: round(singleQps.proxy! / singleQps.haproxy!, 3),
+    nodeRelayQps: Math.round(at64.nodeRelay[0]!),
+    nodeRelayVsHaproxy: round(at64.nodeRelay[0]! / haproxyQps, 3),
+    nodeRelayVsHaproxy1: round(singleQps.nodeRelay! / singleQps.haproxy!, 3)
   }))
 })
 

@@ -8,7 +8,10 @@ export class BenchError extends Data.TaggedError("BenchError")<{ readonly messag
 export const run = (cmd: string, args: ReadonlyArray<string>) =>
   Effect.callback<string, BenchError>((resume) => {
     execFile(cmd, [...args], { maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) =>
-      resume(error === null ? Effect.succeed(stdout) : Effect.fail(new BenchError({ message: `${cmd} failed: ${stderr || error.message}` }))))
+      resume(error === null ? Effect.succeed(stdout) : Effect.fail(new BenchError({
+        // sysbench reports its errors on stdout
+        message: `${cmd} failed: ${error.message}\n${stderr}${stdout.split("\n").slice(-15).join("\n")}`
+      }))))
   })
 
 /** One sysbench command (`extra` ends with prepare or run) against 127.0.0.1:port, 4 tables x 10,000 rows. */
