@@ -18,7 +18,8 @@
  * transaction of that run. The machine's ceiling for the cluster: agentsCpuUsPerTxn (the
  * three agents' CPU per transaction), and agentFreeVsSemisync / agentFreeVsAlone, what the
  * cluster run would reach if its agents cost nothing (its CPU per transaction less theirs,
- * at the same busy share of the cores): no agent, however lean, gets past these; and
+ * at the same busy share of the cores; the kernel's work for the agents' sockets and log
+ * writes stays in, so this bounds the agents' own code, not the design); and
  * semisyncViaHaproxyTps / relayCeilingVsSemisync, the semi-sync servers' run again through
  * haproxy in TCP mode: what putting any relay (the RW port) in front of them costs here.
  * Env: BENCH_SECONDS (sysbench run, default 20), BENCH_COMMIT_SECONDS (default 10),
