@@ -10,11 +10,11 @@ import { Effect, Exit, Scope } from "effect"
 import { type ChildProcess, execFile, spawn } from "node:child_process"
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { dirname, join } from "node:path"
 import mysql from "mysql2/promise"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
 import { killStaleServer } from "../src/services/database/MariaDbProcess.js"
-import { layoutOf } from "../src/services/database/MariaDbLayout.js"
+import { blockedFor, layoutOf } from "../src/services/database/MariaDbLayout.js"
 import { managedDirOf } from "../src/services/database/LocalMariaDb.js"
 
 const repo = process.cwd()
@@ -72,7 +72,7 @@ interface Agent {
 }
 
 /** The uid/gid the unprivileged node runs as (the unit runs its own user, not root): `nobody`. */
-const NOBODY = { uid: 65534, gid: 65534 }
+const NOBODY = { name: "nobody", uid: 65534, gid: 65534 }
 
 /**
  * The unit's ExecStart: the agent with its V8 and glibc settings (as `nobody` when `asNobody`,
@@ -176,6 +176,11 @@ describe("deployment (docs/deployment.md)", () => {
       chmodSync(join(etc, "tls"), 0o711)
       for (const f of [`n${unprivileged}.yaml`, "admin-token", "tls/ca.crt", `tls/node-${unprivileged}.crt`, `tls/node-${unprivileged}.key`, "tls/server.crt", "tls/server.key"]) {
         chownSync(join(etc, f), NOBODY.uid, NOBODY.gid)
+      }
+      // As the guide's install: the service's user reaches the program (node and dist/).
+      for (const dir of [dirname(mainJs), dirname(process.execPath)]) {
+        const blocked = blockedFor(NOBODY, dir)
+        expect(blocked, `nobody cannot enter ${blocked?.dir} (mode ${blocked?.mode.toString(8)}) on the way to ${dir}: give it passage (chmod o+x), as .ci/run does`).toBeUndefined()
       }
       const asNobody = yield* run("setpriv", [`--reuid=${NOBODY.uid}`, `--regid=${NOBODY.gid}`, "--clear-groups", "--", process.execPath, mainJs, "check", "--probe", "config", "--config", join(etc, `n${unprivileged}.yaml`)])
       expect(asNobody.code, asNobody.stderr).toBe(0)

@@ -43,7 +43,7 @@ export const serverUser = (): ServerUser | undefined => {
 }
 
 /** The first directory on the way to `dir` (itself included) that `u` may not pass, if any. */
-const blockedFor = (u: ServerUser, dir: string): { readonly dir: string; readonly mode: number } | undefined => {
+export const blockedFor = (u: ServerUser, dir: string): { readonly dir: string; readonly mode: number } | undefined => {
   const parts = path.resolve(dir).split(path.sep).filter((p) => p.length > 0)
   for (let i = 0; i <= parts.length; i++) {
     const at = path.sep + parts.slice(0, i).join(path.sep)
