@@ -53,4 +53,29 @@ describe("ClusterState service", () => {
       expect(reopened.resumed.state).toEqual(before.state)
       expect(reopened.first.map((a) => a.entry?._tag)).toEqual(["Noop"])
     }))
+
+  it.live("a binlog server's wait for the next transaction: answers false when its time runs out, true once the log accepts it", () =>
+    Effect.gen(function*() {
+      const { logs, dir } = yield* startLogs([1, 2, 3], 3)
+      const members = [1, 2, 3]
+      const open = (nodeId: number) =>
+        ClusterState.make({ dir: join(dir, `state${nodeId}`), members }).pipe(Effect.provideService(PaxosLog, logs.get(nodeId)!))
+      const [s1, s2] = [yield* open(1), yield* open(2)]
+      expect(reasonOf(yield* s1.propose({ _tag: "MasterLease", node: 1, basedOnVersion: 0, leaseMs: 1000, proposalId: 1 }))).toBe("Accepted")
+
+      // Nothing accepted yet: nothing to read, and a bounded wait ends with false.
+      expect(yield* s2.transactionsFrom(1, 10)).toEqual([])
+      expect(yield* s2.awaitSeqWithin(1, 30)).toBe(false)
+      const waiting = yield* Effect.forkChild(s2.awaitSeqWithin(1, 60_000))
+      // A wait given up (interrupted) must not be woken later.
+      const abandoned = yield* Effect.forkChild(s2.awaitSeqWithin(1, 60_000))
+      yield* Fiber.interrupt(abandoned)
+
+      const txn = { gtid: { domain: 0, server: 1, seq: 1 }, events: new Uint8Array([1, 2, 3]) }
+      expect(reasonOf(yield* s1.propose({ _tag: "Binlog", node: 1, epoch: 1, prevGtid: null, txns: [txn] }))).toBe("Accepted")
+      expect(yield* Fiber.join(waiting)).toBe(true)
+      expect(yield* s2.awaitSeqWithin(1, 30)).toBe(true)
+      expect((yield* s2.transactionsFrom(1, 10)).map((t) => t.gtid.seq)).toEqual([1])
+      expect(yield* s2.transactionsFrom(2, 10)).toEqual([])
+    }))
 })

@@ -4,7 +4,7 @@
  * here (a replica never sees a commit that could still be lost), read through the cluster
  * state's index from the Paxos log.
  */
-import { Duration, Effect, Layer, Option } from "effect"
+import { Effect, Layer } from "effect"
 import { formatGtid, type Gtid } from "../../domain/cluster/gtid.js"
 import { type BinlogCursor, BinlogSource, SourceReadError, type SourceTxn, UnknownPosition } from "./BinlogSource.js"
 import { concatBytes } from "../../domain/mysql/packet.js"
@@ -134,8 +134,7 @@ export const make = (formatDescription: Effect.Effect<Uint8Array>) =>
           Effect.gen(function*() {
             const ready = yield* page
             if (ready.length > 0) return ready
-            const arrived = yield* Effect.timeoutOption(cluster.awaitSeq(nextSeq), Duration.millis(maxWaitMs))
-            if (Option.isNone(arrived)) return []
+            if (!(yield* cluster.awaitSeqWithin(nextSeq, maxWaitMs))) return []
             const again = yield* page
             // Accepted but not readable (never expected): do not spin.
             if (again.length === 0) {
