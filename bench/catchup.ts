@@ -10,60 +10,27 @@
  * head); writeTpsBefore: commits per second before the pause; writeTpsDuring: from the resume until caught up; masterAdminMaxMs: the
  * slowest answer of the master's /status, polled every 100 ms through the whole run.
  * Env: BENCH_PAUSE_SECONDS (30), BENCH_BEFORE_SECONDS (15), BENCH_ROW_BYTES (1 MiB),
- * BENCH_WRITERS (4), BENCH_CATCHUP_TIMEOUT_SECONDS (120), BENCH_LOG_DIR (write each node's log there).
+ * BENCH_WRITERS (4), BENCH_CATCHUP_TIMEOUT_SECONDS (120), BENCH_LOG_DIR (write each node's log there),
+ * BENCH_AGENT_NODE_ARGS (extra node arguments for the agents, e.g. "--cpu-prof --cpu-prof-dir=DIR").
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
-import { randomBytes } from "node:crypto"
 import { writeFileSync } from "node:fs"
-import mysql from "mysql2/promise"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
-import { adminQuery, APP_PASSWORD, APP_USER, connect, createAppUser, run as sql, statusOf, waitForMaster } from "../test/support/dbCluster.js"
+import { countBetween, startBlobWriters } from "./support/blobWriters.js"
+import { adminQuery, connect, createAppUser, run as sql, statusOf, waitForMaster } from "../test/support/dbCluster.js"
 
 const pauseSeconds = Number(process.env.BENCH_PAUSE_SECONDS ?? 30)
 const beforeSeconds = Number(process.env.BENCH_BEFORE_SECONDS ?? 15)
 const rowBytes = Number(process.env.BENCH_ROW_BYTES ?? 1024 * 1024)
 const writers = Number(process.env.BENCH_WRITERS ?? 4)
 const catchupTimeoutMs = Number(process.env.BENCH_CATCHUP_TIMEOUT_SECONDS ?? 120) * 1000
-
-/** Writers committing one row each at a time until stopped (bounded by time and count). */
-const startLoad = (port: number) => {
-  const acks: Array<number> = []
-  const state = { stop: false, errors: 0, messages: new Map<string, number>() }
-  const deadline = performance.now() + catchupTimeoutMs + (beforeSeconds + pauseSeconds + 60) * 1000
-  const loops = Array.from({ length: writers }, async () => {
-    const row = randomBytes(rowBytes)
-    let conn: mysql.Connection | undefined
-    for (let n = 0; !state.stop && performance.now() < deadline && n < 1_000_000; n++) {
-      try {
-        conn ??= await mysql.createConnection({ host: "127.0.0.1", port, user: APP_USER, password: APP_PASSWORD, database: "bench" })
-        await conn.query("INSERT INTO t (b) VALUES (?)", [row])
-        acks.push(performance.now())
-      } catch (e) {
-        state.errors++
-        const message = e instanceof Error ? e.message : String(e)
-        state.messages.set(message, (state.messages.get(message) ?? 0) + 1)
-        conn?.destroy()
-        conn = undefined
-        await new Promise((r) => setTimeout(r, 50))
-      }
-    }
-    conn?.destroy()
-  })
-  return {
-    acks,
-    state,
-    stop: Effect.promise(() => {
-      state.stop = true
-      return Promise.all(loops)
-    })
-  }
-}
-
-const countBetween = (xs: ReadonlyArray<number>, from: number, to: number) => xs.filter((t) => t >= from && t < to).length
+const startLoad = (port: number) =>
+  startBlobWriters({ port, database: "bench", writers, rowBytes, maxMs: catchupTimeoutMs + (beforeSeconds + pauseSeconds + 60) * 1000 })
 
 const program = Effect.gen(function*() {
-  const c = yield* LocalCluster.make({ nodes: 3, database: true })
+  const nodeArgs = process.env.BENCH_AGENT_NODE_ARGS?.split(" ").filter((a) => a !== "")
+  const c = yield* LocalCluster.make({ nodes: 3, database: true, ...(nodeArgs !== undefined ? { nodeArgs } : {}) })
   const master = yield* waitForMaster(c, "a first master")
   yield* createAppUser(master)
   yield* Effect.scoped(Effect.flatMap(connect(master.rwPort!), (conn) =>
