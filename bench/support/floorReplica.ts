@@ -23,7 +23,9 @@ const follower = (port: number) => {
   const file = join(dir, "log")
   // Zero-filled first: a write then covers existing blocks (one flush, no journal commit), as PaxosStorage does.
   fs.writeFileSync(file, Buffer.alloc(FILE_BYTES))
-  fs.fsyncSync(fs.openSync(file, "r"))
+  const synced = fs.openSync(file, "r")
+  fs.fsyncSync(synced)
+  fs.closeSync(synced)
   const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_DSYNC)
   let at = 0
   const server = net.createServer((socket) => {
