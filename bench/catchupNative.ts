@@ -15,9 +15,9 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect, Schedule } from "effect"
-import { APP_PASSWORD, APP_USER } from "../test/support/dbCluster.js"
 import { MariaDbInstance, type MariaDbInstanceInfo } from "../test/support/MariaDbInstance.js"
-import { createReplicationUser, replicaConfig, semiSyncMasterConfig, startReplication, waitForReplica } from "../test/support/replication.js"
+import { createReplicationUser, replicaConfig, semiSyncMasterConfig, startReplication, waitForSemiSyncClients } from "../test/support/replication.js"
+import { createAppDatabase } from "./support/appDatabase.js"
 import { countBetween, startBlobWriters } from "./support/blobWriters.js"
 
 const pauseSeconds = Number(process.env.BENCH_PAUSE_SECONDS ?? 30)
@@ -41,16 +41,9 @@ const program = Effect.gen(function*() {
   const other = yield* MariaDbInstance.make({ serverId: 13, extraConfig: replicaExtra })
   yield* createReplicationUser(master)
   for (const r of [replica, other]) yield* startReplication(r, master)
-  yield* waitForReplica(
-    master,
-    "both semi-sync replicas to connect",
-    Effect.map(one(master, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'"), (r) => Number(r.Value) === 2),
-    30_000
-  )
-  yield* master.query("CREATE DATABASE bench")
+  yield* waitForSemiSyncClients(master, 2, "both semi-sync replicas to connect")
+  yield* createAppDatabase(master, "bench")
   yield* master.query("CREATE TABLE bench.t (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB NOT NULL)")
-  yield* master.query(`CREATE USER '${APP_USER}'@'%' IDENTIFIED BY '${APP_PASSWORD}'`)
-  yield* master.query(`GRANT ALL ON bench.* TO '${APP_USER}'@'%'`)
 
   const binlogBytes = Effect.map(one(master, "SHOW GLOBAL STATUS LIKE 'Binlog_bytes_written'"), (r) => Number(r.Value))
   const load = startBlobWriters({ port: master.port, database: "bench", writers, rowBytes, maxMs: catchupTimeoutMs + (beforeSeconds + pauseSeconds + 60) * 1000, maxTps: writeTps })

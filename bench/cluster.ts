@@ -32,8 +32,9 @@ import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
 import { adminQuery, APP_PASSWORD, APP_USER, connect, createAppUser, run as sql, statusOf, waitForMaster } from "../test/support/dbCluster.js"
-import { MariaDbInstance, type MariaDbInstanceInfo } from "../test/support/MariaDbInstance.js"
-import { createReplicationUser, replicaConfig, semiSyncMasterConfig, startReplication, waitForReplica } from "../test/support/replication.js"
+import { MariaDbInstance } from "../test/support/MariaDbInstance.js"
+import { createReplicationUser, replicaConfig, semiSyncMasterConfig, startReplication, waitForSemiSyncClients } from "../test/support/replication.js"
+import { createAppDatabase } from "./support/appDatabase.js"
 import { commitProbe } from "./support/commitProbe.js"
 import { cpuSampler, machineCpuSampler, rssMb } from "./support/proc.js"
 import { haproxy } from "./support/haproxy.js"
@@ -84,17 +85,9 @@ const measure = <A>(name: string, port: number, during: () => () => A, report: E
 
 const nothing = () => () => undefined
 
-/** The sysbench user and database on a plain mariadbd (over its socket, as root). */
-const setupSbtest = (db: MariaDbInstanceInfo) =>
-  Effect.gen(function*() {
-    yield* db.query("CREATE DATABASE sbtest")
-    yield* db.query(`CREATE USER '${APP_USER}'@'%' IDENTIFIED BY '${APP_PASSWORD}'`)
-    yield* db.query(`GRANT ALL ON sbtest.* TO '${APP_USER}'@'%'`)
-  })
-
 const alone = Effect.gen(function*() {
   const db = yield* MariaDbInstance.make({ serverId: 1 })
-  yield* setupSbtest(db)
+  yield* createAppDatabase(db, "sbtest")
   return yield* measure("alone", db.port, nothing)
 })
 
@@ -107,13 +100,8 @@ const semisync = Effect.gen(function*() {
   yield* createReplicationUser(master)
   for (const r of replicas) yield* startReplication(r, master)
   // Both replicas ACK before any binlogged setup (the master never falls back to async).
-  yield* waitForReplica(
-    master,
-    "both semi-sync replicas to connect",
-    Effect.map(master.query<{ Value: string }>("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'"), (r) => Number(r[0]?.Value) === 2),
-    30_000
-  )
-  yield* setupSbtest(master)
+  yield* waitForSemiSyncClients(master, 2, "both semi-sync replicas to connect")
+  yield* createAppDatabase(master, "sbtest")
   const direct = yield* measure("semisync", master.port, nothing)
   // The same servers behind a relay in C (haproxy, TCP mode): what a relay alone costs
   // this machine, with no replication work of its own.

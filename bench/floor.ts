@@ -24,8 +24,9 @@ import { spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
 import * as LocalCluster from "../src/testing/LocalCluster.js"
 import { APP_PASSWORD, APP_USER, connect, createAppUser, run as sql, waitForMaster } from "../test/support/dbCluster.js"
-import { MariaDbInstance, type MariaDbInstanceInfo } from "../test/support/MariaDbInstance.js"
-import { createReplicationUser, replicaConfig, semiSyncMasterConfig, startReplication, waitForReplica } from "../test/support/replication.js"
+import { MariaDbInstance } from "../test/support/MariaDbInstance.js"
+import { createReplicationUser, replicaConfig, semiSyncMasterConfig, startReplication, waitForSemiSyncClients } from "../test/support/replication.js"
+import { createAppDatabase } from "./support/appDatabase.js"
 import { commitProbe } from "./support/commitProbe.js"
 import { haproxy } from "./support/haproxy.js"
 import { cpuSampler, machineCpuSampler } from "./support/proc.js"
@@ -60,16 +61,9 @@ const probe = (name: string, relayPort: number, directPort: number, pids: Readon
     return { relayed: median(relayed), direct: median(direct), cpuUs: median(machineUs), pidsUs: pids.map((_, i) => median(pidsUs.map((p) => p[i]!))) }
   })
 
-const setupSbtest = (db: MariaDbInstanceInfo) =>
-  Effect.gen(function*() {
-    yield* db.query("CREATE DATABASE sbtest")
-    yield* db.query(`CREATE USER '${APP_USER}'@'%' IDENTIFIED BY '${APP_PASSWORD}'`)
-    yield* db.query(`GRANT ALL ON sbtest.* TO '${APP_USER}'@'%'`)
-  })
-
 const alone = Effect.gen(function*() {
   const db = yield* MariaDbInstance.make({ serverId: 1 })
-  yield* setupSbtest(db)
+  yield* createAppDatabase(db, "sbtest")
   return yield* probe("alone", yield* haproxy(db.port), db.port)
 })
 
@@ -96,13 +90,8 @@ const floor = Effect.gen(function*() {
   const followerPort = yield* LocalCluster.freePort()
   yield* floorProcess(["follower", String(followerPort)])
   yield* floorProcess(["acker", String(master.port), String(followerPort)])
-  yield* waitForReplica(
-    master,
-    "the floor's acker to connect as semi-sync replica",
-    Effect.map(master.query<{ Value: string }>("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'"), (r) => Number(r[0]?.Value) === 1),
-    30_000
-  )
-  yield* setupSbtest(master)
+  yield* waitForSemiSyncClients(master, 1, "the floor's acker to connect as semi-sync replica")
+  yield* createAppDatabase(master, "sbtest")
   return yield* probe("floor", yield* haproxy(master.port), master.port)
 })
 

@@ -8,13 +8,14 @@ import { startLogs } from "./support/inProcessLogs.js"
 
 const reasonOf = (o: Outcome) => (o._tag === "Rejected" ? o.reason._tag : o._tag)
 
+/** Three in-process logs; `open(n)` starts node n's cluster state on its log (in the caller's scope). */
+const stateServices = Effect.map(startLogs([1, 2, 3], 3), ({ logs, dir }) => (nodeId: number) =>
+  ClusterState.make({ dir: join(dir, `state${nodeId}`), members: [1, 2, 3] }).pipe(Effect.provideService(PaxosLog, logs.get(nodeId)!)))
+
 describe("ClusterState service", () => {
   it.live("applies chosen entries on every node, answers proposers with outcomes, and resumes after a restart", () =>
     Effect.gen(function*() {
-      const { logs, dir } = yield* startLogs([1, 2, 3], 3)
-      const members = [1, 2, 3]
-      const open = (nodeId: number) =>
-        ClusterState.make({ dir: join(dir, `state${nodeId}`), members }).pipe(Effect.provideService(PaxosLog, logs.get(nodeId)!))
+      const open = yield* stateServices
       // Node 3's state service runs only in the scoped blocks below (it is restarted there).
       const [s1, s2] = [yield* open(1), yield* open(2)]
 
@@ -56,10 +57,7 @@ describe("ClusterState service", () => {
 
   it.live("a binlog server's wait for the next transaction: answers false when its time runs out, true once the log accepts it", () =>
     Effect.gen(function*() {
-      const { logs, dir } = yield* startLogs([1, 2, 3], 3)
-      const members = [1, 2, 3]
-      const open = (nodeId: number) =>
-        ClusterState.make({ dir: join(dir, `state${nodeId}`), members }).pipe(Effect.provideService(PaxosLog, logs.get(nodeId)!))
+      const open = yield* stateServices
       const [s1, s2] = [yield* open(1), yield* open(2)]
       expect(reasonOf(yield* s1.propose({ _tag: "MasterLease", node: 1, basedOnVersion: 0, leaseMs: 1000, proposalId: 1 }))).toBe("Accepted")
 

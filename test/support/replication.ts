@@ -119,3 +119,12 @@ export const waitForReplica = (replica: MariaDbInstanceInfo, what: string, check
           Effect.fail(new Error(`timed out waiting for ${what}; slave status: ${JSON.stringify(rows[0] ?? {}).slice(0, 1500)}`)))
     })
   )
+
+/** Waits (bounded, 30 s) until `count` semi-sync replicas are connected to `master`. */
+export const waitForSemiSyncClients = (master: MariaDbInstanceInfo, count: number, what: string) =>
+  waitForReplica(
+    master,
+    what,
+    Effect.map(master.query<{ Value: string }>("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'"), (r) => Number(r[0]?.Value) === count),
+    30_000
+  )
