@@ -31,6 +31,27 @@ describe("KILL in SQL text", () => {
     for (const s of [`kIlL 5`, `SELECT '${blob}'; KiLl 5`, `SELECT 1; /*!50000kILL 5*/`, `SELECT '${blob}';KILL`]) expect(holdsKill(text(s)), s.slice(-20)).toBe(true)
     for (const s of [`SELECT '${blob} kill'`, `SELECT skill FROM t WHERE x = '${blob}'`]) expect(holdsKill(text(s)), s.slice(-20)).toBe(false)
   })
+
+  it("gives the same answer for a text in parts, however it is cut (a KILL may straddle reads)", () => {
+    const rng = new Rng(11)
+    const blob = "ab".repeat(1 << 13)
+    const cases: ReadonlyArray<readonly [string, boolean]> = [
+      ["KILL 5", true], ["SELECT 1; kIlL 5", true], [`SELECT '${blob}'; KILL 5`, true], [`SELECT '${blob}';KILL`, true],
+      [`INSERT INTO big (b) VALUES (X'${blob}')`, false], [`SELECT skill FROM t WHERE x = '${blob}'`, false], ["SELECT 'KILL 5'", false]
+    ]
+    for (const [sql, expected] of cases) {
+      const bytes = text(sql)
+      for (let run = 0; run < 50; run++) {
+        const parts: Array<Uint8Array> = []
+        for (let at = 0; at < bytes.length;) {
+          const n = rng.int(1, run % 2 === 0 ? 5 : 9_000)
+          parts.push(bytes.subarray(at, at + n))
+          at += n
+        }
+        expect(holdsKill(parts), `${sql.slice(-20)} in ${parts.length} parts`).toBe(expected)
+      }
+    }
+  })
 })
 
 describe("ClientCommandWatch", () => {
@@ -50,7 +71,7 @@ describe("ClientCommandWatch", () => {
       const tags = verdicts.map((v) => v._tag === "Kill" ? `Kill ${v.threadId}` : v._tag)
       expect(tags, `run ${run}`).toEqual(["Forward", "Forward", "Kill 42", "Forward", "Kill 7", "Refuse", "Forward"])
       expect(w.user).toBe("app")
-      const forwarded = verdicts.flatMap((v) => (v._tag === "Forward" ? [...v.bytes] : []))
+      const forwarded = verdicts.flatMap((v) => (v._tag === "Forward" ? v.bytes.flatMap((b) => [...b]) : []))
       expect(forwarded).toEqual([...login("app"), ...query("SELECT 1"), ...query("SELECT 'KILL'"), ...query("PREPARE s FROM 'KILL 1'")])
     }
   })

@@ -97,8 +97,9 @@ export class CaptureState {
     } else if (event.header.type === EventType.FormatDescription && (event.header.flags & EventFlag.Artificial) === 0) {
       out.push({ _tag: "FormatDescription", bytes: Uint8Array.from(bytes) })
     }
-    // Copy: the payload may be a view into a reused socket buffer.
-    const pushed = this.assembler.pushEvent(event, Uint8Array.from(bytes))
+    // A small event in a larger read buffer is copied, so that keeping it does not keep the
+    // whole buffer alive; a large one (a packet assembled from several reads) is its own.
+    const pushed = this.assembler.pushEvent(event, bytes.byteLength * 2 < bytes.buffer.byteLength ? Uint8Array.from(bytes) : bytes)
     if (Result.isFailure(pushed)) {
       this.endOpen()
       return Result.fail(pushed.failure)

@@ -20,7 +20,7 @@ import { Context, Data, Duration, Effect, Layer, Result } from "effect"
 import type * as Scope from "effect/Scope"
 import { DumpStream } from "../../domain/binlog/dumpStream.js"
 import { type Gtid, parseGtid } from "../../domain/cluster/gtid.js"
-import { concatBytes, encodePackets, encodePacketSequence, type Packet, PacketDecoder } from "../../domain/mysql/packet.js"
+import { encodePackets, encodePacketSequence, type Packet, PacketDecoder } from "../../domain/mysql/packet.js"
 import {
   buildBinlogEventPacket,
   buildErr,
@@ -40,6 +40,7 @@ import { answerQuery, newReplicaSession, positionFromConnectState, type ReplicaS
 import { BinlogSource, type SourceReadError } from "./BinlogSource.js"
 import * as TcpListener from "../net/TcpListener.js"
 import { describeCause } from "../../domain/describe.js"
+import { writeAll } from "../net/writeAll.js"
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -252,11 +253,14 @@ class Connection {
     })
   })
 
-  /** Writes `bytes`; when the socket's buffer is over its high-water mark, waits for 'drain'. */
-  send(bytes: Uint8Array): Effect.Effect<void, BinlogServerConnectionError> {
+  /**
+   * Writes `bytes` (several buffers go out corked, as one writev: never joined into a copy);
+   * when the socket's buffer is over its high-water mark, waits for 'drain'.
+   */
+  send(bytes: Uint8Array | ReadonlyArray<Uint8Array>): Effect.Effect<void, BinlogServerConnectionError> {
     return Effect.callback((resume) => {
       if (this.closeError !== undefined) return resume(Effect.fail(this.closeError))
-      if (this.socket.write(bytes)) return resume(Effect.void)
+      if (bytes instanceof Uint8Array ? this.socket.write(bytes) : writeAll(this.socket, bytes)) return resume(Effect.void)
       const done = () => {
         this.closeListeners.delete(onClose)
         resume(this.closeError !== undefined ? Effect.fail(this.closeError) : Effect.void)
@@ -518,8 +522,7 @@ export const make = (
             let framedBytes = 0
             const sendFramed = Effect.suspend(() => {
               if (framed.length === 0) return Effect.void
-              const bytes = framed.length === 1 ? framed[0]! : concatBytes(framed)
-              framed.length = 0
+              const bytes = framed.splice(0)
               framedBytes = 0
               return conn.send(bytes)
             })

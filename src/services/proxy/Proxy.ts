@@ -37,6 +37,7 @@ import * as PeerTls from "../tls/PeerTls.js"
 import { forkScopedLogged } from "../fibers.js"
 import { describeCause } from "../../domain/describe.js"
 import { isWildcard } from "../../domain/wire/address.js"
+import { writeAll } from "../net/writeAll.js"
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -479,7 +480,7 @@ class Conn {
       }
       for (const v of watch.push(chunk)) {
         if (v._tag === "Forward") {
-          if (!up.write(v.bytes)) cl.pause()
+          if (!writeAll(up, v.bytes)) cl.pause()
         } else if (v._tag === "Kill") local!.onKill(this, v.threadId, v.seq)
         else if (v._tag === "Refuse") this.reply(v.seq, buildErr(v))
         else if (v._tag === "StartTls") {
