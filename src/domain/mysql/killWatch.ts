@@ -278,22 +278,27 @@ export class ClientCommandWatch {
     return concatBytes(this.chunks.slice(0, count)).subarray(0, n)
   }
 
-  /** Removes n (<= buffered) bytes from the front: views of the reads they are in, not copied. */
+  /**
+   * Removes n (<= buffered) bytes from the front: views of the reads they are in, not
+   * copied. Linear in the number of reads, however small a hostile client makes them.
+   */
   private take(n: number): Array<Uint8Array> {
     const out: Array<Uint8Array> = []
     this.buffered -= n
+    let whole = 0
     while (n > 0) {
-      const first = this.chunks[0]!
-      if (first.length <= n) {
-        out.push(first)
-        this.chunks.shift()
-        n -= first.length
+      const chunk = this.chunks[whole]!
+      if (chunk.length <= n) {
+        out.push(chunk)
+        whole++
+        n -= chunk.length
       } else {
-        out.push(first.subarray(0, n))
-        this.chunks[0] = first.subarray(n)
+        out.push(chunk.subarray(0, n))
+        this.chunks[whole] = chunk.subarray(n)
         n = 0
       }
     }
+    this.chunks.splice(0, whole)
     return out
   }
 
