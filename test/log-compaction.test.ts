@@ -121,13 +121,16 @@ describe("log compaction", () => {
       yield* Effect.gen(function*() {
         const others = c.nodes.filter((n) => n !== replica)
         let id = 100
-        // Past the retained tail, and past what the peers' connections to it buffer (64 MiB):
-        // the messages it missed are gone, only a copy can bring it back.
+        // Past the retained tail, and past what the peers' connections to it hold: 64 MiB
+        // queued in the sender, and the kernel's socket buffers (here up to 4 MiB sent and 32
+        // MiB received, tcp_wmem and tcp_rmem). With 96 MiB of rows the stopped replica
+        // sometimes had it all waiting in those buffers and came back without a copy (2 runs
+        // in 15); 192 MiB leaves the messages it missed gone: only a copy can bring it back.
         yield* LocalCluster.waitFor("the others to compact past the stopped replica", Effect.gen(function*() {
           yield* writeRows(master.rwPort!, id, 16)
           id += 16
           const ss = yield* Effect.forEach(others, statusOf)
-          return id > 100 + 1536 && ss.every((s) => !("error" in s) && (s.paxos.compactedBelow ?? 0) > stoppedAt)
+          return id > 100 + 3072 && ss.every((s) => !("error" in s) && (s.paxos.compactedBelow ?? 0) > stoppedAt)
         }), 180_000)
       }).pipe(Effect.ensuring(Effect.sync(() => {
         for (const pid of pids) process.kill(pid, "SIGCONT")
