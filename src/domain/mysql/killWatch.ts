@@ -12,7 +12,7 @@
  * in (a 2 MiB INSERT is never copied to be read). A client's SSL request is a `StartTls`
  * verdict: the relay terminates that TLS and hands the watch the plaintext.
  */
-import { concatBytes, fromUtf8 } from "./packet.js"
+import { bytesAfter, concatBytes, fromUtf8 } from "./packet.js"
 
 export type Verdict =
   /** A whole packet, or bytes after the login that are not read (in order: write them as one). */
@@ -204,23 +204,6 @@ const fourLettersIn = (text: Uint8Array): boolean => {
   return false
 }
 
-/** The parts as one array (a copy only when there are several). */
-const joined = (parts: ReadonlyArray<Uint8Array>): Uint8Array => parts.length === 1 ? parts[0]! : concatBytes(parts)
-
-/** The parts after their first `n` bytes (views). */
-const after = (parts: ReadonlyArray<Uint8Array>, n: number): Array<Uint8Array> => {
-  const out: Array<Uint8Array> = []
-  for (const p of parts) {
-    if (n >= p.length) {
-      n -= p.length
-      continue
-    }
-    out.push(n > 0 ? p.subarray(n) : p)
-    n = 0
-  }
-  return out
-}
-
 const lengthOf = (parts: ReadonlyArray<Uint8Array>): number => parts.reduce((n, p) => n + p.length, 0)
 
 /** The user name of a HandshakeResponse41 or COM_CHANGE_USER (NUL-terminated at `at`). */
@@ -256,10 +239,10 @@ export class ClientCommandWatch {
       const length = head[0]! | (head[1]! << 8) | (head[2]! << 16)
       if (this.buffered < 4 + length) break
       const packet = this.take(4 + length)
-      const verdict = this.onPacket(packet, head[3]!, after(packet, 4))
+      const verdict = this.onPacket(packet, head[3]!, bytesAfter(packet, 4))
       if (verdict._tag === "StartTls") {
         // The rest is TLS: the relay decrypts it and pushes the plaintext from there on.
-        out.push({ ...verdict, rest: this.buffered > 0 ? joined(this.take(this.buffered)) : new Uint8Array(0) })
+        out.push({ ...verdict, rest: this.buffered > 0 ? concatBytes(this.take(this.buffered)) : new Uint8Array(0) })
         return out
       }
       out.push(verdict)
@@ -306,13 +289,13 @@ export class ClientCommandWatch {
     const forward: Verdict = { _tag: "Forward", bytes: packet }
     const length = lengthOf(parts)
     if (this.phase === "handshake") {
-      const payload = joined(parts)
+      const payload = concatBytes(parts)
       const caps = payload.length >= 4 ? (payload[0]! | (payload[1]! << 8)) : 0
       if ((caps & CLIENT_SSL) !== 0 && payload.length <= 32) {
         // An SSL request: the relay ends the client's TLS itself (and opens its own to
         // MariaDB), so the commands stay readable; the login follows, encrypted.
         this.secured = true
-        return { _tag: "StartTls", bytes: joined(packet), rest: new Uint8Array(0) }
+        return { _tag: "StartTls", bytes: concatBytes(packet), rest: new Uint8Array(0) }
       }
       if (this.options.requireTls === true && !this.secured) {
         return {
@@ -338,16 +321,16 @@ export class ClientCommandWatch {
     if (seq !== 0 || length === 0) return forward
     const command = parts[0]![0]!
     if (command === COM_PROCESS_KILL && length >= 5) {
-      const payload = joined(parts)
+      const payload = concatBytes(parts)
       const id = (payload[1]! | (payload[2]! << 8) | (payload[3]! << 16) | (payload[4]! << 24)) >>> 0
       return { _tag: "Kill", threadId: id, seq }
     }
     if (command === COM_CHANGE_USER) {
-      this.user = nulString(joined(parts), 1)
+      this.user = nulString(concatBytes(parts), 1)
       return forward
     }
     if (command !== COM_QUERY && command !== COM_STMT_PREPARE) return forward
-    const text = after(parts, 1)
+    const text = bytesAfter(parts, 1)
     if (length === MAX_PAYLOAD) {
       const lexers = [new Lexer(true), new Lexer(false)]
       if (lexers.some((l) => text.some((p) => l.feed(p)))) return this.refuse(seq, "a statement of 16 MiB or more with KILL in it")
@@ -355,7 +338,7 @@ export class ClientCommandWatch {
       return forward
     }
     if (!holdsKill(text)) return forward
-    const sql = fromUtf8(joined(text)).trim()
+    const sql = fromUtf8(concatBytes(text)).trim()
     const alone = command === COM_QUERY ? KILL_ALONE.exec(sql) : null
     if (alone !== null) return { _tag: "Kill", threadId: Number(alone[1]), seq }
     return this.refuse(seq, /^KILL\b/i.test(sql) && command === COM_QUERY ? "this form of KILL" : "KILL inside another statement")

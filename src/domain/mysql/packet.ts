@@ -492,6 +492,20 @@ export class PacketDecoder {
 }
 
 /** The parts as one array (the part itself when there is one); `length` is their total, if known. */
+/** The bytes of `parts` after their first `n`, as views (no copy). */
+export const bytesAfter = (parts: ReadonlyArray<Uint8Array>, n: number): Array<Uint8Array> => {
+  const out: Array<Uint8Array> = []
+  for (const p of parts) {
+    if (n >= p.length) {
+      n -= p.length
+      continue
+    }
+    out.push(n > 0 ? p.subarray(n) : p)
+    n = 0
+  }
+  return out
+}
+
 export const concatBytes = (parts: ReadonlyArray<Uint8Array>, length = parts.reduce((n, p) => n + p.length, 0)): Uint8Array => {
   if (parts.length === 1) return parts[0]!
   const out = new Uint8Array(length)

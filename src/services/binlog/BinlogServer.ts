@@ -260,7 +260,7 @@ class Connection {
   send(bytes: Uint8Array | ReadonlyArray<Uint8Array>): Effect.Effect<void, BinlogServerConnectionError> {
     return Effect.callback((resume) => {
       if (this.closeError !== undefined) return resume(Effect.fail(this.closeError))
-      if (bytes instanceof Uint8Array ? this.socket.write(bytes) : writeAll(this.socket, bytes)) return resume(Effect.void)
+      if (writeAll(this.socket, bytes instanceof Uint8Array ? [bytes] : bytes)) return resume(Effect.void)
       const done = () => {
         this.closeListeners.delete(onClose)
         resume(this.closeError !== undefined ? Effect.fail(this.closeError) : Effect.void)

@@ -30,6 +30,7 @@ import * as fs from "node:fs"
 import { join } from "node:path"
 import { type ConfigEntry, type DurableState, type PersistRecord, withConfig } from "../../domain/paxos/core.js"
 import { type Ballot, type ChosenEntry, compareBallot, type PaxosValue, ZeroBallot } from "../../domain/paxos/messages.js"
+import { bytesAfter } from "../../domain/mysql/packet.js"
 import { encodeWalFrame, readWalFrame, scanWalFrames, WAL_FRAME_HEADER } from "../../domain/paxos/walFrame.js"
 
 export class StorageError extends Data.TaggedError("StorageError")<{
@@ -187,17 +188,7 @@ const writeAll = async (fd: number, buffers: ReadonlyArray<Uint8Array>, position
     if (written <= 0) throw new Error(`writev wrote ${written} bytes at ${at}`)
     at += written
     // Drop what was written (a short write may end inside a buffer).
-    let skip = written
-    const next: Array<Uint8Array> = []
-    for (const b of rest) {
-      if (skip >= b.length) {
-        skip -= b.length
-        continue
-      }
-      next.push(skip > 0 ? b.subarray(skip) : b)
-      skip = 0
-    }
-    rest = next
+    rest = bytesAfter(rest, written)
   }
 }
 
