@@ -246,9 +246,11 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
    */
   let progressWaiters: Array<{ readonly done: (s: ClusterSnapshot) => boolean; readonly wake: () => void }> = []
   const wakeProgress = (snapshot: ClusterSnapshot) => {
-    const ready = progressWaiters.filter((w) => w.done(snapshot))
+    const ready: typeof progressWaiters = []
+    const waiting: typeof progressWaiters = []
+    for (const w of progressWaiters) (w.done(snapshot) ? ready : waiting).push(w)
     if (ready.length === 0) return
-    progressWaiters = progressWaiters.filter((w) => !w.done(snapshot))
+    progressWaiters = waiting
     setImmediate(() => {
       for (const w of ready) w.wake()
     })
@@ -258,21 +260,21 @@ export const make = Effect.fnUntraced(function*(options: { readonly dir: string;
       if (done(current)) return resume(Effect.succeed(true))
       let timer: ReturnType<typeof setTimeout> | undefined
       let settled = false
-      const settle = (arrived: boolean) => {
-        if (settled) return
+      /** Done waiting (answered, timed out or interrupted): no timer, no wake-up left. */
+      const detach = () => {
         settled = true
         if (timer !== undefined) clearTimeout(timer)
         progressWaiters = progressWaiters.filter((x) => x !== w)
+      }
+      const settle = (arrived: boolean) => {
+        if (settled) return
+        detach()
         resume(Effect.succeed(arrived))
       }
       const w = { done, wake: () => settle(true) }
       progressWaiters.push(w)
       if (timeoutMs !== undefined) timer = setTimeout(() => settle(false), timeoutMs)
-      return Effect.sync(() => {
-        settled = true
-        if (timer !== undefined) clearTimeout(timer)
-        progressWaiters = progressWaiters.filter((x) => x !== w)
-      })
+      return Effect.sync(detach)
     })
   const awaitApplied = (upTo: number) => Effect.asVoid(awaitProgress((s) => s.appliedUpTo >= upTo))
   const seqAccepted = (seq: number) => (s: ClusterSnapshot) => (s.state.lastGtid?.seq ?? 0) >= seq
