@@ -26,7 +26,8 @@ import {
   onOutcome,
   onProposed,
   onResigning,
-  onState
+  onState,
+  pauseMs
 } from "../../src/domain/cluster/lease.js"
 import { type Durable, durableStateOf, simPaxosConfig, storedValue } from "./paxosSim.js"
 import { EventQueue, Rng } from "./sim.js"
@@ -75,6 +76,11 @@ const TICK_MS = 10
 type Event =
   | { readonly kind: "deliver"; readonly to: number; readonly from: number; readonly message: PaxosMessage; readonly incarnation: number }
   | { readonly kind: "tick"; readonly node: number; readonly incarnation: number }
+  /**
+   * The lease loop runs one step: its timer (`timer`: the pause it ends, stale once another
+   * step ran) or a wake (an applied entry changed the view, readiness changed, a switchover).
+   */
+  | { readonly kind: "lease"; readonly node: number; readonly incarnation: number; readonly timer?: number }
   | { readonly kind: "fault" }
   | { readonly kind: "heal" }
   | { readonly kind: "restart"; readonly node: number }
@@ -92,8 +98,12 @@ interface SimNode {
   holding: boolean
   /** Its database cannot serve until then (a holder resigns; others do not run). */
   unreadyUntil: number
-  /** A switchover asked of this node (the holder): hand the lease to this node at its next tick. */
+  /** A switchover asked of this node (the holder): hand the lease to this node at its next step. */
   handOverTo: number | undefined
+  /** The lease loop's current pause (a timer event with another number is stale). */
+  leaseTimer: number
+  /** Inside a lease step: view changes need no wake (the step's own pause follows). */
+  inLeaseStep: boolean
 }
 
 export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
@@ -138,7 +148,9 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
     requestSeq: 0,
     unreadyUntil: 0,
     handOverTo: undefined,
-    holding: false
+    holding: false,
+    leaseTimer: 0,
+    inLeaseStep: false
   }]))
 
   const start = (n: SimNode) => {
@@ -157,6 +169,14 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
     n.cluster = cluster
     n.lease = initialLeaseView(cluster, local(n))
     queue.push(now + rng.int(0, TICK_MS), { kind: "tick", node: n.id, incarnation: n.incarnation })
+    wakeLease(n, now + rng.int(0, TICK_MS))
+  }
+
+  /** As MasterLease's wake queue: the loop runs a step at `at`, whatever its pause. */
+  const wakeLease = (n: SimNode, at: number) => queue.push(at, { kind: "lease", node: n.id, incarnation: n.incarnation })
+  /** The view changed outside a step (applied entry, outcome): the service wakes its loop. */
+  const viewChanged = (n: SimNode, before: LeaseView) => {
+    if (n.lease !== before && !n.inLeaseStep) wakeLease(n, now)
   }
 
   const send = (from: number, to: number, message: PaxosMessage) => {
@@ -167,7 +187,9 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
   }
 
   const outcomeArrived = (n: SimNode, outcome: Outcome | "failed") => {
+    const before = n.lease
     n.lease = onOutcome(leaseConfig(n.id), n.lease, outcome, local(n))
+    viewChanged(n, before)
   }
 
   const handle = (n: SimNode, out: Outputs) => {
@@ -182,8 +204,10 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
         const [next, outcome] = applyEntry(n.cluster, entry as ClusterEntry)
         if (entry._tag === "Resign" && outcome._tag === "Accepted" && n.id === (entry as { node: number }).node) resignations++
         n.cluster = next
+        const before = n.lease
         n.lease = onState(leaseConfig(n.id), n.lease, n.cluster, local(n))
         n.lease = onApplied(leaseConfig(n.id), n.lease, entry as ClusterEntry, outcome, local(n))
+        viewChanged(n, before)
       }
     }
     // Superseded: definitively not chosen.
@@ -198,9 +222,23 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
     }
   }
 
-  const tickLease = (n: SimNode) => {
+  /**
+   * One step of MasterLease's loop, then its pause, as the service computes it: from the
+   * reading the step decided with, ended by a timer that may fire up to 1 ms early (a
+   * timer's delay is whole milliseconds; the clock is read in fractions).
+   */
+  const stepLease = (n: SimNode) => {
+    n.inLeaseStep = true
     const c = leaseConfig(n.id)
     const t = local(n)
+    decideLease(n, c, t)
+    n.inLeaseStep = false
+    const timer = ++n.leaseTimer
+    const at = now + pauseMs(c, n.lease, t) / n.rate - rng.next()
+    queue.push(Math.max(now, at), { kind: "lease", node: n.id, incarnation: n.incarnation, timer })
+  }
+
+  const decideLease = (n: SimNode, c: LeaseConfig, t: number) => {
     // The holder leads the Paxos log, so its renewals need no forwarding.
     if (holdsLease(c, n.lease, t) && !n.core!.isLeader) handle(n, n.core!.step({ _tag: "Lead" }, now))
     if (n.handOverTo !== undefined && holdsLease(c, n.lease, t)) {
@@ -287,8 +325,13 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
         const n = nodes.get(e.node)!
         if (n.core === null || n.incarnation !== e.incarnation) break
         handle(n, n.core.step({ _tag: "Tick" }, now))
-        tickLease(n)
         queue.push(now + TICK_MS, { kind: "tick", node: n.id, incarnation: n.incarnation })
+        break
+      }
+      case "lease": {
+        const n = nodes.get(e.node)!
+        if (n.core === null || n.incarnation !== e.incarnation || (e.timer !== undefined && e.timer !== n.leaseTimer)) break
+        stepLease(n)
         break
       }
       case "fault": {
@@ -300,12 +343,19 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
           // A planned switchover to another node, sometimes with a fault on top (chaos).
           const others = members.filter((m) => m !== holder)
           nodes.get(holder)!.handOverTo = others[rng.int(0, others.length - 1)]!
+          wakeLease(nodes.get(holder)!, now)
           if (o.scenario === "chaos" && rng.int(0, 1) === 0) crash(holder)
           queue.push(now + rng.int(500, 1_500), { kind: "heal" })
           break
         }
         // Sometimes the holder's database fails too: it resigns instead of waiting the lease out.
-        if (rng.int(0, 2) === 0) nodes.get(holder)!.unreadyUntil = now + rng.int(200, 2_000)
+        if (rng.int(0, 2) === 0) {
+          // Readiness changes wake the loop (MasterLease follows readiness.changes).
+          const n = nodes.get(holder)!
+          n.unreadyUntil = now + rng.int(200, 2_000)
+          wakeLease(n, now)
+          wakeLease(n, n.unreadyUntil)
+        }
         if (kind === "crash-master") crash(holder)
         else if (kind === "isolate-master") groups = new Map(members.map((m) => [m, m === holder ? 1 : 0]))
         else groups = new Map(members.map((m) => [m, rng.int(0, 1)]))
@@ -326,6 +376,9 @@ export const runLeaseSimulation = (o: LeaseSimOptions): LeaseSimResult => {
     check()
   }
   if (o.scenario === "loss" && masterChanges > 0) fail(`message loss alone changed the master ${masterChanges} times`)
+  // Nor may the holder's own lease lapse (a renewal the loop slept through shows as a lapse
+  // and an election of the same node).
+  if (o.scenario === "loss" && elections > 1) fail(`under message loss alone the lease lapsed and was taken again ${elections - 1} times`)
   if (elections === 0) fail("no node ever held the lease")
   return { failures, elections, masterChanges, resignations, handovers, handoversLanded }
 }

@@ -198,7 +198,9 @@ export const onHandOver = (c: LeaseConfig, v: LeaseView, successor: number, now:
 /**
  * The next time `decide` or `holdsLease` can change with nothing else happening (no entry
  * applied, readiness unchanged; Infinity: none): the caller sleeps until then, and is
- * woken early by those.
+ * woken early by those. Deadlines not after `now` are not counted, so `now` must be the
+ * reading `decide` was given: a later one could pass a renewal time `decide` did not yet
+ * act on, and the renewal would be skipped (see `pauseMs`).
  */
 export const nextCheckAt = (c: LeaseConfig, v: LeaseView, now: number): number => {
   let next = Infinity
@@ -217,3 +219,17 @@ export const nextCheckAt = (c: LeaseConfig, v: LeaseView, now: number): number =
   }
   return next
 }
+
+/** Bounds on the lease loop's sleep: never a busy loop, and a look at least once a second. */
+export const MIN_PAUSE_MS = 5
+export const MAX_PAUSE_MS = 1_000
+
+/**
+ * How long the lease loop sleeps after a step (woken earlier by an applied entry or a
+ * readiness change). `now` is the clock reading the step decided with, not a fresh one: a
+ * timer may fire a little before the renewal time, so that `decide` says "not yet"; a
+ * reading taken after the step could then be past that time, which `nextCheckAt` does not
+ * count, and the loop slept until the lease ran out (seen on a loaded machine).
+ */
+export const pauseMs = (c: LeaseConfig, v: LeaseView, now: number): number =>
+  Math.min(MAX_PAUSE_MS, Math.max(MIN_PAUSE_MS, nextCheckAt(c, v, now) - now))

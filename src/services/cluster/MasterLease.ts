@@ -9,7 +9,7 @@ import {
   holdsLease,
   initialLeaseView,
   type LeaseConfig,
-  nextCheckAt,
+  pauseMs,
   onStalled,
   type LeaseView,
   onApplied,
@@ -104,10 +104,6 @@ export class NotLeaseHolder extends Data.TaggedError("NotLeaseHolder")<{ readonl
 
 export class MasterLease extends Context.Service<MasterLease, MasterLeaseShape>()("phxmaria/MasterLease") {}
 
-/** Bounds on the step loop's sleep. */
-const MIN_PAUSE_MS = 5
-const MAX_PAUSE_MS = 1_000
-
 export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
   const cluster = yield* ClusterState
   const log = yield* PaxosLog
@@ -189,9 +185,12 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
         leaseMs: config.leaseMs,
         proposalId
       }).pipe(
-        // The outcome itself arrives through `applied`; here only a failure matters.
-        Effect.catch(() => Effect.sync(() => {
-          if (view.proposing?.proposalId === proposalId) view = onOutcome(config, view, "failed", monotonicMs())
+        // The outcome itself arrives through `applied`; here only a failure matters (it
+        // may be retried at once: wake the loop, as for an applied outcome).
+        Effect.catch(() => Effect.suspend(() => {
+          if (view.proposing?.proposalId !== proposalId) return Effect.void
+          view = onOutcome(config, view, "failed", monotonicMs())
+          return Queue.offer(wake, undefined)
         })),
         Effect.forkScoped
       )
@@ -202,6 +201,7 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
       yield* proposeResign(action.basedOnVersion, action.successor)
     }
     yield* observe
+    return now
   })
   const proposeResign = (basedOnVersion: number, successor: number | undefined) =>
     cluster.propose({ _tag: "Resign", node: config.nodeId, basedOnVersion, ...(successor !== undefined ? { successor } : {}) }).pipe(
@@ -212,13 +212,14 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
     )
   // Woken at the next deadline of the lease logic (renewal, step-down, lapse, a proposal
   // given up), for an applied entry or a readiness change, and at least once a second.
-  const pause = Effect.suspend(() => {
-    const now = monotonicMs()
-    const ms = Math.min(MAX_PAUSE_MS, Math.max(MIN_PAUSE_MS, nextCheckAt(config, view, now) - now))
-    expectedAt = now + ms
-    return Effect.timeoutOption(Queue.take(wake), ms)
-  })
-  yield* Effect.forever(Effect.andThen(step, pause)).pipe(forkScopedLogged("lease: the step loop"))
+  // Counted from the reading the step decided with (see pauseMs).
+  const pause = (decidedAt: number) =>
+    Effect.suspend(() => {
+      const ms = pauseMs(config, view, decidedAt)
+      expectedAt = decidedAt + ms
+      return Effect.timeoutOption(Queue.take(wake), ms)
+    })
+  yield* Effect.forever(Effect.flatMap(step, pause)).pipe(forkScopedLogged("lease: the step loop"))
 
   return MasterLease.of({
     isMaster: Effect.sync(() => holdsLease(config, view, monotonicMs())),
