@@ -211,7 +211,11 @@ class Connection {
       ))
     socket.on("error", (cause) => this.close(new BinlogServerSocketError({ remote, cause })))
     socket.on("close", () => this.close(new BinlogServerClosed({ remote })))
-    socket.on("drain", () => this.wakeDrain())
+    // A write the kernel takes at once emits 'drain' from a nextTick, and the stream's next
+    // read and write follow in microtasks: a large transaction (or a catch-up) then went
+    // out without the event loop ever polling, and Paxos messages (the lease's renewals)
+    // waited 1-1.7 s behind a 100 MB transaction. One macrotask per socket buffer's worth.
+    socket.on("drain", () => setImmediate(() => this.wakeDrain()))
   }
 
   get closed(): BinlogServerConnectionError | undefined {
