@@ -221,15 +221,16 @@ export const nextCheckAt = (c: LeaseConfig, v: LeaseView, now: number): number =
 }
 
 /** Bounds on the lease loop's sleep: never a busy loop, and a look at least once a second. */
-export const MIN_PAUSE_MS = 5
-export const MAX_PAUSE_MS = 1_000
+const MIN_PAUSE_MS = 5
+const MAX_PAUSE_MS = 1_000
 
 /**
  * How long the lease loop sleeps after a step (woken earlier by an applied entry or a
- * readiness change). `now` is the clock reading the step decided with, not a fresh one: a
- * timer may fire a little before the renewal time, so that `decide` says "not yet"; a
- * reading taken after the step could then be past that time, which `nextCheckAt` does not
- * count, and the loop slept until the lease ran out (seen on a loaded machine).
+ * readiness change), from `now`. Which deadline is next is judged at `decidedAt`, the clock
+ * reading the step decided with, not a fresh one: a timer may fire a little before the
+ * renewal time, so that `decide` says "not yet"; a reading taken after the step could then
+ * be past that time, which `nextCheckAt` does not count, and the loop slept until the lease
+ * ran out (seen on a loaded machine). The time the step took is taken off the sleep.
  */
-export const pauseMs = (c: LeaseConfig, v: LeaseView, now: number): number =>
-  Math.min(MAX_PAUSE_MS, Math.max(MIN_PAUSE_MS, nextCheckAt(c, v, now) - now))
+export const pauseMs = (c: LeaseConfig, v: LeaseView, decidedAt: number, now = decidedAt): number =>
+  Math.max(MIN_PAUSE_MS, decidedAt + Math.min(MAX_PAUSE_MS, Math.max(MIN_PAUSE_MS, nextCheckAt(c, v, decidedAt) - decidedAt)) - now)

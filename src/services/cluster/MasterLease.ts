@@ -9,7 +9,6 @@ import {
   holdsLease,
   initialLeaseView,
   type LeaseConfig,
-  MIN_PAUSE_MS,
   pauseMs,
   onStalled,
   type LeaseView,
@@ -213,12 +212,11 @@ export const make = Effect.fnUntraced(function*(config: LeaseConfig) {
     )
   // Woken at the next deadline of the lease logic (renewal, step-down, lapse, a proposal
   // given up), for an applied entry or a readiness change, and at least once a second.
-  // Which deadline is next is judged at the reading the step decided with (see pauseMs);
-  // the time the step took is taken off the sleep (never below the minimum).
+  // Which deadline is next is judged at the reading the step decided with (see pauseMs).
   const pause = (decidedAt: number) =>
     Effect.suspend(() => {
       const now = monotonicMs()
-      const ms = Math.max(MIN_PAUSE_MS, decidedAt + pauseMs(config, view, decidedAt) - now)
+      const ms = pauseMs(config, view, decidedAt, now)
       expectedAt = now + ms
       return Effect.timeoutOption(Queue.take(wake), ms)
     })
