@@ -26,7 +26,8 @@
  * BENCH_IDLE_SECONDS (default 10), BENCH_ONLY=cluster (skip the two baselines),
  * BENCH_AGENT_NODE_ARGS (extra node arguments for the agents, e.g. "--cpu-prof --cpu-prof-dir=DIR"),
  * BENCH_PEER_TLS=1 (mutual TLS between the agents, as the demo runs), BENCH_EXTRA_CONFIG (JSON:
- * mariadb.extraConfig for the cluster's servers).
+ * mariadb.extraConfig for the cluster's servers), BENCH_PAXOS_TUNING (JSON: the nodes' paxos settings,
+ * e.g. {"maxInflight":2}).
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
@@ -115,6 +116,7 @@ const cluster = Effect.gen(function*() {
     nodes: 3,
     database: process.env.BENCH_EXTRA_CONFIG !== undefined ? { extraConfig: JSON.parse(process.env.BENCH_EXTRA_CONFIG) } : true,
     tls: process.env.BENCH_PEER_TLS === "1",
+    ...(process.env.BENCH_PAXOS_TUNING !== undefined ? { paxos: JSON.parse(process.env.BENCH_PAXOS_TUNING) } : {}),
     ...(nodeArgs !== undefined ? { nodeArgs } : {})
   })
   const master = yield* waitForMaster(c, "a first master")

@@ -126,6 +126,19 @@ describe("MariaDbServer", () => {
       expect(fs.readFileSync(path.join(dir, "error.log"), "utf8")).toMatch(/Shutdown complete/)
     }))
 
+  it.live("mariadbd runs without the agent's glibc malloc settings (they slowed its large rows), with the rest of its environment", () =>
+    Effect.gen(function*() {
+      // The agent's own setting (LocalCluster.AGENT_ENV, the systemd unit), for this test only.
+      yield* Effect.acquireRelease(
+        Effect.sync(() => (process.env.MALLOC_MMAP_THRESHOLD_ = "4194304")),
+        () => Effect.sync(() => delete process.env.MALLOC_MMAP_THRESHOLD_)
+      )
+      const db = yield* MariaDbServer.makeManaged({ dir: yield* tempDir("phxmaria-server-"), port: yield* freePort, serverId: 41 })
+      const environ = fs.readFileSync(`/proc/${(yield* db.pid)!}/environ`, "utf8").split("\0")
+      expect(environ.filter((v) => v.startsWith("MALLOC_"))).toEqual([])
+      expect(environ).toContain(`PATH=${process.env.PATH}`)
+    }))
+
   it.live("supervised: restarts mariadbd after an outside SIGKILL", () =>
     Effect.gen(function*() {
       const dir = yield* tempDir("phxmaria-server-")

@@ -58,10 +58,17 @@ export interface Proc {
 
 export const describeExit = (e: ExitInfo) => (e.error !== undefined ? e.error.message : `code ${e.code}, signal ${e.signal}`)
 
+/**
+ * mariadbd's environment: the agent's, less glibc's malloc settings (MALLOC_*), which are
+ * tuned for the agent's large buffers (docs/operations.md, "Memory"), not for the server's threads.
+ */
+export const serverEnv = (env: NodeJS.ProcessEnv): NodeJS.ProcessEnv =>
+  Object.fromEntries(Object.entries(env).filter(([k]) => !k.startsWith("MALLOC_")))
+
 /** Spawns mariadbd and hands the process to `register` in the same synchronous step, so none escapes. */
 export const spawnProc = (mariadbd: string, l: Layout, register: (proc: Proc) => void): Effect.Effect<Proc, MariaDbStartError> =>
   Effect.suspend(() => {
-    const child = spawn(mariadbd, [`--defaults-file=${l.configFile}`], { stdio: "ignore" })
+    const child = spawn(mariadbd, [`--defaults-file=${l.configFile}`], { stdio: "ignore", env: serverEnv(process.env) })
     let proc: Proc | undefined
     let settle!: (e: ExitInfo) => void
     const exited = new Promise<ExitInfo>((resolve) => (settle = resolve))
