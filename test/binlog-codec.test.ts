@@ -3,7 +3,7 @@ import { Effect, Result } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import mysql from "mysql2/promise"
-import { crc32 } from "../src/domain/binlog/crc32.js"
+import { crc32, crc32Patched } from "../src/domain/binlog/crc32.js"
 import {
   type BinlogEvent,
   buildEvent,
@@ -353,6 +353,21 @@ describe("binlog codec units", () => {
     for (let i = 0; i < 50; i++) {
       const data = randomBytes(next, Math.floor(next() * 300))
       expect(crc32(data.subarray(7), crc32(data.subarray(0, 7)))).toBe(crc32(data))
+    }
+  })
+
+  it("crc32Patched: a CRC carried over changed bytes equals the CRC recomputed, at any place and length", () => {
+    const next = prng(2)
+    for (let i = 0; i < 300; i++) {
+      // lengths across the powers of two the patch composes, up to 2 MiB
+      const data = randomBytes(next, i < 20 ? Math.floor(next() * (2 << 20)) + 8 : Math.floor(next() * 600) + 8)
+      const at = Math.floor(next() * (data.length - 3))
+      const span = Math.min(data.length - at, 1 + Math.floor(next() * 4))
+      const crc = crc32(data)
+      const before = data.slice(at, at + span)
+      const changed = Uint8Array.from(data)
+      changed.set(randomBytes(next, span), at)
+      expect(crc32Patched(crc, before, changed.subarray(at, at + span), data.length - at - span)).toBe(crc32(changed))
     }
   })
 

@@ -14,9 +14,11 @@
  */
 import { Data, Result } from "effect"
 import type { Gtid } from "../cluster/gtid.js"
-import { crc32 } from "./crc32.js"
+import { crc32, crc32Patched } from "./crc32.js"
 
 export const HEADER_LENGTH = 19
+/** Where a header keeps log_pos (u32, little-endian). */
+const LOG_POS_OFFSET = 13
 export const CHECKSUM_LENGTH = 4
 
 /** Event type codes (MySQL's 0-38 plus MariaDB's 160-171). */
@@ -178,7 +180,7 @@ export const parseHeader = (bytes: Uint8Array): Result.Result<EventHeader, Binlo
     type: v.getUint8(4),
     serverId: v.getUint32(5, true),
     eventSize: v.getUint32(9, true),
-    logPos: v.getUint32(13, true),
+    logPos: v.getUint32(LOG_POS_OFFSET, true),
     flags: v.getUint16(17, true)
   })
 }
@@ -190,7 +192,7 @@ export const writeHeader = (header: EventHeader, target: Uint8Array, offset = 0)
   v.setUint8(4, header.type)
   v.setUint32(5, header.serverId, true)
   v.setUint32(9, header.eventSize, true)
-  v.setUint32(13, header.logPos, true)
+  v.setUint32(LOG_POS_OFFSET, header.logPos, true)
   v.setUint16(17, header.flags, true)
 }
 
@@ -320,10 +322,14 @@ export const setLogPosInPlace = (
   const parsed = parseEvent(bytes, { checksum: options.checksum ?? true })
   if (Result.isFailure(parsed)) return Result.fail(parsed.failure)
   const v = view(bytes)
-  v.setUint32(13, logPos, true)
-  if (parsed.success.checksum !== null) {
+  const before = bytes.slice(LOG_POS_OFFSET, LOG_POS_OFFSET + 4)
+  v.setUint32(LOG_POS_OFFSET, logPos, true)
+  const stored = parsed.success.checksum
+  if (stored !== null) {
+    // The verified CRC, carried over the 4 changed bytes: no second pass over the event.
     const end = bytes.length - CHECKSUM_LENGTH
-    v.setUint32(end, checksumOver(bytes.subarray(0, end)), true)
+    const after = bytes.subarray(LOG_POS_OFFSET, LOG_POS_OFFSET + 4)
+    v.setUint32(end, crc32Patched(stored, before, after, end - LOG_POS_OFFSET - 4), true)
   }
   return Result.succeed(undefined)
 }
