@@ -100,7 +100,12 @@ interface SimNode {
   /** Writes issued but not yet durable, in order, with what waits for them. */
   writes: Array<{ readonly index: number; readonly out: Outputs; readonly chosenUpTo: number }>
   writeIndex: number
+  /** Told the core its writes are behind (WriteBacklog), as PaxosLog does over its byte bound. */
+  backlogged: boolean
 }
+
+/** Writes pending at which a node's catch-up waits for its disk (PaxosLog counts bytes). */
+const BACKLOG_WRITES = 2
 
 /** A membership value of the simulation: "M:voters:learners" (comma-separated ids). */
 export const membershipValue = (set: MemberSet, tag = ""): string => `M:${set.voters.join(",")}:${set.learners.join(",")}:${tag}`
@@ -200,7 +205,8 @@ export const runSimulation = (options: SimOptions): SimResult => {
         nextDelivery: 0,
         requests: new Map(),
         writes: [],
-        writeIndex: 0
+        writeIndex: 0,
+        backlogged: false
       }
     ])
   )
@@ -213,6 +219,7 @@ export const runSimulation = (options: SimOptions): SimResult => {
     n.nextDelivery = durable.chosenUpTo
     n.requests.clear()
     n.writes = [] // lost with the crash
+    n.backlogged = false
     queue.push(now + rng.int(0, TICK_MS), { kind: "tick", node: n.id, incarnation: n.incarnation })
   }
 
@@ -283,6 +290,14 @@ export const runSimulation = (options: SimOptions): SimResult => {
     const index = ++n.writeIndex
     n.writes.push({ index, out, chosenUpTo: n.core!.chosenUpTo })
     queue.push(now + rng.int(0, options.diskDelayMs), { kind: "flush", node: n.id, incarnation: n.incarnation, write: index })
+    noteBacklog(n)
+  }
+
+  const noteBacklog = (n: SimNode) => {
+    const over = n.writes.length > BACKLOG_WRITES
+    if (n.core === null || over === n.backlogged) return
+    n.backlogged = over
+    handle(n, n.core.step({ _tag: "WriteBacklog", over }, now))
   }
 
   /** Catch-up answers from what the node holds durably. */
@@ -316,6 +331,7 @@ export const runSimulation = (options: SimOptions): SimResult => {
         else send(n.id, s.to, s.message)
       }
     }
+    noteBacklog(n)
   }
 
   const messages: Record<string, number> = {}

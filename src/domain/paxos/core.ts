@@ -205,6 +205,12 @@ export type Input =
    * would only load the peers).
    */
   | { readonly _tag: "PauseCatchup"; readonly paused: boolean }
+  /**
+   * The driver's writes are (no longer) behind by more than it allows: while they are, no
+   * catch-up request goes out, so a node far behind takes values in at its disk's pace
+   * instead of queueing them in memory (and its readers wait for those writes).
+   */
+  | { readonly _tag: "WriteBacklog"; readonly over: boolean }
 
 export type ProposalResult =
   | { readonly _tag: "Chosen"; readonly requestId: number; readonly instance: number; readonly index: number }
@@ -540,6 +546,12 @@ export class PaxosNode {
         break
       case "PauseCatchup":
         this.catchupPaused = input.paused
+        break
+      case "WriteBacklog":
+        this.writeBacklog = input.over
+        // Caught up with the disk: the next slice at once, not at the next tick.
+        if (!input.over) this.catchupSentAt = -Infinity
+        this.maybeCatchup()
         break
     }
     this.drainSelf()
@@ -1066,9 +1078,10 @@ export class PaxosNode {
   }
 
   private catchupPaused = false
+  private writeBacklog = false
 
   private maybeCatchup(): void {
-    if (this.catchupPaused || this.now - this.catchupSentAt < this.config.catchupRetryMs) return
+    if (this.catchupPaused || this.writeBacklog || this.now - this.catchupSentAt < this.config.catchupRetryMs) return
     const ahead = this.informants().filter((p) => (this.peerChosenUpTo.get(p) ?? 0) > this.chosenUpToValue)
     if (ahead.length === 0) return
     // Rotate among peers that are ahead, so one that lacks an entry does not stall us.

@@ -21,7 +21,7 @@ import {
   isBlank,
   sendsBeforePersist
 } from "../../domain/paxos/core.js"
-import { type ChosenEntry, PaxosMessage, type PaxosValue } from "../../domain/paxos/messages.js"
+import { type ChosenEntry, PaxosMessage, type PaxosValue, valueBytes } from "../../domain/paxos/messages.js"
 import { NotEnoughNodes, ProposeError, ProposeTimeout, Superseded, ValueTooLarge } from "../../domain/paxos/errors.js"
 import { Histogram, type HistogramSummary } from "../../domain/metrics/histogram.js"
 import { PaxosStorage, StorageError } from "./PaxosStorage.js"
@@ -29,6 +29,9 @@ import * as Transport from "./Transport.js"
 import { forkScopedLogged } from "../fibers.js"
 import * as Time from "../time.js"
 import type { PeerTls } from "../tls/PeerTls.js"
+
+/** Unwritten value bytes at which catch-up waits for the disk: two of the core's 4 MiB slices. */
+const CATCHUP_WRITE_BACKLOG_BYTES = 8 * 1024 * 1024
 
 /** A client (bench, tests, later the agent's tools) proposes over the peer port. */
 export const ClientMessage = Schema.Union([
@@ -350,6 +353,22 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
   const acceptSentAt = new Map<number, number>()
   /** Set once a write failed: the node stops taking part (it could vouch for nothing). */
   let failure: StorageError | undefined
+  /**
+   * Bytes of values handed to storage and not yet written. Over CATCHUP_WRITE_BACKLOG_BYTES,
+   * catch-up waits (core input WriteBacklog): a node far behind learned 4 MiB slices faster
+   * than it wrote them, queued hundreds of MB, and its binlog server's reads of those
+   * instances waited 5-16 s for their writes while its MariaDB sat idle (bench:catchup).
+   */
+  let unwrittenBytes = 0
+  let writeBacklog = false
+  const noteUnwritten = (delta: number) => {
+    unwrittenBytes += delta
+    const over = unwrittenBytes > CATCHUP_WRITE_BACKLOG_BYTES
+    if (over !== writeBacklog) {
+      writeBacklog = over
+      step({ _tag: "WriteBacklog", over })
+    }
+  }
   let transport: Transport.Transport<NodeMessage> | undefined
 
   // ---- stepping the core ---------------------------------------------------
@@ -420,6 +439,11 @@ export const make = Effect.fnUntraced(function*(options: PaxosLogOptions) {
       const write = storage.write(o.persist, core.chosenUpTo)
       lastWrite = write
       write.then(() => writeMs.record(monotonicMs() - now), onStorageFailure)
+      const bytes = o.persist.reduce((n, r) => n + (r._tag === "Accepted" || r._tag === "Chosen" ? valueBytes(r.value) : 0), 0)
+      if (bytes > 0) {
+        noteUnwritten(bytes)
+        void write.finally(() => noteUnwritten(-bytes)).catch(() => undefined)
+      }
     }
     let later: Array<{ readonly to: number; readonly message: PaxosMessage }> | undefined
     for (const s of o.send) {
