@@ -20,7 +20,7 @@ import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync,
 import { totalmem } from "node:os"
 import { join } from "node:path"
 import type { Readable } from "node:stream"
-import { findBinary, serverUser } from "./MariaDbLayout.js"
+import { findBinary, mariadbEnv, serverUser } from "./MariaDbLayout.js"
 import { formatGtid, type Gtid, parseGtid } from "../../domain/cluster/gtid.js"
 import * as MariaDbServer from "./MariaDbServer.js"
 import { forkScopedLogged } from "../fibers.js"
@@ -88,7 +88,7 @@ export class BackupFailed extends Data.TaggedError("BackupFailed")<{ readonly st
 /** Runs a tool to its end; fails with its last output. `stdin` is piped in when given. */
 const runTool = (stage: string, bin: string, args: ReadonlyArray<string>, stdin?: Readable) =>
   Effect.callback<void, BackupFailed>((resume) => {
-    const child = spawn(bin, args, { stdio: [stdin === undefined ? "ignore" : "pipe", "ignore", "pipe"] })
+    const child = spawn(bin, args, { stdio: [stdin === undefined ? "ignore" : "pipe", "ignore", "pipe"], env: mariadbEnv() })
     let tail = ""
     child.stderr!.on("data", (d: Buffer) => {
       tail = (tail + d.toString("utf8")).slice(-2000)
@@ -413,7 +413,7 @@ export const make = Effect.fnUntraced(function*(options: LocalMariaDbOptions) {
           `--datadir=${server.dataDir}`,
           `--socket=${server.socket}`,
           `--user=${server.user}`
-        ], { stdio: ["ignore", "pipe", "pipe"] })
+        ], { stdio: ["ignore", "pipe", "pipe"], env: mariadbEnv() })
       }),
       (c) => Effect.sync(() => {
         if (c.exitCode === null) c.kill("SIGKILL")

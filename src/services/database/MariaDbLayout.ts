@@ -241,6 +241,15 @@ const isEmptyOrMissing = (dir: string): boolean => {
   }
 }
 
+/**
+ * The environment of every MariaDB program the agent starts (mariadbd, mariadb-install-db,
+ * mariadb-backup, mbstream): the agent's, less glibc's malloc settings (MALLOC_*), which are
+ * tuned for the agent's large buffers (docs/operations.md, "Memory"), not for the server's
+ * threads: inherited, they made mariadbd fault in fresh memory for every large row.
+ */
+export const mariadbEnv = (): NodeJS.ProcessEnv =>
+  Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("MALLOC_")))
+
 const runInstallDb = (installDbBin: string, l: Layout) =>
   Effect.callback<void, MariaDbStartError>((resume) => {
     const child = execFile(
@@ -253,7 +262,7 @@ const runInstallDb = (installDbBin: string, l: Layout) =>
         // install-db takes $USER, which a process started with another uid (setpriv, su) still carries.
         ...(isRoot() ? [] : [`--auth-root-socket-user=${adminUser()}`])
       ],
-      { timeout: 120_000, maxBuffer: 8 * 1024 * 1024 },
+      { timeout: 120_000, maxBuffer: 8 * 1024 * 1024, env: mariadbEnv() },
       (error, stdout, stderr) => {
         if (error === null) return resume(Effect.void)
         const output = `${stdout}\n${stderr}`.slice(-3000)

@@ -6,7 +6,7 @@ import { type ChildProcess, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import { Duration, Effect, Option, Schedule } from "effect"
 import { MariaDbStartError } from "./MariaDbErrors.js"
-import { type Layout, readFrom, readTail } from "./MariaDbLayout.js"
+import { type Layout, mariadbEnv, readFrom, readTail } from "./MariaDbLayout.js"
 import { pingUntil, READY_TIMEOUT, withLiveClock } from "./MariaDbPool.js"
 
 // ---------------------------------------------------------------------------
@@ -58,17 +58,10 @@ export interface Proc {
 
 export const describeExit = (e: ExitInfo) => (e.error !== undefined ? e.error.message : `code ${e.code}, signal ${e.signal}`)
 
-/**
- * mariadbd's environment: the agent's, less glibc's malloc settings (MALLOC_*), which are
- * tuned for the agent's large buffers (docs/operations.md, "Memory"), not for the server's threads.
- */
-export const serverEnv = (env: NodeJS.ProcessEnv): NodeJS.ProcessEnv =>
-  Object.fromEntries(Object.entries(env).filter(([k]) => !k.startsWith("MALLOC_")))
-
 /** Spawns mariadbd and hands the process to `register` in the same synchronous step, so none escapes. */
 export const spawnProc = (mariadbd: string, l: Layout, register: (proc: Proc) => void): Effect.Effect<Proc, MariaDbStartError> =>
   Effect.suspend(() => {
-    const child = spawn(mariadbd, [`--defaults-file=${l.configFile}`], { stdio: "ignore", env: serverEnv(process.env) })
+    const child = spawn(mariadbd, [`--defaults-file=${l.configFile}`], { stdio: "ignore", env: mariadbEnv() })
     let proc: Proc | undefined
     let settle!: (e: ExitInfo) => void
     const exited = new Promise<ExitInfo>((resolve) => (settle = resolve))
