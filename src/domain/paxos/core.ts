@@ -300,6 +300,8 @@ export class PaxosNode {
   private maxChosen: number
   private readonly peerChosenUpTo = new Map<number, number>()
   private catchupSentAt = -Infinity
+  /** A catch-up request is out and unanswered (catchupRetryMs after it was sent, another goes). */
+  private catchupAwaiting = false
   private catchupPeerIndex = 0
   /** Below it nothing is stored here any more. */
   private compactedBelowValue: number
@@ -549,8 +551,9 @@ export class PaxosNode {
         break
       case "WriteBacklog":
         this.writeBacklog = input.over
-        // Caught up with the disk: the next slice at once, not at the next tick.
-        if (!input.over) this.catchupSentAt = -Infinity
+        // Caught up with the disk: the next slice at once, not at the next tick. Not if one is
+        // already on its way: asking again would have the peer read and send it twice.
+        if (!input.over && !this.catchupAwaiting) this.catchupSentAt = -Infinity
         this.maybeCatchup()
         break
     }
@@ -948,6 +951,7 @@ export class PaxosNode {
 
   private onCatchupReply(from: number, m: MessageOf<"CatchupReply">): void {
     if (m.compactedBelow !== undefined) this.peerCompactedBelow.set(from, m.compactedBelow)
+    this.catchupAwaiting = false
     const before = this.chosenUpToValue
     for (const e of m.entries) this.learn(e.instance, e.value)
     if (this.chosenUpToValue > before) {
@@ -1087,6 +1091,7 @@ export class PaxosNode {
     // Rotate among peers that are ahead, so one that lacks an entry does not stall us.
     const peer = ahead[this.catchupPeerIndex++ % ahead.length]!
     this.catchupSentAt = this.now
+    this.catchupAwaiting = true
     this.sendTo(peer, { _tag: "CatchupRequest", from: this.chosenUpToValue, count: this.config.catchupBatch })
   }
 
