@@ -6,17 +6,24 @@
  */
 import { Result } from "effect"
 import { crc32 } from "../binlog/crc32.js"
-import { decodePayload, packWithHeaderRoom } from "../wire/frame.js"
+import { decodePayload } from "../wire/frame.js"
+import { packScatter, type Scattered } from "../wire/scatter.js"
 
 export const WAL_FRAME_HEADER = 8
 
-/** One frame's bytes for `value`: encoded once, the header written in the room left for it. */
-export const encodeWalFrame = (value: unknown): Uint8Array => {
-  const frame = packWithHeaderRoom(value, WAL_FRAME_HEADER)
-  const payload = frame.subarray(WAL_FRAME_HEADER)
-  const header = new DataView(frame.buffer, frame.byteOffset, WAL_FRAME_HEADER)
-  header.setUint32(0, payload.length, true)
-  header.setUint32(4, crc32(payload), true)
+/**
+ * One frame for `value`, as ranges for a vectored write (a large value is not copied:
+ * scatter.ts), the header in the room left for it. Throws TypeError for what msgpack
+ * cannot hold.
+ */
+export const encodeWalFrame = (value: unknown): Scattered => {
+  const frame = packScatter(value, WAL_FRAME_HEADER)
+  const first = frame.parts[0]!
+  let crc = crc32(first.subarray(WAL_FRAME_HEADER))
+  for (let i = 1; i < frame.parts.length; i++) crc = crc32(frame.parts[i]!, crc)
+  const header = new DataView(first.buffer, first.byteOffset, WAL_FRAME_HEADER)
+  header.setUint32(0, frame.length - WAL_FRAME_HEADER, true)
+  header.setUint32(4, crc, true)
   return frame
 }
 

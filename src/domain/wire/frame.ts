@@ -9,6 +9,7 @@
 import { Data, Result } from "effect"
 import { Packr, RESERVE_START_SPACE } from "msgpackr"
 import { describeCause } from "../describe.js"
+import { packScatter, type Scattered } from "./scatter.js"
 
 /** Bytes of the length prefix. */
 export const FRAME_HEADER_BYTES = 4
@@ -100,6 +101,24 @@ export const tryEncodeFrame = (payload: unknown): Result.Result<Uint8Array, Fram
     return Result.fail(cause instanceof FrameEncodeError ? cause : new FrameEncodeError({ cause }))
   }
   new DataView(frame.buffer, frame.byteOffset, FRAME_HEADER_BYTES).setUint32(0, frame.length - FRAME_HEADER_BYTES)
+  return Result.succeed(frame)
+}
+
+/**
+ * Like {@link tryEncodeFrame}, as ranges for a vectored write: large binaries (a
+ * transaction's bytes) are not copied (scatter.ts).
+ */
+export const tryEncodeFrameParts = (payload: unknown): Result.Result<Scattered, FrameEncodeError> => {
+  let frame: Scattered
+  try {
+    frame = packScatter(payload, FRAME_HEADER_BYTES)
+  } catch (cause) {
+    return Result.fail(new FrameEncodeError({ cause }))
+  }
+  const payloadLength = frame.length - FRAME_HEADER_BYTES
+  if (payloadLength > 0xffffffff) return Result.fail(new FrameEncodeError({ cause: `payload of ${payloadLength} bytes exceeds u32` }))
+  const first = frame.parts[0]!
+  new DataView(first.buffer, first.byteOffset, FRAME_HEADER_BYTES).setUint32(0, payloadLength)
   return Result.succeed(frame)
 }
 

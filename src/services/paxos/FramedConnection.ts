@@ -7,6 +7,7 @@
 import type * as net from "node:net"
 import { Effect, Result, type Schema, type Scope } from "effect"
 import { decodePayload, FrameDecoder, FrameTruncated } from "../../domain/wire/frame.js"
+import type { Scattered } from "../../domain/wire/scatter.js"
 import {
   TransportClosed,
   type TransportConnectionError,
@@ -35,7 +36,7 @@ export class Connection {
   private receiver: Receiver | undefined = undefined
   /** Frames that arrived while no receiver was set; the socket is paused meanwhile. */
   private readonly stash: Array<Uint8Array> = []
-  private pending: Array<Uint8Array> = []
+  private pending: Array<Uint8Array | Scattered> = []
   private pendingBytes = 0
   private flushScheduled = false
   private closeError: TransportConnectionError | undefined = undefined
@@ -96,9 +97,10 @@ export class Connection {
    * (one Effect scheduler batch) go out in one corked write. nextTick rather
    * than setImmediate: the frames leave before any further I/O is polled. Returns false (frame dropped) when closed or over the bound;
    * a single frame is always accepted on an idle connection so that frames
-   * larger than the bound can still be sent.
+   * larger than the bound can still be sent. A frame in ranges (scatter.ts) goes out as
+   * they are, in the same corked write.
    */
-  write(frame: Uint8Array): boolean {
+  write(frame: Uint8Array | Scattered): boolean {
     if (this.closeError) return false
     const queued = this.socket.writableLength + this.pendingBytes
     if (queued > 0 && queued + frame.length > this.maxBufferedBytes) return false
@@ -117,12 +119,15 @@ export class Connection {
     this.pending = []
     this.pendingBytes = 0
     if (this.closeError || frames.length === 0) return
-    if (frames.length === 1) {
-      this.socket.write(frames[0]!)
+    if (frames.length === 1 && frames[0] instanceof Uint8Array) {
+      this.socket.write(frames[0])
       return
     }
     this.socket.cork()
-    for (const frame of frames) this.socket.write(frame)
+    for (const frame of frames) {
+      if (frame instanceof Uint8Array) this.socket.write(frame)
+      else for (const part of frame.parts) this.socket.write(part)
+    }
     this.socket.uncork()
   }
 

@@ -32,6 +32,7 @@ import { type ConfigEntry, type DurableState, type PersistRecord, withConfig } f
 import { type Ballot, type ChosenEntry, compareBallot, type PaxosValue, ZeroBallot } from "../../domain/paxos/messages.js"
 import { bytesAfter } from "../../domain/mysql/packet.js"
 import { encodeWalFrame, readWalFrame, scanWalFrames, WAL_FRAME_HEADER } from "../../domain/paxos/walFrame.js"
+import type { Scattered } from "../../domain/wire/scatter.js"
 
 export class StorageError extends Data.TaggedError("StorageError")<{
   readonly operation: string
@@ -435,7 +436,7 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
   // ---- writing --------------------------------------------------------------
 
   interface Batch {
-    readonly frames: ReadonlyArray<{ readonly entry: WalEntry; readonly bytes: Uint8Array }>
+    readonly frames: ReadonlyArray<{ readonly entry: WalEntry; readonly frame: Scattered }>
     readonly resolve: () => void
     readonly reject: (e: StorageError) => void
   }
@@ -459,7 +460,7 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
       const batches = queued
       queued = []
       const frames = batches.flatMap((b) => b.frames)
-      const total = frames.reduce((n, f) => n + f.bytes.length, 0)
+      const total = frames.reduce((n, f) => n + f.frame.length, 0)
       try {
         if (tail.offset + total > sizeOf(tail.segment)) {
           // Does not fit: the next segment (one of its own for a larger write; a spare too
@@ -476,13 +477,13 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
         const placed: Array<{ readonly entry: WalEntry; readonly location: Location }> = []
         let at = 0
         for (const f of frames) {
-          placed.push({ entry: f.entry, location: [tail.segment, tail.offset + at, f.bytes.length, null] })
-          at += f.bytes.length
+          placed.push({ entry: f.entry, location: [tail.segment, tail.offset + at, f.frame.length, null] })
+          at += f.frame.length
         }
         const fd = fdOf(tail.segment)
         const offset = tail.offset
         // The frames as they are, in one vectored write (no copy of a large value into a joined buffer).
-        await writeAll(fd, frames.map((f) => f.bytes), offset)
+        await writeAll(fd, frames.flatMap((f) => f.frame.parts), offset)
         tail = { segment: tail.segment, offset: offset + total }
         index(placed, tail.segment, tail.offset)
         if (spare === undefined && tail.offset > sizeOf(tail.segment) / 2) prepareSpare(tail.segment, 0)
@@ -513,13 +514,13 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
     if (failed !== undefined) return Promise.reject(failed)
     if (closing) return Promise.reject(new StorageError({ operation: "persist", cause: "the storage is closed" }))
     if (records.length === 0) return Promise.resolve()
-    let frames: Array<{ readonly entry: WalEntry; readonly bytes: Uint8Array }>
+    let frames: Array<{ readonly entry: WalEntry; readonly frame: Scattered }>
     try {
-      frames = records.map((r) => ({ entry: r, bytes: encodeWalFrame(r) }))
+      frames = records.map((r) => ({ entry: r, frame: encodeWalFrame(r) }))
       if (chosenUpTo > hinted) {
         hinted = chosenUpTo
         const hint: WalEntry = { _tag: "ChosenUpTo", upTo: chosenUpTo }
-        frames.push({ entry: hint, bytes: encodeWalFrame(hint) })
+        frames.push({ entry: hint, frame: encodeWalFrame(hint) })
       }
     } catch (cause) {
       return Promise.reject(new StorageError({ operation: "encode", cause }))
@@ -680,7 +681,7 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
         // The member sets may have been learned in a segment about to go.
         ...(meta.configs !== undefined ? { configs: meta.configs } : {})
       }
-      await enqueue([{ entry: checkpoint, bytes: encodeWalFrame(checkpoint) }])
+      await enqueue([{ entry: checkpoint, frame: encodeWalFrame(checkpoint) }])
       for (const n of doomed) {
         const fd = fds.get(n)
         if (fd !== undefined) fs.closeSync(fd)

@@ -19,7 +19,8 @@ import * as net from "node:net"
 import * as tls from "node:tls"
 import * as PeerTls from "../tls/PeerTls.js"
 import { Cause, Context, Duration, Effect, Fiber, Layer, Queue, Result, Schedule, Schema, Scope } from "effect"
-import { DEFAULT_MAX_FRAME_BYTES, FrameEncodeError, tryEncodeFrame } from "../../domain/wire/frame.js"
+import { DEFAULT_MAX_FRAME_BYTES, FrameEncodeError, tryEncodeFrameParts } from "../../domain/wire/frame.js"
+import type { Scattered } from "../../domain/wire/scatter.js"
 import * as TcpListener from "../net/TcpListener.js"
 import * as HostAddresses from "../net/HostAddresses.js"
 import { forkScopedLogged } from "../fibers.js"
@@ -222,21 +223,22 @@ const dial = (
 const makeEncoder = <M>(schema: Schema.Codec<M, unknown>, maxFrameBytes: number, fastPath?: FastPath<M>) => {
   const encode = Schema.encodeResult(schema)
   let lastMessage: M | undefined = undefined
-  let lastFrame: Result.Result<Uint8Array, FrameEncodeError | Schema.SchemaError> | undefined = undefined
-  return (message: M): Result.Result<Uint8Array, FrameEncodeError | Schema.SchemaError> => {
+  let lastFrame: Result.Result<Scattered, FrameEncodeError | Schema.SchemaError> | undefined = undefined
+  return (message: M): Result.Result<Scattered, FrameEncodeError | Schema.SchemaError> => {
     if (message === lastMessage && lastFrame !== undefined) return lastFrame
     lastFrame = encodeUncached(message)
     lastMessage = message
     return lastFrame
   }
-  function encodeUncached(message: M): Result.Result<Uint8Array, FrameEncodeError | Schema.SchemaError> {
+  function encodeUncached(message: M): Result.Result<Scattered, FrameEncodeError | Schema.SchemaError> {
     let wire = fastPath?.encode(message)
     if (wire === undefined) {
       const encoded = encode(message)
       if (Result.isFailure(encoded)) return Result.fail(encoded.failure)
       wire = encoded.success
     }
-    const frame = tryEncodeFrame(wire)
+    // A transaction's bytes are not copied into the frame: they go out as ranges of their own.
+    const frame = tryEncodeFrameParts(wire)
     if (Result.isSuccess(frame) && frame.success.length - 4 > maxFrameBytes) {
       // The receiver would close the connection over it: drop it here instead.
       return Result.fail(
