@@ -34,7 +34,7 @@ export const startBlobWriters = (options: {
       }
       try {
         conn ??= await mysql.createConnection({ host: "127.0.0.1", port: options.port, user: APP_USER, password: APP_PASSWORD, database: options.database })
-        await conn.query("INSERT INTO t (b) VALUES (?)", [row])
+        await conn.execute("INSERT INTO t (b) VALUES (?)", [row])
         acks.push(performance.now())
       } catch (e) {
         state.errors++
