@@ -6,7 +6,8 @@ import { APP_PASSWORD, APP_USER } from "../../test/support/dbCluster.js"
 
 /**
  * `writers` connections each INSERT one row of `rowBytes` into `database`.t (b LONGBLOB) at
- * a time until stopped, for at most `maxMs` and a million rows each. A failed commit
+ * a time, as a prepared statement's parameter (sent as bytes, not as a hex literal the
+ * client formats and the server parses), until stopped, for at most `maxMs` and a million rows each. A failed commit
  * reconnects after 50 ms; `acks` holds when each commit was acknowledged. With `maxTps`,
  * commits start at most that often (all writers together).
  */
