@@ -88,19 +88,7 @@ const writeString = (w: Writer, s: string): void => {
   const n = Buffer.byteLength(s, "utf8")
   w.room(n + 5)
   const at = w.pos
-  if (n < 32) w.buf[w.pos++] = 0xa0 | n
-  else if (n < 0x100) {
-    w.buf[w.pos++] = 0xd9
-    w.buf[w.pos++] = n
-  } else if (n < 0x10000) {
-    w.buf[w.pos++] = 0xda
-    w.view.setUint16(w.pos, n)
-    w.pos += 2
-  } else {
-    w.buf[w.pos++] = 0xdb
-    w.view.setUint32(w.pos, n)
-    w.pos += 4
-  }
+  writeHead(w, n, STR)
   w.pos += w.buf.write(s, w.pos, n, "utf8")
   if (n <= 32 && strings.size < MAX_CACHED_STRINGS) strings.set(s, Uint8Array.prototype.slice.call(w.buf, at, w.pos))
 }
@@ -109,19 +97,7 @@ const writeNumber = (w: Writer, x: number): void => {
   w.room(9)
   const b = w.buf
   if (x >>> 0 === x) {
-    if (x < 0x80) b[w.pos++] = x
-    else if (x < 0x100) {
-      b[w.pos++] = 0xcc
-      b[w.pos++] = x
-    } else if (x < 0x10000) {
-      b[w.pos++] = 0xcd
-      w.view.setUint16(w.pos, x)
-      w.pos += 2
-    } else {
-      b[w.pos++] = 0xce
-      w.view.setUint32(w.pos, x)
-      w.pos += 4
-    }
+    writeHead(w, x, UINT)
   } else if (x >> 0 === x) {
     if (x >= -0x20) b[w.pos++] = x & 0xff
     else if (x >= -0x80) {
@@ -143,15 +119,34 @@ const writeNumber = (w: Writer, x: number): void => {
   }
 }
 
-const writeLength = (w: Writer, n: number, fix: number, fixMax: number, op16: number, op32: number): void => {
+/** A kind's header codes: the fix form (its code and bound) if any, the 8-bit form if any, then 16 and 32 bits. */
+interface Head {
+  readonly fix?: number
+  readonly fixBelow: number
+  readonly op8?: number
+  readonly op16: number
+  readonly op32: number
+}
+const STR: Head = { fix: 0xa0, fixBelow: 32, op8: 0xd9, op16: 0xda, op32: 0xdb }
+const BIN: Head = { fixBelow: 0, op8: 0xc4, op16: 0xc5, op32: 0xc6 }
+const ARRAY: Head = { fix: 0x90, fixBelow: 16, op16: 0xdc, op32: 0xdd }
+const MAP: Head = { fix: 0x80, fixBelow: 16, op16: 0xde, op32: 0xdf }
+/** An unsigned integer is its own "length": positive fixint, then uint 8, 16, 32. */
+const UINT: Head = { fix: 0x00, fixBelow: 0x80, op8: 0xcc, op16: 0xcd, op32: 0xce }
+
+/** The header of a string, binary, array or map of `n` (bytes or items), or an unsigned integer `n`. */
+const writeHead = (w: Writer, n: number, h: Head): void => {
   w.room(5)
-  if (n < fixMax) w.buf[w.pos++] = fix | n
-  else if (n < 0x10000) {
-    w.buf[w.pos++] = op16
+  if (h.fix !== undefined && n < h.fixBelow) w.buf[w.pos++] = h.fix | n
+  else if (h.op8 !== undefined && n < 0x100) {
+    w.buf[w.pos++] = h.op8
+    w.buf[w.pos++] = n
+  } else if (n < 0x10000) {
+    w.buf[w.pos++] = h.op16
     w.view.setUint16(w.pos, n)
     w.pos += 2
   } else {
-    w.buf[w.pos++] = op32
+    w.buf[w.pos++] = h.op32
     w.view.setUint32(w.pos, n)
     w.pos += 4
   }
@@ -159,19 +154,7 @@ const writeLength = (w: Writer, n: number, fix: number, fixMax: number, op16: nu
 
 const writeBinary = (w: Writer, bytes: Uint8Array): void => {
   const n = bytes.length
-  w.room(5)
-  if (n < 0x100) {
-    w.buf[w.pos++] = 0xc4
-    w.buf[w.pos++] = n
-  } else if (n < 0x10000) {
-    w.buf[w.pos++] = 0xc5
-    w.view.setUint16(w.pos, n)
-    w.pos += 2
-  } else {
-    w.buf[w.pos++] = 0xc6
-    w.view.setUint32(w.pos, n)
-    w.pos += 4
-  }
+  writeHead(w, n, BIN)
   if (n >= LARGE_BINARY_BYTES) return w.attach(bytes)
   w.room(n)
   w.buf.set(bytes, w.pos)
@@ -197,14 +180,14 @@ const writeValue = (w: Writer, v: unknown, depth: number): void => {
       if (v === null) return w.byte(0xc0)
       if (v instanceof Uint8Array) return writeBinary(w, v)
       if (Array.isArray(v)) {
-        writeLength(w, v.length, 0x90, 16, 0xdc, 0xdd)
+        writeHead(w, v.length, ARRAY)
         for (const x of v) writeValue(w, x, depth + 1)
         return
       }
       const proto = Object.getPrototypeOf(v)
       if (proto !== Object.prototype && proto !== null) break
       const keys = Object.keys(v)
-      writeLength(w, keys.length, 0x80, 16, 0xde, 0xdf)
+      writeHead(w, keys.length, MAP)
       for (const k of keys) {
         writeString(w, k)
         writeValue(w, (v as Record<string, unknown>)[k], depth + 1)
