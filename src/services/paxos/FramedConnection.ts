@@ -8,6 +8,7 @@ import type * as net from "node:net"
 import { Effect, Result, type Schema, type Scope } from "effect"
 import { decodePayload, FrameDecoder, FrameTruncated } from "../../domain/wire/frame.js"
 import type { Scattered } from "../../domain/wire/scatter.js"
+import { writeAll } from "../net/writeAll.js"
 import {
   TransportClosed,
   type TransportConnectionError,
@@ -119,16 +120,7 @@ export class Connection {
     this.pending = []
     this.pendingBytes = 0
     if (this.closeError || frames.length === 0) return
-    if (frames.length === 1 && frames[0] instanceof Uint8Array) {
-      this.socket.write(frames[0])
-      return
-    }
-    this.socket.cork()
-    for (const frame of frames) {
-      if (frame instanceof Uint8Array) this.socket.write(frame)
-      else for (const part of frame.parts) this.socket.write(part)
-    }
-    this.socket.uncork()
+    writeAll(this.socket, frames.flatMap((frame) => (frame instanceof Uint8Array ? [frame] : frame.parts)))
   }
 
   /** Sends pending frames and `last`, then half-closes (used to deliver a rejection). */
