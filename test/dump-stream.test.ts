@@ -50,9 +50,10 @@ describe("dump stream (virtual binlog file)", () => {
     expect(parse(stream.heartbeat()).header).toMatchObject({ type: EventType.Heartbeat, logPos: end })
   })
 
-  it("frames a transaction as packets in one buffer, byte for byte what framing each placed event gives", () => {
-    const events = [1, 2, 3].map((i) =>
-      buildEvent({ type: EventType.Query, body: new Uint8Array(30 * i).fill(i), serverId: 1, logPos: 99_999, timestamp: 5 }))
+  it("frames a transaction as packets, byte for byte what framing each placed event gives, large bodies not copied", () => {
+    // Small events and one of 100 KiB, whose body is sent from its own memory.
+    const events = [30, 60, 100 * 1024, 90].map((size, i) =>
+      buildEvent({ type: EventType.Query, body: new Uint8Array(size).fill(i + 1), serverId: 1, logPos: 99_999, timestamp: 5 }))
     const a = new DumpStream({ fileName: "phx-bin.000001", serverId: 99 })
     const b = new DumpStream({ fileName: "phx-bin.000001", serverId: 99 })
     Result.getOrThrow(a.opening(fde, []))
@@ -65,12 +66,36 @@ describe("dump stream (virtual binlog file)", () => {
       expected.push(framed.bytes)
     }
     const got = Result.getOrThrow(b.transactionPackets(events, 254))!
-    expect(Buffer.from(got.bytes).equals(Buffer.concat(expected))).toBe(true)
+    const joined = Buffer.concat(got.parts)
+    expect(joined.equals(Buffer.concat(expected))).toBe(true)
+    expect(got.bytes).toBe(joined.length)
     expect(got.nextSequenceId).toBe(seq)
     expect(b.logPos).toBe(a.logPos)
-    const bad = Uint8Array.from(events[0]!)
-    bad[25]! ^= 0xff
-    expect(Result.isFailure(b.transactionPackets([bad], 0))).toBe(true)
+    const large = events[2]!
+    const body = got.parts.find((p) => p.length === large.length - 19 - 4)!
+    expect(body.buffer).toBe(large.buffer)
+    expect(body.byteOffset).toBe(large.byteOffset + 19)
+    expect(got.parts.length).toBe(3)
+  })
+
+  it("gives a corrupted event no valid checksum: its mismatch is carried to the replica, which refuses it", () => {
+    for (const size of [20, 100 * 1024]) {
+      const good = buildEvent({ type: EventType.Query, body: new Uint8Array(size).fill(3), serverId: 1, logPos: 1 })
+      const bad = Uint8Array.from(good)
+      bad[25]! ^= 0xff
+      const stream = new DumpStream({ fileName: "phx-bin.000001", serverId: 99 })
+      Result.getOrThrow(stream.opening(fde, []))
+      const sent = Buffer.concat(Result.getOrThrow(stream.transactionPackets([bad], 0))!.parts).subarray(5)
+      expect(Result.isFailure(parseEvent(sent, { checksum: true }))).toBe(true)
+      // The same bytes uncorrupted pass: the mismatch is the corruption's, not the move's.
+      const fine = new DumpStream({ fileName: "phx-bin.000001", serverId: 99 })
+      Result.getOrThrow(fine.opening(fde, []))
+      const moved = Buffer.concat(Result.getOrThrow(fine.transactionPackets([good], 0))!.parts).subarray(5)
+      expect(parse(moved).header.logPos).toBe(fine.logPos)
+    }
+    // An event whose size field disagrees with its bytes is refused.
+    const short = buildEvent({ type: EventType.Query, body: new Uint8Array(20), serverId: 1, logPos: 1 }).subarray(0, 30)
+    expect(Result.isFailure(new DumpStream({ fileName: "f", serverId: 1 }).transactionPackets([short], 0))).toBe(true)
   })
 
   it("refuses a corrupted event instead of giving it a fresh checksum", () => {

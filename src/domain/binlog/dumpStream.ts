@@ -8,15 +8,17 @@ import type { Gtid } from "../cluster/gtid.js"
 import {
   type BinlogChecksumError,
   BinlogEventError,
+  CHECKSUM_LENGTH,
   EventFlag,
   EventType,
   makeFakeRotate,
   makeGtidList,
+  HEADER_LENGTH,
   makeHeartbeat,
+  moveEventHeader,
   parseEvent,
   recomputeChecksum,
   serializeEvent,
-  setLogPosInPlace,
   withLogPos
 } from "./event.js"
 
@@ -26,6 +28,8 @@ const BINLOG_START = 4
 /** MySQL packets: a 4-byte header, payloads below 2^24 - 1 bytes fit in one. */
 const PACKET_HEADER = 4
 const MAX_PACKET_PAYLOAD = 0xffffff
+/** Events this large are sent from their own memory (a range of the write), smaller ones copied. */
+const BODY_BY_REFERENCE = 64 * 1024
 
 export class DumpStream {
   /** End offset of the last event sent, in the virtual file. */
@@ -87,21 +91,27 @@ export class DumpStream {
   }
 
   /**
-   * The same, framed as replication packets (0x00 and the event, sequence ids from `seq`)
-   * in one buffer: each event is copied once, straight into its packet. Events too large
-   * for one packet are left to {@link transaction} (undefined).
+   * The same, framed as replication packets (0x00 and the event, sequence ids from `seq`),
+   * as byte ranges for one corked write: headers, trailers and small events are copied into
+   * one buffer, the body of an event of BODY_BY_REFERENCE bytes or more is a range of its
+   * own, the event's own memory (a 1 MiB row is not copied again on every replica). Events
+   * too large for one packet are left to {@link transaction} (undefined).
    */
   transactionPackets(
     events: ReadonlyArray<Uint8Array>,
     seq: number
-  ): Result.Result<{ readonly bytes: Uint8Array; readonly nextSequenceId: number } | undefined, BinlogEventError | BinlogChecksumError> {
-    let total = 0
+  ): Result.Result<{ readonly parts: ReadonlyArray<Uint8Array>; readonly bytes: number; readonly nextSequenceId: number } | undefined, BinlogEventError> {
+    let copied = 0
+    let bytes = 0
     for (const e of events) {
       if (e.length + 1 >= MAX_PACKET_PAYLOAD) return Result.succeed(undefined)
-      total += PACKET_HEADER + 1 + e.length
+      bytes += PACKET_HEADER + 1 + e.length
+      copied += PACKET_HEADER + 1 + (e.length >= BODY_BY_REFERENCE ? HEADER_LENGTH + CHECKSUM_LENGTH : e.length)
     }
-    const out = new Uint8Array(total)
+    const out = new Uint8Array(copied)
+    const parts: Array<Uint8Array> = []
     let at = 0
+    let runStart = 0
     let position = this.position
     for (const e of events) {
       const payload = e.length + 1
@@ -111,14 +121,25 @@ export class DumpStream {
       out[at + 3] = seq
       seq = (seq + 1) & 0xff
       out[at + 4] = 0x00
-      out.set(e, at + 5)
+      at += PACKET_HEADER + 1
       position += e.length
-      const placed = setLogPosInPlace(out.subarray(at + 5, at + 5 + e.length), position)
-      if (Result.isFailure(placed)) return Result.fail(placed.failure)
-      at += PACKET_HEADER + payload
+      const checksum = moveEventHeader(e, position, out, at)
+      if (Result.isFailure(checksum)) return Result.fail(checksum.failure)
+      at += HEADER_LENGTH
+      const body = e.subarray(HEADER_LENGTH, e.length - CHECKSUM_LENGTH)
+      if (e.length >= BODY_BY_REFERENCE) {
+        parts.push(out.subarray(runStart, at), body)
+        runStart = at
+      } else {
+        out.set(body, at)
+        at += body.length
+      }
+      new DataView(out.buffer, out.byteOffset + at, CHECKSUM_LENGTH).setUint32(0, checksum.success, true)
+      at += CHECKSUM_LENGTH
     }
+    parts.push(out.subarray(runStart, at))
     this.position = position
-    return Result.succeed({ bytes: out, nextSequenceId: seq })
+    return Result.succeed({ parts, bytes, nextSequenceId: seq })
   }
 
   /** Sent while idle: log_pos is the end of the last event sent. */

@@ -334,6 +334,39 @@ export const setLogPosInPlace = (
   return Result.succeed(undefined)
 }
 
+/**
+ * An event moved to end at `logPos` without copying its body: writes its header, log_pos
+ * replaced, into `target` at `at`, and returns the trailer the moved event carries (the
+ * stored CRC carried over the 4 changed bytes, {@link crc32Patched}). The stored CRC is not
+ * checked first, which would be a pass over every byte: a mismatch stays a mismatch after
+ * the patch, and the replica's IO thread checks every event it receives and stops on one,
+ * so a corrupt event is never given a valid checksum. The event must carry its trailer.
+ */
+export const moveEventHeader = (
+  bytes: Uint8Array,
+  logPos: number,
+  target: Uint8Array,
+  at: number
+): Result.Result<number, BinlogEventError> => {
+  if (!isU32(logPos)) return fail("out-of-range", `log_pos ${logPos} is not a u32`)
+  if (bytes.length < HEADER_LENGTH + CHECKSUM_LENGTH) return fail("truncated", `event of ${bytes.length} bytes has no room for its header and checksum`)
+  const source = view(bytes)
+  const size = source.getUint32(9, true)
+  if (size !== bytes.length) {
+    return fail(size > bytes.length ? "truncated" : "size-mismatch", `event_size ${size} but ${bytes.length} bytes given (${eventTypeName(bytes[4]!)})`)
+  }
+  target.set(bytes.subarray(0, HEADER_LENGTH), at)
+  new DataView(target.buffer, target.byteOffset + at, HEADER_LENGTH).setUint32(LOG_POS_OFFSET, logPos, true)
+  const end = bytes.length - CHECKSUM_LENGTH
+  const changed = LOG_POS_OFFSET + 4
+  return Result.succeed(crc32Patched(
+    source.getUint32(end, true),
+    bytes.subarray(LOG_POS_OFFSET, changed),
+    target.subarray(at + LOG_POS_OFFSET, at + changed),
+    end - changed
+  ))
+}
+
 // ---------------------------------------------------------------------------
 // Body readers
 // ---------------------------------------------------------------------------

@@ -548,7 +548,7 @@ export const make = (
               continue
             }
             // One write for everything ready, up to WRITE_BYTES a write so that a slow
-            // replica's backpressure bounds what is framed (each event copied once).
+            // replica's backpressure bounds what is framed (large events not copied at all).
             const framed: Array<Uint8Array> = []
             let framedBytes = 0
             const sendFramed = Effect.suspend(() => {
@@ -566,8 +566,8 @@ export const make = (
                   if (Result.isFailure(packets)) return yield* refuse(`cannot serve a transaction: ${packets.failure.message}`)
                   if (packets.success !== undefined) {
                     seq = packets.success.nextSequenceId
-                    framed.push(packets.success.bytes)
-                    framedBytes += packets.success.bytes.length
+                    framed.push(...packets.success.parts)
+                    framedBytes += packets.success.bytes
                     if (framedBytes >= WRITE_BYTES) yield* sendFramed
                     continue
                   }
