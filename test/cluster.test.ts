@@ -141,12 +141,16 @@ describe("cluster state machine", () => {
         node: rng.int(0, 5),
         epoch: rng.int(0, 9),
         prevGtid: rng.next() < 0.2 ? null : { domain: 0, server: rng.int(1, 9), seq: rng.int(1, 99) },
-        txns: Array.from({ length: rng.int(1, 3) }, (_, k) => ({ gtid: { domain: 0, server: 1, seq: k + 1 }, events: new Uint8Array(rng.int(0, 8)) }))
+        txns: Array.from({ length: rng.int(1, 3) }, (_, k) => ({
+          gtid: { domain: 0, server: 1, seq: k + 1 },
+          events: new Uint8Array(rng.int(0, 8)),
+          ...(rng.next() < 0.5 ? { digest: `1.0.${rng.int(0, 1e6)}` } : {})
+        }))
       }
       if (rng.next() < 0.6) {
         mangled++
         const t = (base.txns as Array<Record<string, unknown>>)[0]!
-        const where = rng.int(0, 7)
+        const where = rng.int(0, 8)
         if (where === 0) base.node = pick(odd)
         else if (where === 1) base.epoch = pick(odd)
         else if (where === 2) base.prevGtid = pick([...odd, { domain: 0, server: 1, seq: 0 }, { domain: -1, server: 1, seq: 1 }])
@@ -154,6 +158,7 @@ describe("cluster state machine", () => {
         else if (where === 4) t.events = pick(odd)
         else if (where === 5) t.gtid = pick([...odd, { domain: 0, server: 2 ** 32, seq: 1 }])
         else if (where === 6) delete base.epoch
+        else if (where === 7) t.digest = pick(odd)
         else base._tag = pick(["Binlog ", "Noop", 1])
       }
       const bytes = packr.pack(base)
@@ -185,6 +190,22 @@ describe("cluster state machine", () => {
     const old = { ...state, recent: state.recent.map(([seq]) => [seq, 12345] as const) }
     expect(applyEntry(old, { _tag: "Binlog", node: 1, epoch: 1, prevGtid: null, txns: [t] })[1]).toMatchObject({ _tag: "Rejected", reason: { _tag: "GtidConflict" } })
     expect(applyEntry(state, { _tag: "Binlog", node: 1, epoch: 1, prevGtid: null, txns: [t] })[1]._tag).toBe("AlreadyAccepted")
+  })
+
+  it("keeps the digest a transaction carries (its master's), and tells retries by it", () => {
+    const t = { gtid: { domain: 0, server: 1, seq: 1 }, events: new Uint8Array(Buffer.from("one transaction")) }
+    const leased = applyEntry(initialClusterState([1, 2, 3]), { _tag: "MasterLease", node: 1, basedOnVersion: 0, leaseMs: 2000, proposalId: 1 })[0]
+    const binlog = (txn: typeof t & { digest?: string }) => ({ _tag: "Binlog" as const, node: 1, epoch: 1, prevGtid: null, txns: [txn] })
+    // Carried: stored as it is, not computed again.
+    const [carried, outcome] = applyEntry(leased, binlog({ ...t, digest: "carried" }))
+    expect(outcome._tag).toBe("Accepted")
+    expect(carried.recent).toEqual([[1, "carried"]])
+    expect(applyEntry(carried, binlog({ ...t, digest: "carried" }))[1]._tag).toBe("AlreadyAccepted")
+    expect(applyEntry(carried, binlog({ ...t, digest: "another" }))[1]).toMatchObject({ _tag: "Rejected", reason: { _tag: "GtidConflict" } })
+    // A master's digest is txnDigest: an entry from before (none carried) and a retry that carries it agree.
+    const [computed] = applyEntry(leased, binlog(t))
+    expect(computed.recent).toEqual([[1, txnDigest(t)]])
+    expect(applyEntry(computed, binlog({ ...t, digest: txnDigest(t) }))[1]._tag).toBe("AlreadyAccepted")
   })
 
   it("holds its invariants over random entry sequences (seeded)", () => {

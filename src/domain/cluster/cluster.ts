@@ -17,7 +17,13 @@ import { CONFIG_WINDOW, type MemberSet, withConfig } from "../paxos/core.js"
 export const BinlogTxn = Schema.Struct({
   gtid: Gtid,
   events: Schema.Uint8Array,
-  parts: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isGreaterThan(0))))
+  parts: Schema.optional(Schema.Int.pipe(Schema.check(Schema.isGreaterThan(0)))),
+  /**
+   * txnDigest of this transaction, computed once by the master that proposes it, so that
+   * no other node hashes every byte of it again (a 1 MiB row cost each replica 3-6 % of
+   * its CPU). Absent in entries from before: computed on apply then.
+   */
+  digest: Schema.optional(Schema.String)
 })
 export type BinlogTxn = typeof BinlogTxn.Type
 
@@ -191,6 +197,9 @@ export const initialClusterState = (members: ReadonlyArray<number>): ClusterStat
 export const txnDigest = (t: BinlogTxn): string =>
   `${t.gtid.server}.${t.parts ?? 0}.${createHash("sha256").update(t.events).digest("base64url").slice(0, 22)}`
 
+/** The digest the transaction carries (its master's), else computed here. */
+const digestOf = (t: BinlogTxn): string => t.digest ?? txnDigest(t)
+
 const reject = (reason: RejectReason): Outcome => ({ _tag: "Rejected", reason })
 const accepted: Outcome = { _tag: "Accepted" }
 
@@ -297,7 +306,7 @@ const applyBinlog = (state: ClusterStateData, entry: EntryOf<"Binlog">): readonl
   }
   const parted = partsOf(state, entry)
   if (parted !== undefined) return [state, parted]
-  const added = entry.txns.map((t) => [t.gtid.seq, txnDigest(t)] as const)
+  const added = entry.txns.map((t) => [t.gtid.seq, digestOf(t)] as const)
   const recent = [...state.recent, ...added]
   return [
     {
@@ -338,7 +347,7 @@ const recognizeRetry = (state: ClusterStateData, entry: EntryOf<"Binlog">): Outc
     }
     const d = bySeq.get(t.gtid.seq)
     if (d === undefined) return reject({ _tag: "GtidMismatch", lastGtid: last, prevGtid: entry.prevGtid })
-    if (d !== txnDigest(t)) return reject({ _tag: "GtidConflict", gtid: t.gtid })
+    if (d !== digestOf(t)) return reject({ _tag: "GtidConflict", gtid: t.gtid })
   }
   return { _tag: "AlreadyAccepted" }
 }
@@ -367,10 +376,14 @@ const fastBinlog = (u: unknown): EntryOf<"Binlog"> | undefined => {
     if (!isPlain(t) || !(t.events instanceof Uint8Array)) return undefined
     const gtid = fastGtid(t.gtid)
     if (gtid === undefined) return undefined
-    if (t.parts !== undefined) {
-      if (!isInt(t.parts) || t.parts <= 0) return undefined
-      txns[i] = { gtid, events: t.events, parts: t.parts }
-    } else txns[i] = { gtid, events: t.events }
+    if (t.parts !== undefined && (!isInt(t.parts) || t.parts <= 0)) return undefined
+    if (t.digest !== undefined && typeof t.digest !== "string") return undefined
+    txns[i] = {
+      gtid,
+      events: t.events,
+      ...(t.parts !== undefined ? { parts: t.parts } : {}),
+      ...(t.digest !== undefined ? { digest: t.digest } : {})
+    }
   }
   return { _tag: "Binlog", node: u.node, epoch: u.epoch, prevGtid, txns }
 }

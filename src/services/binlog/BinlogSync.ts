@@ -7,7 +7,7 @@
  * and the master steps down.
  */
 import { Cause, Context, Data, Effect, Exit, Fiber, Layer, Option, Queue, Semaphore, Stream } from "effect"
-import type { BinlogTxn, Outcome, RejectReason } from "../../domain/cluster/cluster.js"
+import { type BinlogTxn, type Outcome, type RejectReason, txnDigest } from "../../domain/cluster/cluster.js"
 import type { ProposeError } from "../../domain/paxos/errors.js"
 import { concatBytes } from "../../domain/mysql/packet.js"
 import { formatGtid, type Gtid } from "../../domain/cluster/gtid.js"
@@ -131,11 +131,14 @@ export const run = (options: BinlogSyncOptions) =>
           // After the last whole transaction in flight (parts ahead belong to this entry's transaction).
           const before = inflight.findLast((p) => p.source[0]!.part === undefined)?.source
           const prevGtid = before !== undefined ? before[before.length - 1]!.txn!.gtid : prev
-          const txns = source.map((p): BinlogTxn => ({
-            gtid: p.txn!.gtid,
-            events: p.events!,
-            ...(p.txn!.parts !== undefined ? { parts: p.txn!.parts } : {})
-          }))
+          const txns = source.map((p): BinlogTxn => {
+            const txn: BinlogTxn = {
+              gtid: p.txn!.gtid,
+              events: p.events!,
+              ...(p.txn!.parts !== undefined ? { parts: p.txn!.parts } : {})
+            }
+            return { ...txn, digest: txnDigest(txn) }
+          })
           proposal = cluster.propose({ _tag: "Binlog", node: options.node, epoch: options.epoch, prevGtid, txns }, timing)
         }
         const fiber = yield* Effect.forkChild(proposal)
