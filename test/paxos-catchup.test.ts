@@ -60,4 +60,26 @@ describe("Paxos catch-up pacing", () => {
     expect(requests(node.step({ _tag: "WriteBacklog", over: false }, at()))).toEqual([])
     expect(requests(receive({ _tag: "CatchupReply", entries: entries(20, 40) }))).toEqual([{ to: LEADER, from: 40 }])
   })
+
+  it("asks again only when an answer is overdue, and then of another peer", () => {
+    let now = 1_000
+    const config = defaultPaxosConfig(1, [1, 2, 3], 7)
+    const node = new PaxosNode(config, emptyDurableState)
+    const from = (peer: number, message: PaxosMessage) => node.step({ _tag: "Receive", from: peer, message }, now)
+    const tick = (ms: number) => node.step({ _tag: "Tick" }, (now += ms))
+    const status = { _tag: "Status", chosenUpTo: PEER_HEAD, maxChosen: PEER_HEAD - 1, leader: { round: 1, node: LEADER } } as const
+    const asked = [...requests(from(LEADER, status)), ...requests(from(3, status)), ...requests(tick(1))]
+    expect(asked.length).toBe(1)
+    const first = asked[0]!.to
+    // A loaded peer takes a few hundred ms to answer 4 MiB: no second request meanwhile.
+    expect(requests(tick(config.catchupRetryMs + 100))).toEqual([])
+    expect(requests(tick(config.catchupReplyTimeoutMs / 2))).toEqual([])
+    // Overdue: the next peer ahead is asked.
+    const again = requests(tick(config.catchupReplyTimeoutMs))
+    expect(again).toEqual([{ to: first === LEADER ? 3 : LEADER, from: 0 }])
+    // Its answer: the next slice at once.
+    const answer = from(again[0]!.to, { _tag: "CatchupReply", entries: entries(0, 30) })
+    expect(answer.chosen.length).toBe(30)
+    expect(requests(answer)).toEqual([{ to: expect.any(Number), from: 30 }])
+  })
 })

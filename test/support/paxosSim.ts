@@ -132,6 +132,7 @@ export const simPaxosConfig = (nodeId: number, members: ReadonlyArray<number>, s
   catchupBatch: 4,
   catchupMaxBytes: 40,
   catchupRetryMs: 40,
+  catchupReplyTimeoutMs: 200,
   installAfterMs: 100,
   memoryWindow: 8,
   memoryWindowBytes: 200,

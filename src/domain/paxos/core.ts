@@ -88,6 +88,12 @@ export interface PaxosConfig {
   readonly catchupMaxBytes: number
   readonly catchupRetryMs: number
   /**
+   * An unanswered catch-up request is sent again (to the next peer ahead) only after this
+   * long: a reply of catchupMaxBytes takes a loaded peer a few hundred ms to read and send,
+   * and asking again after catchupRetryMs had two peers send the same slice.
+   */
+  readonly catchupReplyTimeoutMs: number
+  /**
    * A node behind every peer's compacted log is said to need an install only once its
    * chosen prefix has not moved for this long: messages still on their way (a node that
    * was stopped has a backlog) may fill the gap.
@@ -117,6 +123,7 @@ export const defaultPaxosConfig = (nodeId: number, members: ReadonlyArray<number
   catchupBatch: 256,
   catchupMaxBytes: 4 * 1024 * 1024,
   catchupRetryMs: 200,
+  catchupReplyTimeoutMs: 2_000,
   installAfterMs: 3_000,
   memoryWindow: 256,
   memoryWindowBytes: 4 * 1024 * 1024,
@@ -300,7 +307,7 @@ export class PaxosNode {
   private maxChosen: number
   private readonly peerChosenUpTo = new Map<number, number>()
   private catchupSentAt = -Infinity
-  /** A catch-up request is out and unanswered (catchupRetryMs after it was sent, another goes). */
+  /** A catch-up request is out and unanswered (catchupReplyTimeoutMs after it was sent, another goes). */
   private catchupAwaiting = false
   private catchupPeerIndex = 0
   /** Below it nothing is stored here any more. */
@@ -1085,7 +1092,8 @@ export class PaxosNode {
   private writeBacklog = false
 
   private maybeCatchup(): void {
-    if (this.catchupPaused || this.writeBacklog || this.now - this.catchupSentAt < this.config.catchupRetryMs) return
+    const wait = this.catchupAwaiting ? this.config.catchupReplyTimeoutMs : this.config.catchupRetryMs
+    if (this.catchupPaused || this.writeBacklog || this.now - this.catchupSentAt < wait) return
     const ahead = this.informants().filter((p) => (this.peerChosenUpTo.get(p) ?? 0) > this.chosenUpToValue)
     if (ahead.length === 0) return
     // Rotate among peers that are ahead, so one that lacks an entry does not stall us.
