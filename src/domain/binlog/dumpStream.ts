@@ -1,7 +1,7 @@
 /**
  * The events a binlog server sends on one COM_BINLOG_DUMP: transactions from anywhere,
  * laid out as one continuous virtual binlog file (docs/mariadb.md, "Replication
- * protocol, master side"). Original bytes are kept; only log_pos is rewritten and the CRC recomputed.
+ * protocol, master side"). Original bytes are kept; only log_pos is rewritten and the CRC carried over it.
  */
 import { Result } from "effect"
 import type { Gtid } from "../cluster/gtid.js"
