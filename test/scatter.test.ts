@@ -7,7 +7,7 @@ import { decodePayload, FRAME_HEADER_BYTES, FrameDecoder, tryEncodeFrame, tryEnc
 import { joinParts, LARGE_BINARY_BYTES, packScatter } from "../src/domain/wire/scatter.js"
 import { Rng } from "./support/sim.js"
 
-/** msgpackr as the wire uses it (frame.ts): the reference the scattered encoding must match. */
+/** msgpackr configured as the wire decodes (frame.ts): its own encoding is the reference the scattered one must match. */
 const reference = new Packr({ useRecords: false, moreTypes: false, structuredClone: false, mapsAsObjects: true })
 
 const SEEDS = Number(process.env.SCATTER_SEEDS ?? 300)

@@ -7,9 +7,9 @@
  * simulations.
  */
 import { Data, Result } from "effect"
-import { Packr, RESERVE_START_SPACE } from "msgpackr"
+import { Packr } from "msgpackr"
 import { describeCause } from "../describe.js"
-import { packScatter, type Scattered } from "./scatter.js"
+import { joinParts, packScatter, type Scattered } from "./scatter.js"
 
 /** Bytes of the length prefix. */
 export const FRAME_HEADER_BYTES = 4
@@ -55,34 +55,17 @@ export class FrameEncodeError extends Data.TaggedError("FrameEncodeError")<{
   }
 }
 
-
-// useRecords: false -> plain msgpack maps (no shared record structures that
-// would make a stream stateful); moreTypes: false -> only standard types plus
-// msgpackr's built-ins; structuredClone: false -> hostile input cannot use the
-// reference/pointer extensions. Uint8Array/Buffer values travel as msgpack bin.
+// The decoder of every payload (frames are encoded by scatter.ts). useRecords: false ->
+// plain msgpack maps (no shared record structures that would make a stream stateful);
+// moreTypes: false -> only standard types plus msgpackr's built-ins; structuredClone:
+// false -> hostile input cannot use the reference/pointer extensions. msgpack bin
+// decodes to a Uint8Array.
 const packr = new Packr({
   useRecords: false,
   moreTypes: false,
   structuredClone: false,
   mapsAsObjects: true
 })
-
-/**
- * `payload` as msgpack behind `reserve` bytes left for a header (at most 255): one encode,
- * no copy. msgpackr writes each value after the previous one in its buffer, or in a new
- * buffer, never over an earlier result (checked with its 4.x code), so the result may be
- * kept. Throws {@link FrameEncodeError}.
- */
-export const packWithHeaderRoom = (payload: unknown, reserve: number): Uint8Array => {
-  let out: Uint8Array
-  try {
-    out = packr.pack(payload, RESERVE_START_SPACE | reserve)
-  } catch (cause) {
-    throw new FrameEncodeError({ cause })
-  }
-  if (out.length - reserve > 0xffffffff) throw new FrameEncodeError({ cause: `payload of ${out.length - reserve} bytes exceeds u32` })
-  return out
-}
 
 /** Encodes `payload` as msgpack with a length prefix; throws {@link FrameEncodeError}. */
 export const encodeFrame = (payload: unknown): Uint8Array => {
@@ -91,18 +74,12 @@ export const encodeFrame = (payload: unknown): Uint8Array => {
   return result.success
 }
 
-/** Like {@link encodeFrame} but returns the failure instead of throwing. */
-export const tryEncodeFrame = (payload: unknown): Result.Result<Uint8Array, FrameEncodeError> => {
-  let frame: Uint8Array
-  try {
-    // The length prefix goes in the room msgpackr leaves: a large value is not copied again.
-    frame = packWithHeaderRoom(payload, FRAME_HEADER_BYTES)
-  } catch (cause) {
-    return Result.fail(cause instanceof FrameEncodeError ? cause : new FrameEncodeError({ cause }))
-  }
-  new DataView(frame.buffer, frame.byteOffset, FRAME_HEADER_BYTES).setUint32(0, frame.length - FRAME_HEADER_BYTES)
-  return Result.succeed(frame)
-}
+/**
+ * Like {@link encodeFrame} but returns the failure instead of throwing: the frame in one
+ * buffer of its exact size (the ranges of {@link tryEncodeFrameParts} joined).
+ */
+export const tryEncodeFrame = (payload: unknown): Result.Result<Uint8Array, FrameEncodeError> =>
+  Result.map(tryEncodeFrameParts(payload), joinParts)
 
 /**
  * Like {@link tryEncodeFrame}, as ranges for a vectored write: large binaries (a

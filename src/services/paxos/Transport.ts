@@ -19,7 +19,7 @@ import * as net from "node:net"
 import * as tls from "node:tls"
 import * as PeerTls from "../tls/PeerTls.js"
 import { Cause, Context, Duration, Effect, Fiber, Layer, Queue, Result, Schedule, Schema, Scope } from "effect"
-import { DEFAULT_MAX_FRAME_BYTES, FrameEncodeError, tryEncodeFrameParts } from "../../domain/wire/frame.js"
+import { DEFAULT_MAX_FRAME_BYTES, FRAME_HEADER_BYTES, FrameEncodeError, tryEncodeFrameParts } from "../../domain/wire/frame.js"
 import type { Scattered } from "../../domain/wire/scatter.js"
 import * as TcpListener from "../net/TcpListener.js"
 import * as HostAddresses from "../net/HostAddresses.js"
@@ -239,11 +239,10 @@ const makeEncoder = <M>(schema: Schema.Codec<M, unknown>, maxFrameBytes: number,
     }
     // A transaction's bytes are not copied into the frame: they go out as ranges of their own.
     const frame = tryEncodeFrameParts(wire)
-    if (Result.isSuccess(frame) && frame.success.length - 4 > maxFrameBytes) {
+    const payloadBytes = Result.isSuccess(frame) ? frame.success.length - FRAME_HEADER_BYTES : 0
+    if (payloadBytes > maxFrameBytes) {
       // The receiver would close the connection over it: drop it here instead.
-      return Result.fail(
-        new FrameEncodeError({ cause: `message of ${frame.success.length - 4} bytes exceeds maxFrameBytes` })
-      )
+      return Result.fail(new FrameEncodeError({ cause: `message of ${payloadBytes} bytes exceeds maxFrameBytes` }))
     }
     return frame
   }
