@@ -100,7 +100,7 @@ export class DumpStream {
   transactionPackets(
     events: ReadonlyArray<Uint8Array>,
     seq: number
-  ): Result.Result<{ readonly parts: ReadonlyArray<Uint8Array>; readonly bytes: number; readonly nextSequenceId: number } | undefined, BinlogEventError> {
+  ): Result.Result<{ readonly parts: ReadonlyArray<Uint8Array>; readonly bytes: number; readonly nextSequenceId: number } | undefined, BinlogEventError | BinlogChecksumError> {
     let copied = 0
     let bytes = 0
     for (const e of events) {

@@ -294,77 +294,55 @@ export const recomputeChecksum = (event: BinlogEvent): BinlogEvent =>
 const isU32 = (n: number) => Number.isInteger(n) && n >= 0 && n <= 0xffffffff
 
 /**
- * Copy of one event's bytes with log_pos replaced and the CRC recomputed. The
- * old CRC is verified first, so a corrupted event is never given a fresh valid
- * checksum. `checksum` (default true) is the stream's setting; an FDE always
- * has its trailer.
+ * The stored CRC of an event of `length` bytes, carried over its log_pos changed from
+ * `before` to `after` (CRC-32 is linear: {@link crc32Patched}, no pass over the event).
+ */
+const carriedChecksum = (stored: number, before: Uint8Array, after: Uint8Array, length: number): number =>
+  crc32Patched(stored, before, after, length - CHECKSUM_LENGTH - LOG_POS_OFFSET - 4)
+
+const logPosOf = (bytes: Uint8Array, at = 0) => bytes.subarray(at + LOG_POS_OFFSET, at + LOG_POS_OFFSET + 4)
+
+/**
+ * Copy of one event's bytes with log_pos replaced and the CRC carried over it. The
+ * old CRC is verified first, so a corrupted event is refused. `checksum` (default true)
+ * is the stream's setting; an FDE always has its trailer.
  */
 export const withLogPos = (
   eventBytes: Uint8Array,
   logPos: number,
   options: { readonly checksum?: boolean } = {}
 ): Result.Result<Uint8Array, BinlogEventError | BinlogChecksumError> => {
-  const out = Uint8Array.from(eventBytes)
-  const r = setLogPosInPlace(out, logPos, options)
-  return Result.isFailure(r) ? Result.fail(r.failure) : Result.succeed(out)
-}
-
-/**
- * {@link withLogPos} on the bytes themselves (a copy the caller made, e.g. inside a
- * packet buffer): the checksum is verified first, so corruption is never re-sealed.
- */
-export const setLogPosInPlace = (
-  bytes: Uint8Array,
-  logPos: number,
-  options: { readonly checksum?: boolean } = {}
-): Result.Result<void, BinlogEventError | BinlogChecksumError> => {
   if (!isU32(logPos)) return fail("out-of-range", `log_pos ${logPos} is not a u32`)
-  const parsed = parseEvent(bytes, { checksum: options.checksum ?? true })
+  const parsed = parseEvent(eventBytes, { checksum: options.checksum ?? true })
   if (Result.isFailure(parsed)) return Result.fail(parsed.failure)
-  const v = view(bytes)
-  const before = bytes.slice(LOG_POS_OFFSET, LOG_POS_OFFSET + 4)
+  const out = Uint8Array.from(eventBytes)
+  const v = view(out)
   v.setUint32(LOG_POS_OFFSET, logPos, true)
   const stored = parsed.success.checksum
-  if (stored !== null) {
-    // The verified CRC, carried over the 4 changed bytes: no second pass over the event.
-    const end = bytes.length - CHECKSUM_LENGTH
-    const after = bytes.subarray(LOG_POS_OFFSET, LOG_POS_OFFSET + 4)
-    v.setUint32(end, crc32Patched(stored, before, after, end - LOG_POS_OFFSET - 4), true)
-  }
-  return Result.succeed(undefined)
+  if (stored !== null) v.setUint32(out.length - CHECKSUM_LENGTH, carriedChecksum(stored, logPosOf(eventBytes), logPosOf(out), out.length), true)
+  return Result.succeed(out)
 }
 
 /**
  * An event moved to end at `logPos` without copying its body: writes its header, log_pos
  * replaced, into `target` at `at`, and returns the trailer the moved event carries (the
- * stored CRC carried over the 4 changed bytes, {@link crc32Patched}). The stored CRC is not
- * checked first, which would be a pass over every byte: a mismatch stays a mismatch after
- * the patch, and the replica's IO thread checks every event it receives and stops on one,
- * so a corrupt event is never given a valid checksum. The event must carry its trailer.
+ * stored CRC carried over the 4 changed bytes). The stored CRC is not checked first,
+ * which would be a pass over every byte: a mismatch stays a mismatch after the patch, and
+ * the replica's IO thread checks every event it receives and stops on one, so a corrupt
+ * event is never given a valid checksum. The event must carry its trailer.
  */
 export const moveEventHeader = (
   bytes: Uint8Array,
   logPos: number,
   target: Uint8Array,
   at: number
-): Result.Result<number, BinlogEventError> => {
+): Result.Result<number, BinlogEventError | BinlogChecksumError> => {
   if (!isU32(logPos)) return fail("out-of-range", `log_pos ${logPos} is not a u32`)
-  if (bytes.length < HEADER_LENGTH + CHECKSUM_LENGTH) return fail("truncated", `event of ${bytes.length} bytes has no room for its header and checksum`)
-  const source = view(bytes)
-  const size = source.getUint32(9, true)
-  if (size !== bytes.length) {
-    return fail(size > bytes.length ? "truncated" : "size-mismatch", `event_size ${size} but ${bytes.length} bytes given (${eventTypeName(bytes[4]!)})`)
-  }
+  const parsed = parseEvent(bytes, { checksum: true, verify: false })
+  if (Result.isFailure(parsed)) return Result.fail(parsed.failure)
   target.set(bytes.subarray(0, HEADER_LENGTH), at)
   new DataView(target.buffer, target.byteOffset + at, HEADER_LENGTH).setUint32(LOG_POS_OFFSET, logPos, true)
-  const end = bytes.length - CHECKSUM_LENGTH
-  const changed = LOG_POS_OFFSET + 4
-  return Result.succeed(crc32Patched(
-    source.getUint32(end, true),
-    bytes.subarray(LOG_POS_OFFSET, changed),
-    target.subarray(at + LOG_POS_OFFSET, at + changed),
-    end - changed
-  ))
+  return Result.succeed(carriedChecksum(parsed.success.checksum!, logPosOf(bytes), logPosOf(target, at), bytes.length))
 }
 
 // ---------------------------------------------------------------------------
