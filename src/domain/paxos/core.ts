@@ -690,9 +690,16 @@ export class PaxosNode {
     return l.node
   }
 
-  /** Another voter of the newest member set, at random (undefined: none). */
+  /**
+   * Another node that may lead, at random (undefined: none): a voter of the newest member
+   * set or of the one governing the prefix. Only the latter can settle an open instance
+   * there, and the newest set's voters may not know their set yet (the simulation's seed
+   * 1529 once catch-up was pipelined: the prefix's only voter had no work, and proposals
+   * went round the others for ever).
+   */
   private someVoter(): number | undefined {
-    const others = this.configs[this.configs.length - 1]!.voters.filter((v) => v !== this.config.nodeId)
+    const newest = this.configs[this.configs.length - 1]!.voters
+    const others = [...new Set([...newest, ...this.configAt(this.chosenUpToValue).voters])].filter((v) => v !== this.config.nodeId)
     return others.length === 0 ? undefined : others[this.random(0, others.length - 1)]
   }
 
