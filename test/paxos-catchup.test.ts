@@ -6,6 +6,7 @@ import type { ChosenEntry, PaxosMessage } from "../src/domain/paxos/messages.js"
  * Catch-up pacing of the pure core, step by step: a node far behind asks for the next slice
  * in the step that takes one in (PaxosLog sends it before the state machine runs), never
  * while its writes are behind, and once they caught up only if no request is on its way.
+ * Once a reply told how many values one carries, catchupPipeline requests are out at once.
  */
 const LEADER = 2
 const PEER_HEAD = 50 // the peer's chosen prefix
@@ -18,6 +19,8 @@ const entries = (from: number, to: number): Array<ChosenEntry> =>
 
 const requests = (out: Outputs) =>
   out.send.flatMap((s) => (s.message._tag === "CatchupRequest" ? [{ to: s.to, from: s.message.from }] : []))
+const ranges = (out: Outputs) =>
+  out.send.flatMap((s) => (s.message._tag === "CatchupRequest" ? [[s.message.from, s.message.from + s.message.count]] : []))
 
 const behind = () => {
   let now = 1_000
@@ -81,5 +84,34 @@ describe("Paxos catch-up pacing", () => {
     const answer = from(again[0]!.to, { _tag: "CatchupReply", entries: entries(0, 30) })
     expect(answer.chosen.length).toBe(30)
     expect(requests(answer)).toEqual([{ to: expect.any(Number), from: 30 }])
+  })
+
+  it("keeps a pipeline of requests for a reply's worth each, and fills a slice a short reply left", () => {
+    let now = 1_000
+    const config = { ...defaultPaxosConfig(1, [1, 2], 7), catchupMaxBytes: 4 * 1024, catchupPipeline: 2 }
+    const node = new PaxosNode(config, emptyDurableState)
+    const receive = (message: PaxosMessage) => node.step({ _tag: "Receive", from: LEADER, message }, (now += 1))
+    // Values of 1 KiB: a reply carries 4.
+    const big = (from: number, to: number): Array<ChosenEntry> =>
+      Array.from({ length: to - from }, (_, k) => ({
+        instance: from + k,
+        value: { proposer: LEADER, round: 1, seq: from + k, values: [new Uint8Array(1024)] }
+      }))
+    const status = receive({ _tag: "Status", chosenUpTo: PEER_HEAD, maxChosen: PEER_HEAD - 1, leader: { round: 1, node: LEADER } })
+    // Before any reply: one request, for the configured batch.
+    expect([...ranges(status), ...ranges(node.step({ _tag: "Tick" }, (now += 1)))]).toEqual([[0, config.catchupBatch]])
+    const one = receive({ _tag: "CatchupReply", entries: big(0, 4) })
+    expect(ranges(one)).toEqual([[4, 8], [8, 12]])
+    // Nothing more while two are out.
+    expect(ranges(node.step({ _tag: "Tick" }, (now += config.catchupRetryMs)))).toEqual([])
+    // The later slice first, and cut short: the next request starts where it stopped
+    // (what the earlier request covers and what was learned are not asked again).
+    const two = receive({ _tag: "CatchupReply", entries: big(8, 11) })
+    expect(two.chosen).toEqual([])
+    expect(ranges(two)).toEqual([[11, 15]])
+    // The earlier slice: the prefix joins what was learned beyond it.
+    const three = receive({ _tag: "CatchupReply", entries: big(4, 8) })
+    expect(three.chosen.map((e) => e.instance)).toEqual([4, 5, 6, 7, 8, 9, 10])
+    expect(ranges(three)).toEqual([[15, 19]])
   })
 })

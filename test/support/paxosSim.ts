@@ -133,6 +133,7 @@ export const simPaxosConfig = (nodeId: number, members: ReadonlyArray<number>, s
   catchupMaxBytes: 40,
   catchupRetryMs: 40,
   catchupReplyTimeoutMs: 200,
+  catchupPipeline: 2,
   installAfterMs: 100,
   memoryWindow: 8,
   memoryWindowBytes: 200,
@@ -470,7 +471,7 @@ export const runSimulation = (options: SimOptions): SimResult => {
     return true
   }
   if (!runUntil(now + options.healBoundMs, allLearned)) {
-    const state = [...nodes.values()].map((n) => `${n.id}:${n.core?.chosenUpTo}/${n.core?.currentRole}/pending=${n.core?.pendingCount}/req=${n.requests.size}` + (process.env.SIM_DEBUG ? JSON.stringify({q: (n.core as any)?.queue?.length, placed: [...((n.core as any)?.placed?.keys() ?? [])], inflight: [...((n.core as any)?.inflight?.keys() ?? [])], next: (n.core as any)?.nextInstance, acc: [...((n.core as any)?.accepted?.keys() ?? [])], maxChosen: (n.core as any)?.maxChosen, voter: n.core?.isVoter, leader: (n.core as any)?.knownLeader, configs: n.core?.memberSets.map((c) => `${c.from}:${membershipValue(c)}`), fwd: [...((n.core as any)?.forwarded?.values() ?? [])].length}) : "")).join(" ")
+    const state = [...nodes.values()].map((n) => `${n.id}:${n.core?.chosenUpTo}/${n.core?.currentRole}/pending=${n.core?.pendingCount}/req=${n.requests.size}` + (process.env.SIM_DEBUG ? JSON.stringify({q: (n.core as any)?.queue?.length, placed: [...((n.core as any)?.placed?.keys() ?? [])], inflight: [...((n.core as any)?.inflight?.keys() ?? [])], next: (n.core as any)?.nextInstance, acc: [...((n.core as any)?.accepted?.keys() ?? [])], maxChosen: (n.core as any)?.maxChosen, voter: n.core?.isVoter, leader: (n.core as any)?.knownLeader, configs: n.core?.memberSets.map((c) => `${c.from}:${membershipValue(c)}`), fwd: [...((n.core as any)?.forwarded?.values() ?? [])].length, prom: [...((n.core as any)?.promises?.entries() ?? [])].map(([k, v]: any) => `${k}:${v.chosenUpTo}`), pcu: [...((n.core as any)?.peerChosenUpTo?.entries() ?? [])], out: (n.core as any)?.catchupOut, paused: (n.core as any)?.catchupPaused, wb: (n.core as any)?.writeBacklog}) : "")).join(" ")
     fail(`liveness: within ${options.healBoundMs} ms of healing, not every node learned every chosen instance and the final value [${state}] finalAttempts=${finalAttempts} finalConfirmed=${finalConfirmed()}`)
   }
 

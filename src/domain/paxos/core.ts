@@ -94,6 +94,11 @@ export interface PaxosConfig {
    */
   readonly catchupReplyTimeoutMs: number
   /**
+   * Catch-up requests out at once (each for about one reply's worth of instances): the
+   * peer reads and sends the next slice while this node takes in the last one.
+   */
+  readonly catchupPipeline: number
+  /**
    * A node behind every peer's compacted log is said to need an install only once its
    * chosen prefix has not moved for this long: messages still on their way (a node that
    * was stopped has a backlog) may fill the gap.
@@ -124,6 +129,7 @@ export const defaultPaxosConfig = (nodeId: number, members: ReadonlyArray<number
   catchupMaxBytes: 4 * 1024 * 1024,
   catchupRetryMs: 200,
   catchupReplyTimeoutMs: 2_000,
+  catchupPipeline: 2,
   installAfterMs: 3_000,
   memoryWindow: 256,
   memoryWindowBytes: 4 * 1024 * 1024,
@@ -306,9 +312,16 @@ export class PaxosNode {
   private chosenUpToValue: number
   private maxChosen: number
   private readonly peerChosenUpTo = new Map<number, number>()
+  /** When a catch-up request last went out (-Infinity: the last reply brought progress, ask again at once). */
   private catchupSentAt = -Infinity
-  /** A catch-up request is out and unanswered (catchupReplyTimeoutMs after it was sent, another goes). */
-  private catchupAwaiting = false
+  /**
+   * Catch-up requests out and unanswered, oldest first, each for instances [from, end): the
+   * next goes from the first instance none covers. catchupReplyTimeoutMs after the oldest
+   * was sent, all are given up and asked again, of the next peer ahead.
+   */
+  private readonly catchupOut: Array<{ readonly peer: number; readonly from: number; readonly end: number; readonly sentAt: number }> = []
+  /** Instances one reply carries (its byte bound over the last reply's values); unknown before a reply. */
+  private catchupSpan: number | null = null
   private catchupPeerIndex = 0
   /** Below it nothing is stored here any more. */
   private compactedBelowValue: number
@@ -558,9 +571,9 @@ export class PaxosNode {
         break
       case "WriteBacklog":
         this.writeBacklog = input.over
-        // Caught up with the disk: the next slice at once, not at the next tick. Not if one is
-        // already on its way: asking again would have the peer read and send it twice.
-        if (!input.over && !this.catchupAwaiting) this.catchupSentAt = -Infinity
+        // Caught up with the disk: the next slice at once, not at the next tick (slices
+        // already on their way are not asked again: see catchupOut).
+        if (!input.over) this.catchupSentAt = -Infinity
         this.maybeCatchup()
         break
     }
@@ -965,10 +978,19 @@ export class PaxosNode {
 
   private onCatchupReply(from: number, m: MessageOf<"CatchupReply">): void {
     if (m.compactedBelow !== undefined) this.peerCompactedBelow.set(from, m.compactedBelow)
-    this.catchupAwaiting = false
-    const before = this.chosenUpToValue
-    for (const e of m.entries) this.learn(e.instance, e.value)
-    if (this.chosenUpToValue > before) {
+    // The request it answers: from that peer, covering its first entry (replies from
+    // storage and from memory may come out of order).
+    const first = m.entries[0]?.instance
+    const answered = this.catchupOut.findIndex((r) => r.peer === from && (first === undefined || (r.from <= first && first < r.end)))
+    if (answered >= 0) this.catchupOut.splice(answered, 1)
+    let bytes = 0
+    for (const e of m.entries) {
+      bytes += valueBytes(e.value)
+      this.learn(e.instance, e.value)
+    }
+    if (m.entries.length > 0) {
+      const perValue = bytes / m.entries.length
+      this.catchupSpan = Math.max(1, Math.min(this.config.catchupBatch, Math.floor(this.config.catchupMaxBytes / Math.max(1, perValue))))
       // Progress: ask for the next slice at once instead of waiting for a tick.
       this.catchupSentAt = -Infinity
       this.maybeCatchup()
@@ -1099,15 +1121,32 @@ export class PaxosNode {
   private writeBacklog = false
 
   private maybeCatchup(): void {
-    const wait = this.catchupAwaiting ? this.config.catchupReplyTimeoutMs : this.config.catchupRetryMs
-    if (this.catchupPaused || this.writeBacklog || this.now - this.catchupSentAt < wait) return
-    const ahead = this.informants().filter((p) => (this.peerChosenUpTo.get(p) ?? 0) > this.chosenUpToValue)
-    if (ahead.length === 0) return
-    // Rotate among peers that are ahead, so one that lacks an entry does not stall us.
-    const peer = ahead[this.catchupPeerIndex++ % ahead.length]!
-    this.catchupSentAt = this.now
-    this.catchupAwaiting = true
-    this.sendTo(peer, { _tag: "CatchupRequest", from: this.chosenUpToValue, count: this.config.catchupBatch })
+    if (this.catchupPaused || this.writeBacklog) return
+    const out = this.catchupOut
+    if (out.length > 0 && this.now - out[0]!.sentAt >= this.config.catchupReplyTimeoutMs) out.length = 0
+    // Slices below the prefix were learned otherwise: their replies are not waited for.
+    for (let i = out.length - 1; i >= 0; i--) if (out[i]!.end <= this.chosenUpToValue) out.splice(i, 1)
+    if (this.now - this.catchupSentAt < this.config.catchupRetryMs) return
+    // One request until a reply tells how many instances one carries, then a pipeline of them.
+    const limit = this.catchupSpan === null ? 1 : this.config.catchupPipeline
+    while (out.length < limit) {
+      let from = this.chosenUpToValue
+      for (;;) {
+        const covering = out.find((r) => r.from <= from && from < r.end)
+        if (covering !== undefined) from = covering.end
+        else if (this.chosen.has(from)) from++
+        else break
+      }
+      const ahead = this.informants().filter((p) => (this.peerChosenUpTo.get(p) ?? 0) > from)
+      if (ahead.length === 0) return
+      let end = from + (this.catchupSpan ?? this.config.catchupBatch)
+      for (const r of out) if (r.from > from && r.from < end) end = r.from
+      // Rotate among peers that are ahead, so one that lacks an entry does not stall us.
+      const peer = ahead[this.catchupPeerIndex++ % ahead.length]!
+      this.catchupSentAt = this.now
+      out.push({ peer, from, end, sentAt: this.now })
+      this.sendTo(peer, { _tag: "CatchupRequest", from, count: end - from })
+    }
   }
 
   // ---- proposer ----
