@@ -117,13 +117,13 @@ describe("PaxosStorage write-ahead log", () => {
       expect(texts(state)).toEqual(Array.from({ length: 120 }, (_, i) => text(i)))
     }))
 
-  it.effect("makes the next segment, zero-filled to its size, as soon as the first write is in", () =>
+  it.effect("makes the next segment, zero-filled to its size, once half the current one is written", () =>
     Effect.gen(function*() {
       const dir = yield* tempDir
       // Not a whole number of MiB, and more than one call's worth of zeros.
       const segmentBytes = 20 * 1024 * 1024 + 123
       // Closing waits for the segment being made.
-      yield* Effect.scoped(Effect.flatMap(open(dir, { segmentBytes }), (s) => s.persist([accept(0, "a")])))
+      yield* Effect.scoped(Effect.flatMap(open(dir, { segmentBytes }), (s) => s.persist([accept(0, "a".repeat(11 * 1024 * 1024))])))
       const segments = readdirSync(join(dir, "wal")).filter((f) => f.endsWith(".wal")).sort()
       expect(segments.length).toBe(2)
       const spare = readFileSync(join(dir, "wal", segments[1]!))
