@@ -131,6 +131,31 @@ describe("PaxosStorage write-ahead log", () => {
       expect(spare.every((x) => x === 0)).toBe(true)
     }))
 
+  it.effect("a next segment left empty by a stop is made again after a restart, and what is written into it is kept", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const text = (i: number) => `${i}:${"v".repeat(300)}`
+      // Past half of the first 4 KiB segment: the next one is made.
+      yield* Effect.scoped(Effect.gen(function*() {
+        const s = yield* open(dir)
+        for (let i = 0; i < 8; i++) yield* s.persist([accept(i, text(i))])
+      }))
+      expect(readdirSync(join(dir, "wal")).filter((f) => f.endsWith(".wal")).length).toBe(2)
+      // Restarted: the replay opens the empty segment, and the writes then fill the first and
+      // move on into the one made again over it.
+      yield* Effect.scoped(Effect.gen(function*() {
+        const s = yield* open(dir)
+        yield* s.load(10)
+        for (let i = 8; i < 30; i++) yield* s.persist([accept(i, text(i))])
+      }))
+      const state = yield* Effect.scoped(Effect.flatMap(open(dir), (s) => s.load(100)))
+      expect(texts(state)).toEqual(Array.from({ length: 30 }, (_, i) => text(i)))
+      // Also without the index: the values are in the segment's file itself.
+      rmSync(join(dir, "index"), { recursive: true, force: true })
+      const replayed = yield* Effect.scoped(Effect.flatMap(open(dir), (s) => s.load(100)))
+      expect(texts(replayed)).toEqual(Array.from({ length: 30 }, (_, i) => text(i)))
+    }))
+
   it.effect("a torn write at the end is not part of the log, and writing goes on after it", () =>
     Effect.gen(function*() {
       const dir = yield* tempDir

@@ -459,7 +459,16 @@ export const make = Effect.fnUntraced(function*(dir: string, options: PaxosStora
   const prepareSpare = (after: number, atLeast: number) => {
     const segment = after + 1
     const bytes = Math.max(segmentBytes, atLeast)
-    const ready = createSegment(walDir, segment, bytes).then(() => void sizes.set(segment, bytes))
+    const ready = createSegment(walDir, segment, bytes).then(() => {
+      // A descriptor opened before is of the file just replaced (the replay after a stop
+      // opens the empty next segment it left): writes through it would go to a deleted file.
+      const stale = fds.get(segment)
+      if (stale !== undefined) {
+        fds.delete(segment)
+        fs.closeSync(stale)
+      }
+      sizes.set(segment, bytes)
+    })
     ready.catch(() => undefined)
     spare = { segment, bytes, ready }
     return spare
