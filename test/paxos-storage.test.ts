@@ -117,13 +117,13 @@ describe("PaxosStorage write-ahead log", () => {
       expect(texts(state)).toEqual(Array.from({ length: 120 }, (_, i) => text(i)))
     }))
 
-  it.effect("makes the next segment, zero-filled to its size, once half the current one is written", () =>
+  it.effect("makes the next segment, zero-filled to its size, as soon as the first write is in", () =>
     Effect.gen(function*() {
       const dir = yield* tempDir
       // Not a whole number of MiB, and more than one call's worth of zeros.
       const segmentBytes = 20 * 1024 * 1024 + 123
       // Closing waits for the segment being made.
-      yield* Effect.scoped(Effect.flatMap(open(dir, { segmentBytes }), (s) => s.persist([accept(0, "a".repeat(11 * 1024 * 1024))])))
+      yield* Effect.scoped(Effect.flatMap(open(dir, { segmentBytes }), (s) => s.persist([accept(0, "a")])))
       const segments = readdirSync(join(dir, "wal")).filter((f) => f.endsWith(".wal")).sort()
       expect(segments.length).toBe(2)
       const spare = readFileSync(join(dir, "wal", segments[1]!))
@@ -135,7 +135,7 @@ describe("PaxosStorage write-ahead log", () => {
     Effect.gen(function*() {
       const dir = yield* tempDir
       const text = (i: number) => `${i}:${"v".repeat(300)}`
-      // Past half of the first 4 KiB segment: the next one is made.
+      // The next segment is made once the first 4 KiB one is in use.
       yield* Effect.scoped(Effect.gen(function*() {
         const s = yield* open(dir)
         for (let i = 0; i < 8; i++) yield* s.persist([accept(i, text(i))])
