@@ -44,6 +44,19 @@ describe("Paxos catch-up pacing", () => {
     expect(requests(two)).toEqual([])
   })
 
+  it("after a reply of values it knows already (its peer lacks the one it misses) waits catchupRetryMs", () => {
+    const { node, receive, first, at } = behind()
+    expect(first).toEqual([{ to: LEADER, from: 0 }])
+    // The peer lacks instance 0: what it sends is new, so the next request goes at once.
+    expect(requests(receive({ _tag: "CatchupReply", entries: entries(1, 10) }))).toEqual([{ to: LEADER, from: 0 }])
+    // The same again: nothing new, no request at once (nor at a tick soon after)...
+    expect(requests(receive({ _tag: "CatchupReply", entries: entries(1, 10) }))).toEqual([])
+    expect(requests(node.step({ _tag: "Tick" }, at()))).toEqual([])
+    // ...but once catchupRetryMs has passed.
+    const config = defaultPaxosConfig(1, [1, 2, 3], 7)
+    expect(requests(node.step({ _tag: "Tick" }, at() + config.catchupRetryMs))).toEqual([{ to: LEADER, from: 0 }])
+  })
+
   it("asks nothing while its writes are behind, and asks at once when they caught up", () => {
     const { node, receive, first, at } = behind()
     expect(first).toEqual([{ to: LEADER, from: 0 }])

@@ -984,14 +984,20 @@ export class PaxosNode {
     const answered = this.catchupOut.findIndex((r) => r.peer === from && (first === undefined || (r.from <= first && first < r.end)))
     if (answered >= 0) this.catchupOut.splice(answered, 1)
     let bytes = 0
+    let learned = 0
     for (const e of m.entries) {
       bytes += valueBytes(e.value)
+      if (e.instance >= this.chosenUpToValue && !this.chosen.has(e.instance)) learned++
       this.learn(e.instance, e.value)
     }
     if (m.entries.length > 0) {
       const perValue = bytes / m.entries.length
       this.catchupSpan = Math.max(1, Math.min(this.config.catchupBatch, Math.floor(this.config.catchupMaxBytes / Math.max(1, perValue))))
-      // Progress: ask for the next slice at once instead of waiting for a tick.
+    }
+    // Progress: ask for the next slice at once instead of waiting for a tick. A reply of
+    // values known already (a peer that lacks the one we miss) waits catchupRetryMs: asking
+    // at once would have the peers send the same values again round after round.
+    if (learned > 0) {
       this.catchupSentAt = -Infinity
       this.maybeCatchup()
     }
