@@ -987,8 +987,7 @@ export class PaxosNode {
     let learned = 0
     for (const e of m.entries) {
       bytes += valueBytes(e.value)
-      if (e.instance >= this.chosenUpToValue && !this.chosen.has(e.instance)) learned++
-      this.learn(e.instance, e.value)
+      if (this.learn(e.instance, e.value)) learned++
     }
     if (m.entries.length > 0) {
       const perValue = bytes / m.entries.length
@@ -1005,8 +1004,9 @@ export class PaxosNode {
 
   // ---- learner ----
 
-  private learn(instance: number, value: PaxosValue): void {
-    if (instance < this.chosenUpToValue || this.chosen.has(instance)) return
+  /** Records `instance` as chosen; false when it was known already (below the prefix or learned). */
+  private learn(instance: number, value: PaxosValue): boolean {
+    if (instance < this.chosenUpToValue || this.chosen.has(instance)) return false
     this.chosen.set(instance, value)
     if (instance > this.maxChosen) this.maxChosen = instance
     this.noteMembership(instance, value)
@@ -1049,6 +1049,7 @@ export class PaxosNode {
       // The window moved: instances whose member sets are now known may be placed.
       if (this.role === "leader") this.flushQueue()
     }
+    return true
   }
 
   /** Values below `below` are gone from storage: forget them here too. */

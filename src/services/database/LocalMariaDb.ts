@@ -176,7 +176,7 @@ const memoryForThisNode = (): number => {
  * The redo log for a buffer pool of `bufferPoolMb`: a quarter of it, at least 256 MiB (disk,
  * not memory). A row's bytes go through the redo log too: with 16 MiB, 1 MiB rows kept the
  * checkpoint age near the limit, and writes waited for page flushes (a replica applied
- * 30 a second; with 256 MiB, 45-55, and bench:catchup took 37 s instead of 55-75).
+ * 30 a second; with 256 MiB, 35-55, and bench:catchup took 37 s instead of 55-75).
  */
 export const redoLogMb = (bufferPoolMb: number): number => Math.max(256, Math.min(4096, Math.floor(bufferPoolMb / 4)))
 
